@@ -1,0 +1,30 @@
+//! walrelay: a relay for PostgreSQL physical streaming replication.
+//!
+//! It connects to a primary (or any server that sends WAL) as a replication client, stores the
+//! WAL on local disk in PostgreSQL's own segment format, and serves it to many downstream
+//! clients that speak the same protocol.
+//!
+//! The crate is built in three rings (see `DESIGN.md`):
+//! - the pure core, with no I/O and no clock: [`types`], [`wire`], [`wal`], [`proto`];
+//! - stateful services: [`storage`];
+//! - edges: [`service`], [`config`], [`cli`].
+//!
+//! `cargo check --no-default-features` builds the pure core alone.
+#![warn(missing_docs)]
+#![cfg_attr(
+    test,
+    allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic
+    )
+)]
+
+pub mod proto;
+pub mod types;
+pub mod wal;
+pub mod wire;
+
+#[cfg(feature = "runtime")]
+pub mod storage;

@@ -1,0 +1,2 @@
+//! The walrelay binary.
+fn main() {}

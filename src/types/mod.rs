@@ -1,0 +1,10 @@
+//! Newtypes for every protocol number: LSNs, timelines, system identifiers, timestamps and
+//! WAL segments, each with PostgreSQL's text form and checked arithmetic.
+
+mod ids;
+mod lsn;
+mod segment;
+
+pub use ids::{ParseSystemIdError, ParseTimelineError, PgTimestamp, SystemId, TimelineId};
+pub use lsn::{Lsn, ParseLsnError};
+pub use segment::{InvalidSegmentSize, SegmentName, SegmentNo, WAL_PAGE_SIZE, WalSegmentSize};
