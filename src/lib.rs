@@ -28,3 +28,15 @@ pub mod wire;
 
 #[cfg(feature = "runtime")]
 pub mod storage;
+
+#[cfg(feature = "runtime")]
+pub mod localpg;
+
+#[cfg(feature = "runtime")]
+pub mod cli;
+#[cfg(feature = "runtime")]
+pub mod config;
+#[cfg(feature = "runtime")]
+pub mod faultproxy;
+#[cfg(feature = "runtime")]
+pub mod service;

@@ -1,2 +1,85 @@
-//! The walrelay binary.
-fn main() {}
+//! The `walrelay` binary: parse the command line, build the configuration, run.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+use walrelay::cli::{Cli, Command};
+use walrelay::service::relay::{Relay, SHUTDOWN_GRACE};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "could not start the runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(async {
+        match cli.command {
+            Command::Run(args) => run(args).await,
+            Command::Demo(args) => {
+                let opts = walrelay::service::demo::DemoOptions {
+                    segment_size_mb: args.segment_size_mb,
+                    dir: args.dir,
+                    duration: (args.duration > 0)
+                        .then(|| std::time::Duration::from_secs(args.duration)),
+                };
+                walrelay::service::demo::run(opts)
+                    .await
+                    .map_err(anyhow::Error::from)
+            }
+        }
+    });
+    runtime.shutdown_timeout(SHUTDOWN_GRACE);
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: walrelay::cli::RunArgs) -> anyhow::Result<()> {
+    let config = args.settings()?.into_config()?;
+    let relay = Relay::open(&config).context("could not start the relay")?;
+    let shutdown = CancellationToken::new();
+    let mut relay_task = tokio::spawn(relay.run(shutdown.clone()));
+    tokio::select! {
+        joined = &mut relay_task => return Ok(joined??),
+        signalled = wait_for_signal() => signalled?,
+    }
+    tracing::info!("received shutdown signal, stopping");
+    shutdown.cancel();
+    match tokio::time::timeout(SHUTDOWN_GRACE, relay_task).await {
+        Ok(joined) => Ok(joined??),
+        Err(_) => anyhow::bail!("shutdown did not finish within {SHUTDOWN_GRACE:?}"),
+    }
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WALRELAY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

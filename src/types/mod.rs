@@ -1,6 +1,8 @@
 //! Newtypes for every protocol number: LSNs, timelines, system identifiers, timestamps and
 //! WAL segments, each with PostgreSQL's text form and checked arithmetic.
 
+#[cfg(any(fuzzing, test))]
+pub mod fuzzing;
 mod ids;
 mod lsn;
 mod segment;

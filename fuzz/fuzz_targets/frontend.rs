@@ -1,0 +1,4 @@
+//! Client messages through the framer, whole and in chunks.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| walrelay::wire::fuzzing::fuzz_frontend(data));

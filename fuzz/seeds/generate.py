@@ -1,0 +1,115 @@
+#!/usr/bin/env python3
+"""Writes the fuzz seed corpora under fuzz/seeds/<target>/ from the golden captures in
+tests/data/ (real PostgreSQL 15 frames and WAL) and a few hand-written text forms.
+
+The wire targets read their first byte as the chunk size in which the rest is delivered.
+Run from anywhere: python3 fuzz/seeds/generate.py
+"""
+import struct
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+WIRE = ROOT / "tests" / "data" / "wire"
+WAL = ROOT / "tests" / "data" / "wal"
+SEEDS = ROOT / "fuzz" / "seeds"
+
+BACKEND = [
+    "authentication_ok", "authentication_cleartext", "authentication_md5",
+    "authentication_sasl", "authentication_sasl_continue", "authentication_sasl_final",
+    "parameter_status", "backend_key_data", "ready_for_query", "negotiate_protocol_version",
+    "row_description_identify_system", "data_row_identify_system",
+    "command_complete_identify_system", "row_description_show", "data_row_show",
+    "command_complete_show", "row_description_timeline_history", "copy_both_response",
+    "copy_out_response", "copy_in_response", "copy_data_w", "copy_data_k", "copy_data",
+    "copy_done", "command_complete_copy", "empty_query_response", "error_response_sql",
+    "error_response_bad_type", "error_response_timeline_history", "notice_response_notice",
+]
+FRONTEND = [
+    "query", "sasl_initial_response", "sasl_response", "copy_data_r", "copy_data_h",
+    "copy_done", "terminate",
+]
+REPLICATION = ["copy_data_w", "copy_data_k", "copy_data_r", "copy_data_h"]
+
+
+def wire(name):
+    return (WIRE / f"{name}.bin").read_bytes()
+
+
+def write(target, name, data):
+    d = SEEDS / target
+    d.mkdir(parents=True, exist_ok=True)
+    (d / name).write_bytes(data)
+
+
+def framed(target, names, session):
+    for name in names:
+        write(target, name, b"\xff" + wire(name))
+    # A whole conversation, delivered three bytes at a time.
+    write(target, "session", b"\x03" + b"".join(wire(n) for n in session))
+
+
+def startup():
+    gss = struct.pack("!II", 8, 80877104)
+    cancel = struct.pack("!IIII", 16, 80877102, 4242, 0x5EC0DE)
+    write("startup", "startup_message", b"\xff" + wire("startup_message"))
+    write("startup", "ssl_request", b"\xff" + wire("ssl_request"))
+    write("startup", "gssenc_request", b"\xff" + gss)
+    write("startup", "cancel_request", b"\xff" + cancel)
+    write("startup", "ssl_then_startup", b"\x05" + wire("ssl_request") + wire("startup_message"))
+
+
+def replication():
+    for name in REPLICATION:
+        write("replication_payloads", name[len("copy_data_"):], wire(name)[5:])
+
+
+def lsn_segment_names():
+    write("lsn_segment_names", "lsns", b"0/362FB00\n16/B374D848\n0/0000000A\nFFFFFFFF/FFFFFFFF\n0/0\n")
+    write("lsn_segment_names", "ids", b"1\n2\n4294967295\n7712484032370382654\n16MB\n1GB\n1MB\n")
+    write("lsn_segment_names", "segments",
+          b"000000010000000000000007\n00000002000000000000000A\n000000010000000100000023\n"
+          b"FFFFFFFFFFFFFFFF000000FF\nFFFFFFFFFFFFFFFF00000FFF\n00000001.history\n")
+    write("lsn_segment_names", "words", struct.pack("<QQQ", 0x362FB00, 0xFFFFFFFFFF000000, 1 << 32))
+
+
+def history():
+    # The first two bytes are the file's timeline (little-endian); the rest is the file.
+    write("history", "one_switch", b"\x02\x00" + b"1\t0/362FB00\tno recovery target specified\n")
+    write("history", "two_switches",
+          b"\x03\x00" + b"1\t0/362FB00\tno recovery target specified\n\n"
+          b"# a comment\n2\t0/5000060\tbefore 2026-11-26 13:37:00+00\n")
+    write("history", "file_name", b"00000002.history")
+
+
+def wal_validator():
+    # Five header bytes: kind (bit 0 generated, bits 1-2 start, bit 7 corrupt a byte), segment
+    # size exponent, split pattern, byte to corrupt (2 bytes); then raw WAL or a program of
+    # 3-byte ops for the in-memory WAL writer (small, medium, page fill, switch, abandoned,
+    # custom-rmgr record).
+    program = bytes([0, 10, 0, 1, 0x40, 0x00, 2, 5, 0, 4, 0x00, 0x30, 0, 21, 0x30,
+                     5, 4, 4, 1, 0x00, 0x24, 3, 0, 0, 0, 1, 0])
+    write("wal_validator", "generated_whole", bytes([1, 0, 3, 0, 0]) + program)
+    write("wal_validator", "generated_bytewise", bytes([3, 0, 0, 0, 0]) + program)
+    write("wal_validator", "generated_chunks", bytes([5, 2, 1, 0, 0]) + program)
+    write("wal_validator", "generated_corrupt", bytes([0x87, 0, 2, 0x31, 0x02]) + program)
+    # Real PostgreSQL 15 WAL (1 MiB segments), read raw from LSN 0 in large chunks.
+    segment = (WAL / "000000010000000000000007").read_bytes()[:65536]
+    write("wal_validator", "segment_7_head", bytes([0, 0, 2, 0, 0]) + segment)
+
+
+def main():
+    framed("backend_framer", BACKEND, [
+        "authentication_ok", "parameter_status", "backend_key_data", "ready_for_query",
+        "copy_both_response", "copy_data_w", "copy_data_k", "copy_done",
+        "command_complete_copy", "ready_for_query",
+    ])
+    framed("frontend", FRONTEND, ["query", "copy_data_r", "copy_data_h", "copy_done", "terminate"])
+    startup()
+    replication()
+    lsn_segment_names()
+    history()
+    wal_validator()
+
+
+if __name__ == "__main__":
+    main()

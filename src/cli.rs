@@ -1,0 +1,134 @@
+//! The command line: `walrelay run` relays from an upstream server, `walrelay demo` shows the
+//! relay at work against a throwaway local primary.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{ConfigError, Settings};
+
+/// Relay PostgreSQL physical streaming replication.
+///
+/// walrelay connects to a PostgreSQL server as a replication client, keeps the WAL it receives
+/// in PostgreSQL's own segment format, validated and fsynced, and keeps its own physical slot
+/// on that server.
+#[derive(Debug, Parser)]
+#[command(name = "walrelay", version, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Stream WAL from an upstream server into a data directory, until SIGTERM or SIGINT.
+    Run(RunArgs),
+    /// Start a throwaway local primary, relay from it under a write load, and show progress.
+    Demo(DemoArgs),
+}
+
+/// Flags of `walrelay run`. Each can also be set in the `--config` file under the same name
+/// with `_` for `-`; flags win over the file.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Upstream connection string, libpq style: "host=db1 port=5432 user=replicator" or
+    /// "postgresql://replicator@db1/". Prefer a passfile or PGPASSWORD over a password here.
+    #[arg(long, value_name = "CONNINFO")]
+    pub upstream: Option<String>,
+    /// Directory for the stored WAL and the relay's state.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Name of the relay's physical replication slot on the upstream [default: walrelay].
+    #[arg(long, value_name = "NAME")]
+    pub upstream_slot: Option<String>,
+    /// application_name the upstream sees, unless the connection string sets one [default: walrelay].
+    #[arg(long, value_name = "NAME")]
+    pub application_name: Option<String>,
+    /// Send a status update upstream at least this often [default: 10s].
+    #[arg(long, value_name = "DURATION")]
+    pub status_interval: Option<String>,
+    /// Reconnect when the upstream has been silent this long; 0 disables [default: 60s].
+    #[arg(long, value_name = "DURATION")]
+    pub receive_timeout: Option<String>,
+    /// First delay before reconnecting; it doubles on each failure [default: 100ms].
+    #[arg(long, value_name = "DURATION")]
+    pub reconnect_min: Option<String>,
+    /// Longest delay before reconnecting [default: 30s].
+    #[arg(long, value_name = "DURATION")]
+    pub reconnect_max: Option<String>,
+    /// TOML file with any of the settings above.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+impl RunArgs {
+    /// The settings from the flags, falling back to the config file when one is given.
+    ///
+    /// # Errors
+    /// The config file cannot be read or parsed.
+    pub fn settings(self) -> Result<Settings, ConfigError> {
+        let file = match &self.config {
+            Some(path) => Settings::from_file(path)?,
+            None => Settings::default(),
+        };
+        let flags = Settings {
+            upstream: self.upstream,
+            data_dir: self.data_dir,
+            upstream_slot: self.upstream_slot,
+            application_name: self.application_name,
+            status_interval: self.status_interval,
+            receive_timeout: self.receive_timeout,
+            reconnect_min: self.reconnect_min,
+            reconnect_max: self.reconnect_max,
+        };
+        Ok(flags.or(file))
+    }
+}
+
+/// Flags of `walrelay demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// WAL segment size of the throwaway primary, in MB (a power of two from 1 to 1024).
+    #[arg(long, default_value_t = 16, value_name = "MB")]
+    pub segment_size_mb: u32,
+    /// Directory for the demo's clusters and relay data [default: a new temporary directory].
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Stop by itself after this many seconds (0: run until Ctrl-C).
+    #[arg(long, default_value_t = 0, value_name = "SECONDS")]
+    pub duration: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn flags_parse() {
+        let cli = Cli::try_parse_from([
+            "walrelay",
+            "run",
+            "--upstream",
+            "host=x",
+            "--data-dir",
+            "/d",
+            "--upstream-slot",
+            "s",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        let c = args.settings().unwrap().into_config().unwrap();
+        assert_eq!(c.upstream_slot, "s");
+        assert_eq!(c.data_dir, PathBuf::from("/d"));
+    }
+}

@@ -1,0 +1,286 @@
+//! Runtime configuration: the command-line flags and the TOML file they can also be written in.
+//!
+//! Every flag of `walrelay run` has a key of the same name (with `_` for `-`) in the file given
+//! by `--config`; a flag on the command line wins over the file. Durations are written the way
+//! PostgreSQL writes them in `postgresql.conf`: a number with `ms`, `s`, `min`, `h` or `d`,
+//! and a bare number means seconds.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The settings of a running relay.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The upstream connection string (libpq syntax). May hold a password: never log it.
+    pub upstream: String,
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// The relay's physical slot on the upstream.
+    pub upstream_slot: String,
+    /// The `application_name` the relay gives the upstream unless the conninfo sets one.
+    pub application_name: String,
+    /// How often a status update goes upstream at the least.
+    pub status_interval: Duration,
+    /// How long the upstream may stay silent before the relay reconnects (0 disables).
+    pub receive_timeout: Duration,
+    /// The first reconnect delay; it doubles up to `reconnect_max`.
+    pub reconnect_min: Duration,
+    /// The longest reconnect delay.
+    pub reconnect_max: Duration,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("upstream", &"<conninfo>")
+            .field("data_dir", &self.data_dir)
+            .field("upstream_slot", &self.upstream_slot)
+            .field("application_name", &self.application_name)
+            .field("status_interval", &self.status_interval)
+            .field("receive_timeout", &self.receive_timeout)
+            .field("reconnect_min", &self.reconnect_min)
+            .field("reconnect_max", &self.reconnect_max)
+            .finish()
+    }
+}
+
+/// Settings as given, on the command line or in the file: each may be missing.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// See [`Config::upstream`].
+    pub upstream: Option<String>,
+    /// See [`Config::data_dir`].
+    pub data_dir: Option<PathBuf>,
+    /// See [`Config::upstream_slot`].
+    pub upstream_slot: Option<String>,
+    /// See [`Config::application_name`].
+    pub application_name: Option<String>,
+    /// See [`Config::status_interval`].
+    pub status_interval: Option<String>,
+    /// See [`Config::receive_timeout`].
+    pub receive_timeout: Option<String>,
+    /// See [`Config::reconnect_min`].
+    pub reconnect_min: Option<String>,
+    /// See [`Config::reconnect_max`].
+    pub reconnect_max: Option<String>,
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("could not read configuration file \"{path}\": {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has unknown keys.
+    #[error("invalid configuration file \"{path}\": {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What the TOML parser said.
+        message: String,
+    },
+    /// A required setting is missing.
+    #[error("missing required setting \"{0}\" (give --{1} or set it in the configuration file)")]
+    Missing(&'static str, &'static str),
+    /// A value is invalid.
+    #[error("invalid value for setting \"{name}\": \"{value}\": {why}")]
+    Invalid {
+        /// The setting.
+        name: &'static str,
+        /// The value, shortened.
+        value: String,
+        /// Why.
+        why: &'static str,
+    },
+}
+
+impl Settings {
+    /// Reads settings from a TOML file.
+    ///
+    /// # Errors
+    /// The file cannot be read or parsed, or has unknown keys.
+    pub fn from_file(path: &Path) -> Result<Settings, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Settings::from_toml(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })
+    }
+
+    /// Parses settings from TOML text.
+    ///
+    /// # Errors
+    /// The parser's message.
+    pub fn from_toml(text: &str) -> Result<Settings, String> {
+        toml::from_str(text).map_err(|e| e.message().to_owned())
+    }
+
+    /// These settings, with `fallback` filling the ones missing here.
+    pub fn or(self, fallback: Settings) -> Settings {
+        Settings {
+            upstream: self.upstream.or(fallback.upstream),
+            data_dir: self.data_dir.or(fallback.data_dir),
+            upstream_slot: self.upstream_slot.or(fallback.upstream_slot),
+            application_name: self.application_name.or(fallback.application_name),
+            status_interval: self.status_interval.or(fallback.status_interval),
+            receive_timeout: self.receive_timeout.or(fallback.receive_timeout),
+            reconnect_min: self.reconnect_min.or(fallback.reconnect_min),
+            reconnect_max: self.reconnect_max.or(fallback.reconnect_max),
+        }
+    }
+
+    /// The configuration these settings give, with defaults for what is missing.
+    ///
+    /// # Errors
+    /// A required setting is missing or a value is invalid.
+    pub fn into_config(self) -> Result<Config, ConfigError> {
+        let duration = |name, value: Option<String>, default| match value {
+            None => Ok(default),
+            Some(v) => parse_duration(&v).ok_or(ConfigError::Invalid {
+                name,
+                value: v.chars().take(64).collect(),
+                why: "expected a duration such as 500ms, 10s, 5min",
+            }),
+        };
+        let slot = self.upstream_slot.unwrap_or_else(|| "walrelay".into());
+        if !valid_slot_name(&slot) {
+            return Err(ConfigError::Invalid {
+                name: "upstream_slot",
+                value: slot.chars().take(64).collect(),
+                why: "replication slot names may only contain lower case letters, numbers, and the underscore character, and have at most 63 characters",
+            });
+        }
+        let config = Config {
+            upstream: self
+                .upstream
+                .ok_or(ConfigError::Missing("upstream", "upstream"))?,
+            data_dir: self
+                .data_dir
+                .ok_or(ConfigError::Missing("data_dir", "data-dir"))?,
+            upstream_slot: slot,
+            application_name: self.application_name.unwrap_or_else(|| "walrelay".into()),
+            status_interval: duration(
+                "status_interval",
+                self.status_interval,
+                Duration::from_secs(10),
+            )?,
+            receive_timeout: duration(
+                "receive_timeout",
+                self.receive_timeout,
+                Duration::from_secs(60),
+            )?,
+            reconnect_min: duration(
+                "reconnect_min",
+                self.reconnect_min,
+                Duration::from_millis(100),
+            )?,
+            reconnect_max: duration("reconnect_max", self.reconnect_max, Duration::from_secs(30))?,
+        };
+        if config.status_interval.is_zero() {
+            return Err(ConfigError::Invalid {
+                name: "status_interval",
+                value: "0".into(),
+                why: "must be positive",
+            });
+        }
+        Ok(config)
+    }
+}
+
+/// Whether `name` is a valid physical slot name: `[a-z0-9_]{1,63}` (`slot.c:ReplicationSlotValidateName`).
+pub fn valid_slot_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() < 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+/// Parses a duration the way `postgresql.conf` writes one: `250ms`, `10s`, `5min`, `1h`,
+/// `1d`, or a bare number of seconds. Returns `None` for anything else.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let t = text.trim();
+    let digits = t.bytes().take_while(u8::is_ascii_digit).count();
+    let (num, unit) = t.split_at(digits);
+    let n: u64 = num.parse().ok()?;
+    let ms = match unit.trim() {
+        "ms" => 1,
+        "" | "s" => 1000,
+        "min" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return None,
+    };
+    n.checked_mul(ms).map(Duration::from_millis)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10s"), Some(Duration::from_secs(10)));
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("5min"), Some(Duration::from_secs(300)));
+        assert_eq!(parse_duration("7"), Some(Duration::from_secs(7)));
+        for bad in ["", "s", "-1s", "1.5s", "10 parsecs", "99999999999999999999"] {
+            assert_eq!(parse_duration(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn flags_win_over_file() {
+        let file = Settings::from_toml(
+            "upstream = \"host=a\"\ndata_dir = \"/x\"\nupstream_slot = \"fromfile\"\nstatus_interval = \"2s\"\n",
+        )
+        .unwrap();
+        let flags = Settings {
+            upstream_slot: Some("fromflag".into()),
+            ..Settings::default()
+        };
+        let c = flags.or(file).into_config().unwrap();
+        assert_eq!(c.upstream, "host=a");
+        assert_eq!(c.upstream_slot, "fromflag");
+        assert_eq!(c.status_interval, Duration::from_secs(2));
+        assert_eq!(c.receive_timeout, Duration::from_secs(60));
+        assert!(!format!("{c:?}").contains("host=a"));
+    }
+
+    #[test]
+    fn rejects_bad_settings() {
+        assert!(Settings::from_toml("nonsense = 1").is_err());
+        let base = || Settings {
+            upstream: Some("x".into()),
+            data_dir: Some("/d".into()),
+            ..Settings::default()
+        };
+        assert!(matches!(
+            Settings::default().into_config(),
+            Err(ConfigError::Missing(..))
+        ));
+        for slot in ["Bad", "a/b", "", &"x".repeat(64)] {
+            let s = Settings {
+                upstream_slot: Some(slot.to_string()),
+                ..base()
+            };
+            assert!(s.into_config().is_err(), "{slot}");
+        }
+        let s = Settings {
+            receive_timeout: Some("soon".into()),
+            ..base()
+        };
+        assert!(s.into_config().is_err());
+    }
+}

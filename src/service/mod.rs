@@ -1,0 +1,13 @@
+//! The edge of the relay: tokio tasks, sockets, TLS, the writer thread and shutdown.
+//!
+//! [`relay::Relay`] ties them together: it opens the store, starts the writer thread and
+//! runs the upstream connection until the shutdown token fires.
+
+pub mod conn;
+pub mod demo;
+pub mod login;
+pub mod relay;
+pub mod session;
+pub mod tls;
+pub mod upstream;
+pub mod writer;

@@ -1,0 +1,260 @@
+//! Reading stored WAL, retention, and timeline history files.
+//!
+//! Reads mirror walsender's `XLogRead`: a position maps to `(timeline, segment, offset)` and is
+//! read with `pread` from the complete file or else the `.partial`; a missing file is
+//! PostgreSQL's "requested WAL segment … has already been removed". Retention mirrors
+//! `RemoveOldXlogFiles`: whole segments below a cut-off go, on every timeline. History files are
+//! written like `timeline.c:writeTimeLineHistoryFile`, through a temporary file and a rename.
+
+use std::fs::{self, File};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use crate::types::{Lsn, SegmentName, SegmentNo, TimelineId, WalSegmentSize};
+
+use super::error::{StoreError, io_err};
+use super::layout::{self, SegmentFile};
+use super::{WalStore, fsutil};
+
+impl WalStore {
+    fn segment_size(&self) -> Result<WalSegmentSize, StoreError> {
+        self.identity
+            .map(|id| id.segment_size)
+            .ok_or(StoreError::NotInitialized)
+    }
+
+    /// Reads stored WAL of `timeline` at `lsn` into `buf` and returns how many bytes were read,
+    /// possibly across segments. On the current timeline it reads only below the durable end;
+    /// on older timelines up to the end of their files. Returns 0 at the end.
+    ///
+    /// # Errors
+    /// [`StoreError::SegmentRemoved`] if the segment holding `lsn` is not stored,
+    /// [`StoreError::NotInitialized`], [`StoreError::Io`].
+    pub fn read_at(
+        &self,
+        timeline: TimelineId,
+        lsn: Lsn,
+        buf: &mut [u8],
+    ) -> Result<usize, StoreError> {
+        let size = self.segment_size()?;
+        let limit = match &self.tail {
+            Some(t) if t.timeline() == timeline => t.durable().end,
+            _ => Lsn::MAX,
+        };
+        let mut done = 0;
+        while let Some(pos) = lsn
+            .checked_add(done as u64)
+            .filter(|&p| p < limit && done < buf.len())
+        {
+            let name = SegmentName {
+                timeline,
+                segno: size.segment_of(pos),
+            };
+            let Some((file, path)) = open_segment(&self.wal_dir, name, size)? else {
+                if done > 0 {
+                    break;
+                }
+                let file = name.file_name(size);
+                return Err(StoreError::SegmentRemoved { file });
+            };
+            let offset = u64::from(size.offset_in_segment(pos));
+            let want = (size.bytes_u64() - offset).min(limit.saturating_distance(pos));
+            let end = buf.len().min(done.saturating_add(want as usize));
+            let Some(dst) = buf.get_mut(done..end) else {
+                break;
+            };
+            let n = read_full(&file, dst, offset, &path)?;
+            done += n;
+            if done < end {
+                break;
+            }
+        }
+        Ok(done)
+    }
+
+    /// The oldest stored position: the start of the oldest segment file of any timeline (or
+    /// where the store started, before its first file). `None` while the store holds no WAL.
+    pub fn oldest(&self) -> Option<Lsn> {
+        self.oldest
+    }
+
+    /// Removes the segment files (complete, or `.partial` of an older timeline) of every
+    /// timeline that lie wholly below `lsn`, and returns how many were removed. The segment
+    /// holding the last written byte is always kept, so the store never forgets its end.
+    ///
+    /// # Errors
+    /// [`StoreError::NotInitialized`], [`StoreError::Io`].
+    pub fn remove_before(&mut self, lsn: Lsn) -> Result<usize, StoreError> {
+        let size = self.segment_size()?;
+        let keep_from = self.tail.as_ref().and_then(|t| t.last_written_segment());
+        let mut removed = 0;
+        let mut kept = None;
+        for f in layout::list_segments(&self.wal_dir, size)? {
+            let below = layout::segment_end(f.name, size).is_some_and(|end| end <= lsn);
+            let tail_needs = keep_from.is_none_or(|k| f.name.segno >= k);
+            if below && !tail_needs {
+                remove(&self.wal_dir, f, size)?;
+                removed += 1;
+            } else {
+                kept = Some(kept.map_or(f.name.segno, |k: SegmentNo| k.min(f.name.segno)));
+            }
+        }
+        if removed > 0 {
+            fsutil::fsync_dir(&self.wal_dir)?;
+        }
+        let tail_start = self
+            .tail
+            .as_ref()
+            .map(|t| size.segment_start(t.written().end));
+        let files_start = kept.and_then(|s| size.start_of(s));
+        self.oldest = [files_start, tail_start].into_iter().flatten().min();
+        Ok(removed)
+    }
+
+    /// Durably writes the history file of `timeline` (temporary file, fsync, rename, fsync of
+    /// the directory), replacing any earlier copy.
+    ///
+    /// # Errors
+    /// [`StoreError::BadTimeline`] for timeline 1, which has no history file;
+    /// [`StoreError::Io`].
+    pub fn write_history(
+        &mut self,
+        timeline: TimelineId,
+        content: &[u8],
+    ) -> Result<(), StoreError> {
+        if timeline == TimelineId::ONE {
+            let reason = "timeline 1 has no history file";
+            return Err(StoreError::BadTimeline { timeline, reason });
+        }
+        fsutil::write_atomic(&self.wal_dir, &timeline.history_file_name(), content)
+    }
+
+    /// The stored history file of `timeline`, or `None` if there is none.
+    ///
+    /// # Errors
+    /// [`StoreError::Io`] for anything but a missing file.
+    pub fn read_history(&self, timeline: TimelineId) -> Result<Option<Vec<u8>>, StoreError> {
+        let path = self.wal_dir.join(timeline.history_file_name());
+        match fs::read(&path) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err("read", &path)(e)),
+        }
+    }
+}
+
+/// Opens the complete file of `name`, or else its `.partial`; `None` if neither exists.
+fn open_segment(
+    dir: &Path,
+    name: SegmentName,
+    size: WalSegmentSize,
+) -> Result<Option<(File, PathBuf)>, StoreError> {
+    for partial in [false, true] {
+        let path = layout::segment_path(dir, name, size, partial);
+        match File::open(&path) {
+            Ok(f) => return Ok(Some((f, path))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("open", &path)(e)),
+        }
+    }
+    Ok(None)
+}
+
+/// `pread`s until `buf` is full or the file ends; returns the bytes read.
+fn read_full(file: &File, buf: &mut [u8], offset: u64, path: &Path) -> Result<usize, StoreError> {
+    let mut done = 0;
+    while let Some(rest) = buf.get_mut(done..).filter(|r| !r.is_empty()) {
+        match file.read_at(rest, offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(io_err("read", path)(e)),
+        }
+    }
+    Ok(done)
+}
+
+fn remove(dir: &Path, f: SegmentFile, size: WalSegmentSize) -> Result<(), StoreError> {
+    let path = layout::segment_path(dir, f.name, size, f.partial);
+    fs::remove_file(&path).map_err(io_err("remove", &path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixture::{self, SEG, bytes, name, start, tli};
+    use super::*;
+
+    #[test]
+    fn reads_durable_wal_across_segments() {
+        let t = tempfile::TempDir::new().unwrap();
+        let mut store = fixture::store_upto(t.path(), Lsn(0x90_4000), 100_000);
+        let mut buf = vec![0; 3 * SEG as usize];
+        let n = store.read_at(tli(1), Lsn(0x70_1000), &mut buf).unwrap();
+        assert_eq!(&buf[..n], bytes(Lsn(0x70_1000), Lsn(0x90_4000)));
+        let n = store
+            .read_at(tli(1), Lsn(0x7F_F000), &mut buf[..0x2000])
+            .unwrap();
+        assert_eq!(&buf[..n], bytes(Lsn(0x7F_F000), Lsn(0x80_1000)));
+        // Appended but not flushed: not readable yet.
+        store
+            .append(Lsn(0x90_4000), bytes(Lsn(0x90_4000), Lsn(0x90_8000)))
+            .unwrap();
+        assert_eq!(store.read_at(tli(1), Lsn(0x90_4000), &mut buf).unwrap(), 0);
+        store.flush().unwrap();
+        assert_eq!(
+            store.read_at(tli(1), Lsn(0x90_4000), &mut buf).unwrap(),
+            0x4000
+        );
+        let err = store.read_at(tli(1), Lsn(0x60_0000), &mut buf).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "requested WAL segment {} has already been removed",
+                name(1, 6)
+            )
+        );
+        assert!(store.read_at(tli(3), Lsn(0x70_0000), &mut buf).is_err());
+    }
+
+    #[test]
+    fn removes_whole_segments_below_a_position() {
+        let t = tempfile::TempDir::new().unwrap();
+        let mut store = fixture::store_upto(t.path(), Lsn(0xA0_0000), 1 << 20);
+        assert_eq!(store.oldest(), Some(start()));
+        assert_eq!(store.remove_before(Lsn(0x7F_FFFF)).unwrap(), 0);
+        assert_eq!(store.remove_before(Lsn(0x88_0000)).unwrap(), 1);
+        assert_eq!(store.oldest(), Some(Lsn(0x80_0000)));
+        assert!(!t.path().join("wal").join(name(1, 7)).exists());
+        // Segment 9 holds the last written byte and is kept however far the cut-off is.
+        assert_eq!(store.remove_before(Lsn::MAX).unwrap(), 1);
+        assert_eq!(store.oldest(), Some(Lsn(0x90_0000)));
+        assert!(t.path().join("wal").join(name(1, 9)).exists());
+        let mut buf = [0; 16];
+        assert!(matches!(
+            store.read_at(tli(1), Lsn(0x80_0000), &mut buf),
+            Err(StoreError::SegmentRemoved { .. })
+        ));
+        drop(store);
+        let store = WalStore::open(t.path()).unwrap();
+        assert_eq!(store.oldest(), Some(Lsn(0x90_0000)));
+        assert_eq!(store.end().unwrap().durable, Lsn(0xA0_0000));
+    }
+
+    #[test]
+    fn history_files_round_trip() {
+        let t = tempfile::TempDir::new().unwrap();
+        let mut store = fixture::empty_store(t.path());
+        let content = b"1\t0/A87FE0\tno recovery target specified\n";
+        assert_eq!(store.read_history(tli(2)).unwrap(), None);
+        store.write_history(tli(2), content).unwrap();
+        assert_eq!(
+            store.read_history(tli(2)).unwrap().as_deref(),
+            Some(&content[..])
+        );
+        assert!(t.path().join("wal/00000002.history").exists());
+        let err = store.write_history(TimelineId::ONE, content).unwrap_err();
+        assert!(matches!(err, StoreError::BadTimeline { .. }), "{err}");
+        assert_eq!(store.read_history(TimelineId::ONE).unwrap(), None);
+    }
+}

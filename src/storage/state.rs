@@ -1,0 +1,177 @@
+//! `walrelay.state`: the store's identity (system identifier and segment size), checksummed.
+//!
+//! Like PostgreSQL's `pg_control` it pins the directory to one cluster, so WAL of another system
+//! or segment size is never mixed in; unlike it, the file is text so an operator can read it:
+//!
+//! ```text
+//! walrelay storage state
+//! version 1
+//! system_identifier 7712484032370382654
+//! wal_segment_size 16777216
+//! crc32 1c291ca3
+//! ```
+//!
+//! The CRC-32 (IEEE, `crc32fast`) covers every byte before the `crc32` line. The file is replaced
+//! atomically (tmp, fsync, rename, fsync of the directory).
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::Path;
+
+use crate::types::{SystemId, WalSegmentSize};
+
+use super::StoreIdentity;
+use super::error::{StoreError, io_err};
+use super::fsutil;
+
+/// The state file's name inside the data directory.
+pub(crate) const STATE_FILE: &str = "walrelay.state";
+/// The first line of every state file.
+const MAGIC: &str = "walrelay storage state";
+/// The only format version so far.
+const VERSION: &str = "1";
+/// Larger files are not state files; nothing bigger is read.
+const MAX_LEN: u64 = 4096;
+
+/// Reads the identity recorded in `data_dir`, or `None` when there is no state file.
+pub(crate) fn read(data_dir: &Path) -> Result<Option<StoreIdentity>, StoreError> {
+    let path = data_dir.join(STATE_FILE);
+    let file = match File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err("open", &path)(e)),
+    };
+    let mut bytes = Vec::new();
+    file.take(MAX_LEN + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io_err("read", &path))?;
+    let bad = |reason: String| StoreError::BadStateFile {
+        path: path.clone(),
+        reason,
+    };
+    if bytes.len() as u64 > MAX_LEN {
+        return Err(bad(format!("larger than {MAX_LEN} bytes")));
+    }
+    let text = String::from_utf8(bytes).map_err(|_| bad("not text".into()))?;
+    parse(&text).map(Some).map_err(bad)
+}
+
+/// Records `id` in `data_dir` durably.
+pub(crate) fn write(data_dir: &Path, id: StoreIdentity) -> Result<(), StoreError> {
+    fsutil::write_atomic(data_dir, STATE_FILE, render(id).as_bytes())
+}
+
+/// The state file's text for `id`.
+pub(crate) fn render(id: StoreIdentity) -> String {
+    let body = format!(
+        "{MAGIC}\nversion {VERSION}\nsystem_identifier {}\nwal_segment_size {}\n",
+        id.system_id.0,
+        id.segment_size.bytes()
+    );
+    let crc = crc32fast::hash(body.as_bytes());
+    format!("{body}crc32 {crc:08x}\n")
+}
+
+fn parse(text: &str) -> Result<StoreIdentity, String> {
+    let mut lines = text.split_inclusive('\n');
+    if lines.next() != Some(&format!("{MAGIC}\n")) {
+        return Err("not a walrelay state file".into());
+    }
+    let (body, crc_line) = text
+        .strip_suffix('\n')
+        .and_then(|t| t.rsplit_once('\n'))
+        .ok_or("truncated")?;
+    let stored = value(Some(crc_line), "crc32")?;
+    let actual = format!("{:08x}", crc32fast::hash(format!("{body}\n").as_bytes()));
+    if stored != actual {
+        return Err(format!(
+            "checksum mismatch (stored {stored}, computed {actual})"
+        ));
+    }
+    let mut fields = body.split('\n').skip(1);
+    let version = value(fields.next(), "version")?;
+    if version != VERSION {
+        return Err(format!("unsupported format version \"{version}\""));
+    }
+    let system_id = value(fields.next(), "system_identifier")?
+        .parse::<SystemId>()
+        .map_err(|e| e.to_string())?;
+    let segment_size = value(fields.next(), "wal_segment_size")?
+        .parse::<u32>()
+        .map_err(|e| format!("wal_segment_size: {e}"))
+        .and_then(|n| WalSegmentSize::new(n).map_err(|e| e.to_string()))?;
+    if fields.next().is_some() {
+        return Err("unexpected extra lines".into());
+    }
+    Ok(StoreIdentity {
+        system_id,
+        segment_size,
+    })
+}
+
+/// The value of a `key value` line.
+fn value<'a>(line: Option<&'a str>, key: &str) -> Result<&'a str, String> {
+    line.and_then(|l| l.strip_prefix(key))
+        .and_then(|rest| rest.strip_prefix(' '))
+        .ok_or_else(|| format!("missing \"{key}\" line"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id() -> StoreIdentity {
+        StoreIdentity {
+            system_id: SystemId(7_712_484_032_370_382_654),
+            segment_size: WalSegmentSize::DEFAULT,
+        }
+    }
+
+    #[test]
+    fn round_trips() {
+        let t = tempfile::TempDir::new().unwrap();
+        assert_eq!(read(t.path()).unwrap(), None);
+        write(t.path(), id()).unwrap();
+        assert_eq!(read(t.path()).unwrap(), Some(id()));
+        let text = std::fs::read_to_string(t.path().join(STATE_FILE)).unwrap();
+        assert!(
+            text.starts_with("walrelay storage state\nversion 1\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn refuses_damage_and_foreign_files() {
+        let good = render(id());
+        let mut cases: Vec<(Vec<u8>, &str)> = vec![
+            (Vec::new(), "not a walrelay state file"),
+            (b"PG_VERSION 15\n".to_vec(), "not a walrelay state file"),
+            (vec![0xFF; 40], "not text"),
+            (vec![b'x'; 5000], "larger than"),
+            (
+                good.replace("16777216", "16777217").into_bytes(),
+                "checksum",
+            ),
+            (good.replace("crc32 ", "crc33 ").into_bytes(), "crc32"),
+            (good.trim_end().as_bytes().to_vec(), "truncated"),
+            (format!("{MAGIC}\n").into_bytes(), "truncated"),
+        ];
+        // A well-formed file of a future version, and one with a bad size, each checksummed.
+        for (from, to, why) in [
+            ("version 1", "version 2", "unsupported format version"),
+            ("16777216", "17000000", "invalid WAL segment size"),
+            ("7712484032370382654", "-1", "invalid system identifier"),
+        ] {
+            let body = good.rsplit_once("crc32").unwrap().0.replace(from, to);
+            let crc = crc32fast::hash(body.as_bytes());
+            cases.push((format!("{body}crc32 {crc:08x}\n").into_bytes(), why));
+        }
+        for (bytes, why) in cases {
+            let t = tempfile::TempDir::new().unwrap();
+            std::fs::write(t.path().join(STATE_FILE), &bytes).unwrap();
+            let err = read(t.path()).unwrap_err().to_string();
+            assert!(err.contains(why), "{err} lacks {why}");
+            assert!(err.contains(STATE_FILE), "{err}");
+        }
+    }
+}

@@ -1,0 +1,365 @@
+//! The write side of the store: appending WAL to the `.partial` segment, completing segments
+//! and making them durable.
+//!
+//! It follows `pg_receivewal` (`receivelog.c`, `walmethods.c`): segments are written strictly in
+//! order, a full segment is fdatasync'd and only then renamed from `NAME.partial` to `NAME`, so a
+//! short file never carries a complete name. Unlike `pg_receivewal` the partial is not
+//! pre-padded with zeros: its length is the written length, which keeps recovery simple.
+//!
+//! Three positions are tracked, each with the validator state there: the *write* end (bytes
+//! handed to the kernel), the *synced* end (bytes known to be on disk: after a segment's
+//! fdatasync or a flush) and the *durable* end (what [`Tail::flush`] last returned). After a
+//! failed fdatasync the kernel may have dropped the dirty pages, so a retry proves nothing
+//! (PostgreSQL PANICs there); the store instead cuts the file back to the synced end and lets
+//! the caller resend from there.
+
+use std::fs::{self, File};
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+
+use crate::types::{Lsn, SegmentName, SegmentNo, TimelineId, WalSegmentSize};
+use crate::wal::WalValidator;
+
+use super::error::{StoreError, io_err};
+use super::fsutil;
+use super::layout;
+
+/// A position in the stored WAL with the validator state there.
+#[derive(Clone)]
+pub(crate) struct Mark {
+    /// The position.
+    pub end: Lsn,
+    /// The validator, `position() == end`.
+    pub validator: WalValidator,
+}
+
+/// The `.partial` segment file currently open for writing.
+struct OpenSegment {
+    segno: SegmentNo,
+    path: PathBuf,
+    file: File,
+}
+
+/// The end of the stored WAL on the current timeline, and the file being written.
+pub(crate) struct Tail {
+    dir: PathBuf,
+    size: WalSegmentSize,
+    timeline: TimelineId,
+    written: Mark,
+    synced: Mark,
+    durable: Mark,
+    open: Option<OpenSegment>,
+    /// A file was created or renamed in `dir` since its last fsync.
+    dir_dirty: bool,
+}
+
+impl Tail {
+    /// A tail whose every byte below `at.end` is already durable.
+    pub(crate) fn new(dir: PathBuf, size: WalSegmentSize, timeline: TimelineId, at: Mark) -> Tail {
+        Tail {
+            dir,
+            size,
+            timeline,
+            written: at.clone(),
+            synced: at.clone(),
+            durable: at,
+            open: None,
+            dir_dirty: false,
+        }
+    }
+
+    /// The timeline being written.
+    pub(crate) fn timeline(&self) -> TimelineId {
+        self.timeline
+    }
+
+    /// The write end and the validator there.
+    pub(crate) fn written(&self) -> &Mark {
+        &self.written
+    }
+
+    /// The durable end and the validator there.
+    pub(crate) fn durable(&self) -> &Mark {
+        &self.durable
+    }
+
+    /// The segment holding the last written byte, or `None` before the first byte of segment 1.
+    pub(crate) fn last_written_segment(&self) -> Option<SegmentNo> {
+        self.written
+            .end
+            .checked_sub(1)
+            .map(|l| self.size.segment_of(l))
+    }
+
+    /// Validates `data` (which must start at the write end), then writes it segment by segment.
+    ///
+    /// Invalid WAL or a gap writes nothing. An I/O error leaves every earlier segment's share
+    /// written and the write end after it; the caller resends from [`Tail::written`].
+    pub(crate) fn append(&mut self, start: Lsn, data: &[u8]) -> Result<(), StoreError> {
+        if start != self.written.end {
+            return Err(StoreError::Discontinuous {
+                expected: self.written.end,
+                got: start,
+            });
+        }
+        start
+            .checked_add(data.len() as u64)
+            .ok_or(StoreError::LsnOverflow(start))?;
+        let mut validator = self.written.validator.clone();
+        let mut pieces = Vec::new();
+        let mut rest = data;
+        let mut at = start;
+        while !rest.is_empty() {
+            let room = self.size.bytes_u64() - u64::from(self.size.offset_in_segment(at));
+            let (piece, tail) = rest.split_at(rest.len().min(room as usize));
+            validator
+                .feed(piece)
+                .map_err(|source| StoreError::InvalidWal { lsn: start, source })?;
+            at = Lsn(at.0 + piece.len() as u64);
+            pieces.push((
+                piece,
+                Mark {
+                    end: at,
+                    validator: validator.clone(),
+                },
+            ));
+            rest = tail;
+        }
+        pieces
+            .into_iter()
+            .try_for_each(|(piece, after)| self.write_piece(piece, after))
+    }
+
+    /// Writes bytes that lie within one segment, completing the segment if they fill it.
+    fn write_piece(&mut self, data: &[u8], after: Mark) -> Result<(), StoreError> {
+        self.finish_full_segment()?;
+        let offset = u64::from(self.size.offset_in_segment(self.written.end));
+        let seg = self.current_segment()?;
+        if let Err(e) = seg.file.write_all_at(data, offset) {
+            let err = io_err("write", &seg.path)(e);
+            // Reopened, and cut back to the write end, by the next call.
+            self.open = None;
+            return Err(err);
+        }
+        self.written = after;
+        self.finish_full_segment()
+    }
+
+    /// The `.partial` file the write end lies in, opened (or created) with its length set to
+    /// the write end's offset, so bytes of a failed write never linger in it.
+    fn current_segment(&mut self) -> Result<&mut OpenSegment, StoreError> {
+        let segno = self.size.segment_of(self.written.end);
+        let offset = u64::from(self.size.offset_in_segment(self.written.end));
+        if self.open.as_ref().is_some_and(|s| s.segno != segno) {
+            self.open = None;
+        }
+        if self.open.is_none() {
+            let name = SegmentName {
+                timeline: self.timeline,
+                segno,
+            };
+            let path = layout::segment_path(&self.dir, name, self.size, true);
+            let file = fsutil::open_rw(&path)?;
+            let len = file.metadata().map_err(io_err("stat", &path))?.len();
+            if len < offset {
+                let reason = "shorter than the WAL stored in it";
+                return Err(StoreError::Layout { path, reason });
+            }
+            if len > offset {
+                file.set_len(offset).map_err(io_err("truncate", &path))?;
+            }
+            // The directory entry may be new, or not yet durable after a crash.
+            self.dir_dirty = true;
+            self.open = Some(OpenSegment { segno, path, file });
+        }
+        self.open.as_mut().ok_or(StoreError::NotStarted)
+    }
+
+    /// If the open segment is full: fdatasync it, rename it to its complete name and fsync the
+    /// directory. A failure leaves it to be retried by the next append or flush.
+    fn finish_full_segment(&mut self) -> Result<(), StoreError> {
+        let Some(seg) = &self.open else {
+            return Ok(());
+        };
+        let name = SegmentName {
+            timeline: self.timeline,
+            segno: seg.segno,
+        };
+        if layout::segment_end(name, self.size) != Some(self.written.end) {
+            return Ok(());
+        }
+        if let Err(e) = seg.file.sync_data() {
+            let err = io_err("fdatasync", &seg.path)(e);
+            self.roll_back();
+            return Err(err);
+        }
+        self.synced = self.written.clone();
+        let complete = layout::segment_path(&self.dir, name, self.size, false);
+        fs::rename(&seg.path, &complete).map_err(io_err("rename", &seg.path))?;
+        self.open = None;
+        self.dir_dirty = true;
+        fsutil::fsync_dir(&self.dir)?;
+        self.dir_dirty = false;
+        Ok(())
+    }
+
+    /// Makes everything written durable and returns the new durable end.
+    ///
+    /// After a failed fdatasync the write end falls back to the last synced position.
+    pub(crate) fn flush(&mut self) -> Result<Lsn, StoreError> {
+        self.finish_full_segment()?;
+        if self.written.end > self.synced.end {
+            let seg = self.current_segment()?;
+            if let Err(e) = seg.file.sync_data() {
+                let err = io_err("fdatasync", &seg.path)(e);
+                self.roll_back();
+                return Err(err);
+            }
+            self.synced = self.written.clone();
+        }
+        if self.dir_dirty {
+            fsutil::fsync_dir(&self.dir)?;
+            self.dir_dirty = false;
+        }
+        self.durable = self.synced.clone();
+        Ok(self.durable.end)
+    }
+
+    /// Forgets what was written after the synced end; the file is cut back to it when it is
+    /// reopened.
+    fn roll_back(&mut self) {
+        self.open = None;
+        self.written = self.synced.clone();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixture::{self, SEG, bytes, name, start};
+    use super::super::{StoreError, WalStore};
+    use crate::types::Lsn;
+    use std::fs;
+    use std::path::Path;
+
+    fn wal_file(dir: &Path, file: &str) -> Vec<u8> {
+        fs::read(dir.join("wal").join(file)).unwrap()
+    }
+
+    #[test]
+    fn appends_across_segment_boundaries() {
+        let t = tempfile::TempDir::new().unwrap();
+        let mid = Lsn(start().0 + SEG + SEG / 2);
+        let mut store = fixture::store_upto(t.path(), mid, 100_000);
+        assert_eq!(
+            wal_file(t.path(), &name(1, 7)),
+            bytes(start(), Lsn(0x80_0000))
+        );
+        let partial = format!("{}.partial", name(1, 8));
+        assert_eq!(wal_file(t.path(), &partial), bytes(Lsn(0x80_0000), mid));
+        assert!(!t.path().join("wal").join(name(1, 8)).exists());
+        // One append spanning two segment boundaries.
+        let far = Lsn(mid.0 + 2 * SEG);
+        store.append(mid, bytes(mid, far)).unwrap();
+        assert_eq!(store.flush().unwrap(), far);
+        fixture::assert_complete(t.path(), 7, 10);
+        let partial = format!("{}.partial", name(1, 10));
+        assert_eq!(wal_file(t.path(), &partial), bytes(Lsn(0xA0_0000), far));
+        fixture::append_range(&mut store, far, fixture::end(), 128 * 1024);
+        fixture::assert_complete(t.path(), 7, 12);
+        let names = fs::read_dir(t.path().join("wal")).unwrap().count();
+        assert_eq!(
+            names, 5,
+            "no partial is left once the last segment is complete"
+        );
+    }
+
+    #[test]
+    fn only_flush_makes_wal_durable() {
+        let t = tempfile::TempDir::new().unwrap();
+        let mut store = fixture::store_upto(t.path(), Lsn(0x70_4000), 8192);
+        let before = store.end().unwrap();
+        assert_eq!(before.durable, Lsn(0x70_4000));
+        let to = Lsn(0x80_2000);
+        store
+            .append(Lsn(0x70_4000), bytes(Lsn(0x70_4000), to))
+            .unwrap();
+        assert_eq!(store.write_end(), Some(to));
+        assert_eq!(store.durable_end(), Some(Lsn(0x70_4000)));
+        assert_eq!(store.end(), Some(before));
+        assert_eq!(store.validator().unwrap().position(), Lsn(0x70_4000));
+        assert_eq!(store.flush().unwrap(), to);
+        let end = store.end().unwrap();
+        assert_eq!(end.durable, to);
+        // The 3 MiB record that started at 0/77D658 is still open.
+        assert_eq!(end.valid, Lsn(0x77_D658));
+        assert_eq!(store.validator().unwrap().valid_end(), end.valid);
+        assert_eq!(store.flush().unwrap(), to);
+    }
+
+    #[test]
+    fn refuses_gaps_overlaps_and_invalid_wal() {
+        let t = tempfile::TempDir::new().unwrap();
+        let at = Lsn(0x80_4000);
+        let mut store = fixture::store_upto(t.path(), at, 65536);
+        let partial = format!("{}.partial", name(1, 8));
+        let before = wal_file(t.path(), &partial);
+        for start in [Lsn(at.0 + 1), Lsn(at.0 - 8), Lsn(0)] {
+            let err = store
+                .append(start, bytes(at, Lsn(at.0 + 8192)))
+                .unwrap_err();
+            assert!(matches!(err, StoreError::Discontinuous { .. }), "{err}");
+        }
+        // A damaged page header in the second segment of an append: nothing is written.
+        let to = Lsn(0x90_8000);
+        let mut damaged = bytes(at, to).to_vec();
+        damaged[(0x90_6000 - at.0) as usize] ^= 0x40;
+        let err = store.append(at, &damaged).unwrap_err();
+        assert!(matches!(err, StoreError::InvalidWal { .. }), "{err}");
+        assert_eq!(store.write_end(), Some(at));
+        assert_eq!(wal_file(t.path(), &partial), before);
+        store.append(at, bytes(at, to)).unwrap();
+        assert_eq!(store.flush().unwrap(), to);
+    }
+
+    #[test]
+    fn a_full_disk_is_a_clear_error_and_clears_without_reopening() {
+        let t = tempfile::TempDir::new().unwrap();
+        let at = Lsn(0xA0_0000);
+        let mut store = fixture::store_upto(t.path(), at, 1 << 20);
+        // The next segment's file lands on a device that is always full.
+        let partial = t
+            .path()
+            .join("wal")
+            .join(format!("{}.partial", name(1, 10)));
+        std::os::unix::fs::symlink("/dev/full", &partial).unwrap();
+        let err = store.append(at, bytes(at, Lsn(at.0 + 8192))).unwrap_err();
+        assert!(err.is_disk_full(), "{err}");
+        assert!(err.to_string().contains(&name(1, 10)), "{err}");
+        assert_eq!(store.write_end(), Some(at));
+        assert!(!t.path().join("wal").join(name(1, 10)).exists());
+        // Space comes back.
+        fs::remove_file(&partial).unwrap();
+        fixture::append_range(&mut store, at, fixture::end(), 100_000);
+        fixture::assert_complete(t.path(), 7, 12);
+    }
+
+    #[test]
+    fn needs_a_started_store() {
+        let t = tempfile::TempDir::new().unwrap();
+        let mut store = WalStore::open(t.path()).unwrap();
+        let err = store.start_at(fixture::tli(1), start()).unwrap_err();
+        assert!(matches!(err, StoreError::NotInitialized), "{err}");
+        store.initialize(fixture::id()).unwrap();
+        assert!(matches!(store.flush(), Err(StoreError::NotStarted)));
+        let err = store
+            .append(start(), bytes(start(), Lsn(0x70_2000)))
+            .unwrap_err();
+        assert!(matches!(err, StoreError::NotStarted), "{err}");
+        let err = store.start_at(fixture::tli(1), Lsn(0x70_2000)).unwrap_err();
+        assert!(matches!(err, StoreError::NotSegmentStart { .. }), "{err}");
+        store.start_at(fixture::tli(1), start()).unwrap();
+        assert_eq!(store.end().unwrap().durable, start());
+        let err = store.start_at(fixture::tli(1), start()).unwrap_err();
+        assert!(matches!(err, StoreError::AlreadyStarted { .. }), "{err}");
+    }
+}
