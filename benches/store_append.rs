@@ -5,6 +5,12 @@
 //! `std::env::temp_dir()` on the real disk (set `TMPDIR` to measure another one). The store
 //! also validates every record and page header, renames completed segments and fsyncs the
 //! directory, so the gap between the two lines is the store's whole overhead.
+#![allow(
+    missing_docs,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing
+)]
 
 use std::fs::{self, File};
 use std::hint::black_box;

@@ -10,7 +10,11 @@ use walrelay::service::relay::{Relay, SHUTDOWN_GRACE};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    // The demo prints its own progress table; only warnings interrupt it.
+    init_logging(match cli.command {
+        Command::Demo(_) => "warn",
+        Command::Run(_) => "info",
+    });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -75,11 +79,15 @@ async fn wait_for_signal() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn init_logging() {
+/// Logs go to stderr, filtered by `WALRELAY_LOG` (tracing's `EnvFilter` syntax) or
+/// `default_level`; colours only on a terminal.
+fn init_logging(default_level: &str) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_env("WALRELAY_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
 }

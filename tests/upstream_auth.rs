@@ -3,6 +3,7 @@
 //! socket. The server has `ssl=on` with the test certificates and SCRAM, md5 and cleartext
 //! `pg_hba.conf` rules for replication connections.
 #![cfg(feature = "runtime")]
+#![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)]
 
 use std::fs;
 use std::io::{Read, Write};

@@ -86,12 +86,14 @@ def wal_validator():
     # size exponent, split pattern, byte to corrupt (2 bytes); then raw WAL or a program of
     # 3-byte ops for the in-memory WAL writer (small, medium, page fill, switch, abandoned,
     # custom-rmgr record).
-    program = bytes([0, 10, 0, 1, 0x40, 0x00, 2, 5, 0, 4, 0x00, 0x30, 0, 21, 0x30,
-                     5, 4, 4, 1, 0x00, 0x24, 3, 0, 0, 0, 1, 0])
-    write("wal_validator", "generated_whole", bytes([1, 0, 3, 0, 0]) + program)
-    write("wal_validator", "generated_bytewise", bytes([3, 0, 0, 0, 0]) + program)
-    write("wal_validator", "generated_chunks", bytes([5, 2, 1, 0, 0]) + program)
-    write("wal_validator", "generated_corrupt", bytes([0x87, 0, 2, 0x31, 0x02]) + program)
+    records = bytes([0, 10, 0, 1, 0x40, 0x00, 2, 5, 0, 4, 0x00, 0x30, 0, 21, 0x30, 5, 4, 4,
+                     1, 0x00, 0x24, 0, 1, 0])
+    switch = bytes([3, 0, 0, 0, 1, 0])
+    write("wal_validator", "generated_whole", bytes([1, 0, 3, 0, 0]) + records + switch)
+    write("wal_validator", "generated_corrupt", bytes([0x87, 0, 3, 0x31, 0x02]) + records + switch)
+    # Fed in small chunks, so without the switch's zero fill to the end of the segment.
+    write("wal_validator", "generated_bytewise", bytes([3, 0, 0, 0, 0]) + records)
+    write("wal_validator", "generated_chunks", bytes([5, 2, 1, 0, 0]) + records)
     # Real PostgreSQL 15 WAL (1 MiB segments), read raw from LSN 0 in large chunks.
     segment = (WAL / "000000010000000000000007").read_bytes()[:65536]
     write("wal_validator", "segment_7_head", bytes([0, 0, 2, 0, 0]) + segment)

@@ -524,7 +524,10 @@ fn scram_text(data: &[u8]) -> Result<&str, AuthError> {
 fn is_base64(s: &str) -> bool {
     let body = s.trim_end_matches('=');
     let alphabet = |b: u8| b.is_ascii_alphanumeric() || b == b'+' || b == b'/';
-    !s.is_empty() && s.len() % 4 == 0 && s.len() - body.len() <= 2 && body.bytes().all(alphabet)
+    !s.is_empty()
+        && s.len().is_multiple_of(4)
+        && s.len() - body.len() <= 2
+        && body.bytes().all(alphabet)
 }
 
 #[cfg(test)]

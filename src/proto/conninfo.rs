@@ -766,11 +766,11 @@ impl Settings<'_> {
         let addrs: Option<Vec<String>> = list("hostaddr");
         let ports: Vec<String> = list("port").unwrap_or_default();
         let count = addrs.as_ref().or(hosts.as_ref()).map_or(1, Vec::len);
-        if let (Some(hosts), Some(addrs)) = (&hosts, &addrs) {
-            if hosts.len() != addrs.len() {
-                let (names, addrs) = (hosts.len(), addrs.len());
-                return Err(ConnInfoError::HostCount { names, addrs });
-            }
+        if let (Some(hosts), Some(addrs)) = (&hosts, &addrs)
+            && hosts.len() != addrs.len()
+        {
+            let (names, addrs) = (hosts.len(), addrs.len());
+            return Err(ConnInfoError::HostCount { names, addrs });
         }
         if ports.len() > 1 && ports.len() != count {
             return Err(ConnInfoError::PortCount {

@@ -232,7 +232,7 @@ mod tests {
             send_time: PgTimestamp(0),
             data: Bytes::from(vec![7u8; n]),
         }
-        .write(&mut out);
+        .write_payload(&mut out);
         out.freeze()
     }
 
@@ -243,7 +243,7 @@ mod tests {
             send_time: PgTimestamp(0),
             reply_requested: reply,
         }
-        .write(&mut out);
+        .write_payload(&mut out);
         out.freeze()
     }
 

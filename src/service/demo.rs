@@ -93,11 +93,9 @@ pub async fn run(opts: DemoOptions) -> Result<(), DemoError> {
         let (primary, stop) = (Arc::clone(&primary), Arc::clone(&stop_load));
         tokio::task::spawn_blocking(move || {
             while !stop.load(Ordering::Relaxed) {
-                if let Err(e) = primary.write_load(2000) {
-                    return Err(e);
-                }
+                primary.write_load(2000)?;
             }
-            Ok(())
+            Ok::<(), LocalPgError>(())
         })
     };
 

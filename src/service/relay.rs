@@ -32,7 +32,13 @@ pub enum RelayError {
     Spawn(#[from] std::io::Error),
     /// The upstream side failed for good.
     #[error("{0}")]
-    Upstream(#[from] UpstreamError),
+    Upstream(Box<UpstreamError>),
+}
+
+impl From<UpstreamError> for RelayError {
+    fn from(e: UpstreamError) -> Self {
+        RelayError::Upstream(Box::new(e))
+    }
 }
 
 /// A relay that has opened its store and is ready to stream.

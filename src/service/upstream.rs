@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::proto::conninfo::ConnInfo;
 use crate::proto::query::{
@@ -149,9 +149,16 @@ pub async fn run(
 ) -> Result<(), UpstreamError> {
     let mut delay = settings.reconnect_min;
     let mut attempt: u64 = 0;
+    let peer = settings
+        .conninfo
+        .hosts()
+        .iter()
+        .map(|e| format!("{}:{}", e.pgpass_host(), e.port))
+        .collect::<Vec<_>>()
+        .join(",");
     loop {
         attempt += 1;
-        let span = info_span!("upstream", attempt, slot = %settings.slot);
+        let span = info_span!("upstream", peer = %peer, attempt, slot = %settings.slot);
         let started = Instant::now();
         let outcome = connect_and_stream(&settings, &writer, &shutdown)
             .instrument(span)
@@ -162,7 +169,11 @@ pub async fn run(
                 if shutdown.is_cancelled() {
                     return Ok(());
                 }
-                warn!(error = %e, sqlstate = e.sqlstate().unwrap_or(""), "upstream connection ended");
+                if e.sqlstate() == Some("58P01") {
+                    error!(error = %e, "the upstream no longer has the WAL the relay needs next; the relay will not skip over it. Restore the missing segments upstream, or move this data directory aside and start the relay afresh");
+                } else {
+                    warn!(error = %e, sqlstate = e.sqlstate().unwrap_or(""), "upstream connection ended");
+                }
                 if writer.positions().borrow().failed.is_some() {
                     writer = reopen()?;
                 }

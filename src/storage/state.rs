@@ -8,7 +8,7 @@
 //! version 1
 //! system_identifier 7712484032370382654
 //! wal_segment_size 16777216
-//! crc32 1c291ca3
+//! crc32 b6e6c2c8
 //! ```
 //!
 //! The CRC-32 (IEEE, `crc32fast`) covers every byte before the `crc32` line. The file is replaced
@@ -134,10 +134,10 @@ mod tests {
         write(t.path(), id()).unwrap();
         assert_eq!(read(t.path()).unwrap(), Some(id()));
         let text = std::fs::read_to_string(t.path().join(STATE_FILE)).unwrap();
-        assert!(
-            text.starts_with("walrelay storage state\nversion 1\n"),
-            "{text}"
-        );
+        // The example in the module documentation.
+        let documented = "walrelay storage state\nversion 1\nsystem_identifier \
+                          7712484032370382654\nwal_segment_size 16777216\ncrc32 b6e6c2c8\n";
+        assert_eq!(text, documented);
     }
 
     #[test]

@@ -11,8 +11,10 @@
 
 use super::{Lsn, SegmentName, SegmentNo, SystemId, TimelineId, WAL_PAGE_SIZE, WalSegmentSize};
 
-/// The most input lines and 8-byte words one run looks at, to keep every run short.
-const MAX_ITEMS: usize = 64;
+/// The most input lines one run parses, to keep every run short.
+const MAX_LINES: usize = 16;
+/// The most 8-byte words one run uses as LSNs (each for every segment size).
+const MAX_WORDS: usize = 4;
 
 /// Reads `data` two ways: as text, one candidate per line, parsed as every type with a text
 /// form; and as little-endian 8-byte words, each used (and its complement, so that small
@@ -20,11 +22,11 @@ const MAX_ITEMS: usize = 64;
 pub fn fuzz_lsn_and_segment_names(data: &[u8]) {
     let sizes = segment_sizes();
     let text = String::from_utf8_lossy(data);
-    for line in text.split('\n').take(MAX_ITEMS) {
+    for line in text.split('\n').take(MAX_LINES) {
         check_text(line, &sizes);
     }
     let mut previous = Lsn::INVALID;
-    for word in data.chunks(8).take(MAX_ITEMS) {
+    for word in data.chunks(8).take(MAX_WORDS) {
         let mut bytes = [0u8; 8];
         for (to, from) in bytes.iter_mut().zip(word) {
             *to = *from;

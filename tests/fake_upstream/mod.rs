@@ -83,7 +83,7 @@ pub enum Fault {
 #[derive(Clone, Debug)]
 pub enum Stream {
     /// `wal` from the requested position in [`CHUNK`]-sized XLogData; at `fault`'s LSN, once
-    /// the relay has reported everything before it as flushed, the fault is sent instead and
+    /// the relay has reported everything before it as written, the fault is sent instead and
     /// the stream goes silent.
     Wal {
         wal: Wal,
@@ -183,6 +183,15 @@ impl Session {
     /// Whether a query starting with `prefix` was received.
     pub fn asked(&self, prefix: &str) -> bool {
         self.queries.iter().any(|q| q.starts_with(prefix))
+    }
+
+    /// The highest write position reported.
+    pub fn max_write(&self) -> Lsn {
+        self.statuses
+            .iter()
+            .map(|s| s.write)
+            .max()
+            .unwrap_or(Lsn(0))
     }
 
     /// The highest flush position reported.
@@ -542,7 +551,7 @@ async fn start_replication(
 }
 
 /// Sends `wal` from `from` in chunks; at the fault, waits for the relay to report everything
-/// before it flushed, sends the fault and stops.
+/// before it written, sends the fault and stops.
 async fn send_wal(
     shared: &Shared,
     idx: usize,
@@ -554,7 +563,7 @@ async fn send_wal(
     let mut pos = from;
     while pos < wal.end() {
         if let Some((at, fault)) = fault.filter(|(at, _)| *at == pos) {
-            wait_flushed(shared, idx, *at).await;
+            wait_written(shared, idx, *at).await;
             let bytes = match fault {
                 Fault::Skip(n) => {
                     xlog_data(Lsn(at.0 + n), wal.end(), &wal.slice(Lsn(at.0 + n), CHUNK))
@@ -579,11 +588,11 @@ async fn send_wal(
     Ok(())
 }
 
-/// Waits (up to 5 s) until the relay has reported `lsn` as flushed.
-async fn wait_flushed(shared: &Shared, idx: usize, lsn: Lsn) {
+/// Waits (up to 5 s) until the relay has reported `lsn` as written.
+async fn wait_written(shared: &Shared, idx: usize, lsn: Lsn) {
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
-        if shared.sessions.lock().unwrap()[idx].max_flush() >= lsn {
+        if shared.sessions.lock().unwrap()[idx].max_write() >= lsn {
             return;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
