@@ -2,6 +2,7 @@
 //! 1 MB segments and archiving, `pg_receivewal`, `pg_waldump`, a streaming standby made with
 //! `pg_basebackup`, and `pg_receivewal` through a proxy that re-slices every byte.
 #![cfg(feature = "runtime")]
+#![allow(clippy::unwrap_used)]
 
 use std::fs;
 use std::path::Path;

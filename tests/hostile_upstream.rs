@@ -5,18 +5,18 @@
 //! steps back, bytes that are not WAL, plaintext after `S`, another system identifier or
 //! segment size, history file names with path characters, huge SCRAM iteration counts,
 //! frames that stall halfway, and malformed stream messages.
+#![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
 
 mod fake_upstream;
-mod support;
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use fake_upstream::*;
-use support::RelayProcess;
 use walrelay::types::Lsn;
 use walrelay::wire::backend::CopyResponse;
 use walrelay::wire::{Authentication, BackendMessage, ErrorFields};
@@ -72,15 +72,81 @@ fn good_script() -> Script {
     Script::serving(system_id(&wal), wal)
 }
 
-/// A script whose stream has `fault` at `at`.
-fn faulty(at: Lsn, fault: Fault) -> Script {
+/// A script serving the captured WAL in chunks of `chunk` bytes, with `fault`.
+fn streaming(chunk: usize, fault: Option<(Lsn, Fault)>) -> Script {
     let wal = real_wal();
     let mut script = Script::serving(system_id(&wal), wal.clone());
-    script.start = Start::CopyBoth(Stream::Wal {
-        wal,
-        fault: Some((at, fault)),
-    });
+    script.start = Start::CopyBoth(Stream::Wal { wal, chunk, fault });
     script
+}
+
+/// A script whose stream has `fault` at `at`.
+fn faulty(at: Lsn, fault: Fault) -> Script {
+    streaming(CHUNK, Some((at, fault)))
+}
+
+/// A `walrelay run` child process logging to a file; killed on drop.
+struct RelayProcess {
+    child: Child,
+    data_dir: PathBuf,
+    log: PathBuf,
+}
+
+impl RelayProcess {
+    fn start(upstream: &str, data_dir: &Path, extra: &[&str]) -> RelayProcess {
+        let log = data_dir.with_extension("log");
+        let out = fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_walrelay"))
+            .args(["run", "--upstream", upstream, "--data-dir"])
+            .arg(data_dir)
+            .args([
+                "--reconnect-min",
+                "50ms",
+                "--reconnect-max",
+                "1s",
+                "--status-interval",
+                "1s",
+            ])
+            .args(extra)
+            .env("WALRELAY_LOG", "debug")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        RelayProcess {
+            child,
+            data_dir: data_dir.to_owned(),
+            log,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn log_contents(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().unwrap()
+    }
+
+    fn wal_dir(&self) -> PathBuf {
+        self.data_dir.join("wal")
+    }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("relay log {}:\n{}", self.log.display(), self.log_contents());
+        }
+    }
 }
 
 /// A fake upstream and a relay process streaming from it into a fresh directory.
@@ -140,10 +206,7 @@ impl Run {
     fn assert_healthy(&mut self) {
         let log = self.relay.log_contents();
         assert!(!log.contains("panicked"), "relay panicked:\n{log}");
-        assert!(
-            self.relay.wait_exit(Duration::ZERO).is_none(),
-            "relay exited:\n{log}"
-        );
+        assert!(self.relay.exited().is_none(), "relay exited:\n{log}");
     }
 
     fn data_dir(&self) -> &Path {
@@ -227,10 +290,11 @@ fn noise(len: usize) -> Bytes {
 
 // 1. Happy path.
 
-#[test]
-fn real_wal_is_stored_byte_identical_and_flush_reported() {
+/// Streams the captured WAL in chunks of `chunk` bytes; the relay must store it unchanged
+/// and report it written and flushed.
+fn stored_byte_identical(chunk: usize) {
     let wal = real_wal();
-    let mut run = run(good_script(), PLAIN, &[]);
+    let mut run = run(streaming(chunk, None), PLAIN, &[]);
     let sessions = run.wait_all_stored();
     let first = &sessions[0];
     assert_eq!(
@@ -274,6 +338,16 @@ fn real_wal_is_stored_byte_identical_and_flush_reported() {
         );
     }
     run.assert_healthy();
+}
+
+#[test]
+fn real_wal_is_stored_byte_identical_and_flush_reported() {
+    stored_byte_identical(CHUNK);
+}
+
+#[test]
+fn xlogdata_crossing_segment_boundaries_is_split_correctly() {
+    stored_byte_identical(100_000);
 }
 
 // 2. XLogData that does not continue where the last one ended.
@@ -662,6 +736,7 @@ fn scram_iteration_count_beyond_the_cap_is_refused_quickly() {
         let mut script = good_script();
         script.auth = Auth::Scram {
             server_first: format!("r={{nonce}}srv,s={SALT},i={iterations}"),
+            then: Bytes::new(),
         };
         let mut run = run(script, "sslmode=disable password=secret", &[]);
         let sessions =
@@ -688,6 +763,7 @@ fn scram_nonce_not_extending_ours_is_refused() {
     let mut script = good_script();
     script.auth = Auth::Scram {
         server_first: format!("r=notyournonce,s={SALT},i=4096"),
+        then: Bytes::new(),
     };
     let mut run = run(script, "sslmode=disable password=secret", &[]);
     let sessions = run.expect_refused("malformed SCRAM message (nonce mismatch)");
@@ -763,23 +839,35 @@ fn half_a_frame_during_login_times_out() {
     assert!(sessions.iter().all(|s| s.queries.is_empty()));
 }
 
+/// Half a RowDescription: a frame that never completes.
+const HALF_FRAME: &[u8] = b"T\x00\x00\x00\x40\x00";
+
+/// After the login, a command answered with half a frame and silence: the relay must give up
+/// on its own clock (its receive timeout or login deadline) and reconnect.
 #[test]
 fn half_a_frame_in_a_command_answer_times_out() {
-    let mut script = good_script();
-    script.identify = Bytes::from_static(b"T\x00\x00\x00\x40\x00");
-    let mut run = run(
-        script,
-        "sslmode=disable connect_timeout=2",
-        &["--receive-timeout", "2s"],
-    );
-    let sessions = run.fake.wait(
-        "a reconnect after the stalled IDENTIFY_SYSTEM",
-        DEADLINE,
-        |s| s.len() >= 2,
-    );
-    never_started_streaming(&sessions);
-    run.assert_healthy();
-    run.assert_nothing_stored();
+    let stalled_identify = Script {
+        identify: Bytes::from_static(HALF_FRAME),
+        ..good_script()
+    };
+    let stalled_start = Script {
+        start: Start::Raw(Bytes::from_static(HALF_FRAME)),
+        ..good_script()
+    };
+    for (what, script) in [
+        ("IDENTIFY_SYSTEM", stalled_identify),
+        ("START_REPLICATION", stalled_start),
+    ] {
+        let args = ["--receive-timeout", "2s"];
+        let mut run = run(script, "sslmode=disable connect_timeout=2", &args);
+        run.fake.wait(
+            &format!("a reconnect after the stalled {what}"),
+            DEADLINE,
+            |s| s.len() >= 2 && s[0].closed,
+        );
+        run.assert_healthy();
+        assert!(run.segment(SEG7).is_empty(), "WAL stored");
+    }
 }
 
 // 10. Malformed answers to START_REPLICATION and stream messages.
@@ -861,4 +949,142 @@ fn frame_of_64_mib_is_refused_without_allocating_it() {
         peak < 64 << 20,
         "relay peak RSS {peak} bytes after a 64 MiB frame header"
     );
+}
+
+#[test]
+fn wal_end_before_data_start_is_refused() {
+    let wal = real_wal();
+    let bad = xlog_data(WAL_START, Lsn(0x60_0000), &wal.slice(WAL_START, 8192));
+    bad_stream(
+        Start::CopyBoth(Stream::Raw(bad)),
+        "server reported WAL end 0/600000 before data start 0/700000",
+    );
+}
+
+/// CopyDone right away, then an end-of-timeline result set with these values.
+fn end_of_timeline(next_tli: &str, start: &str) -> Start {
+    let mut bytes = BytesMut::new();
+    bytes.put(message(BackendMessage::CopyDone));
+    bytes.put(result(
+        &["next_tli", "next_tli_startpos"],
+        &[vec![Some(next_tli), Some(start)]],
+    ));
+    bytes.put(message(BackendMessage::CommandComplete(
+        "START_STREAMING".into(),
+    )));
+    Start::CopyBoth(Stream::Raw(bytes.freeze()))
+}
+
+#[test]
+fn next_timeline_not_after_the_current_is_refused() {
+    bad_stream(
+        end_of_timeline("1", "0/700000"),
+        "server reported unexpected next timeline 1, following timeline 1",
+    );
+}
+
+#[test]
+fn next_timeline_starting_after_the_stop_is_refused() {
+    bad_stream(
+        end_of_timeline("2", "0/800000"),
+        "server stopped streaming timeline 1 at 0/700000, but reported next timeline 2 to begin at 0/800000",
+    );
+}
+
+// Session start: what a server sends between AuthenticationOk and ReadyForQuery.
+
+#[test]
+fn hostile_session_start_is_refused() {
+    let status = |name: &str, value: &str| {
+        message(BackendMessage::ParameterStatus {
+            name: name.into(),
+            value: value.into(),
+        })
+    };
+    let huge = status("x", &"y".repeat(1 << 20));
+    let flood: Vec<u8> = (0..10_000)
+        .flat_map(|i| status(&format!("p{i}"), "v"))
+        .collect();
+    let mut bad_ready = ready("15.18").to_vec();
+    *bad_ready.last_mut().unwrap() = b'X';
+    let short_key = Bytes::from_static(b"K\x00\x00\x00\x08\x00\x00\x00\x01");
+    let no_code = Bytes::from_static(b"E\x00\x00\x00\x05\x00");
+    let cases: [(Bytes, &str); 5] = [
+        (huge, "invalid message length"),
+        (flood.into(), "too many messages before ReadyForQuery"),
+        (bad_ready.into(), "ReadyForQuery transaction status"),
+        (short_key, "BackendKeyData"),
+        (no_code, "server refused the connection"),
+    ];
+    for (ready, error) in cases {
+        let mut script = good_script();
+        script.ready = ready;
+        let mut run = run(script, PLAIN, &[]);
+        let sessions = run.expect_refused(error);
+        assert!(
+            sessions.iter().all(|s| s.queries.is_empty()),
+            "commands sent after a bad session start"
+        );
+        run.assert_nothing_stored();
+        run.assert_healthy();
+    }
+}
+
+// SASL exchanges that go wrong after the server-first-message, or before it.
+
+#[test]
+fn hostile_sasl_exchange_is_refused() {
+    let scram = |then: Bytes| Auth::Scram {
+        server_first: format!("r={{nonce}}srv,s={SALT},i=4096"),
+        then,
+    };
+    let mut sasl_then_final = auth(Authentication::Sasl {
+        mechanisms: vec!["SCRAM-SHA-256".into()],
+    })
+    .to_vec();
+    sasl_then_final.extend_from_slice(&auth(Authentication::SaslFinal(Bytes::from_static(
+        b"v=AAAA",
+    ))));
+    let cases = [
+        (
+            Auth::Raw(auth(Authentication::Sasl { mechanisms: vec![] })),
+            "none of the server's SASL authentication mechanisms are supported",
+        ),
+        (
+            Auth::Raw(sasl_then_final.into()),
+            "unexpected AuthenticationSASLFinal",
+        ),
+        (
+            scram(auth(Authentication::Ok)),
+            "unexpected AuthenticationOk",
+        ),
+        (
+            scram(auth(Authentication::SaslFinal(Bytes::from_static(
+                b"v=c2lnbmF0dXJlc2lnbmF0dXJlc2lnbmF0dXJlMTI=",
+            )))),
+            "incorrect server signature",
+        ),
+        (
+            scram(auth(Authentication::SaslFinal(Bytes::from_static(
+                b"e=other-error",
+            )))),
+            "error received from server in SCRAM exchange: other-error",
+        ),
+    ];
+    for (exchange, error) in cases {
+        let mut script = good_script();
+        script.auth = exchange;
+        let mut run = run(script, "sslmode=disable password=secret", &[]);
+        let sessions = run.expect_refused(error);
+        assert!(
+            sessions.iter().all(|s| s.queries.is_empty()),
+            "commands sent after a failed SASL exchange"
+        );
+        assert!(
+            !run.relay.log_contents().contains("secret"),
+            "password in the log"
+        );
+        run.assert_nothing_stored();
+        run.assert_healthy();
+    }
 }

@@ -94,9 +94,30 @@ def wal_validator():
     # Fed in small chunks, so without the switch's zero fill to the end of the segment.
     write("wal_validator", "generated_bytewise", bytes([3, 0, 0, 0, 0]) + records)
     write("wal_validator", "generated_chunks", bytes([5, 2, 1, 0, 0]) + records)
-    # Real PostgreSQL 15 WAL (1 MiB segments), read raw from LSN 0 in large chunks.
-    segment = (WAL / "000000010000000000000007").read_bytes()[:65536]
+    # The first page of real PostgreSQL 15 WAL (1 MiB segments), read raw in large chunks.
+    segment = (WAL / "000000010000000000000007").read_bytes()[:8192]
     write("wal_validator", "segment_7_head", bytes([0, 0, 2, 0, 0]) + segment)
+
+
+def recovery():
+    # A flags byte (0: write a valid store state), then entries of kind (name form in bits
+    # 0-2, timeline in bits 3-4, content in bits 5-6), segment (7 + n), u16 length, content.
+    def entry(kind, seg, content):
+        return bytes([kind, seg]) + struct.pack("<H", len(content)) + content
+
+    seg7 = (WAL / "000000010000000000000007").read_bytes()
+    seg8 = (WAL / "000000010000000000000008").read_bytes()
+    history = b"1\t0/7F0000\tno recovery target specified\n"
+    write("recovery", "complete_and_partial",
+          b"\x00" + entry(0x40, 0, seg7[:16384]) + entry(0x01, 1, seg8[:8192]))
+    write("recovery", "torn_partial", b"\x00" + entry(0x01, 0, seg7[:12000]))
+    write("recovery", "timeline_switch",
+          b"\x00" + entry(0x40, 0, seg7[:16384]) + entry(0x0C, 0, history)
+          + entry(0x09, 1, seg8[:8192]))
+    write("recovery", "stray_names",
+          b"\x00" + entry(0x02, 2, b"x") + entry(0x07, 1, b"") + entry(0x06, 0, b"junk")
+          + entry(0x21, 3, b""))
+    write("recovery", "no_state", b"\x01" + entry(0x01, 0, seg7[:8192]))
 
 
 def main():
@@ -111,6 +132,7 @@ def main():
     lsn_segment_names()
     history()
     wal_validator()
+    recovery()
 
 
 if __name__ == "__main__":

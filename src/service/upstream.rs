@@ -80,6 +80,10 @@ pub enum UpstreamError {
     /// The writer thread stopped.
     #[error("{0}")]
     Writer(#[from] WriterStopped),
+    /// The upstream ended the stream, as a walsender does when its server shuts down
+    /// (`CommandComplete "COPY 0"` while in copy mode).
+    #[error("the upstream ended the stream ({0}); it is probably shutting down")]
+    StreamEnded(String),
     /// The upstream is another database system than the one stored.
     #[error(
         "database system identifier differs between the upstream and the relay: the upstream has {upstream}, the data directory holds {stored}"
@@ -169,7 +173,9 @@ pub async fn run(
                 if shutdown.is_cancelled() {
                     return Ok(());
                 }
-                if e.sqlstate() == Some("58P01") {
+                if matches!(e, UpstreamError::StreamEnded(_)) {
+                    info!(reason = %e, "upstream connection ended");
+                } else if e.sqlstate() == Some("58P01") {
                     error!(error = %e, "the upstream no longer has the WAL the relay needs next; the relay will not skip over it. Restore the missing segments upstream, or move this data directory aside and start the relay afresh");
                 } else {
                     warn!(error = %e, sqlstate = e.sqlstate().unwrap_or(""), "upstream connection ended");
@@ -463,6 +469,7 @@ async fn stream(
             BackendMessage::CopyData(payload) => payload,
             BackendMessage::CopyDone => return end_of_timeline(conn, writer, point, &mut rs).await,
             BackendMessage::ErrorResponse(e) => return Err(UpstreamError::Server(e)),
+            BackendMessage::CommandComplete(tag) => return Err(UpstreamError::StreamEnded(tag)),
             BackendMessage::NoticeResponse(n) => {
                 info!(notice = %n, "upstream notice");
                 continue;

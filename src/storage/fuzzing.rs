@@ -191,28 +191,3 @@ mod tests {
         }
     }
 }
-#[cfg(test)]
-mod stress {
-    use super::super::fixture;
-    #[test]
-    fn stress_structured() {
-        let wal = fixture::wal();
-        let mut rng = 0x1234_5678_9ABC_DEF1u64;
-        let mut next = move || { rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17; rng };
-        for _ in 0..1500 {
-            let mut input = vec![(next() % 3) as u8];
-            for _ in 0..(next() % 6) {
-                let kind = (next() % 256) as u8;
-                let seg = (next() % 6) as u8;
-                let off = (next() % (wal.len() as u64 - 70000)) as usize & !8191;
-                let seg_off = ((seg as usize % 16) * (1 << 20)).min(wal.len() - 70000);
-                let start = if next() % 2 == 0 { seg_off } else { off };
-                let len = (next() % 65535) as usize;
-                input.extend([kind, seg]);
-                input.extend((len as u16).to_le_bytes());
-                input.extend(&wal[start..start + len]);
-            }
-            super::fuzz_recovery(&input);
-        }
-    }
-}

@@ -54,6 +54,11 @@ impl WalWriter {
         &self.out
     }
 
+    /// Where the bytes start.
+    pub fn start(&self) -> Lsn {
+        self.start
+    }
+
     /// Where the bytes written so far end.
     pub fn position(&self) -> Lsn {
         Lsn(self.pos)
@@ -108,7 +113,7 @@ impl WalWriter {
 
     /// The record's start and bytes (header with CRC, then body).
     fn assemble(&self, rmid: u8, info: u8, body: &[u8]) -> (Lsn, Vec<u8>) {
-        let start = if self.pos % PAGE == 0 {
+        let start = if self.pos.is_multiple_of(PAGE) {
             self.pos + page_header_size(Lsn(self.pos), self.cfg.segment_size) as u64
         } else {
             self.pos
@@ -134,7 +139,7 @@ impl WalWriter {
         let mut left = bytes;
         while !left.is_empty() {
             let continuing = left.len() < bytes.len();
-            if self.pos % PAGE == 0 {
+            if self.pos.is_multiple_of(PAGE) {
                 if stop_at_page && continuing {
                     return true;
                 }
@@ -220,11 +225,6 @@ impl WalWriter {
         let body = room.saturating_sub(24 + usize::from(slack % 32));
         self.record(11, 0, &vec![slack; body]);
     }
-
-    /// Where generated WAL started.
-    pub fn start(&self) -> Lsn {
-        self.start
-    }
 }
 
 /// What a validator made of a byte stream.
@@ -245,11 +245,10 @@ pub fn run_validator(bytes: &[u8], start: Lsn, cfg: WalCheckConfig, seed: u8) ->
     let mut v = match WalValidator::new(start, cfg) {
         Ok(v) => v,
         Err(e) => {
-            let (valid_end, position) = (start, start);
             return Outcome {
                 result: Err(e),
-                valid_end,
-                position,
+                valid_end: start,
+                position: start,
             };
         }
     };
@@ -309,10 +308,13 @@ fn chunk_len(rng: &mut u64, seed: u8, left: usize) -> usize {
     pick.min(left)
 }
 
-/// Validator fuzz target. The first bytes pick generated or raw input, the segment size,
-/// the start, the split pattern and an optional byte to corrupt; the rest is the WAL (raw)
-/// or the program of [`WalWriter::generate`]. Generated WAL left intact must be accepted
-/// with `valid_end` exactly where the writer says.
+/// Validator fuzz target. Five header bytes: `kind` (bit 0: generated rather than raw;
+/// bits 1-2: start at 0, at segment 3 (raw: at the first page's `xlp_pageaddr`), at a page
+/// inside segment 3, or in the last segment of the LSN space (generated: segment 1); bit 7:
+/// corrupt one byte of generated WAL), the segment size exponent above 1 MiB (raw only), the
+/// split pattern, and two bytes locating the corrupted byte. The rest is the WAL (raw) or
+/// the program of [`WalWriter::generate`]. Generated WAL left intact must be accepted with
+/// `valid_end` exactly where the writer says.
 pub fn fuzz_validator(data: &[u8]) {
     let Some((&[kind, size_exp, seed, f0, f1], rest)) = data.split_first_chunk::<5>() else {
         return;
@@ -333,7 +335,9 @@ pub fn fuzz_validator(data: &[u8]) {
     let size = segment_size.bytes_u64();
     let start = match (kind >> 1) & 3 {
         0 => 0,
-        1 => 3 * size,
+        1 if generated => 3 * size,
+        // Raw WAL copied from a real segment: start where its first page says it is.
+        1 => PageHeader::parse(rest).map_or(0, |h| h.pageaddr.0 & !(PAGE - 1)),
         2 => 3 * size + PAGE * u64::from(size_exp),
         _ if generated => size,
         _ => u64::MAX - size + 1,
@@ -457,6 +461,14 @@ mod tests {
             data.extend(random_bytes(&mut state, len));
             fuzz_validator(&data);
         }
+        // Real WAL, started where its first page says.
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/wal/000000010000000000000007"
+        );
+        let mut real = vec![2, 0, 2, 0, 0];
+        real.extend_from_slice(&std::fs::read(path).unwrap()[..100_000]);
+        fuzz_validator(&real);
         // Near the end of the LSN space, and with a page-header-shaped prefix.
         let mut header = vec![6, 0, 1, 0, 0];
         header.extend(

@@ -110,7 +110,7 @@ impl WalValidator {
     /// # Errors
     /// `NotPageAligned` when `start` is not a multiple of 8192.
     pub fn new(start: Lsn, cfg: WalCheckConfig) -> Result<Self, WalError> {
-        if start.0 % PAGE != 0 {
+        if !start.0.is_multiple_of(PAGE) {
             return Err(WalError {
                 lsn: start,
                 kind: WalErrorKind::NotPageAligned,
@@ -135,7 +135,7 @@ impl WalValidator {
         let state = if b.in_switch_padding && size.offset_in_segment(b.lsn) != 0 {
             let end = size.segment_start(b.lsn).0.saturating_add(size.bytes_u64());
             State::SwitchZeros { end }
-        } else if b.prev.is_none() && b.lsn.0 % PAGE == 0 {
+        } else if b.prev.is_none() && b.lsn.0.is_multiple_of(PAGE) {
             State::FirstPage
         } else {
             State::NEXT_RECORD
@@ -291,32 +291,26 @@ impl WalValidator {
         let contrecord = hdr.has(XLP_FIRST_IS_CONTRECORD);
         let overwrite = hdr.has(XLP_FIRST_IS_OVERWRITE_CONTRECORD);
         let kind = match self.expected_continuation(data_start) {
+            Continuation::Rest { at, remaining } if !overwrite => {
+                return self.check_continued(hdr, at, remaining);
+            }
             // The incomplete record was abandoned; an XLOG_OVERWRITE_CONTRECORD record
             // starts here instead (`XLogDecodeNextRecord` restarts the same way).
-            Continuation::Rest { .. } if overwrite => None,
-            Continuation::Rest { at, .. } if !contrecord => {
-                return Err(self.error(at, WalErrorKind::NoContrecordFlag));
-            }
-            Continuation::Rest { at, remaining } if hdr.rem_len != remaining => {
-                let kind = WalErrorKind::InvalidContrecordLength {
-                    rem_len: hdr.rem_len,
-                    expected: remaining,
-                };
-                return Err(self.error(at, kind));
-            }
-            Continuation::Rest { .. } => return Ok(()),
-            // Like `XLogFindNextRecord`: skip what continues an earlier record.
-            Continuation::Optional if contrecord && hdr.rem_len > 0 => {
-                self.state = State::Skip {
-                    remaining: hdr.rem_len,
+            Continuation::Rest { .. } => None,
+            // Like `XLogFindNextRecord`: skip what continues a record begun before the start.
+            Continuation::Optional if contrecord => {
+                self.state = match hdr.rem_len {
+                    0 => State::NEXT_RECORD,
+                    remaining => State::Skip { remaining },
                 };
                 return Ok(());
             }
-            Continuation::Optional if contrecord => None,
+            Continuation::Optional => None,
             Continuation::None if contrecord => Some(WalErrorKind::ContrecordRequested),
             Continuation::None if overwrite => Some(WalErrorKind::UnexpectedOverwriteContrecord),
-            Continuation::Optional | Continuation::None => None,
+            Continuation::None => None,
         };
+        // A page that starts with a record has no bytes of an earlier one to come.
         let kind = kind.or((!contrecord && hdr.rem_len != 0).then_some(
             WalErrorKind::InvalidContrecordLength {
                 rem_len: hdr.rem_len,
@@ -330,6 +324,21 @@ impl WalValidator {
                 Ok(())
             }
         }
+    }
+
+    /// `XLogDecodeNextRecord`'s checks of a page continuing the record started at `at`.
+    fn check_continued(&self, hdr: &PageHeader, at: u64, remaining: u32) -> Result<(), WalError> {
+        let kind = if !hdr.has(XLP_FIRST_IS_CONTRECORD) {
+            WalErrorKind::NoContrecordFlag
+        } else if hdr.rem_len != remaining {
+            WalErrorKind::InvalidContrecordLength {
+                rem_len: hdr.rem_len,
+                expected: remaining,
+            }
+        } else {
+            return Ok(());
+        };
+        Err(self.error(at, kind))
     }
 
     fn expected_continuation(&self, data_start: u64) -> Continuation {

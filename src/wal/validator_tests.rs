@@ -43,7 +43,7 @@ fn record_end(lsn: Lsn, tot_len: u32) -> u64 {
         if left == 0 {
             return (pos + 7) & !7;
         }
-        pos += if pos % SEG == 0 { 40 } else { 24 };
+        pos += if pos.is_multiple_of(SEG) { 40 } else { 24 };
     }
 }
 
@@ -135,7 +135,7 @@ fn valid_end_lands_on_pg_waldump_record_boundaries() {
         let end = record_end(prev.lsn, prev.tot_len);
         let start = match end % PAGE {
             _ if prev.switch => end.div_ceil(SEG) * SEG + 40,
-            0 if end % SEG == 0 => end + 40,
+            0 if end.is_multiple_of(SEG) => end + 40,
             0 => end + 24,
             _ => end,
         };

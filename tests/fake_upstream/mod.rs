@@ -10,9 +10,7 @@
 //! scripted answer that ends the exchange the fake keeps the socket open and listens, so any
 //! timeout is the relay's own.
 #![allow(
-    dead_code,
     clippy::unwrap_used,
-    clippy::expect_used,
     clippy::panic,
     clippy::indexing_slicing
 )]
@@ -75,18 +73,17 @@ pub enum Fault {
     Rewind(u64),
     /// XLogData at the expected position carrying these bytes instead of the WAL.
     Data(Bytes),
-    /// These raw bytes instead of the chunk.
-    Raw(Bytes),
 }
 
 /// What follows CopyBothResponse.
 #[derive(Clone, Debug)]
 pub enum Stream {
-    /// `wal` from the requested position in [`CHUNK`]-sized XLogData; at `fault`'s LSN, once
-    /// the relay has reported everything before it as written, the fault is sent instead and
-    /// the stream goes silent.
+    /// `wal` from the requested position in XLogData of `chunk` bytes; at `fault`'s LSN,
+    /// once the relay has reported everything before it as written, the fault is sent instead
+    /// and the stream goes silent.
     Wal {
         wal: Wal,
+        chunk: usize,
         fault: Option<(Lsn, Fault)>,
     },
     /// These bytes, then silence.
@@ -108,8 +105,9 @@ pub enum Auth {
     /// AuthenticationOk at once (trust).
     Trust,
     /// AuthenticationSASL offering SCRAM-SHA-256, then this server-first-message with
-    /// `{nonce}` replaced by the client's nonce, then silence.
-    Scram { server_first: String },
+    /// `{nonce}` replaced by the client's nonce; `then` answers the client-final-message;
+    /// then silence.
+    Scram { server_first: String, then: Bytes },
     /// These bytes, then silence.
     Raw(Bytes),
 }
@@ -146,7 +144,11 @@ impl Script {
             identify: identify(&system_id.to_string(), "1", &xlogpos),
             show_segment_size: show("1MB"),
             timeline_history: error("58P01", "could not open file"),
-            start: Start::CopyBoth(Stream::Wal { wal, fault: None }),
+            start: Start::CopyBoth(Stream::Wal {
+                wal,
+                chunk: CHUNK,
+                fault: None,
+            }),
         }
     }
 }
@@ -168,10 +170,6 @@ pub struct Session {
     pub statuses: Vec<StandbyStatusUpdate>,
     /// The client closed the connection (or sent Terminate).
     pub closed: bool,
-    /// When the connection was accepted.
-    pub opened_at: Option<Instant>,
-    /// When the client closed it.
-    pub closed_at: Option<Instant>,
 }
 
 impl Session {
@@ -305,20 +303,14 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     while let Ok((sock, _)) = listener.accept().await {
         let idx = {
             let mut sessions = shared.sessions.lock().unwrap();
-            sessions.push(Session {
-                opened_at: Some(Instant::now()),
-                ..Session::default()
-            });
+            sessions.push(Session::default());
             sessions.len() - 1
         };
         let script = shared.script.lock().unwrap().clone();
         let conn_shared = Arc::clone(&shared);
         let task = tokio::spawn(async move {
             let _ = serve(&conn_shared, idx, sock, script).await;
-            conn_shared.record(idx, |s| {
-                s.closed = true;
-                s.closed_at = Some(Instant::now());
-            });
+            conn_shared.record(idx, |s| s.closed = true);
         });
         shared.tasks.lock().unwrap().push(task);
     }
@@ -398,7 +390,9 @@ async fn serve(shared: &Shared, idx: usize, sock: TcpStream, script: Script) -> 
     shared.record(idx, |s| s.startup = msg.params.clone());
     match &script.auth {
         Auth::Trust => peer.send(&auth(Authentication::Ok)).await?,
-        Auth::Scram { server_first } => return scram(shared, idx, &mut peer, server_first).await,
+        Auth::Scram { server_first, then } => {
+            return scram(shared, idx, &mut peer, server_first, then).await;
+        }
         Auth::Raw(bytes) => {
             peer.send(bytes).await?;
             return listen(shared, idx, &mut peer.inbox).await;
@@ -445,7 +439,13 @@ fn note(shared: &Shared, idx: usize, msg: FrontendMessage) -> bool {
     true
 }
 
-async fn scram(shared: &Shared, idx: usize, peer: &mut Peer, server_first: &str) -> Res<()> {
+async fn scram(
+    shared: &Shared,
+    idx: usize,
+    peer: &mut Peer,
+    server_first: &str,
+    then: &[u8],
+) -> Res<()> {
     let mechanisms = vec!["SCRAM-SHA-256".to_owned()];
     peer.send(&auth(Authentication::Sasl { mechanisms }))
         .await?;
@@ -463,6 +463,11 @@ async fn scram(shared: &Shared, idx: usize, peer: &mut Peer, server_first: &str)
     let challenge = server_first.replace("{nonce}", nonce);
     peer.send(&auth(Authentication::SaslContinue(Bytes::from(challenge))))
         .await?;
+    let Some(frame) = peer.inbox.frame().await? else {
+        return Ok(());
+    };
+    shared.record(idx, |s| s.passwords.push(frame.body));
+    peer.send(then).await?;
     listen(shared, idx, &mut peer.inbox).await
 }
 
@@ -523,15 +528,12 @@ async fn start_replication(
         Start::CopyBoth(stream) => stream,
     };
     let from = start_lsn(q).ok_or("no LSN in START_REPLICATION")?;
-    if let Stream::Wal { wal, .. } = stream {
-        if from < wal.start || from > wal.end() {
-            peer.send(&error(
-                "58P01",
-                "requested WAL segment has already been removed",
-            ))
-            .await?;
-            return listen(shared, idx, &mut peer.inbox).await;
-        }
+    if let Stream::Wal { wal, .. } = stream
+        && (from < wal.start || from > wal.end())
+    {
+        let removed = error("58P01", "requested WAL segment has already been removed");
+        peer.send(&removed).await?;
+        return listen(shared, idx, &mut peer.inbox).await;
     }
     peer.send(&message(BackendMessage::CopyBothResponse(
         CopyResponse::default(),
@@ -541,8 +543,9 @@ async fn start_replication(
     let send = async move {
         match stream {
             Stream::Raw(bytes) => Ok(wr.write_all(bytes).await?),
-            Stream::Wal { wal, fault } => {
-                send_wal(shared, idx, wr, wal, from, fault.as_ref()).await
+            Stream::Wal { wal, chunk, fault } => {
+                let fault = fault.as_ref();
+                send_wal(shared, idx, wr, wal, *chunk, from, fault).await
             }
         }
     };
@@ -551,12 +554,13 @@ async fn start_replication(
 }
 
 /// Sends `wal` from `from` in chunks; at the fault, waits for the relay to report everything
-/// before it written, sends the fault and stops.
+/// before it as written, sends the fault and stops.
 async fn send_wal(
     shared: &Shared,
     idx: usize,
     wr: &mut OwnedWriteHalf,
     wal: &Wal,
+    chunk: usize,
     from: Lsn,
     fault: Option<&(Lsn, Fault)>,
 ) -> Res<()> {
@@ -566,18 +570,17 @@ async fn send_wal(
             wait_written(shared, idx, *at).await;
             let bytes = match fault {
                 Fault::Skip(n) => {
-                    xlog_data(Lsn(at.0 + n), wal.end(), &wal.slice(Lsn(at.0 + n), CHUNK))
+                    xlog_data(Lsn(at.0 + n), wal.end(), &wal.slice(Lsn(at.0 + n), chunk))
                 }
                 Fault::Rewind(n) => {
-                    xlog_data(Lsn(at.0 - n), wal.end(), &wal.slice(Lsn(at.0 - n), CHUNK))
+                    xlog_data(Lsn(at.0 - n), wal.end(), &wal.slice(Lsn(at.0 - n), chunk))
                 }
                 Fault::Data(data) => xlog_data(*at, wal.end(), data),
-                Fault::Raw(raw) => raw.clone(),
             };
             wr.write_all(&bytes).await?;
             return Ok(());
         }
-        let mut len = CHUNK.min((wal.end().0 - pos.0) as usize);
+        let mut len = chunk.min((wal.end().0 - pos.0) as usize);
         if let Some((at, _)) = fault.filter(|(at, _)| *at > pos) {
             len = len.min((at.0 - pos.0) as usize);
         }

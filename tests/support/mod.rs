@@ -212,3 +212,324 @@ pub fn assert_waldump(bins: &PgBinaries, relay_dir: &Path, size: WalSegmentSize)
 pub fn scratch(bins: &PgBinaries, label: &str) -> walrelay::localpg::ScratchDir {
     bins.scratch_dir(&std::env::temp_dir(), label).unwrap()
 }
+
+// Helpers for the crash and fault tests.
+
+/// An integer from the environment variable `name`, or `default` when unset or unparsable.
+pub fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(default)
+}
+
+/// A seed from the environment variable `name`, else from the clock. It is printed so that a
+/// failing run can be repeated with `name=SEED`.
+pub fn seed_from_env(name: &str) -> u64 {
+    let seed = std::env::var(name)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap();
+            now.as_nanos() as u64 ^ u64::from(std::process::id())
+        });
+    println!("seed: {name}={seed}");
+    seed
+}
+
+/// A small deterministic generator (splitmix64) for seeded fault schedules.
+pub struct TestRng(u64);
+
+impl TestRng {
+    pub fn new(seed: u64) -> TestRng {
+        TestRng(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A value in `lo..hi` (`lo` when the range is empty).
+    pub fn between(&mut self, lo: u64, hi: u64) -> u64 {
+        if hi <= lo {
+            return lo;
+        }
+        lo + self.next_u64() % (hi - lo)
+    }
+}
+
+/// The flush position `app` has acknowledged to the server at `conninfo` (`None` when it is
+/// not connected or the server does not answer). Needs no [`Cluster`], so a thread can use it
+/// while the server is restarted.
+pub fn acked_flush_at(bins: &PgBinaries, conninfo: &str, app: &str) -> Option<Lsn> {
+    let sql = format!(
+        "SELECT flush_lsn FROM pg_stat_replication WHERE application_name = '{app}' \
+         AND flush_lsn IS NOT NULL ORDER BY flush_lsn DESC LIMIT 1"
+    );
+    let out = bins.psql(conninfo, &sql).ok()?;
+    out.lines().next().and_then(|l| l.trim().parse().ok())
+}
+
+/// Samples the flush position a server has seen acknowledged by one application, in a
+/// thread, and keeps the highest value (ACCEPTANCE.md O5's "A").
+pub struct FlushSampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    highest: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    samples: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FlushSampler {
+    pub fn start(bins: &PgBinaries, conninfo: &str, app: &str, every: Duration) -> FlushSampler {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let highest = std::sync::Arc::new(AtomicU64::new(0));
+        let samples = std::sync::Arc::new(AtomicU64::new(0));
+        let (bins, conninfo, app) = (bins.clone(), conninfo.to_owned(), app.to_owned());
+        let (s, h, n) = (stop.clone(), highest.clone(), samples.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::SeqCst) {
+                if let Some(lsn) = acked_flush_at(&bins, &conninfo, &app) {
+                    h.fetch_max(lsn.0, Ordering::SeqCst);
+                    n.fetch_add(1, Ordering::SeqCst);
+                }
+                std::thread::sleep(every);
+            }
+        });
+        FlushSampler {
+            stop,
+            highest,
+            samples,
+            thread: Some(thread),
+        }
+    }
+
+    /// The highest acknowledged flush seen so far (`0/0` before the first sample).
+    pub fn highest(&self) -> Lsn {
+        Lsn(self.highest.load(std::sync::atomic::Ordering::SeqCst))
+    }
+
+    /// How many samples found the application connected.
+    pub fn samples(&self) -> u64 {
+        self.samples.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for FlushSampler {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A write load in a thread: transactions of `rows` INSERTed rows (about 130 bytes each) plus,
+/// when `message_bytes > 0`, one transactional WAL message of that size, run through psql
+/// back to back. A failed transaction (the server restarting) is counted and retried after
+/// 100 ms, so the load survives restarts of the server.
+pub struct WriteLoad {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    committed: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    failed: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl WriteLoad {
+    pub fn start(bins: &PgBinaries, conninfo: &str, rows: u32, message_bytes: usize) -> WriteLoad {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        bins.psql(
+            conninfo,
+            "CREATE TABLE IF NOT EXISTS walrelay_fault_load (id bigserial PRIMARY KEY, payload text)",
+        )
+        .unwrap();
+        let mut sql = format!(
+            "INSERT INTO walrelay_fault_load (payload) \
+             SELECT repeat(md5(g::text), 4) FROM generate_series(1, {rows}) g;"
+        );
+        if message_bytes > 0 {
+            sql.push_str(&format!(
+                "SELECT pg_logical_emit_message(true, 'walrelay', repeat('m', {message_bytes}));"
+            ));
+        }
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let committed = std::sync::Arc::new(AtomicU64::new(0));
+        let failed = std::sync::Arc::new(AtomicU64::new(0));
+        let (bins, conninfo) = (bins.clone(), conninfo.to_owned());
+        let (s, c, f) = (stop.clone(), committed.clone(), failed.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::SeqCst) {
+                if bins.psql(&conninfo, &sql).is_ok() {
+                    c.fetch_add(1, Ordering::SeqCst);
+                } else {
+                    f.fetch_add(1, Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        });
+        WriteLoad {
+            stop,
+            committed,
+            failed,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops the load and returns how many transactions committed and how many failed.
+    pub fn stop(mut self) -> (u64, u64) {
+        self.halt();
+        (
+            self.committed.load(std::sync::atomic::Ordering::SeqCst),
+            self.failed.load(std::sync::atomic::Ordering::SeqCst),
+        )
+    }
+
+    fn halt(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for WriteLoad {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+impl RelayProcess {
+    /// The log's length in bytes: an offset for [`RelayProcess::log_since`].
+    pub fn log_len(&self) -> usize {
+        fs::metadata(&self.log).map_or(0, |m| m.len() as usize)
+    }
+
+    /// The log written after byte `offset`.
+    pub fn log_since(&self, offset: usize) -> String {
+        let bytes = fs::read(&self.log).unwrap_or_default();
+        String::from_utf8_lossy(bytes.get(offset..).unwrap_or_default()).into_owned()
+    }
+
+    /// Waits until the log after byte `offset` contains `needle`; returns how long that took.
+    pub fn wait_log(&self, offset: usize, needle: &str, timeout: Duration) -> Duration {
+        let start = Instant::now();
+        wait_until(timeout, &format!("relay log line with {needle:?}"), || {
+            Ok(self.log_since(offset).contains(needle))
+        })
+        .unwrap_or_else(|e| panic!("{e}; log since then:\n{}", self.log_since(offset)));
+        start.elapsed()
+    }
+
+    /// How many lines after byte `offset` contain `needle`.
+    pub fn count_log(&self, offset: usize, needle: &str) -> usize {
+        self.log_since(offset)
+            .lines()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    /// Whether the process is still running (not exited, not killed by this handle).
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => c.try_wait().unwrap().is_none(),
+            None => false,
+        }
+    }
+}
+
+/// The `durable=` and `valid=` ends of the first "recovered stored WAL" line in `log`.
+pub fn recovered_end(log: &str) -> Option<(Lsn, Lsn)> {
+    let line = log.lines().find(|l| l.contains("recovered stored WAL"))?;
+    let field = |key: &str| -> Option<Lsn> {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(key))
+            .and_then(|v| v.parse().ok())
+    };
+    Some((field("durable=")?, field("valid=")?))
+}
+
+/// Where the stored WAL ends according to the files: the `.partial`'s segment start plus its
+/// length, else the end of the last complete segment.
+pub fn stored_end(wal_dir: &Path, size: WalSegmentSize) -> Option<Lsn> {
+    let partial = fs::read_dir(wal_dir).ok()?.filter_map(|e| e.ok()).find_map(|e| {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let seg = SegmentName::parse(name.strip_suffix(".partial")?, size)?;
+        Some((seg, e.metadata().ok()?.len()))
+    });
+    match partial {
+        Some((seg, len)) => Some(Lsn(size.start_of(seg.segno)?.0 + len)),
+        None => {
+            let last = segment_files(wal_dir).pop()?;
+            let seg = SegmentName::parse(&last, size)?;
+            size.start_of(seg.segno.next()?)
+        }
+    }
+}
+
+/// O4's "no temporary or half-written files remain": no `*.tmp`, at most one `.partial`, and
+/// the `.partial` (if any) follows the last complete segment.
+pub fn assert_no_leftovers(wal_dir: &Path, size: WalSegmentSize) {
+    let names: Vec<String> = fs::read_dir(wal_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    let tmp: Vec<_> = names.iter().filter(|n| n.ends_with(".tmp")).collect();
+    assert!(tmp.is_empty(), "temporary files remain: {tmp:?}");
+    let partial: Vec<_> = names
+        .iter()
+        .filter_map(|n| n.strip_suffix(".partial"))
+        .collect();
+    assert!(partial.len() <= 1, "more than one .partial: {partial:?}");
+    if let (Some(p), Some(last)) = (partial.first(), segment_files(wal_dir).pop()) {
+        let p = SegmentName::parse(p, size).unwrap();
+        let last = SegmentName::parse(&last, size).unwrap();
+        assert_eq!(
+            p.segno.0,
+            last.segno.0 + 1,
+            "the .partial does not follow the last complete segment"
+        );
+    }
+}
+
+/// O3 on what the relay stored so far: complete segments consecutive and byte-identical to
+/// the archive, the `.partial` right after them and a prefix of `partial_source`'s copy, no
+/// leftovers. Returns the stored end.
+pub fn assert_stored_contiguous(
+    wal_dir: &Path,
+    archive: &Path,
+    partial_source: &Path,
+    size: WalSegmentSize,
+) -> Lsn {
+    assert_same_segments(wal_dir, archive, size);
+    assert_partial_prefix(wal_dir, partial_source);
+    assert_no_leftovers(wal_dir, size);
+    stored_end(wal_dir, size).unwrap()
+}
+
+/// The final check of a fault test once the fault is gone and the load stopped: the primary
+/// switches segments and archives, the relay acknowledges the primary's flush position, then
+/// O3 (completed segments and the `.partial` byte-identical to the primary's copies, no gaps),
+/// O4 (`pg_waldump` over the relay's segments) and no leftover files. Returns how many
+/// completed segments were compared.
+pub fn converge_and_compare(
+    primary: &Cluster,
+    relay_wal_dir: &Path,
+    size: WalSegmentSize,
+) -> usize {
+    let target = primary.switch_wal().unwrap();
+    primary.wait_archived(target, Duration::from_secs(60)).unwrap();
+    let end = primary.write_load(20).unwrap();
+    wait_acked(primary, end, Duration::from_secs(60));
+    let compared = assert_same_segments(relay_wal_dir, &primary.archive_dir(), size);
+    assert_waldump(primary.bins(), relay_wal_dir, size);
+    let pg_wal = primary.data_dir().join("pg_wal");
+    assert_eq!(assert_partial_prefix(relay_wal_dir, &pg_wal), 1);
+    assert_no_leftovers(relay_wal_dir, size);
+    compared
+}
