@@ -165,7 +165,10 @@ fn b4_sigterm_under_load() {
         let took = sent.elapsed();
         println!("B4 SIGTERM {term}/{terms}: exit {status:?} after {took:?}");
         let status = status.unwrap_or_else(|| {
-            panic!("no exit within 10 s of SIGTERM:\n{}", relay.log_since(offset))
+            panic!(
+                "no exit within 10 s of SIGTERM:\n{}",
+                relay.log_since(offset)
+            )
         });
         assert!(
             status.success(),

@@ -100,12 +100,10 @@ impl Relay {
 
 fn open_writer(data_dir: &std::path::Path) -> Result<Writer, RelayError> {
     let store = WalStore::open(data_dir)?;
-    let durable = store.end().map(|e| e.valid).unwrap_or_default();
     if let Some(end) = store.end() {
         info!(timeline = %end.timeline, durable = %end.durable, valid = %end.valid, "recovered stored WAL");
     }
-    let (writer, _thread) = Writer::spawn(store, durable)?;
-    Ok(writer)
+    Ok(Writer::spawn(store)?)
 }
 
 /// The process environment as libpq would read it: `PG*` variables, the OS user, `HOME`.

@@ -25,7 +25,6 @@ use crate::service::session::{read_result, simple_query};
 use crate::service::writer::{Positions, Writer, WriterStopped};
 use crate::storage::{StoreError, StoreIdentity};
 use crate::types::{Lsn, PgTimestamp, TimelineId, WalSegmentSize};
-use crate::wal::{WalCheckConfig, WalError, WalValidator};
 use crate::wire::frontend::FrontendMessage;
 use crate::wire::replication::ClientCopyData;
 use crate::wire::{BackendMessage, ErrorFields, WireError};
@@ -71,9 +70,6 @@ pub enum UpstreamError {
     /// The replication stream broke its rules.
     #[error("{0}")]
     Stream(#[from] StreamError),
-    /// The WAL received is not valid WAL; nothing of it was stored.
-    #[error("invalid WAL from upstream, not stored: {0}")]
-    Wal(#[from] WalError),
     /// The store failed.
     #[error("{0}")]
     Store(#[from] StoreError),
@@ -204,7 +200,6 @@ pub async fn run(
 struct StartPoint {
     timeline: TimelineId,
     start: Lsn,
-    validator: WalValidator,
 }
 
 async fn connect_and_stream(
@@ -222,14 +217,10 @@ async fn connect_and_stream(
         segment_size: size,
     };
     check_identity(writer, identity).await?;
-    let cfg = WalCheckConfig {
-        system_id: id.system_id,
-        segment_size: size,
-    };
-    let mut point = start_point(&mut conn, writer, &id, cfg).await?;
+    let mut point = start_point(&mut conn, writer, &id, size).await?;
     ensure_slot(&mut conn, &settings.slot, &server).await?;
     loop {
-        let end = stream(&mut conn, settings, writer, &mut point, shutdown).await?;
+        let end = stream(&mut conn, settings, writer, &point, shutdown).await?;
         match end {
             StreamEnd::Shutdown => {
                 conn.shutdown().await;
@@ -242,11 +233,9 @@ async fn connect_and_stream(
                 writer
                     .call(move |s| s.switch_timeline(next.next, start))
                     .await??;
-                writer.set_durable(start).await?;
                 point = StartPoint {
                     timeline: next.next,
                     start,
-                    validator: WalValidator::new(start, cfg)?,
                 };
             }
         }
@@ -282,25 +271,18 @@ async fn start_point(
     conn: &mut Connection,
     writer: &Writer,
     id: &IdentifySystem,
-    cfg: WalCheckConfig,
+    size: WalSegmentSize,
 ) -> Result<StartPoint, UpstreamError> {
-    let size = cfg.segment_size;
-    let stored = writer.call(|s| (s.end(), s.validator().cloned())).await?;
-    let (end, validator) = match stored {
-        (Some(end), Some(v)) => (end, v),
-        _ => {
+    let Some(end) = writer.call(|s| s.end()).await? else {
             fetch_histories(conn, writer, TimelineId::ONE, id.timeline).await?;
             let start = size.segment_start(id.xlogpos);
             let tli = id.timeline;
             writer.call(move |s| s.start_at(tli, start)).await??;
-            writer.set_durable(start).await?;
             info!(timeline = %tli, start = %start, "first start: streaming from the upstream's current segment");
             return Ok(StartPoint {
                 timeline: tli,
                 start,
-                validator: WalValidator::new(start, cfg)?,
             });
-        }
     };
     if id.timeline < end.timeline {
         return Err(UpstreamError::TimelineBehind {
@@ -312,7 +294,6 @@ async fn start_point(
         return Ok(StartPoint {
             timeline: end.timeline,
             start: end.durable,
-            validator,
         });
     }
     let history = fetch_histories(conn, writer, end.timeline, id.timeline).await?;
@@ -330,11 +311,9 @@ async fn start_point(
     writer
         .call(move |s| s.switch_timeline(next, start))
         .await??;
-    writer.set_durable(start).await?;
     Ok(StartPoint {
         timeline: next,
         start,
-        validator: WalValidator::new(start, cfg)?,
     })
 }
 
@@ -408,7 +387,7 @@ async fn stream(
     conn: &mut Connection,
     settings: &UpstreamSettings,
     writer: &Writer,
-    point: &mut StartPoint,
+    point: &StartPoint,
     shutdown: &CancellationToken,
 ) -> Result<StreamEnd, UpstreamError> {
     let sql = format!(
@@ -435,7 +414,6 @@ async fn stream(
             )));
         }
     }
-    point.validator.set_max_timeline(point.timeline);
     info!(timeline = %point.timeline, start = %point.start, "streaming");
     let mut rs = ReceiveStream::new(point.start, settings.timing, Instant::now());
     let mut positions = writer.positions();
@@ -483,17 +461,8 @@ async fn stream(
         };
         match rs.on_copy_data(copy, Instant::now())? {
             Inbound::Wal { start, data } => {
-                store_wal(
-                    conn,
-                    writer,
-                    point,
-                    &mut rs,
-                    &mut status_tick,
-                    start,
-                    data,
-                    &positions,
-                )
-                .await?;
+                let wal = (start, data);
+                store_wal(conn, writer, &mut rs, &mut status_tick, wal, &positions).await?;
             }
             Inbound::ReplyRequested => {
                 let p = positions.borrow().clone();
@@ -505,26 +474,20 @@ async fn stream(
     }
 }
 
-/// Checks WAL and queues it for the store. Nothing that fails a check is queued. While the
-/// queue is full, status updates keep going out so that the upstream does not time out.
-#[allow(clippy::too_many_arguments)]
+/// Queues WAL for the store, which checks it before writing. While the queue is full,
+/// status updates keep going out so that the upstream does not time out.
 async fn store_wal(
     conn: &mut Connection,
     writer: &Writer,
-    point: &mut StartPoint,
     rs: &mut ReceiveStream,
     tick: &mut tokio::time::Interval,
-    start: Lsn,
-    data: Bytes,
+    (start, data): (Lsn, Bytes),
     positions: &watch::Receiver<Positions>,
 ) -> Result<(), UpstreamError> {
-    let mut checked = point.validator.clone();
-    checked.feed(&data)?;
     loop {
         tokio::select! {
             permit = writer.reserve() => {
-                permit?.append(start, data, checked.valid_end());
-                point.validator = checked;
+                permit?.append(start, data);
                 return Ok(());
             }
             _ = tick.tick() => {

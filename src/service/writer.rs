@@ -1,11 +1,13 @@
-//! The thread that owns the WAL store: appends validated WAL, fsyncs in batches, and
-//! publishes how far the WAL is written and durable.
+//! The thread that owns the WAL store: appends WAL, fsyncs in batches, and publishes how far
+//! the WAL is written and durable.
 //!
 //! Appends arrive through a bounded channel, so a slow disk slows the reader of the upstream
 //! socket instead of growing memory. After each batch the thread calls `fdatasync` once and
 //! only then publishes the new durable end: nothing is reported or served before it is on
-//! disk. The durable end it publishes is the end of the last CRC-checked record within the
-//! synced bytes, so a partly received record is never counted.
+//! disk. The store checks every byte before writing it, and the durable end published is the
+//! end of the last CRC-checked record within the synced bytes, so a partly received record is
+//! never counted. Any store error stops the thread; the service reopens the store, whose
+//! recovery finds the true end again.
 
 use std::thread;
 
@@ -31,13 +33,20 @@ pub struct Positions {
     pub failed: Option<String>,
 }
 
+impl Positions {
+    fn of(store: &WalStore, failed: Option<String>) -> Positions {
+        let end = store.end();
+        Positions {
+            timeline: end.map(|e| e.timeline),
+            written: store.write_end().unwrap_or_default(),
+            durable: end.map(|e| e.valid).unwrap_or_default(),
+            failed,
+        }
+    }
+}
+
 enum Command {
-    Append {
-        start: Lsn,
-        data: Bytes,
-        valid_end: Lsn,
-    },
-    SetDurable(Lsn),
+    Append { start: Lsn, data: Bytes },
     Call(Box<dyn FnOnce(&mut WalStore) + Send>),
 }
 
@@ -48,31 +57,23 @@ pub struct Writer {
     positions: watch::Receiver<Positions>,
 }
 
+/// Room for one append in the writer's queue.
+#[derive(Debug)]
+pub struct AppendPermit<'a>(mpsc::Permit<'a, Command>);
+
 impl std::fmt::Debug for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Command::Append { start, data, .. } => {
-                write!(f, "Append({start}, {} bytes)", data.len())
-            }
-            Command::SetDurable(lsn) => write!(f, "SetDurable({lsn})"),
+            Command::Append { start, data } => write!(f, "Append({start}, {} bytes)", data.len()),
             Command::Call(_) => f.write_str("Call"),
         }
     }
 }
 
-/// Room for one append in the writer's queue.
-#[derive(Debug)]
-pub struct AppendPermit<'a>(mpsc::Permit<'a, Command>);
-
 impl AppendPermit<'_> {
-    /// Queues WAL starting at `start`; `valid_end` is the validator's end of checked records
-    /// once these bytes are in.
-    pub fn append(self, start: Lsn, data: Bytes, valid_end: Lsn) {
-        self.0.send(Command::Append {
-            start,
-            data,
-            valid_end,
-        });
+    /// Queues WAL starting at `start`.
+    pub fn append(self, start: Lsn, data: Bytes) {
+        self.0.send(Command::Append { start, data });
     }
 }
 
@@ -82,27 +83,17 @@ impl AppendPermit<'_> {
 pub struct WriterStopped(pub Option<String>);
 
 impl Writer {
-    /// Starts the thread, which owns `store` until it stops. `durable` is the durable end the
-    /// store already holds (its validated end after recovery).
+    /// Starts the thread, which owns `store` until it stops.
     ///
     /// # Errors
     /// The thread cannot be spawned.
-    pub fn spawn(
-        store: WalStore,
-        durable: Lsn,
-    ) -> std::io::Result<(Writer, thread::JoinHandle<WalStore>)> {
+    pub fn spawn(store: WalStore) -> std::io::Result<Writer> {
         let (tx, rx) = mpsc::channel(QUEUE_CHUNKS);
-        let initial = Positions {
-            timeline: store.timeline(),
-            written: store.write_end().unwrap_or_default(),
-            durable,
-            failed: None,
-        };
-        let (ptx, prx) = watch::channel(initial);
-        let handle = thread::Builder::new()
+        let (ptx, prx) = watch::channel(Positions::of(&store, None));
+        thread::Builder::new()
             .name("wal-writer".into())
-            .spawn(move || run(store, rx, ptx, durable))?;
-        Ok((Writer { tx, positions: prx }, handle))
+            .spawn(move || run(store, rx, &ptx))?;
+        Ok(Writer { tx, positions: prx })
     }
 
     /// Waits for room in the queue; the permit then queues one append without waiting.
@@ -116,20 +107,8 @@ impl Writer {
         }
     }
 
-    /// Sets the durable end the writer publishes, after syncing what is queued; used when
-    /// the stream moves to a new timeline and starts over at a segment start.
-    ///
-    /// # Errors
-    /// The writer has stopped.
-    pub async fn set_durable(&self, lsn: Lsn) -> Result<(), WriterStopped> {
-        self.tx
-            .send(Command::SetDurable(lsn))
-            .await
-            .map_err(|_| self.stopped())
-    }
-
     /// Runs `f` on the store in the writer thread once everything queued before it is
-    /// written and synced.
+    /// written and synced, and publishes the positions afterwards.
     ///
     /// # Errors
     /// The writer has stopped.
@@ -141,10 +120,7 @@ impl Writer {
         let job = Box::new(move |store: &mut WalStore| {
             let _ = rtx.send(f(store));
         });
-        self.tx
-            .send(Command::Call(job))
-            .await
-            .map_err(|_| self.stopped())?;
+        self.tx.send(Command::Call(job)).await.map_err(|_| self.stopped())?;
         rrx.await.map_err(|_| self.stopped())
     }
 
@@ -158,82 +134,40 @@ impl Writer {
     }
 }
 
-fn run(
-    mut store: WalStore,
-    mut rx: mpsc::Receiver<Command>,
-    ptx: watch::Sender<Positions>,
-    durable: Lsn,
-) -> WalStore {
-    let mut state = Batch {
-        durable,
-        pending: None,
-        failed: None,
-    };
+/// Takes commands in batches: everything queued is appended, then synced once.
+fn run(mut store: WalStore, mut rx: mpsc::Receiver<Command>, ptx: &watch::Sender<Positions>) {
+    let mut unsynced = false;
     while let Some(first) = rx.blocking_recv() {
         let mut next = Some(first);
+        let mut outcome = Ok(());
         while let Some(cmd) = next.take() {
-            match cmd {
-                Command::Append {
-                    start,
-                    data,
-                    valid_end,
-                } => match store.append(start, &data) {
-                    Ok(()) => state.pending = Some(valid_end),
-                    Err(e) => state.failed = Some(e.to_string()),
-                },
-                Command::SetDurable(lsn) => {
-                    state.flush(&mut store);
-                    state.durable = lsn;
+            outcome = match cmd {
+                Command::Append { start, data } => {
+                    unsynced = true;
+                    store.append(start, &data)
                 }
-                Command::Call(f) => {
-                    state.flush(&mut store);
-                    state.publish(&store, &ptx);
-                    if state.failed.is_none() {
-                        f(&mut store);
-                    }
-                }
-            }
-            if state.failed.is_some() {
+                Command::Call(f) => sync(&mut store, &mut unsynced).map(|()| {
+                    f(&mut store);
+                    ptx.send_replace(Positions::of(&store, None));
+                }),
+            };
+            if outcome.is_err() {
                 break;
             }
             next = rx.try_recv().ok();
         }
-        state.flush(&mut store);
-        state.publish(&store, &ptx);
-        if state.failed.is_some() {
-            break;
-        }
-    }
-    store
-}
-
-/// What the writer thread knows between batches.
-struct Batch {
-    durable: Lsn,
-    pending: Option<Lsn>,
-    failed: Option<String>,
-}
-
-impl Batch {
-    /// Syncs what was appended; the durable end becomes the checked end of the synced bytes.
-    fn flush(&mut self, store: &mut WalStore) {
-        if self.failed.is_some() {
+        let failed = outcome.and_then(|()| sync(&mut store, &mut unsynced)).err();
+        let stop = failed.is_some();
+        ptx.send_replace(Positions::of(&store, failed.map(|e| e.to_string())));
+        if stop {
             return;
         }
-        if let Some(valid) = self.pending.take() {
-            match store.flush() {
-                Ok(synced) => self.durable = self.durable.max(valid.min(synced)),
-                Err(e) => self.failed = Some(e.to_string()),
-            }
-        }
     }
+}
 
-    fn publish(&self, store: &WalStore, ptx: &watch::Sender<Positions>) {
-        ptx.send_replace(Positions {
-            timeline: store.timeline(),
-            written: store.write_end().unwrap_or_default(),
-            durable: self.durable,
-            failed: self.failed.clone(),
-        });
+fn sync(store: &mut WalStore, unsynced: &mut bool) -> Result<(), crate::storage::StoreError> {
+    if std::mem::take(unsynced) {
+        store.flush()?;
     }
+    Ok(())
 }

@@ -9,11 +9,7 @@
 //! raw bytes). Everything the relay sends is recorded per connection in a [`Session`]. After a
 //! scripted answer that ends the exchange the fake keeps the socket open and listens, so any
 //! timeout is the relay's own.
-#![allow(
-    clippy::unwrap_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

@@ -457,11 +457,14 @@ pub fn recovered_end(log: &str) -> Option<(Lsn, Lsn)> {
 /// Where the stored WAL ends according to the files: the `.partial`'s segment start plus its
 /// length, else the end of the last complete segment.
 pub fn stored_end(wal_dir: &Path, size: WalSegmentSize) -> Option<Lsn> {
-    let partial = fs::read_dir(wal_dir).ok()?.filter_map(|e| e.ok()).find_map(|e| {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let seg = SegmentName::parse(name.strip_suffix(".partial")?, size)?;
-        Some((seg, e.metadata().ok()?.len()))
-    });
+    let partial = fs::read_dir(wal_dir)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .find_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let seg = SegmentName::parse(name.strip_suffix(".partial")?, size)?;
+            Some((seg, e.metadata().ok()?.len()))
+        });
     match partial {
         Some((seg, len)) => Some(Lsn(size.start_of(seg.segno)?.0 + len)),
         None => {
@@ -523,7 +526,9 @@ pub fn converge_and_compare(
     size: WalSegmentSize,
 ) -> usize {
     let target = primary.switch_wal().unwrap();
-    primary.wait_archived(target, Duration::from_secs(60)).unwrap();
+    primary
+        .wait_archived(target, Duration::from_secs(60))
+        .unwrap();
     let end = primary.write_load(20).unwrap();
     wait_acked(primary, end, Duration::from_secs(60));
     let compared = assert_same_segments(relay_wal_dir, &primary.archive_dir(), size);
