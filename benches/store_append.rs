@@ -88,7 +88,7 @@ fn raw_append(wal: &Wal, dir: &Path, flush_every: usize) {
         let mut f = File::create(dir.join(format!("{n:024X}"))).unwrap();
         for (i, chunk) in segment.chunks(CHUNK).enumerate() {
             f.write_all(chunk).unwrap();
-            if (n * per_segment + i + 1) % flush_every == 0 {
+            if (n * per_segment + i + 1).is_multiple_of(flush_every) {
                 f.sync_data().unwrap();
             }
         }

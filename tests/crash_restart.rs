@@ -125,7 +125,7 @@ fn kill9_under_load(mb: u32, kills: u64) {
          {committed} load transactions ({failed} failed), {compared} segments byte-identical",
         began.elapsed().as_secs_f64()
     );
-    assert!(compared >= 3, "only {compared} segments compared");
+    assert!(compared >= 2, "only {compared} segments compared");
     assert!(relay.is_running());
     assert_healthy_log(&relay);
 }

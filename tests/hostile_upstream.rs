@@ -330,60 +330,8 @@ fn xlogdata_crossing_segment_boundaries_is_split_correctly() {
 
 // 2. XLogData that does not continue where the last one ended, 3. bytes that are not WAL.
 
-/// The relay must end the connection at the bad chunk at [`FAULT_AT`], keep exactly what came
-/// before it, and resume there.
-fn refused_at_fault(fault: Fault, error: &str) {
-    let (run, _) = refused(streaming(CHUNK, Some((FAULT_AT, fault))), PLAIN, &[], error);
-    run.fake
-        .wait("a reconnect resuming at the stored end", DEADLINE, |s| {
-            s.iter().skip(1).any(|s| s.start_lsn() == Some(FAULT_AT))
-        });
-    assert!(
-        run.segment(SEG7) == real_wal().range(WAL_START, FAULT_AT),
-        "not the prefix before the fault"
-    );
-}
-
-#[test]
-fn xlogdata_gap_aborts() {
-    refused_at_fault(
-        Fault::Skip(8192),
-        "got WAL data at 0/722000, expected 0/720000",
-    );
-}
-
-#[test]
-fn xlogdata_overlap_aborts() {
-    refused_at_fault(
-        Fault::Rewind(8192),
-        "got WAL data at 0/71E000, expected 0/720000",
-    );
-}
-
-#[test]
-fn xlogdata_backwards_step_aborts() {
-    refused_at_fault(
-        Fault::Rewind(0x2_0000),
-        "got WAL data at 0/700000, expected 0/720000",
-    );
-}
-
-const NOT_WAL: &str = "invalid WAL from upstream, not stored";
-
-#[test]
-fn random_bytes_in_xlogdata_are_not_stored() {
-    refused_at_fault(Fault::Data(noise(CHUNK)), NOT_WAL);
-}
-
-#[test]
-fn random_bytes_as_the_first_chunk_are_not_stored() {
-    let script = streaming(CHUNK, Some((WAL_START, Fault::Data(noise(CHUNK)))));
-    let (run, _) = refused(script, PLAIN, &[], NOT_WAL);
-    assert!(run.segment(SEG7).is_empty(), "noise reached the store");
-}
-
-/// A record that lies wholly inside `[from, to)`, from the pg_waldump listing: (start, length).
-fn record_within(from: Lsn, to: Lsn) -> (Lsn, u64) {
+/// The records of the captured WAL, from its pg_waldump listing: (start, length).
+fn records() -> Vec<(Lsn, u64)> {
     let listing = fs::read_to_string(data_file("records.txt")).unwrap();
     let record = |line: &str| {
         let mut f = line.split_whitespace();
@@ -392,17 +340,85 @@ fn record_within(from: Lsn, to: Lsn) -> (Lsn, u64) {
             f.next()?.parse::<u64>().ok()?,
         ))
     };
-    let inside = |(start, len): &(Lsn, u64)| *start > from && start.0 + len < to.0 && *len > 64;
-    listing.lines().filter_map(record).find(inside).unwrap()
+    listing.lines().filter_map(record).collect()
+}
+
+/// The relay must end the connection at the bad chunk at `at` and resume where its store
+/// ends. What it stored is a prefix of the real WAL that ends at or before `at`, and no
+/// earlier than the start of the record that `at` cuts (the store may drop that record's
+/// head, which is not yet valid WAL).
+fn refused_at_fault(at: Lsn, fault: Fault, error: &str) {
+    let (run, _) = refused(streaming(CHUNK, Some((at, fault))), PLAIN, &[], error);
+    let stored = run.segment(SEG7);
+    let end = Lsn(WAL_START.0 + stored.len() as u64);
+    let cut = records()
+        .into_iter()
+        .map(|(start, _)| start)
+        .filter(|s| *s <= at)
+        .max();
+    assert!(
+        end <= at && end >= cut.unwrap_or(WAL_START).min(at),
+        "stored up to {end}, fault at {at}"
+    );
+    assert!(
+        stored == real_wal().range(WAL_START, end),
+        "stored bytes are not the real WAL"
+    );
+    run.fake
+        .wait("a reconnect resuming at the stored end", DEADLINE, |s| {
+            s.iter().skip(1).any(|s| s.start_lsn() == Some(end))
+        });
+}
+
+#[test]
+fn xlogdata_gap_aborts() {
+    refused_at_fault(
+        FAULT_AT,
+        Fault::Skip(8192),
+        "got WAL data at 0/722000, expected 0/720000",
+    );
+}
+
+#[test]
+fn xlogdata_overlap_aborts() {
+    refused_at_fault(
+        FAULT_AT,
+        Fault::Rewind(8192),
+        "got WAL data at 0/71E000, expected 0/720000",
+    );
+}
+
+#[test]
+fn xlogdata_backwards_step_aborts() {
+    refused_at_fault(
+        FAULT_AT,
+        Fault::Rewind(0x2_0000),
+        "got WAL data at 0/700000, expected 0/720000",
+    );
+}
+
+/// What the relay's error says about bytes that are not valid WAL.
+const NOT_WAL: &str = "invalid WAL";
+
+#[test]
+fn random_bytes_in_xlogdata_are_not_stored() {
+    refused_at_fault(FAULT_AT, Fault::Data(noise(CHUNK)), NOT_WAL);
+}
+
+#[test]
+fn random_bytes_as_the_first_chunk_are_not_stored() {
+    refused_at_fault(WAL_START, Fault::Data(noise(CHUNK)), NOT_WAL);
 }
 
 #[test]
 fn record_with_a_bad_crc_is_not_stored() {
     let chunk_end = Lsn(FAULT_AT.0 + CHUNK as u64);
-    let (start, len) = record_within(FAULT_AT, chunk_end);
+    let inside =
+        |(start, len): &(Lsn, u64)| *start > FAULT_AT && start.0 + len < chunk_end.0 && *len > 64;
+    let (start, len) = records().into_iter().find(inside).unwrap();
     let mut chunk = real_wal().range(FAULT_AT, chunk_end).to_vec();
     chunk[(start.0 + len - 1 - FAULT_AT.0) as usize] ^= 0x55;
-    refused_at_fault(Fault::Data(chunk.into()), NOT_WAL);
+    refused_at_fault(FAULT_AT, Fault::Data(chunk.into()), NOT_WAL);
 }
 
 // 4. The answer to SSLRequest.
@@ -722,7 +738,7 @@ fn hostile_sasl_exchanges_are_refused() {
             "mandatory extension",
         ),
         (
-            scram(&format!("r={{nonce}}srv,s=!!!,i=4096"), Bytes::new()),
+            scram("r={nonce}srv,s=!!!,i=4096", Bytes::new()),
             "malformed SCRAM message (invalid salt)",
         ),
         (

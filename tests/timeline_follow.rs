@@ -5,6 +5,8 @@
 //! `.partial`, and stores the new timeline's segments from offset 0, byte-identical to the new
 //! primary's archive, and `pg_waldump` reads them across the switch.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
 mod support;
 
 use std::fs;

@@ -29,29 +29,43 @@ pub async fn simple_query(conn: &mut Connection, sql: &str) -> Result<QueryResul
 /// # Errors
 /// As [`simple_query`].
 pub async fn read_result(conn: &mut Connection) -> Result<QueryResult, UpstreamError> {
+    let first = BackendMessage::parse(conn.recv().await?)?;
+    read_result_from(conn, first).await
+}
+
+/// Reads one command's answer up to ReadyForQuery, starting with `first`, a message the
+/// caller has already read.
+///
+/// # Errors
+/// As [`simple_query`].
+pub async fn read_result_from(
+    conn: &mut Connection,
+    first: BackendMessage,
+) -> Result<QueryResult, UpstreamError> {
     let mut result = QueryResult::default();
     let mut error: Option<ErrorFields> = None;
     let mut notices = 0usize;
+    let mut next = Some(first);
     loop {
-        match BackendMessage::parse(conn.recv().await?)? {
+        let msg = match next.take() {
+            Some(msg) => msg,
+            None => BackendMessage::parse(conn.recv().await?)?,
+        };
+        match msg {
             BackendMessage::RowDescription(fields) => {
-                result
-                    .on_row_description(fields.into_iter().map(|f| (f.name, f.type_oid)).collect());
+                result.on_row_description(fields.into_iter().map(|f| (f.name, f.type_oid)).collect());
             }
             BackendMessage::DataRow(row) => result.on_data_row(row)?,
             BackendMessage::CommandComplete(tag) => result.on_command_complete(tag),
-            BackendMessage::EmptyQueryResponse => {}
+            BackendMessage::EmptyQueryResponse | BackendMessage::ParameterStatus { .. } => {}
             BackendMessage::ErrorResponse(e) => error = Some(e),
             BackendMessage::NoticeResponse(n) => {
                 notices += 1;
                 if notices > MAX_NOTICES {
-                    return Err(UpstreamError::Protocol(
-                        "too many notices from server".into(),
-                    ));
+                    return Err(UpstreamError::Protocol("too many notices from server".into()));
                 }
                 tracing::info!(notice = %n, "upstream notice");
             }
-            BackendMessage::ParameterStatus { .. } => {}
             BackendMessage::ReadyForQuery(_) => {
                 return match error {
                     Some(e) => Err(UpstreamError::Server(e)),

@@ -21,7 +21,7 @@ use crate::proto::query::{
 use crate::proto::stream::{Inbound, ReceiveStream, StreamError, StreamTiming};
 use crate::service::conn::{ConnError, Connection};
 use crate::service::login::{self, LoginError, ServerInfo};
-use crate::service::session::{read_result, simple_query};
+use crate::service::session::{read_result, read_result_from, simple_query};
 use crate::service::writer::{Positions, Writer, WriterStopped};
 use crate::storage::{StoreError, StoreIdentity};
 use crate::types::{Lsn, PgTimestamp, TimelineId, WalSegmentSize};
@@ -398,14 +398,12 @@ async fn stream(
     conn.flush().await?;
     match BackendMessage::parse(conn.recv().await?)? {
         BackendMessage::CopyBothResponse(_) => {}
-        BackendMessage::ErrorResponse(e) => {
-            let _ = read_result(conn).await;
-            return Err(UpstreamError::Server(e));
-        }
-        BackendMessage::RowDescription(_) => {
-            return Err(UpstreamError::Protocol(
-                "START_REPLICATION returned no stream".into(),
-            ));
+        first @ (BackendMessage::ErrorResponse(_) | BackendMessage::RowDescription(_)) => {
+            // An error, or a timeline that ends exactly where streaming would start: the
+            // server skips copy mode and sends the next timeline at once.
+            let result = read_result_from(conn, first).await?;
+            let next = EndOfTimeline::from_result(&result, point.timeline, point.start)?;
+            return Ok(StreamEnd::Timeline(next));
         }
         other => {
             return Err(UpstreamError::Protocol(format!(
