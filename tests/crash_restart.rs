@@ -11,6 +11,13 @@
 //! Durations and counts are tunable: `WALRELAY_B1_KILLS` (8), `WALRELAY_B1_KILLS_16MB` (4),
 //! `WALRELAY_B1_SEED`, `WALRELAY_B4_TERMS` (5).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
 mod support;
 
 use std::time::{Duration, Instant};
@@ -70,6 +77,28 @@ fn wait_streaming(relay: &RelayProcess, offset: usize) -> Duration {
     relay.wait_log(offset, "streaming timeline=", Duration::from_secs(30))
 }
 
+/// The relay reconnected, and never waited longer than `--reconnect-max` (1 s, see
+/// `RelayProcess::start`) between attempts.
+fn assert_capped_backoff(log: &str) {
+    let delays: Vec<u64> = log
+        .lines()
+        .filter(|l| l.contains("reconnecting to upstream"))
+        .filter_map(|l| {
+            l.split("delay_ms=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    assert!(!delays.is_empty(), "the relay did not reconnect:\n{log}");
+    assert!(
+        delays.iter().all(|&d| d <= 1000),
+        "reconnect delays beyond the cap: {delays:?}"
+    );
+}
+
 fn assert_healthy_log(relay: &RelayProcess) {
     let log = relay.log_contents();
     assert!(!log.contains("panicked at"), "the relay panicked");
@@ -100,6 +129,7 @@ fn kill9_under_load(mb: u32, kills: u64) {
         assert!(relay.is_running(), "the relay exited by itself");
         relay.kill9();
         let acked = sampler.highest();
+        let on_disk = stored_end(&relay.wal_dir(), size).unwrap();
         let Restarted {
             relay: next,
             since: next_since,
@@ -108,7 +138,12 @@ fn kill9_under_load(mb: u32, kills: u64) {
         } = restart(&primary, relay);
         (relay, since) = (next, next_since);
         println!(
-            "B1 kill {kill}/{kills} at +{delay} ms: highest acked flush {acked}, recovered durable {durable} valid {valid}"
+            "B1 kill {kill}/{kills} at +{delay} ms: highest acked flush {acked}, files end at \
+             {on_disk}, recovered durable {durable} valid {valid}"
+        );
+        assert!(
+            durable <= on_disk,
+            "recovered {durable}, past the end of the files {on_disk}"
         );
         assert!(
             durable >= acked,
@@ -226,7 +261,7 @@ fn b5_primary_restarts_fast_and_immediate() {
              {streaming:?} after the restart began and acknowledged {flush} after {:?}",
             began.elapsed()
         );
-        assert!(relay.count_log(offset, "reconnecting") >= 1);
+        assert_capped_backoff(&relay.log_since(offset));
     }
     let (committed, failed) = load.stop();
     let compared = converge_and_compare(&primary, &relay.wal_dir(), size);

@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -52,14 +53,15 @@ fn data_file(name: &str) -> PathBuf {
 
 /// Segments 7 to B of timeline 1 captured from a PostgreSQL 15 primary with 1 MiB segments.
 fn real_wal() -> Wal {
-    let bytes: Vec<u8> = SEGMENTS
-        .iter()
-        .flat_map(|name| fs::read(data_file(name)).unwrap())
-        .collect();
-    Wal {
-        start: WAL_START,
-        bytes: bytes.into(),
-    }
+    static WAL: OnceLock<Wal> = OnceLock::new();
+    let read = || {
+        let segments = SEGMENTS.map(|name| fs::read(data_file(name)).unwrap());
+        Wal {
+            start: WAL_START,
+            bytes: segments.concat().into(),
+        }
+    };
+    WAL.get_or_init(read).clone()
 }
 
 /// `xlp_sysid` from the long page header that starts the first segment.
@@ -268,7 +270,7 @@ fn noise(len: usize) -> Bytes {
     out.freeze()
 }
 
-// 1. Happy path.
+// A well-behaved upstream.
 
 /// Streams the captured WAL in chunks of `chunk` bytes; the relay must store it unchanged
 /// and report it written and flushed.
@@ -328,7 +330,7 @@ fn xlogdata_crossing_segment_boundaries_is_split_correctly() {
     stored_byte_identical(100_000);
 }
 
-// 2. XLogData that does not continue where the last one ended, 3. bytes that are not WAL.
+// XLogData that does not continue where the last one ended, or that is not WAL.
 
 /// The records of the captured WAL, from its pg_waldump listing: (start, length).
 fn records() -> Vec<(Lsn, u64)> {
@@ -421,7 +423,7 @@ fn record_with_a_bad_crc_is_not_stored() {
     refused_at_fault(FAULT_AT, Fault::Data(chunk.into()), NOT_WAL);
 }
 
-// 4. The answer to SSLRequest.
+// The answer to SSLRequest.
 
 /// Nothing but a TLS handshake followed an SSL answer other than `N`.
 fn no_plaintext_after_ssl_answer(sessions: &[Session]) {
@@ -489,7 +491,7 @@ fn ssl_answers_other_than_s_or_n_and_n_when_required_are_refused() {
     }
 }
 
-// 5. IDENTIFY_SYSTEM and 6. SHOW wal_segment_size: another server than the stored one.
+// IDENTIFY_SYSTEM and SHOW wal_segment_size.
 
 /// Streams all WAL from a good upstream, then "restarts" it as `other`: refused with
 /// `error`, nothing stored from it.
@@ -581,7 +583,7 @@ fn invalid_segment_size_is_refused() {
     }
 }
 
-// 7. TIMELINE_HISTORY.
+// TIMELINE_HISTORY.
 
 const HISTORY: &[u8] = b"1\t0/700000\tno recovery target specified\n";
 
@@ -659,7 +661,7 @@ fn invalid_history_files_are_refused() {
     }
 }
 
-// 8. Authentication.
+// Authentication.
 
 /// CPU seconds (user and system) the process has used.
 fn cpu_seconds(pid: u32) -> f64 {
@@ -833,7 +835,7 @@ fn hostile_session_start_is_refused() {
     }
 }
 
-// 9. Stalls: the relay must time out on its own clock.
+// Stalls: the relay must time out on its own clock.
 
 #[test]
 fn half_a_frame_while_streaming_times_out() {
@@ -880,7 +882,7 @@ fn half_a_frame_in_a_command_answer_times_out() {
     }
 }
 
-// 10. Malformed answers to START_REPLICATION and stream messages.
+// Malformed answers to START_REPLICATION and stream messages.
 
 /// CopyDone right away, then an end-of-timeline result set with these values.
 fn end_of_timeline(next_tli: &str, start: &str) -> Script {

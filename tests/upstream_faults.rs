@@ -15,6 +15,13 @@
 //! Tunable: `WALRELAY_D1_SECS` (12), `WALRELAY_D4_MB` (3), `WALRELAY_G6_SCALE` (5),
 //! `WALRELAY_G6_SECS` (15).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
 mod support;
 
 use std::fs;

@@ -277,7 +277,8 @@ pub fn acked_flush_at(bins: &PgBinaries, conninfo: &str, app: &str) -> Option<Ls
 }
 
 /// Samples the flush position a server has seen acknowledged by one application, in a
-/// thread, and keeps the highest value (ACCEPTANCE.md O5's "A").
+/// thread through one psql session (reopened if it ends), and keeps the highest value
+/// (ACCEPTANCE.md O5's "A").
 pub struct FlushSampler {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     highest: std::sync::Arc<std::sync::atomic::AtomicU64>,
@@ -295,11 +296,11 @@ impl FlushSampler {
         let (s, h, n) = (stop.clone(), highest.clone(), samples.clone());
         let thread = std::thread::spawn(move || {
             while !s.load(Ordering::SeqCst) {
-                if let Some(lsn) = acked_flush_at(&bins, &conninfo, &app) {
+                sample_in_session(&bins, &conninfo, &app, every, &s, &mut |lsn| {
                     h.fetch_max(lsn.0, Ordering::SeqCst);
                     n.fetch_add(1, Ordering::SeqCst);
-                }
-                std::thread::sleep(every);
+                });
+                std::thread::sleep(Duration::from_millis(100));
             }
         });
         FlushSampler {
@@ -319,6 +320,47 @@ impl FlushSampler {
     pub fn samples(&self) -> u64 {
         self.samples.load(std::sync::atomic::Ordering::SeqCst)
     }
+}
+
+/// Samples `app`'s acknowledged flush every `every` through one psql session (a new psql per
+/// sample would take longer than the interval), until `stop` or the session ends.
+fn sample_in_session(
+    bins: &PgBinaries,
+    conninfo: &str,
+    app: &str,
+    every: Duration,
+    stop: &std::sync::atomic::AtomicBool,
+    seen: &mut dyn FnMut(Lsn),
+) {
+    use std::io::{BufRead, Write};
+    let sql = format!(
+        "SELECT coalesce(max(flush_lsn)::text, '-') FROM pg_stat_replication \
+         WHERE application_name = '{app}';\n"
+    );
+    let mut psql = bins.command("psql");
+    psql.args(["-X", "-At", "-d", conninfo])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let Ok(mut child) = psql.spawn() else { return };
+    let (Some(mut input), Some(output)) = (child.stdin.take(), child.stdout.take()) else {
+        return;
+    };
+    let mut output = std::io::BufReader::new(output);
+    let mut line = String::new();
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        line.clear();
+        if input.write_all(sql.as_bytes()).is_err() || output.read_line(&mut line).unwrap_or(0) == 0
+        {
+            break;
+        }
+        if let Ok(lsn) = line.trim().parse() {
+            seen(lsn);
+        }
+        std::thread::sleep(every);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 impl Drop for FlushSampler {
@@ -454,25 +496,23 @@ pub fn recovered_end(log: &str) -> Option<(Lsn, Lsn)> {
     Some((field("durable=")?, field("valid=")?))
 }
 
-/// Where the stored WAL ends according to the files: the `.partial`'s segment start plus its
-/// length, else the end of the last complete segment.
+/// Where the stored WAL ends according to the files: the end of the last complete segment or
+/// of the `.partial` (its segment start plus its length), whichever is further.
 pub fn stored_end(wal_dir: &Path, size: WalSegmentSize) -> Option<Lsn> {
     let partial = fs::read_dir(wal_dir)
         .ok()?
         .filter_map(|e| e.ok())
-        .find_map(|e| {
+        .filter_map(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
             let seg = SegmentName::parse(name.strip_suffix(".partial")?, size)?;
-            Some((seg, e.metadata().ok()?.len()))
-        });
-    match partial {
-        Some((seg, len)) => Some(Lsn(size.start_of(seg.segno)?.0 + len)),
-        None => {
-            let last = segment_files(wal_dir).pop()?;
-            let seg = SegmentName::parse(&last, size)?;
-            size.start_of(seg.segno.next()?)
-        }
-    }
+            Some(Lsn(size.start_of(seg.segno)?.0 + e.metadata().ok()?.len()))
+        })
+        .max();
+    let complete = segment_files(wal_dir)
+        .pop()
+        .and_then(|last| SegmentName::parse(&last, size))
+        .and_then(|seg| size.start_of(seg.segno.next()?));
+    partial.max(complete)
 }
 
 /// O4's "no temporary or half-written files remain": no `*.tmp`, at most one `.partial`, and
