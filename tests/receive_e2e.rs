@@ -3,7 +3,12 @@
 //! `pg_waldump` reads it (O4), and records that cross pages and segments, records larger than
 //! a segment and `pg_switch_wal()` pass through intact (A3), at 1 MB and 16 MB segments.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 mod support;
 

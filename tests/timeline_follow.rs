@@ -5,7 +5,12 @@
 //! `.partial`, and stores the new timeline's segments from offset 0, byte-identical to the new
 //! primary's archive, and `pg_waldump` reads them across the switch.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 mod support;
 
@@ -18,7 +23,9 @@ use walrelay::types::{SegmentName, TimelineId};
 
 #[test]
 fn relay_follows_promotion_to_a_new_timeline() {
-    let Some(bins) = require_postgres() else { return };
+    let Some(bins) = require_postgres() else {
+        return;
+    };
     let dir = scratch(&bins, "tli");
     let mut primary = ClusterBuilder::new(bins.clone(), dir.path())
         .segment_size_mb(1)
@@ -27,11 +34,18 @@ fn relay_follows_promotion_to_a_new_timeline() {
         .unwrap();
     primary.start().unwrap();
     let size = primary.wal_segment_size().unwrap();
-    let mut standby = primary.basebackup_standby(&primary.conninfo(), None).unwrap();
+    let mut standby = primary
+        .basebackup_standby(&primary.conninfo(), None)
+        .unwrap();
     let standby_archive = bins.scratch_dir(dir.path(), "sarch").unwrap();
     let a = standby_archive.path().display().to_string();
     standby.set_config("archive_mode", "always").unwrap();
-    standby.set_config("archive_command", &format!("test ! -f '{a}/%f' && cp %p '{a}/%f'")).unwrap();
+    standby
+        .set_config(
+            "archive_command",
+            &format!("test ! -f '{a}/%f' && cp %p '{a}/%f'"),
+        )
+        .unwrap();
     standby.start().unwrap();
 
     let upstream = format!(
@@ -44,7 +58,10 @@ fn relay_follows_promotion_to_a_new_timeline() {
     primary.switch_wal().unwrap();
     let before = primary.write_load(500).unwrap();
     wait_acked(&primary, before, Duration::from_secs(30));
-    wait_until(Duration::from_secs(30), "standby replay", || Ok(standby.replay_lsn()? >= before)).unwrap();
+    wait_until(Duration::from_secs(30), "standby replay", || {
+        Ok(standby.replay_lsn()? >= before)
+    })
+    .unwrap();
 
     primary.stop(StopMode::Fast).unwrap();
     standby.psql("SELECT pg_promote()").unwrap();
@@ -58,16 +75,23 @@ fn relay_follows_promotion_to_a_new_timeline() {
     standby.write_load(100).unwrap();
     let end = standby.current_wal_flush_lsn().unwrap();
     wait_acked(&standby, end, Duration::from_secs(60));
-    let last = standby.psql(&format!("SELECT pg_walfile_name('{target}')")).unwrap();
+    let last = standby
+        .psql(&format!("SELECT pg_walfile_name('{target}')"))
+        .unwrap();
     let archived = standby_archive.path().join(&last);
-    wait_until(Duration::from_secs(60), "new primary archived its segment", || {
-        Ok(fs::metadata(&archived).is_ok_and(|m| m.len() == size.bytes_u64()))
-    })
+    wait_until(
+        Duration::from_secs(60),
+        "new primary archived its segment",
+        || Ok(fs::metadata(&archived).is_ok_and(|m| m.len() == size.bytes_u64())),
+    )
     .unwrap();
 
     let wal = relay.wal_dir();
     let history = fs::read(wal.join("00000002.history")).expect("relay stored the history file");
-    assert_eq!(history, fs::read(standby.data_dir().join("pg_wal/00000002.history")).unwrap());
+    assert_eq!(
+        history,
+        fs::read(standby.data_dir().join("pg_wal/00000002.history")).unwrap()
+    );
     let two = TimelineId::new(2).unwrap();
     let names = segment_files(&wal);
     let (new, old): (Vec<_>, Vec<_>) = names
@@ -75,11 +99,19 @@ fn relay_follows_promotion_to_a_new_timeline() {
         .partition(|n| SegmentName::parse(n, size).unwrap().timeline == two);
     assert!(!new.is_empty() && !old.is_empty(), "segments: {names:?}");
     for name in &old {
-        assert_eq!(fs::read(wal.join(name)).unwrap(), fs::read(primary.archive_dir().join(name)).unwrap(), "{name}");
+        assert_eq!(
+            fs::read(wal.join(name)).unwrap(),
+            fs::read(primary.archive_dir().join(name)).unwrap(),
+            "{name}"
+        );
     }
     for name in &new {
         let theirs = fs::read(standby_archive.path().join(name)).unwrap();
-        assert_eq!(fs::read(wal.join(name)).unwrap(), theirs, "{name} differs from the new primary's");
+        assert_eq!(
+            fs::read(wal.join(name)).unwrap(),
+            theirs,
+            "{name} differs from the new primary's"
+        );
     }
     let first_new = SegmentName::parse(new[0], size).unwrap();
     let last_new = SegmentName::parse(new[new.len() - 1], size).unwrap();

@@ -208,8 +208,6 @@ fn d2_blackhole_is_detected_by_receive_timeout() {
 /// walreceiver pings at half `wal_receiver_timeout`, because an idle walsender that hears
 /// from its client stays silent (`wal_sender_timeout` keepalives only come when replies stop).
 #[test]
-#[ignore = "the relay never asks for a reply (reply_requested is always false), so an idle \
-            upstream is given up on every receive timeout"]
 fn d2_idle_upstream_is_not_timed_out() {
     let Some(bins) = require_postgres() else {
         return;

@@ -92,6 +92,7 @@ pub struct ReceiveStream {
     reported: Option<(Lsn, Lsn)>,
     last_status: Instant,
     last_receive: Instant,
+    pinged: bool,
 }
 
 impl ReceiveStream {
@@ -106,6 +107,7 @@ impl ReceiveStream {
             reported: None,
             last_status: now,
             last_receive: now,
+            pinged: false,
         }
     }
 
@@ -125,6 +127,7 @@ impl ReceiveStream {
     /// A malformed message, or XLogData that is not contiguous with what came before.
     pub fn on_copy_data(&mut self, payload: Bytes, now: Instant) -> Result<Inbound, StreamError> {
         self.last_receive = now;
+        self.pinged = false;
         match ServerCopyData::parse(payload)? {
             ServerCopyData::XLogData(x) => {
                 if x.start != self.next {
@@ -194,14 +197,35 @@ impl ReceiveStream {
         }
     }
 
-    /// When the caller must act next even if nothing arrives: the next periodic status update
-    /// or the receive timeout, whichever is sooner.
+    /// Whether the server has been silent for half the receive timeout and has not been
+    /// asked for a reply yet. A walsender that is told everything stays silent while it has
+    /// no WAL to send, so the receiver asks, as a walreceiver does.
+    pub fn ping_due(&self, now: Instant) -> bool {
+        !self.timing.receive_timeout.is_zero()
+            && !self.pinged
+            && now.saturating_duration_since(self.last_receive) >= self.timing.receive_timeout / 2
+    }
+
+    /// A status update that asks the server to answer at once; sent once per silence.
+    pub fn ping(&mut self, now: Instant, wall: PgTimestamp) -> StandbyStatusUpdate {
+        self.pinged = true;
+        StandbyStatusUpdate {
+            reply_requested: true,
+            ..self.status(now, wall)
+        }
+    }
+
+    /// When the caller must act next even if nothing arrives: the next periodic status update,
+    /// the ping at half the receive timeout, or the timeout itself, whichever is sooner.
     pub fn next_deadline(&self) -> Instant {
         let status = self.last_status + self.timing.status_interval;
-        if self.timing.receive_timeout.is_zero() {
+        let timeout = self.timing.receive_timeout;
+        if timeout.is_zero() {
             status
+        } else if self.pinged {
+            status.min(self.last_receive + timeout)
         } else {
-            status.min(self.last_receive + self.timing.receive_timeout)
+            status.min(self.last_receive + timeout / 2)
         }
     }
 
@@ -319,6 +343,27 @@ mod tests {
         let st = s.status(t0 + Duration::from_secs(1), PgTimestamp(6));
         assert_eq!((st.write, st.flush), (Lsn(0x200), Lsn(0x180)));
         assert_eq!(s.next_deadline(), t0 + Duration::from_secs(11));
+    }
+
+    #[test]
+    fn silent_server_is_pinged_once_at_half_the_timeout() {
+        let t0 = Instant::now();
+        let timing = StreamTiming {
+            status_interval: Duration::from_secs(100),
+            receive_timeout: Duration::from_secs(30),
+        };
+        let mut s = ReceiveStream::new(Lsn(0), timing, t0);
+        assert_eq!(s.next_deadline(), t0 + Duration::from_secs(15));
+        assert!(!s.ping_due(t0 + Duration::from_secs(14)));
+        assert!(s.ping_due(t0 + Duration::from_secs(15)));
+        let ping = s.ping(t0 + Duration::from_secs(15), PgTimestamp(1));
+        assert!(ping.reply_requested);
+        assert!(!s.ping_due(t0 + Duration::from_secs(20)));
+        assert_eq!(s.next_deadline(), t0 + Duration::from_secs(30));
+        s.on_copy_data(keepalive(0, false), t0 + Duration::from_secs(16))
+            .unwrap();
+        assert!(s.check_timeout(t0 + Duration::from_secs(40)).is_ok());
+        assert!(s.ping_due(t0 + Duration::from_secs(31)));
     }
 
     #[test]

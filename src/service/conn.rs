@@ -7,6 +7,7 @@
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -82,6 +83,9 @@ pub enum ConnError {
     /// The peer sent a malformed message.
     #[error("{0}")]
     Wire(#[from] WireError),
+    /// The peer did not answer a command in time.
+    #[error("timeout: no answer from server within {0:?}")]
+    Timeout(Duration),
 }
 
 /// A connection that sends and receives whole messages.
@@ -91,7 +95,11 @@ pub struct Connection {
     rbuf: BytesMut,
     wbuf: BytesMut,
     max_frame: usize,
+    reply_timeout: Duration,
 }
+
+/// How long a peer may take to answer a command unless told otherwise.
+pub const DEFAULT_REPLY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Bytes asked of the socket per read.
 const READ_CHUNK: usize = 256 * 1024;
@@ -104,7 +112,25 @@ impl Connection {
             rbuf: BytesMut::with_capacity(READ_CHUNK),
             wbuf: BytesMut::with_capacity(4096),
             max_frame,
+            reply_timeout: DEFAULT_REPLY_TIMEOUT,
         }
+    }
+
+    /// Sets how long [`Connection::recv_reply`] waits.
+    pub fn set_reply_timeout(&mut self, timeout: Duration) {
+        self.reply_timeout = timeout;
+    }
+
+    /// The next message of an answer the peer owes: like [`Connection::recv`], but within
+    /// the reply timeout, on the relay's own clock.
+    ///
+    /// # Errors
+    /// As [`Connection::recv`], and [`ConnError::Timeout`].
+    pub async fn recv_reply(&mut self) -> Result<Frame, ConnError> {
+        let limit = self.reply_timeout;
+        tokio::time::timeout(limit, self.recv())
+            .await
+            .map_err(|_| ConnError::Timeout(limit))?
     }
 
     /// The next message if one is already buffered.

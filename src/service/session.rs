@@ -29,7 +29,7 @@ pub async fn simple_query(conn: &mut Connection, sql: &str) -> Result<QueryResul
 /// # Errors
 /// As [`simple_query`].
 pub async fn read_result(conn: &mut Connection) -> Result<QueryResult, UpstreamError> {
-    let first = BackendMessage::parse(conn.recv().await?)?;
+    let first = BackendMessage::parse(conn.recv_reply().await?)?;
     read_result_from(conn, first).await
 }
 
@@ -49,11 +49,12 @@ pub async fn read_result_from(
     loop {
         let msg = match next.take() {
             Some(msg) => msg,
-            None => BackendMessage::parse(conn.recv().await?)?,
+            None => BackendMessage::parse(conn.recv_reply().await?)?,
         };
         match msg {
             BackendMessage::RowDescription(fields) => {
-                result.on_row_description(fields.into_iter().map(|f| (f.name, f.type_oid)).collect());
+                result
+                    .on_row_description(fields.into_iter().map(|f| (f.name, f.type_oid)).collect());
             }
             BackendMessage::DataRow(row) => result.on_data_row(row)?,
             BackendMessage::CommandComplete(tag) => result.on_command_complete(tag),
@@ -62,7 +63,9 @@ pub async fn read_result_from(
             BackendMessage::NoticeResponse(n) => {
                 notices += 1;
                 if notices > MAX_NOTICES {
-                    return Err(UpstreamError::Protocol("too many notices from server".into()));
+                    return Err(UpstreamError::Protocol(
+                        "too many notices from server".into(),
+                    ));
                 }
                 tracing::info!(notice = %n, "upstream notice");
             }

@@ -19,7 +19,7 @@ use crate::proto::query::{
     EndOfTimeline, HistoryFile, IdentifySystem, ResultError, SlotInfo, segment_size_from_show,
 };
 use crate::proto::stream::{Inbound, ReceiveStream, StreamError, StreamTiming};
-use crate::service::conn::{ConnError, Connection};
+use crate::service::conn::{ConnError, Connection, DEFAULT_REPLY_TIMEOUT};
 use crate::service::login::{self, LoginError, ServerInfo};
 use crate::service::session::{read_result, read_result_from, simple_query};
 use crate::service::writer::{Positions, Writer, WriterStopped};
@@ -210,6 +210,12 @@ async fn connect_and_stream(
     let (mut conn, server) =
         login::connect(&settings.conninfo, &settings.application_name, shutdown).await?;
     info!(server_version = %server.server_version, "connected to upstream");
+    let timing = settings.timing;
+    conn.set_reply_timeout(if timing.receive_timeout.is_zero() {
+        DEFAULT_REPLY_TIMEOUT
+    } else {
+        timing.receive_timeout
+    });
     let id = IdentifySystem::from_result(&simple_query(&mut conn, "IDENTIFY_SYSTEM").await?)?;
     let size = segment_size_from_show(&simple_query(&mut conn, "SHOW wal_segment_size").await?)?;
     let identity = StoreIdentity {
@@ -274,15 +280,15 @@ async fn start_point(
     size: WalSegmentSize,
 ) -> Result<StartPoint, UpstreamError> {
     let Some(end) = writer.call(|s| s.end()).await? else {
-            fetch_histories(conn, writer, TimelineId::ONE, id.timeline).await?;
-            let start = size.segment_start(id.xlogpos);
-            let tli = id.timeline;
-            writer.call(move |s| s.start_at(tli, start)).await??;
-            info!(timeline = %tli, start = %start, "first start: streaming from the upstream's current segment");
-            return Ok(StartPoint {
-                timeline: tli,
-                start,
-            });
+        fetch_histories(conn, writer, TimelineId::ONE, id.timeline).await?;
+        let start = size.segment_start(id.xlogpos);
+        let tli = id.timeline;
+        writer.call(move |s| s.start_at(tli, start)).await??;
+        info!(timeline = %tli, start = %start, "first start: streaming from the upstream's current segment");
+        return Ok(StartPoint {
+            timeline: tli,
+            start,
+        });
     };
     if id.timeline < end.timeline {
         return Err(UpstreamError::TimelineBehind {
@@ -396,7 +402,7 @@ async fn stream(
     );
     FrontendMessage::Query(sql).write(conn.out())?;
     conn.flush().await?;
-    match BackendMessage::parse(conn.recv().await?)? {
+    match BackendMessage::parse(conn.recv_reply().await?)? {
         BackendMessage::CopyBothResponse(_) => {}
         first @ (BackendMessage::ErrorResponse(_) | BackendMessage::RowDescription(_)) => {
             // An error, or a timeline that ends exactly where streaming would start: the
@@ -424,7 +430,11 @@ async fn stream(
             return Err(WriterStopped(Some(failed)).into());
         }
         rs.set_positions(p.written, p.durable);
-        if rs.status_due(now) {
+        if rs.ping_due(now) {
+            let wall = PgTimestamp::from_system_time(SystemTime::now());
+            ClientCopyData::StatusUpdate(rs.ping(now, wall)).write(conn.out());
+            conn.flush().await?;
+        } else if rs.status_due(now) {
             send_status(conn, &mut rs, &p);
             conn.flush().await?;
         }

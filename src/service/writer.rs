@@ -120,7 +120,10 @@ impl Writer {
         let job = Box::new(move |store: &mut WalStore| {
             let _ = rtx.send(f(store));
         });
-        self.tx.send(Command::Call(job)).await.map_err(|_| self.stopped())?;
+        self.tx
+            .send(Command::Call(job))
+            .await
+            .map_err(|_| self.stopped())?;
         rrx.await.map_err(|_| self.stopped())
     }
 

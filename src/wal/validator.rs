@@ -255,7 +255,7 @@ impl WalValidator {
         let hdr = PageHeader::parse(bytes)
             .ok_or_else(|| self.error(page, WalErrorKind::InvalidInfoBits { info: 0 }))?;
         let page_error = |v: &Self, kind| WalError {
-            timeline: v.timeline.or(hdr.timeline()).unwrap_or(TimelineId::ONE),
+            timeline: v.timeline.or(v.max_timeline).unwrap_or(TimelineId::ONE),
             ..v.error(page, kind)
         };
         hdr.check(Lsn(page), &self.cfg)
