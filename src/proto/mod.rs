@@ -7,3 +7,4 @@ pub mod conninfo;
 pub mod pgpass;
 pub mod query;
 pub mod stream;
+pub mod walsender;

@@ -13,6 +13,7 @@
 //! input; [`WireError::sqlstate`] gives the SQLSTATE PostgreSQL would answer with.
 
 pub mod backend;
+pub mod command;
 pub mod error;
 pub mod error_fields;
 pub mod frame;

@@ -1,0 +1,221 @@
+//! The sending side of one physical replication stream, as a state machine without I/O.
+//!
+//! It mirrors a PostgreSQL walsender once `START_REPLICATION` has answered CopyBothResponse
+//! (`walsender.c:WalSndLoop`, `XLogSendPhysical`, `ProcessStandbyReplyMessage`,
+//! `WalSndKeepaliveIfNecessary`, `WalSndCheckTimeOut`):
+//! - WAL goes out contiguously from the requested start, only below the durable end, in
+//!   XLogData of at most 128 KiB cut on 8 KiB page boundaries when more is waiting (the cut is
+//!   computed by the caller's reader; [`SendStream::chunk_limit`] gives the bound);
+//! - a status update that asks for a reply gets a keepalive at once;
+//! - a client silent for half the sender timeout gets one keepalive asking for a reply;
+//! - a client silent for the whole timeout is dropped (zero disables the timeout);
+//! - the client's flush position moves its slot, never beyond what was actually sent.
+//!
+//! The caller passes `now` from a monotonic clock and the wall-clock time for `sendTime`.
+
+use std::time::{Duration, Instant};
+
+use crate::types::{Lsn, PgTimestamp};
+use crate::wire::replication::{PrimaryKeepalive, StandbyStatusUpdate};
+
+/// `MAX_SEND_SIZE`: the most WAL one XLogData carries.
+pub const MAX_SEND_SIZE: u64 = 16 * 8192;
+
+/// What a status update from the client changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reply {
+    /// The position the client's slot should move to, if its flush is set: the reported
+    /// flush, clamped to what was sent.
+    pub slot_flush: Option<Lsn>,
+    /// Whether the client asked for an immediate keepalive.
+    pub reply_requested: bool,
+}
+
+/// The last positions a client reported.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClientPositions {
+    /// Written.
+    pub write: Lsn,
+    /// Flushed.
+    pub flush: Lsn,
+    /// Replayed.
+    pub apply: Lsn,
+    /// The client's clock when it sent them.
+    pub reply_time: PgTimestamp,
+}
+
+/// The sending side of one stream.
+#[derive(Debug, Clone)]
+pub struct SendStream {
+    timeout: Duration,
+    sent: Lsn,
+    last_receive: Instant,
+    waiting_for_ping: bool,
+    positions: ClientPositions,
+}
+
+impl SendStream {
+    /// A stream starting at `start` (not rounded: the first byte sent is `start`), at `now`.
+    /// `timeout` is the sender timeout; zero disables it.
+    pub fn new(start: Lsn, timeout: Duration, now: Instant) -> SendStream {
+        SendStream {
+            timeout,
+            sent: start,
+            last_receive: now,
+            waiting_for_ping: false,
+            positions: ClientPositions::default(),
+        }
+    }
+
+    /// Where the next XLogData starts: the end of what was sent.
+    pub fn sent(&self) -> Lsn {
+        self.sent
+    }
+
+    /// What the client last reported.
+    pub fn positions(&self) -> ClientPositions {
+        self.positions
+    }
+
+    /// The end of the next chunk: at most [`MAX_SEND_SIZE`] past what was sent, cut down to a
+    /// page boundary when the durable end is further than that, as `XLogSendPhysical` does.
+    pub fn chunk_limit(&self, durable: Lsn) -> Lsn {
+        match self.sent.checked_add(MAX_SEND_SIZE) {
+            Some(max) if max < durable => max.align_down(8192).max(self.sent),
+            _ => durable.max(self.sent),
+        }
+    }
+
+    /// Records that WAL up to `end` went out.
+    pub fn sent_to(&mut self, end: Lsn) {
+        self.sent = self.sent.max(end);
+    }
+
+    /// Takes any message from the client: it proves the client is alive.
+    pub fn on_client_message(&mut self, now: Instant) {
+        self.last_receive = now;
+        self.waiting_for_ping = false;
+    }
+
+    /// Takes a standby status update. Positions may move backwards and flush may exceed
+    /// write (a walreceiver's first reply after reconnecting reports its replay position);
+    /// the slot follows the flush only up to what this stream has sent.
+    pub fn on_status(&mut self, r: &StandbyStatusUpdate, now: Instant) -> Reply {
+        self.on_client_message(now);
+        self.positions = ClientPositions {
+            write: r.write,
+            flush: r.flush,
+            apply: r.apply,
+            reply_time: r.send_time,
+        };
+        Reply {
+            slot_flush: r.flush.is_valid().then(|| r.flush.min(self.sent)),
+            reply_requested: r.reply_requested,
+        }
+    }
+
+    /// A keepalive, carrying the end of what was sent (`WalSndKeepalive`).
+    pub fn keepalive(&self, wall: PgTimestamp, reply_requested: bool) -> PrimaryKeepalive {
+        PrimaryKeepalive {
+            end: self.sent,
+            send_time: wall,
+            reply_requested,
+        }
+    }
+
+    /// Whether a keepalive asking for a reply is due: the client has been silent for half the
+    /// timeout, and has not been asked since it last spoke.
+    pub fn ping_due(&self, now: Instant) -> bool {
+        !self.timeout.is_zero()
+            && !self.waiting_for_ping
+            && now.saturating_duration_since(self.last_receive) >= self.timeout / 2
+    }
+
+    /// Records that the keepalive asking for a reply went out.
+    pub fn pinged(&mut self) {
+        self.waiting_for_ping = true;
+    }
+
+    /// Whether the client has been silent for the whole timeout and must be dropped.
+    pub fn timed_out(&self, now: Instant) -> bool {
+        !self.timeout.is_zero() && now.saturating_duration_since(self.last_receive) >= self.timeout
+    }
+
+    /// When the caller must look again even if nothing happens: the ping or the timeout.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        if self.timeout.is_zero() {
+            None
+        } else if self.waiting_for_ping {
+            Some(self.last_receive + self.timeout)
+        } else {
+            Some(self.last_receive + self.timeout / 2)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(write: u64, flush: u64, reply: bool) -> StandbyStatusUpdate {
+        StandbyStatusUpdate {
+            write: Lsn(write),
+            flush: Lsn(flush),
+            apply: Lsn(0),
+            send_time: PgTimestamp(0),
+            reply_requested: reply,
+        }
+    }
+
+    #[test]
+    fn chunks_are_cut_like_walsender() {
+        let t0 = Instant::now();
+        let s = SendStream::new(Lsn(0x300_0100), Duration::from_secs(60), t0);
+        // Much pending: 128 KiB from 0/3000100, rounded down to a page: 0/3020000.
+        assert_eq!(s.chunk_limit(Lsn(0x400_0000)), Lsn(0x302_0000));
+        // Little pending: exactly the durable end, mid-page.
+        assert_eq!(s.chunk_limit(Lsn(0x300_0160)), Lsn(0x300_0160));
+        // Nothing pending.
+        assert_eq!(s.chunk_limit(Lsn(0x300_0100)), Lsn(0x300_0100));
+        assert_eq!(s.chunk_limit(Lsn(0x100)), Lsn(0x300_0100));
+        let end = SendStream::new(Lsn(u64::MAX - 10), Duration::ZERO, t0);
+        assert_eq!(end.chunk_limit(Lsn::MAX), Lsn::MAX);
+    }
+
+    #[test]
+    fn slot_follows_flush_up_to_what_was_sent() {
+        let t0 = Instant::now();
+        let mut s = SendStream::new(Lsn(0x300_0000), Duration::from_secs(60), t0);
+        // A walreceiver's first reply after reconnecting: its replay position, ahead of sent.
+        let r = s.on_status(&status(0x361_FFE0, 0x361_FFE0, false), t0);
+        assert_eq!(r.slot_flush, Some(Lsn(0x300_0000)));
+        s.sent_to(Lsn(0x302_0000));
+        let r = s.on_status(&status(0x302_0000, 0x301_0000, true), t0);
+        assert_eq!(r, Reply { slot_flush: Some(Lsn(0x301_0000)), reply_requested: true });
+        // flush 0 (pg_receivewal without a slot) moves nothing.
+        assert_eq!(s.on_status(&status(0x302_0000, 0, false), t0).slot_flush, None);
+        assert_eq!(s.positions().write, Lsn(0x302_0000));
+    }
+
+    #[test]
+    fn keepalives_and_timeout() {
+        let t0 = Instant::now();
+        let mut s = SendStream::new(Lsn(0x100), Duration::from_secs(10), t0);
+        assert_eq!(s.next_deadline(), Some(t0 + Duration::from_secs(5)));
+        assert!(!s.ping_due(t0 + Duration::from_secs(4)));
+        assert!(s.ping_due(t0 + Duration::from_secs(5)));
+        s.pinged();
+        assert!(!s.ping_due(t0 + Duration::from_secs(6)), "one ping per silence");
+        assert_eq!(s.next_deadline(), Some(t0 + Duration::from_secs(10)));
+        assert!(!s.timed_out(t0 + Duration::from_secs(9)));
+        assert!(s.timed_out(t0 + Duration::from_secs(10)));
+        s.on_client_message(t0 + Duration::from_secs(9));
+        assert!(!s.timed_out(t0 + Duration::from_secs(10)));
+        let k = s.keepalive(PgTimestamp(3), true);
+        assert_eq!((k.end, k.reply_requested), (Lsn(0x100), true));
+        let off = SendStream::new(Lsn(0), Duration::ZERO, t0);
+        assert!(!off.timed_out(t0 + Duration::from_secs(1_000_000)));
+        assert!(!off.ping_due(t0 + Duration::from_secs(1_000_000)));
+        assert_eq!(off.next_deadline(), None);
+    }
+}

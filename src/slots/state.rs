@@ -1,0 +1,317 @@
+//! `slots.state`: the persistent slots, one text file replaced atomically, checksummed.
+//!
+//! Like PostgreSQL's `pg_replslot/<name>/state` it has a magic, a version and a CRC; unlike it,
+//! it holds every persistent slot and is text so an operator can read it:
+//!
+//! ```text
+//! walrelay replication slots
+//! version 1
+//! slot d1 restart_lsn=0/3000000 invalidated_at=- xmin=748 catalog_xmin=-
+//! slot w1 restart_lsn=- invalidated_at=0/1000000 xmin=- catalog_xmin=-
+//! crc32 b8d4c0cc
+//! ```
+//!
+//! `-` is NULL; xids are 64-bit (`epoch << 32 | xid`). The CRC-32 (IEEE, `crc32fast`) covers
+//! every byte before the `crc32` line. A write goes to `slots.state.tmp`, is fsynced, renamed
+//! over `slots.state`, and the directory is fsynced; a leftover `.tmp` is removed on open.
+
+use std::collections::BTreeMap;
+use std::fmt::Display;
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::Path;
+
+use crate::types::Lsn;
+
+use super::error::io_err;
+use super::{FullXid, SlotError, validate_slot_name};
+
+/// The state file's name inside the data directory.
+pub const STATE_FILE: &str = "slots.state";
+/// The temporary file a write goes through.
+const TMP_FILE: &str = "slots.state.tmp";
+/// The first line of every state file.
+const MAGIC: &str = "walrelay replication slots";
+/// The only format version so far.
+const VERSION: &str = "1";
+/// Larger files are not state files (a slot line is under 200 bytes); nothing bigger is read.
+const MAX_LEN: u64 = 1 << 20;
+
+/// What is persisted of one physical slot (`ReplicationSlotPersistentData`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct SlotData {
+    /// The oldest WAL the slot needs; `None` reserves nothing.
+    pub restart_lsn: Option<Lsn>,
+    /// The `restart_lsn` the slot had when it was invalidated.
+    pub invalidated_at: Option<Lsn>,
+    /// The standby's xmin from hot-standby feedback.
+    pub xmin: Option<FullXid>,
+    /// The standby's catalog xmin from hot-standby feedback.
+    pub catalog_xmin: Option<FullXid>,
+}
+
+/// Prepares `dir` (created 0700 if missing, a stale temporary file removed) and reads the slots
+/// recorded there; none when there is no state file.
+pub(super) fn open(dir: &Path) -> Result<BTreeMap<String, SlotData>, SlotError> {
+    DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io_err("create directory", dir))?;
+    let tmp = dir.join(TMP_FILE);
+    match fs::remove_file(&tmp) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_err("remove file", &tmp)(e)),
+        _ => {}
+    }
+    let path = dir.join(STATE_FILE);
+    let file = match File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+        Err(e) => return Err(io_err("open file", &path)(e)),
+    };
+    let mut bytes = Vec::new();
+    file.take(MAX_LEN + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io_err("read file", &path))?;
+    let bad = |reason: String| SlotError::BadStateFile {
+        path: path.clone(),
+        reason,
+    };
+    if bytes.len() as u64 > MAX_LEN {
+        return Err(bad(format!("larger than {MAX_LEN} bytes")));
+    }
+    let text = String::from_utf8(bytes).map_err(|_| bad("not text".into()))?;
+    parse(&text).map_err(bad)
+}
+
+/// Replaces the state file in `dir` with `slots`, atomically and durably.
+pub(super) fn write<'a>(
+    dir: &Path,
+    slots: impl Iterator<Item = (&'a str, &'a SlotData)>,
+) -> Result<(), SlotError> {
+    let tmp = dir.join(TMP_FILE);
+    let written = write_new(&tmp, render(slots).as_bytes());
+    if written.is_err() {
+        // Best effort: the error matters more than the leftover, which the next open removes.
+        let _ = fs::remove_file(&tmp);
+    }
+    written?;
+    fs::rename(&tmp, dir.join(STATE_FILE)).map_err(io_err("rename file", &tmp))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("fsync directory", dir))
+}
+
+/// Writes a fresh file with mode 0600 and fsyncs it.
+fn write_new(path: &Path, contents: &[u8]) -> Result<(), SlotError> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io_err("create file", path))?;
+    f.write_all(contents).map_err(io_err("write file", path))?;
+    f.sync_all().map_err(io_err("fsync file", path))
+}
+
+/// The state file's text for `slots`.
+fn render<'a>(slots: impl Iterator<Item = (&'a str, &'a SlotData)>) -> String {
+    fn or_null(v: Option<impl Display>) -> String {
+        v.map_or_else(|| "-".to_owned(), |v| v.to_string())
+    }
+    let mut text = format!("{MAGIC}\nversion {VERSION}\n");
+    for (name, d) in slots {
+        text.push_str(&format!(
+            "slot {name} restart_lsn={} invalidated_at={} xmin={} catalog_xmin={}\n",
+            or_null(d.restart_lsn),
+            or_null(d.invalidated_at),
+            or_null(d.xmin),
+            or_null(d.catalog_xmin),
+        ));
+    }
+    let crc = crc32fast::hash(text.as_bytes());
+    text.push_str(&format!("crc32 {crc:08x}\n"));
+    text
+}
+
+fn parse(text: &str) -> Result<BTreeMap<String, SlotData>, String> {
+    if text.split_inclusive('\n').next() != Some(&format!("{MAGIC}\n")) {
+        return Err("not a walrelay slot state file".into());
+    }
+    let (body, crc_line) = text
+        .strip_suffix('\n')
+        .and_then(|t| t.rsplit_once('\n'))
+        .ok_or("truncated")?;
+    let stored = crc_line
+        .strip_prefix("crc32 ")
+        .ok_or("missing \"crc32\" line")?;
+    let actual = format!("{:08x}", crc32fast::hash(format!("{body}\n").as_bytes()));
+    if stored != actual {
+        return Err(format!(
+            "checksum mismatch (stored {stored}, computed {actual})"
+        ));
+    }
+    let mut lines = body.split('\n').skip(1);
+    let version = lines
+        .next()
+        .and_then(|l| l.strip_prefix("version "))
+        .ok_or("missing \"version\" line")?;
+    if version != VERSION {
+        return Err(format!("unsupported format version \"{version}\""));
+    }
+    let mut slots = BTreeMap::new();
+    for (i, line) in lines.enumerate() {
+        let (name, data) = parse_slot(line).map_err(|e| format!("line {}: {e}", i + 3))?;
+        if slots.insert(name.to_owned(), data).is_some() {
+            return Err(format!("slot \"{name}\" recorded twice"));
+        }
+    }
+    Ok(slots)
+}
+
+/// One `slot NAME key=value …` line.
+fn parse_slot(line: &str) -> Result<(&str, SlotData), String> {
+    let mut words = line.split(' ');
+    let name = words
+        .next()
+        .filter(|w| *w == "slot")
+        .and(words.next())
+        .ok_or("not a slot line")?;
+    validate_slot_name(name).map_err(|e| e.to_string())?;
+    let mut field = |key: &str| {
+        words
+            .next()
+            .and_then(|w| w.strip_prefix(key))
+            .and_then(|w| w.strip_prefix('='))
+            .map(|v| (v != "-").then_some(v))
+            .ok_or_else(|| format!("missing \"{key}\""))
+    };
+    let lsn = |v: Option<&str>| {
+        v.map(|v| v.parse::<Lsn>().map_err(|e| e.to_string()))
+            .transpose()
+            .map(|l| l.filter(|l| l.is_valid()))
+    };
+    let xid = |v: Option<&str>| {
+        v.map(|v| {
+            v.parse::<u64>()
+                .ok()
+                .and_then(FullXid::from_u64)
+                .ok_or_else(|| format!("invalid transaction id \"{v}\""))
+        })
+        .transpose()
+    };
+    let data = SlotData {
+        restart_lsn: lsn(field("restart_lsn")?)?,
+        invalidated_at: lsn(field("invalidated_at")?)?,
+        xmin: xid(field("xmin")?)?,
+        catalog_xmin: xid(field("catalog_xmin")?)?,
+    };
+    if words.next().is_some() {
+        return Err("unexpected words after \"catalog_xmin\"".into());
+    }
+    Ok((name, data))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn sample() -> BTreeMap<String, SlotData> {
+        let d1 = SlotData {
+            restart_lsn: Some(Lsn(0x300_0000)),
+            xmin: FullXid::new(0, 748),
+            ..SlotData::default()
+        };
+        let w1 = SlotData {
+            invalidated_at: Some(Lsn(0x100_0000)),
+            ..SlotData::default()
+        };
+        BTreeMap::from([("d1".to_owned(), d1), ("w1".to_owned(), w1)])
+    }
+
+    fn save(dir: &Path, slots: &BTreeMap<String, SlotData>) {
+        write(dir, slots.iter().map(|(n, d)| (n.as_str(), d))).unwrap();
+    }
+
+    fn mode(p: &Path) -> u32 {
+        fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn round_trips_privately() {
+        let t = tempfile::TempDir::new().unwrap();
+        let dir = t.path().join("data");
+        assert!(open(&dir).unwrap().is_empty());
+        assert_eq!(mode(&dir), 0o700);
+        save(&dir, &sample());
+        assert_eq!(open(&dir).unwrap(), sample());
+        let path = dir.join(STATE_FILE);
+        assert_eq!(mode(&path), 0o600);
+        assert!(!dir.join(TMP_FILE).exists());
+        // The example in the module documentation.
+        let documented = "walrelay replication slots\nversion 1\n\
+            slot d1 restart_lsn=0/3000000 invalidated_at=- xmin=748 catalog_xmin=-\n\
+            slot w1 restart_lsn=- invalidated_at=0/1000000 xmin=- catalog_xmin=-\n\
+            crc32 b8d4c0cc\n";
+        assert_eq!(fs::read_to_string(&path).unwrap(), documented);
+        save(&dir, &BTreeMap::new());
+        assert!(open(&dir).unwrap().is_empty());
+    }
+
+    #[test]
+    fn removes_a_stale_tmp_file() {
+        let t = tempfile::TempDir::new().unwrap();
+        save(t.path(), &sample());
+        // A crash between writing the temporary file and the rename.
+        fs::write(t.path().join(TMP_FILE), b"walrelay replication slots\nversion 1\n").unwrap();
+        assert_eq!(open(t.path()).unwrap(), sample());
+        assert!(!t.path().join(TMP_FILE).exists());
+    }
+
+    /// `body` (everything before the `crc32` line) with a correct checksum line.
+    fn sealed(body: &str) -> Vec<u8> {
+        format!("{body}crc32 {:08x}\n", crc32fast::hash(body.as_bytes())).into_bytes()
+    }
+
+    #[test]
+    fn refuses_damage_and_foreign_files() {
+        let good = render(sample().iter().map(|(n, d)| (n.as_str(), d)));
+        let body = good.rsplit_once("crc32").unwrap().0;
+        let mut cases: Vec<(Vec<u8>, &str)> = vec![
+            (Vec::new(), "not a walrelay slot state file"),
+            (b"PG_VERSION 15\n".to_vec(), "not a walrelay slot state file"),
+            (vec![0xFF; 40], "not text"),
+            (vec![b'x'; (MAX_LEN + 1) as usize], "larger than"),
+            (good.replace("0/3000000", "0/3000001").into_bytes(), "checksum"),
+            (good.replace("crc32 ", "crc33 ").into_bytes(), "crc32"),
+            (good.trim_end().as_bytes().to_vec(), "truncated"),
+            (format!("{MAGIC}\n").into_bytes(), "truncated"),
+        ];
+        for (from, to, why) in [
+            ("version 1", "version 2", "unsupported format version"),
+            ("slot d1", "slot ../d1", "contains invalid character"),
+            ("slot d1", "slot D1", "contains invalid character"),
+            ("slot w1", "slot d1", "recorded twice"),
+            ("slot d1", "slots d1", "not a slot line"),
+            ("=0/3000000", "=3000000", "invalid LSN"),
+            ("xmin=748", "xmin=2", "invalid transaction id"),
+            ("xmin=748", "xmin=x", "invalid transaction id"),
+            ("xmin=748 ", "", "missing \"xmin\""),
+            ("catalog_xmin=-\nslot w1", "catalog_xmin=- x\nslot w1", "unexpected words"),
+        ] {
+            cases.push((sealed(&body.replacen(from, to, 1)), why));
+        }
+        for (bytes, why) in cases {
+            let t = tempfile::TempDir::new().unwrap();
+            fs::write(t.path().join(STATE_FILE), &bytes).unwrap();
+            let err = open(t.path()).unwrap_err();
+            let text = err.to_string();
+            assert!(text.contains(why), "{text} lacks {why}");
+            assert!(text.contains(STATE_FILE), "{text}");
+            assert_eq!(err.sqlstate(), "XX001");
+        }
+    }
+}
