@@ -58,6 +58,21 @@ pub struct RunArgs {
     /// Longest delay before reconnecting [default: 30s].
     #[arg(long, value_name = "DURATION")]
     pub reconnect_max: Option<String>,
+    /// Listen for downstream replication connections (standbys, pg_receivewal) on HOST:PORT.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub listen: Option<String>,
+    /// Most concurrent downstream replication connections [default: 64].
+    #[arg(long, value_name = "N")]
+    pub max_wal_senders: Option<usize>,
+    /// Most replication slots the relay keeps for its downstreams [default: 64].
+    #[arg(long, value_name = "N")]
+    pub max_replication_slots: Option<usize>,
+    /// Drop a streaming downstream that has been silent this long; 0 disables [default: 60s].
+    #[arg(long, value_name = "DURATION")]
+    pub sender_timeout: Option<String>,
+    /// Close a connection that has not logged in after this long [default: 60s].
+    #[arg(long, value_name = "DURATION")]
+    pub authentication_timeout: Option<String>,
     /// TOML file with any of the settings above.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -82,6 +97,11 @@ impl RunArgs {
             receive_timeout: self.receive_timeout,
             reconnect_min: self.reconnect_min,
             reconnect_max: self.reconnect_max,
+            listen: self.listen,
+            max_wal_senders: self.max_wal_senders,
+            max_replication_slots: self.max_replication_slots,
+            sender_timeout: self.sender_timeout,
+            authentication_timeout: self.authentication_timeout,
         };
         Ok(flags.or(file))
     }

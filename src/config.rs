@@ -29,6 +29,16 @@ pub struct Config {
     pub reconnect_min: Duration,
     /// The longest reconnect delay.
     pub reconnect_max: Duration,
+    /// Where to listen for downstream replication connections (`HOST:PORT`); none when absent.
+    pub listen: Option<String>,
+    /// Most concurrent downstream replication connections.
+    pub max_wal_senders: usize,
+    /// Most relay-owned replication slots.
+    pub max_replication_slots: usize,
+    /// Drop a streaming downstream silent this long; zero disables.
+    pub sender_timeout: Duration,
+    /// Close a connection that has not logged in after this long.
+    pub authentication_timeout: Duration,
 }
 
 impl std::fmt::Debug for Config {
@@ -42,6 +52,11 @@ impl std::fmt::Debug for Config {
             .field("receive_timeout", &self.receive_timeout)
             .field("reconnect_min", &self.reconnect_min)
             .field("reconnect_max", &self.reconnect_max)
+            .field("listen", &self.listen)
+            .field("max_wal_senders", &self.max_wal_senders)
+            .field("max_replication_slots", &self.max_replication_slots)
+            .field("sender_timeout", &self.sender_timeout)
+            .field("authentication_timeout", &self.authentication_timeout)
             .finish()
     }
 }
@@ -66,6 +81,16 @@ pub struct Settings {
     pub reconnect_min: Option<String>,
     /// See [`Config::reconnect_max`].
     pub reconnect_max: Option<String>,
+    /// See [`Config::listen`].
+    pub listen: Option<String>,
+    /// See [`Config::max_wal_senders`].
+    pub max_wal_senders: Option<usize>,
+    /// See [`Config::max_replication_slots`].
+    pub max_replication_slots: Option<usize>,
+    /// See [`Config::sender_timeout`].
+    pub sender_timeout: Option<String>,
+    /// See [`Config::authentication_timeout`].
+    pub authentication_timeout: Option<String>,
 }
 
 /// A configuration that cannot be used.
@@ -137,6 +162,15 @@ impl Settings {
             receive_timeout: self.receive_timeout.or(fallback.receive_timeout),
             reconnect_min: self.reconnect_min.or(fallback.reconnect_min),
             reconnect_max: self.reconnect_max.or(fallback.reconnect_max),
+            listen: self.listen.or(fallback.listen),
+            max_wal_senders: self.max_wal_senders.or(fallback.max_wal_senders),
+            max_replication_slots: self
+                .max_replication_slots
+                .or(fallback.max_replication_slots),
+            sender_timeout: self.sender_timeout.or(fallback.sender_timeout),
+            authentication_timeout: self
+                .authentication_timeout
+                .or(fallback.authentication_timeout),
         }
     }
 
@@ -186,6 +220,19 @@ impl Settings {
                 Duration::from_millis(100),
             )?,
             reconnect_max: duration("reconnect_max", self.reconnect_max, Duration::from_secs(30))?,
+            listen: self.listen,
+            max_wal_senders: self.max_wal_senders.unwrap_or(64),
+            max_replication_slots: self.max_replication_slots.unwrap_or(64),
+            sender_timeout: duration(
+                "sender_timeout",
+                self.sender_timeout,
+                Duration::from_secs(60),
+            )?,
+            authentication_timeout: duration(
+                "authentication_timeout",
+                self.authentication_timeout,
+                Duration::from_secs(60),
+            )?,
         };
         if config.status_interval.is_zero() {
             return Err(ConfigError::Invalid {

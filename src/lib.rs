@@ -27,6 +27,8 @@ pub mod wal;
 pub mod wire;
 
 #[cfg(feature = "runtime")]
+pub mod hub;
+#[cfg(feature = "runtime")]
 pub mod storage;
 
 #[cfg(feature = "runtime")]
@@ -40,3 +42,5 @@ pub mod config;
 pub mod faultproxy;
 #[cfg(feature = "runtime")]
 pub mod service;
+#[cfg(feature = "runtime")]
+pub mod slots;

@@ -191,9 +191,18 @@ mod tests {
         assert_eq!(r.slot_flush, Some(Lsn(0x300_0000)));
         s.sent_to(Lsn(0x302_0000));
         let r = s.on_status(&status(0x302_0000, 0x301_0000, true), t0);
-        assert_eq!(r, Reply { slot_flush: Some(Lsn(0x301_0000)), reply_requested: true });
+        assert_eq!(
+            r,
+            Reply {
+                slot_flush: Some(Lsn(0x301_0000)),
+                reply_requested: true
+            }
+        );
         // flush 0 (pg_receivewal without a slot) moves nothing.
-        assert_eq!(s.on_status(&status(0x302_0000, 0, false), t0).slot_flush, None);
+        assert_eq!(
+            s.on_status(&status(0x302_0000, 0, false), t0).slot_flush,
+            None
+        );
         assert_eq!(s.positions().write, Lsn(0x302_0000));
     }
 
@@ -205,7 +214,10 @@ mod tests {
         assert!(!s.ping_due(t0 + Duration::from_secs(4)));
         assert!(s.ping_due(t0 + Duration::from_secs(5)));
         s.pinged();
-        assert!(!s.ping_due(t0 + Duration::from_secs(6)), "one ping per silence");
+        assert!(
+            !s.ping_due(t0 + Duration::from_secs(6)),
+            "one ping per silence"
+        );
         assert_eq!(s.next_deadline(), Some(t0 + Duration::from_secs(10)));
         assert!(!s.timed_out(t0 + Duration::from_secs(9)));
         assert!(s.timed_out(t0 + Duration::from_secs(10)));

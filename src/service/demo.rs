@@ -80,6 +80,11 @@ pub async fn run(opts: DemoOptions) -> Result<(), DemoError> {
         receive_timeout: Duration::from_secs(60),
         reconnect_min: Duration::from_millis(100),
         reconnect_max: Duration::from_secs(5),
+        listen: None,
+        max_wal_senders: 64,
+        max_replication_slots: 64,
+        sender_timeout: Duration::from_secs(60),
+        authentication_timeout: Duration::from_secs(60),
     };
     let relay = Relay::open(&config)?;
     let mut positions = relay.positions();

@@ -5,6 +5,8 @@
 
 pub mod conn;
 pub mod demo;
+pub mod downstream;
+pub mod listener;
 pub mod login;
 pub mod relay;
 pub mod session;

@@ -1,22 +1,34 @@
-//! A running relay: the store, its writer thread and the upstream connection.
+//! A running relay: the store and its writer thread, the upstream connection, and, when it
+//! listens, the hub, the slot registry and the downstream listener.
 //!
-//! Shutdown follows DESIGN.md habit 7: the token fires (SIGTERM or SIGINT), the upstream task
-//! lets the writer sync what is queued, sends a final status update and closes; then the
-//! writer thread ends and hands the store back.
+//! Shutdown follows DESIGN.md habit 7: the token fires (SIGTERM or SIGINT), the listener stops
+//! accepting, every downstream stream ends as a walsender's does, and the upstream task lets
+//! the writer sync what is queued, sends a final status update and closes.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::config::Config;
+use crate::hub::{Hub, HubFeed};
 use crate::proto::conninfo::{ConnInfo, ConnInfoError, Env};
 use crate::proto::stream::StreamTiming;
+use crate::service::downstream::{DownstreamConfig, ServerContext, UpstreamInfo};
+use crate::service::listener;
 use crate::service::upstream::{self, UpstreamError, UpstreamSettings};
 use crate::service::writer::{Positions, Writer};
-use crate::storage::{StoreError, WalStore};
+use crate::slots::{SlotError, SlotRegistry};
+use crate::storage::{SegmentReader, StoreError, WalStore};
+
+/// How much recent WAL the hub keeps in memory for senders that keep up.
+const TAIL_CACHE_BYTES: usize = 16 << 20;
+
+/// How often slot positions are written to disk (PostgreSQL does it at checkpoints).
+const SLOT_PERSIST_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Why the relay could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -27,9 +39,20 @@ pub enum RelayError {
     /// The store cannot be opened.
     #[error("{0}")]
     Store(#[from] StoreError),
-    /// A thread or task could not be started.
+    /// The slot registry cannot be opened.
+    #[error("{0}")]
+    Slots(#[from] SlotError),
+    /// A socket, thread or task could not be set up.
     #[error("could not start: {0}")]
     Spawn(#[from] std::io::Error),
+    /// The listen address is invalid or taken.
+    #[error("could not listen on \"{address}\": {source}")]
+    Listen {
+        /// The address.
+        address: String,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The upstream side failed for good.
     #[error("{0}")]
     Upstream(Box<UpstreamError>),
@@ -41,19 +64,34 @@ impl From<UpstreamError> for RelayError {
     }
 }
 
+/// The downstream side, ready to serve once the upstream is known.
+#[derive(Debug)]
+struct Downstream {
+    listener: std::net::TcpListener,
+    config: DownstreamConfig,
+    slots: SlotRegistry,
+}
+
 /// A relay that has opened its store and is ready to stream.
 #[derive(Debug)]
 pub struct Relay {
     settings: UpstreamSettings,
     data_dir: PathBuf,
     writer: Writer,
+    downstream: Option<Downstream>,
 }
 
+/// The hub's feed, kept outside the writer so that a writer restarted after a store error
+/// publishes to the same hub.
+type SharedFeed = Arc<Mutex<Option<Arc<HubFeed>>>>;
+
 impl Relay {
-    /// Parses the connection string, opens (and recovers) the store and starts the writer.
+    /// Parses the connection string, opens (and recovers) the store and the slots, starts
+    /// the writer and binds the listen address.
     ///
     /// # Errors
-    /// A bad connection string, a store that cannot be opened, or no thread for the writer.
+    /// A bad connection string, a store or slot registry that cannot be opened, no thread for
+    /// the writer, or an address that cannot be bound.
     pub fn open(config: &Config) -> Result<Relay, RelayError> {
         let conninfo = ConnInfo::parse(&config.upstream, &process_env())?;
         let settings = UpstreamSettings {
@@ -67,12 +105,40 @@ impl Relay {
             reconnect_min: config.reconnect_min,
             reconnect_max: config.reconnect_max.max(config.reconnect_min),
         };
-        let writer = open_writer(&config.data_dir)?;
+        let writer = open_writer(&config.data_dir, None)?;
+        let downstream = match &config.listen {
+            None => None,
+            Some(address) => {
+                let listener = std::net::TcpListener::bind(address.as_str())
+                    .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                    .map_err(|source| RelayError::Listen {
+                        address: address.clone(),
+                        source,
+                    })?;
+                Some(Downstream {
+                    listener,
+                    config: DownstreamConfig {
+                        max_wal_senders: config.max_wal_senders,
+                        sender_timeout: config.sender_timeout,
+                        authentication_timeout: config.authentication_timeout,
+                    },
+                    slots: SlotRegistry::open(&config.data_dir, config.max_replication_slots)?,
+                })
+            }
+        };
         Ok(Relay {
             settings,
             data_dir: config.data_dir.clone(),
             writer,
+            downstream,
         })
+    }
+
+    /// The address the relay listens on, if it does.
+    pub fn listen_addr(&self) -> Option<std::net::SocketAddr> {
+        self.downstream
+            .as_ref()
+            .and_then(|d| d.listener.local_addr().ok())
     }
 
     /// Watches what the store holds (written and durable ends).
@@ -85,25 +151,105 @@ impl Relay {
     /// # Errors
     /// Only failures that retrying cannot fix (the store cannot be reopened).
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), RelayError> {
+        let feed: SharedFeed = Arc::new(Mutex::new(None));
+        let (info_tx, info_rx) = watch::channel(None);
         let data_dir = self.data_dir.clone();
+        let reopen_feed = Arc::clone(&feed);
         let reopen = move || {
-            open_writer(&data_dir).map_err(|e| match e {
+            let current = reopen_feed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone();
+            open_writer(&data_dir, current).map_err(|e| match e {
                 RelayError::Store(s) => UpstreamError::Store(s),
                 other => UpstreamError::Protocol(other.to_string()),
             })
         };
-        upstream::run(self.settings, self.writer, reopen, shutdown).await?;
+        let writer = self.writer.clone();
+        let upstream = upstream::run(
+            self.settings,
+            self.writer,
+            info_tx,
+            reopen,
+            shutdown.clone(),
+        );
+        let downstream = async {
+            if let Some(d) = self.downstream {
+                serve_downstream(d, &self.data_dir, writer, feed, info_rx, shutdown.clone()).await;
+            }
+            Ok::<(), RelayError>(())
+        };
+        let (up, down) = tokio::join!(upstream, downstream);
+        up?;
+        down?;
         info!("relay stopped");
         Ok(())
     }
 }
 
-fn open_writer(data_dir: &std::path::Path) -> Result<Writer, RelayError> {
+/// Waits until the upstream is known, then serves downstream connections until shutdown.
+async fn serve_downstream(
+    d: Downstream,
+    data_dir: &Path,
+    writer: Writer,
+    feed: SharedFeed,
+    mut info_rx: watch::Receiver<Option<UpstreamInfo>>,
+    shutdown: CancellationToken,
+) {
+    let size = loop {
+        if let Some(info) = info_rx.borrow_and_update().as_ref() {
+            break info.segment_size;
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            changed = info_rx.changed() => if changed.is_err() { return },
+        }
+    };
+    let wal_dir = data_dir.join("wal");
+    let (hub, hub_feed) = Hub::new(SegmentReader::new(wal_dir.clone(), size), TAIL_CACHE_BYTES);
+    let hub_feed = Arc::new(hub_feed);
+    *feed.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&hub_feed));
+    if writer.attach(hub_feed).await.is_err() {
+        warn!("the writer restarted before the hub was attached; the next writer publishes to it");
+    }
+    let listener = match tokio::net::TcpListener::from_std(d.listener) {
+        Ok(l) => l,
+        Err(e) => {
+            warn!(error = %e, "could not serve the listen socket");
+            return;
+        }
+    };
+    let ctx = Arc::new(ServerContext::new(d.config, info_rx, hub, d.slots, wal_dir));
+    let persist = persist_slots(Arc::clone(&ctx), shutdown.clone());
+    tokio::join!(
+        listener::serve(listener, Arc::clone(&ctx), shutdown),
+        persist
+    );
+    let _ = ctx.slots().persist_if_dirty();
+}
+
+/// Writes moved slot positions to disk now and then, until shutdown.
+async fn persist_slots(ctx: Arc<ServerContext>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(SLOT_PERSIST_INTERVAL);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let ctx = Arc::clone(&ctx);
+        let saved = tokio::task::spawn_blocking(move || ctx.slots().persist_if_dirty()).await;
+        if let Ok(Err(e)) = saved {
+            warn!(error = %e, "could not save replication slots");
+        }
+    }
+}
+
+fn open_writer(data_dir: &Path, feed: Option<Arc<HubFeed>>) -> Result<Writer, RelayError> {
     let store = WalStore::open(data_dir)?;
     if let Some(end) = store.end() {
         info!(timeline = %end.timeline, durable = %end.durable, valid = %end.valid, "recovered stored WAL");
     }
-    Ok(Writer::spawn(store)?)
+    Ok(Writer::spawn(store, feed)?)
 }
 
 /// The process environment as libpq would read it: `PG*` variables, the OS user, `HOME`.

@@ -20,6 +20,7 @@ use crate::proto::query::{
 };
 use crate::proto::stream::{Inbound, ReceiveStream, StreamError, StreamTiming};
 use crate::service::conn::{ConnError, Connection, DEFAULT_REPLY_TIMEOUT};
+use crate::service::downstream::UpstreamInfo;
 use crate::service::login::{self, LoginError, ServerInfo};
 use crate::service::session::{read_result, read_result_from, simple_query};
 use crate::service::writer::{Positions, Writer, WriterStopped};
@@ -144,6 +145,7 @@ enum Ended {
 pub async fn run(
     settings: UpstreamSettings,
     mut writer: Writer,
+    info: watch::Sender<Option<UpstreamInfo>>,
     mut reopen: impl FnMut() -> Result<Writer, UpstreamError>,
     shutdown: CancellationToken,
 ) -> Result<(), UpstreamError> {
@@ -160,7 +162,7 @@ pub async fn run(
         attempt += 1;
         let span = info_span!("upstream", peer = %peer, attempt, slot = %settings.slot);
         let started = Instant::now();
-        let outcome = connect_and_stream(&settings, &writer, &shutdown)
+        let outcome = connect_and_stream(&settings, &writer, &info, &shutdown)
             .instrument(span)
             .await;
         match outcome {
@@ -205,6 +207,7 @@ struct StartPoint {
 async fn connect_and_stream(
     settings: &UpstreamSettings,
     writer: &Writer,
+    info: &watch::Sender<Option<UpstreamInfo>>,
     shutdown: &CancellationToken,
 ) -> Result<Ended, UpstreamError> {
     let (mut conn, server) =
@@ -223,6 +226,12 @@ async fn connect_and_stream(
         segment_size: size,
     };
     check_identity(writer, identity).await?;
+    info.send_replace(Some(UpstreamInfo {
+        system_id: id.system_id,
+        segment_size: size,
+        server_version: server.server_version.clone(),
+        version_num: server.version_num,
+    }));
     let mut point = start_point(&mut conn, writer, &id, size).await?;
     ensure_slot(&mut conn, &settings.slot, &server).await?;
     loop {

@@ -9,12 +9,14 @@
 //! never counted. Any store error stops the thread; the service reopens the store, whose
 //! recovery finds the true end again.
 
+use std::sync::Arc;
 use std::thread;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::storage::WalStore;
+use crate::hub::HubFeed;
+use crate::storage::{StoreError, WalStore};
 use crate::types::{Lsn, TimelineId};
 
 /// Chunks that may wait for the disk before the receiver stops reading the socket.
@@ -48,6 +50,7 @@ impl Positions {
 enum Command {
     Append { start: Lsn, data: Bytes },
     Call(Box<dyn FnOnce(&mut WalStore) + Send>),
+    Attach(Arc<HubFeed>),
 }
 
 /// A handle to the writer thread.
@@ -66,6 +69,7 @@ impl std::fmt::Debug for Command {
         match self {
             Command::Append { start, data } => write!(f, "Append({start}, {} bytes)", data.len()),
             Command::Call(_) => f.write_str("Call"),
+            Command::Attach(_) => f.write_str("Attach"),
         }
     }
 }
@@ -83,16 +87,17 @@ impl AppendPermit<'_> {
 pub struct WriterStopped(pub Option<String>);
 
 impl Writer {
-    /// Starts the thread, which owns `store` until it stops.
+    /// Starts the thread, which owns `store` until it stops and publishes to `feed`, if
+    /// given, after every sync.
     ///
     /// # Errors
     /// The thread cannot be spawned.
-    pub fn spawn(store: WalStore) -> std::io::Result<Writer> {
+    pub fn spawn(store: WalStore, feed: Option<Arc<HubFeed>>) -> std::io::Result<Writer> {
         let (tx, rx) = mpsc::channel(QUEUE_CHUNKS);
         let (ptx, prx) = watch::channel(Positions::of(&store, None));
         thread::Builder::new()
             .name("wal-writer".into())
-            .spawn(move || run(store, rx, &ptx))?;
+            .spawn(move || run(store, feed, rx, &ptx))?;
         Ok(Writer { tx, positions: prx })
     }
 
@@ -127,6 +132,18 @@ impl Writer {
         rrx.await.map_err(|_| self.stopped())
     }
 
+    /// Hands the writer the hub's feed: from now on every durable end, with the chunks that
+    /// reached the disk, is published to the downstream senders.
+    ///
+    /// # Errors
+    /// The writer has stopped.
+    pub async fn attach(&self, feed: Arc<HubFeed>) -> Result<(), WriterStopped> {
+        self.tx
+            .send(Command::Attach(feed))
+            .await
+            .map_err(|_| self.stopped())
+    }
+
     /// Watches the published positions.
     pub fn positions(&self) -> watch::Receiver<Positions> {
         self.positions.clone()
@@ -138,39 +155,76 @@ impl Writer {
 }
 
 /// Takes commands in batches: everything queued is appended, then synced once.
-fn run(mut store: WalStore, mut rx: mpsc::Receiver<Command>, ptx: &watch::Sender<Positions>) {
-    let mut unsynced = false;
+fn run(
+    store: WalStore,
+    feed: Option<Arc<HubFeed>>,
+    mut rx: mpsc::Receiver<Command>,
+    ptx: &watch::Sender<Positions>,
+) {
+    let mut w = WriterState {
+        store,
+        unsynced: Vec::new(),
+        feed,
+    };
+    w.publish();
     while let Some(first) = rx.blocking_recv() {
         let mut next = Some(first);
         let mut outcome = Ok(());
         while let Some(cmd) = next.take() {
             outcome = match cmd {
                 Command::Append { start, data } => {
-                    unsynced = true;
-                    store.append(start, &data)
+                    let appended = w.store.append(start, &data);
+                    w.unsynced.push((start, data));
+                    appended
                 }
-                Command::Call(f) => sync(&mut store, &mut unsynced).map(|()| {
-                    f(&mut store);
-                    ptx.send_replace(Positions::of(&store, None));
+                Command::Call(f) => w.sync().map(|()| {
+                    f(&mut w.store);
+                    w.publish();
+                    ptx.send_replace(Positions::of(&w.store, None));
                 }),
+                Command::Attach(feed) => {
+                    w.feed = Some(feed);
+                    w.publish();
+                    Ok(())
+                }
             };
             if outcome.is_err() {
                 break;
             }
             next = rx.try_recv().ok();
         }
-        let failed = outcome.and_then(|()| sync(&mut store, &mut unsynced)).err();
+        let failed = outcome.and_then(|()| w.sync()).err();
         let stop = failed.is_some();
-        ptx.send_replace(Positions::of(&store, failed.map(|e| e.to_string())));
+        ptx.send_replace(Positions::of(&w.store, failed.map(|e| e.to_string())));
         if stop {
             return;
         }
     }
 }
 
-fn sync(store: &mut WalStore, unsynced: &mut bool) -> Result<(), crate::storage::StoreError> {
-    if std::mem::take(unsynced) {
-        store.flush()?;
+/// The store, the chunks appended since the last sync, and where to publish them.
+struct WriterState {
+    store: WalStore,
+    unsynced: Vec<(Lsn, Bytes)>,
+    feed: Option<Arc<HubFeed>>,
+}
+
+impl WriterState {
+    /// Syncs what was appended, then hands it to the hub.
+    fn sync(&mut self) -> Result<(), StoreError> {
+        if !self.unsynced.is_empty() {
+            self.store.flush()?;
+            self.publish();
+        }
+        Ok(())
     }
-    Ok(())
+
+    /// Publishes the durable end, with the chunks now on disk, to the hub.
+    fn publish(&mut self) {
+        let chunks = std::mem::take(&mut self.unsynced);
+        let (Some(feed), Some(end)) = (&self.feed, self.store.end()) else {
+            return;
+        };
+        feed.publish(end.timeline, end.valid, chunks);
+    }
 }

@@ -1,20 +1,19 @@
 //! Errors of the slot registry, with PostgreSQL 15's SQLSTATEs, messages and hints (`slot.c`).
 
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::BackendPid;
 
 /// The hint PostgreSQL gives with an invalid slot name.
-const NAME_HINT: &str =
-    "Replication slot names may only contain lower case letters, numbers, and the underscore character.";
+const NAME_HINT: &str = "Replication slot names may only contain lower case letters, numbers, and the underscore character.";
 
 /// What went wrong in the slot registry. `Display` is PostgreSQL's primary message.
 #[derive(Debug, thiserror::Error)]
 pub enum SlotError {
     /// 42602: the name is empty.
-    #[error("replication slot name \"{0}\" is too short")]
-    NameTooShort(String),
+    #[error("replication slot name \"\" is too short")]
+    NameTooShort,
     /// 42622: the name is 64 bytes or longer.
     #[error("replication slot name \"{0}\" is too long")]
     NameTooLong(String),
@@ -76,7 +75,7 @@ impl SlotError {
     /// The SQLSTATE PostgreSQL reports for this error.
     pub fn sqlstate(&self) -> &'static str {
         match self {
-            SlotError::NameTooShort(_) | SlotError::InvalidCharacter(_) => "42602",
+            SlotError::NameTooShort | SlotError::InvalidCharacter(_) => "42602",
             SlotError::NameTooLong(_) => "42622",
             SlotError::AlreadyExists(_) => "42710",
             SlotError::DoesNotExist(_) => "42704",
@@ -92,14 +91,16 @@ impl SlotError {
         match self {
             SlotError::InvalidCharacter(_) => Some(NAME_HINT),
             SlotError::AllInUse => Some("Free one or increase max_replication_slots."),
-            SlotError::TooManyOnDisk { .. } => Some("Increase max_replication_slots and try again."),
+            SlotError::TooManyOnDisk { .. } => {
+                Some("Increase max_replication_slots and try again.")
+            }
             _ => None,
         }
     }
 }
 
 /// Wraps an I/O error with the operation and path, for `map_err`.
-pub(super) fn io_err(op: &'static str, path: &std::path::Path) -> impl FnOnce(io::Error) -> SlotError {
+pub(super) fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> SlotError {
     let path = path.to_path_buf();
     move |source| SlotError::Io { op, path, source }
 }

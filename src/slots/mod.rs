@@ -38,11 +38,13 @@
 mod error;
 mod name;
 mod registry;
+mod slot;
 mod state;
 mod xid;
 
 pub use error::SlotError;
 pub use name::{MAX_SLOT_NAME_LEN, validate_slot_name};
-pub use registry::{BackendPid, Persistency, SlotInfo, SlotRegistry, XminHorizon};
+pub use registry::SlotRegistry;
+pub use slot::{BackendPid, Persistency, SlotInfo, XminHorizon};
 pub use state::STATE_FILE;
 pub use xid::FullXid;

@@ -8,7 +8,7 @@
 //! version 1
 //! slot d1 restart_lsn=0/3000000 invalidated_at=- xmin=748 catalog_xmin=-
 //! slot w1 restart_lsn=- invalidated_at=0/1000000 xmin=- catalog_xmin=-
-//! crc32 b8d4c0cc
+//! crc32 5f23d1e5
 //! ```
 //!
 //! `-` is NULL; xids are 64-bit (`epoch << 32 | xid`). The CRC-32 (IEEE, `crc32fast`) covers
@@ -61,7 +61,9 @@ pub(super) fn open(dir: &Path) -> Result<BTreeMap<String, SlotData>, SlotError> 
         .map_err(io_err("create directory", dir))?;
     let tmp = dir.join(TMP_FILE);
     match fs::remove_file(&tmp) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_err("remove file", &tmp)(e)),
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            return Err(io_err("remove file", &tmp)(e));
+        }
         _ => {}
     }
     let path = dir.join(STATE_FILE);
@@ -255,7 +257,7 @@ mod tests {
         let documented = "walrelay replication slots\nversion 1\n\
             slot d1 restart_lsn=0/3000000 invalidated_at=- xmin=748 catalog_xmin=-\n\
             slot w1 restart_lsn=- invalidated_at=0/1000000 xmin=- catalog_xmin=-\n\
-            crc32 b8d4c0cc\n";
+            crc32 5f23d1e5\n";
         assert_eq!(fs::read_to_string(&path).unwrap(), documented);
         save(&dir, &BTreeMap::new());
         assert!(open(&dir).unwrap().is_empty());
@@ -266,7 +268,11 @@ mod tests {
         let t = tempfile::TempDir::new().unwrap();
         save(t.path(), &sample());
         // A crash between writing the temporary file and the rename.
-        fs::write(t.path().join(TMP_FILE), b"walrelay replication slots\nversion 1\n").unwrap();
+        fs::write(
+            t.path().join(TMP_FILE),
+            b"walrelay replication slots\nversion 1\n",
+        )
+        .unwrap();
         assert_eq!(open(t.path()).unwrap(), sample());
         assert!(!t.path().join(TMP_FILE).exists());
     }
@@ -282,10 +288,16 @@ mod tests {
         let body = good.rsplit_once("crc32").unwrap().0;
         let mut cases: Vec<(Vec<u8>, &str)> = vec![
             (Vec::new(), "not a walrelay slot state file"),
-            (b"PG_VERSION 15\n".to_vec(), "not a walrelay slot state file"),
+            (
+                b"PG_VERSION 15\n".to_vec(),
+                "not a walrelay slot state file",
+            ),
             (vec![0xFF; 40], "not text"),
             (vec![b'x'; (MAX_LEN + 1) as usize], "larger than"),
-            (good.replace("0/3000000", "0/3000001").into_bytes(), "checksum"),
+            (
+                good.replace("0/3000000", "0/3000001").into_bytes(),
+                "checksum",
+            ),
             (good.replace("crc32 ", "crc33 ").into_bytes(), "crc32"),
             (good.trim_end().as_bytes().to_vec(), "truncated"),
             (format!("{MAGIC}\n").into_bytes(), "truncated"),
@@ -300,7 +312,11 @@ mod tests {
             ("xmin=748", "xmin=2", "invalid transaction id"),
             ("xmin=748", "xmin=x", "invalid transaction id"),
             ("xmin=748 ", "", "missing \"xmin\""),
-            ("catalog_xmin=-\nslot w1", "catalog_xmin=- x\nslot w1", "unexpected words"),
+            (
+                "catalog_xmin=-\nslot w1",
+                "catalog_xmin=- x\nslot w1",
+                "unexpected words",
+            ),
         ] {
             cases.push((sealed(&body.replacen(from, to, 1)), why));
         }

@@ -24,6 +24,7 @@ mod fsutil;
 #[cfg(any(fuzzing, test))]
 pub mod fuzzing;
 mod layout;
+mod reader;
 mod recovery;
 mod state;
 mod writer;
@@ -38,6 +39,7 @@ use crate::types::{Lsn, SystemId, TimelineId, WalSegmentSize};
 use crate::wal::WalValidator;
 
 pub use error::StoreError;
+pub use reader::SegmentReader;
 
 use error::io_err;
 use writer::{Mark, Tail};

@@ -8,6 +8,8 @@
 //! - [`backend`] and [`frontend`]: the messages each side sends, both encoded and decoded;
 //!   [`error_fields`]: the fields of ErrorResponse and NoticeResponse.
 //! - [`replication`]: the CopyData payloads of the replication stream (`w`, `k`, `r`, `h`).
+//! - [`command`]: the replication command language of a walsender's simple Query
+//!   (`repl_scanner.l`, `repl_gram.y`).
 //!
 //! Every decoder takes a [`Frame`] or payload `Bytes` and returns a [`WireError`] for malformed
 //! input; [`WireError::sqlstate`] gives the SQLSTATE PostgreSQL would answer with.
@@ -27,6 +29,7 @@ mod writer;
 pub mod fuzzing;
 
 pub use backend::{Authentication, BackendMessage, FieldDescription, TransactionStatus};
+pub use command::{ReplicationCommand, validate_slot_name};
 pub use error::WireError;
 pub use error_fields::ErrorFields;
 pub use frame::{Frame, split_frame, split_startup_packet};

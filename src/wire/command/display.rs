@@ -20,15 +20,13 @@ impl Display for ReplicationCommand {
                 temporary,
                 kind,
             } => {
-                write!(f, "CREATE_REPLICATION_SLOT {}", Quoted(name))?;
-                if *temporary {
-                    f.write_str(" TEMPORARY")?;
-                }
+                let temporary = if *temporary { " TEMPORARY" } else { "" };
+                write!(f, "CREATE_REPLICATION_SLOT {}{temporary}", Quoted(name))?;
                 write_slot_kind(f, kind)
             }
             C::DropReplicationSlot { name, wait } => {
-                write!(f, "DROP_REPLICATION_SLOT {}", Quoted(name))?;
-                if *wait { f.write_str(" WAIT") } else { Ok(()) }
+                let wait = if *wait { " WAIT" } else { "" };
+                write!(f, "DROP_REPLICATION_SLOT {}{wait}", Quoted(name))
             }
             C::StartReplication {
                 slot,
@@ -40,10 +38,7 @@ impl Display for ReplicationCommand {
                     write!(f, " SLOT {}", Quoted(slot))?;
                 }
                 write!(f, " {start}")?;
-                match timeline {
-                    Some(tli) => write!(f, " TIMELINE {tli}"),
-                    None => Ok(()),
-                }
+                timeline.map_or(Ok(()), |tli| write!(f, " TIMELINE {tli}"))
             }
             C::StartLogicalReplication {
                 slot,
@@ -80,11 +75,8 @@ impl Display for ReplicationCommand {
 fn write_slot_kind(f: &mut Formatter<'_>, kind: &SlotKind) -> fmt::Result {
     match kind {
         SlotKind::Physical { reserve_wal } => {
-            f.write_str(" PHYSICAL")?;
-            if *reserve_wal {
-                f.write_str(" (RESERVE_WAL)")?;
-            }
-            Ok(())
+            let options = if *reserve_wal { " (RESERVE_WAL)" } else { "" };
+            write!(f, " PHYSICAL{options}")
         }
         SlotKind::Logical {
             plugin,
@@ -240,6 +232,9 @@ impl Display for Str<'_> {
 mod tests {
     use super::*;
     use crate::types::{Lsn, TimelineId};
+    use crate::wire::command::fuzz_command;
+
+    use ReplicationCommand as C;
 
     #[test]
     fn canonical_texts() {
@@ -300,5 +295,171 @@ mod tests {
             ReplicationCommand::Show("a b.c".into()).to_string(),
             "SHOW \"a b\".c"
         );
+    }
+
+    /// A small deterministic generator, so the property test needs no dependency.
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, n: usize) -> usize {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 % n as u64) as usize
+        }
+
+        fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+            items[self.below(items.len())]
+        }
+    }
+
+    const NAMES: [&str; 12] = [
+        "sb1",
+        "",
+        "Ab",
+        "a b",
+        "wait",
+        "read_replication_slot",
+        "é$",
+        "_x$1",
+        "1abc",
+        "a'b",
+        "SLOT",
+        "x.y",
+    ];
+
+    fn random_options(rng: &mut Rng, max: usize) -> Vec<GenericOption> {
+        (0..rng.below(max) + 1)
+            .map(|_| {
+                let value = match rng.below(4) {
+                    0 => None,
+                    1 => Some(OptionValue::Ident(rng.pick(&NAMES).into())),
+                    2 => Some(OptionValue::Str(rng.pick(&NAMES).into())),
+                    _ => Some(OptionValue::Int(rng.below(5) as u32 * 1_000_000_000)),
+                };
+                GenericOption {
+                    name: rng.pick(&NAMES).into(),
+                    value,
+                }
+            })
+            .collect()
+    }
+
+    fn random_command(rng: &mut Rng) -> ReplicationCommand {
+        let name = rng.pick(&NAMES).to_owned();
+        let lsn = Lsn((rng.below(1 << 20) as u64) << rng.below(44));
+        let timeline = TimelineId::new(rng.below(3) as u32 * 2_000_000_000);
+        match rng.below(11) {
+            0 => C::IdentifySystem,
+            1 => C::Show(name),
+            2 => C::TimelineHistory(timeline.unwrap_or(TimelineId::ONE)),
+            3 => C::ReadReplicationSlot(name),
+            4 => C::CreateReplicationSlot {
+                name,
+                temporary: rng.below(2) == 0,
+                kind: SlotKind::Physical {
+                    reserve_wal: rng.below(2) == 0,
+                },
+            },
+            5 => C::CreateReplicationSlot {
+                name,
+                temporary: false,
+                kind: SlotKind::Logical {
+                    plugin: rng.pick(&NAMES).into(),
+                    snapshot: [
+                        SnapshotAction::Export,
+                        SnapshotAction::Nothing,
+                        SnapshotAction::Use,
+                    ][rng.below(3)],
+                    two_phase: rng.below(2) == 0,
+                    failover: rng.below(2) == 0,
+                },
+            },
+            6 => C::DropReplicationSlot {
+                name,
+                wait: rng.below(2) == 0,
+            },
+            7 => C::StartReplication {
+                slot: (rng.below(2) == 0).then_some(name),
+                start: lsn,
+                timeline,
+            },
+            8 => C::StartLogicalReplication {
+                slot: name,
+                start: lsn,
+                options: (0..rng.below(3))
+                    .map(|_| {
+                        let value = (rng.below(2) == 0).then(|| rng.pick(&NAMES).to_owned());
+                        (rng.pick(&NAMES).to_owned(), value)
+                    })
+                    .collect(),
+            },
+            9 => C::BaseBackup {
+                options: if rng.below(4) == 0 {
+                    vec![]
+                } else {
+                    random_options(rng, 4)
+                },
+                legacy: false,
+            },
+            _ => C::AlterReplicationSlot {
+                name,
+                options: random_options(rng, 3),
+            },
+        }
+    }
+
+    #[test]
+    fn printed_commands_parse_back_to_themselves() {
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        for _ in 0..20_000 {
+            let command = random_command(&mut rng);
+            let printed = command.to_string();
+            let parsed = ReplicationCommand::parse(&printed);
+            assert_eq!(parsed.command, Ok(command), "{printed}");
+            assert!(parsed.notices.is_empty(), "{printed}");
+        }
+    }
+
+    #[test]
+    fn token_soup_keeps_the_fuzz_property() {
+        const WORDS: [&str; 24] = [
+            "IDENTIFY_SYSTEM",
+            "SHOW",
+            "START_REPLICATION",
+            "CREATE_REPLICATION_SLOT",
+            "BASE_BACKUP",
+            "TIMELINE",
+            "SLOT",
+            "PHYSICAL",
+            "LOGICAL",
+            "RESERVE_WAL",
+            "(",
+            ")",
+            ",",
+            ";",
+            ".",
+            "'it''s'",
+            "\"Q\"",
+            "x",
+            "0/1",
+            "7",
+            "0",
+            "LABEL",
+            "TEMPORARY",
+            "WAIT",
+        ];
+        let mut rng = Rng(42);
+        let mut parsed = 0;
+        for _ in 0..50_000 {
+            let mut text = rng.pick(&WORDS[..5]).to_owned();
+            for _ in 0..rng.below(8) {
+                text.push_str(["", " "][rng.below(2)]);
+                text.push_str(rng.pick(&WORDS));
+            }
+            fuzz_command(text.as_bytes());
+            parsed += usize::from(!matches!(text.parse(), Err(_) | Ok(C::Sql(_))));
+        }
+        assert!(parsed > 1000, "only {parsed} commands parsed");
     }
 }

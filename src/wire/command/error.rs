@@ -176,8 +176,14 @@ mod tests {
     fn sqlstates() {
         assert_eq!(ParseError::Syntax.sqlstate(), "42601");
         assert_eq!(ParseError::ConflictingOptions.sqlstate(), "42601");
-        assert_eq!(ParseError::UnrecognizedOption("x".into()).sqlstate(), "XX000");
-        assert_eq!(ParseError::OutOfRange("4294967296".into()).sqlstate(), "22003");
+        assert_eq!(
+            ParseError::UnrecognizedOption("x".into()).sqlstate(),
+            "XX000"
+        );
+        assert_eq!(
+            ParseError::OutOfRange("4294967296".into()).sqlstate(),
+            "22003"
+        );
         let notice = Notice::IdentifierTruncated {
             identifier: "x".into(),
             truncated: "y".into(),

@@ -6,7 +6,7 @@
 //! command keyword is [`ReplicationCommand::Sql`], which a physical walsender answers with
 //! 0A000 "cannot execute SQL commands in WAL sender for physical replication"
 //! (`walsender.c:exec_replication_command`); that covers the empty string, lowercase
-//! keywords and leading comments **[obs]**. Everything else either parses or fails with
+//! keywords and leading comments **\[obs\]**. Everything else either parses or fails with
 //! PostgreSQL's message and SQLSTATE ([`ParseError`]). NOTICEs PostgreSQL sends while
 //! parsing (identifiers cut to 63 bytes) come back as data ([`Parsed::notices`]) for the
 //! server to send before its answer.
@@ -20,17 +20,17 @@
 //!
 //! Where PostgreSQL silently wraps a number (`TIMELINE 4294967296` is timeline 0 there,
 //! `99999999999` timeline 1215752191) or drops the high digits of a location half
-//! (`123456789/0` is `23456789/0`) **[obs]**, the relay refuses the command.
+//! (`123456789/0` is `23456789/0`) **\[obs\]**, the relay refuses the command.
 //!
 //! A physical walsender has no database, so it runs with `SQL_ASCII` and cuts a long
-//! identifier at exactly 63 bytes, even inside a character **[obs]**; text here is UTF-8, so
+//! identifier at exactly 63 bytes, even inside a character **\[obs\]**; text here is UTF-8, so
 //! the cut is at the last character boundary within 63 bytes (`pg_mbcliplen` for UTF-8).
 //!
 //! [`Display`](std::fmt::Display) prints a command's canonical text: parsing it gives the
 //! same command back. Identifiers print quoted where needed; PostgreSQL 15 has no escape for
 //! `"` inside a quoted identifier, so no parsed name contains one.
 //!
-//! **[obs]** marks behaviour checked against a PostgreSQL 15.18 walsender.
+//! **\[obs\]** marks behaviour checked against a PostgreSQL 15.18 walsender.
 
 mod display;
 mod error;
@@ -202,7 +202,11 @@ pub fn fuzz_command(data: &[u8]) {
     };
     let printed = command.to_string();
     let again = ReplicationCommand::parse(&printed);
-    assert_eq!(again.command.as_ref(), Ok(&command), "printed as {printed:?}");
+    assert_eq!(
+        again.command.as_ref(),
+        Ok(&command),
+        "printed as {printed:?}"
+    );
     if !matches!(command, ReplicationCommand::Sql(_)) {
         assert!(again.notices.is_empty(), "printed as {printed:?}");
     }

@@ -5,7 +5,7 @@
 //! `defGetString`.
 //!
 //! `failover` is known as PostgreSQL 17 knows it (logical slots only); PostgreSQL 15 calls it
-//! an unrecognized option (XX000) **[obs]**. Either way a physical slot refuses it.
+//! an unrecognized option (XX000) **\[obs\]**. Either way a physical slot refuses it.
 
 use super::error::ParseError;
 use super::{GenericOption, OptionValue, SlotKind, SnapshotAction};

@@ -14,7 +14,7 @@ use super::{GenericOption, OptionValue, Parsed, ReplicationCommand};
 use crate::types::{Lsn, TimelineId};
 
 /// The BASE_BACKUP keywords of PostgreSQL 11–14 (`MANIFEST*` from 13), which PostgreSQL 15
-/// no longer accepts **[obs]**, and whether each takes a value.
+/// no longer accepts **\[obs\]**, and whether each takes a value.
 const LEGACY_BASE_BACKUP: [(&str, LegacyValue); 10] = [
     ("LABEL", LegacyValue::Str),
     ("PROGRESS", LegacyValue::None),
@@ -188,9 +188,7 @@ impl<'a> Parser<'a> {
 
     fn recptr(&mut self) -> Result<Lsn, ParseError> {
         match self.next()? {
-            Token::RecPtr(text) => text
-                .parse()
-                .map_err(|_| ParseError::InvalidStartLocation),
+            Token::RecPtr(text) => text.parse().map_err(|_| ParseError::InvalidStartLocation),
             _ => Err(ParseError::Syntax),
         }
     }
@@ -244,14 +242,14 @@ impl<'a> Parser<'a> {
         } else {
             None
         };
-        if let Some(slot) = &slot {
-            if self.eat_keyword(Keyword::Logical)? {
-                return Ok(ReplicationCommand::StartLogicalReplication {
-                    slot: slot.clone(),
-                    start: self.recptr()?,
-                    options: self.plugin_options()?,
-                });
-            }
+        if let Some(slot) = &slot
+            && self.eat_keyword(Keyword::Logical)?
+        {
+            return Ok(ReplicationCommand::StartLogicalReplication {
+                slot: slot.clone(),
+                start: self.recptr()?,
+                options: self.plugin_options()?,
+            });
         }
         self.eat_keyword(Keyword::Physical)?;
         let start = self.recptr()?;
@@ -341,10 +339,7 @@ impl<'a> Parser<'a> {
     fn generic_option(&mut self) -> Result<GenericOption, ParseError> {
         let name = match self.next()? {
             Token::Ident { name, .. } => name,
-            Token::Keyword(keyword) => keyword
-                .option_name()
-                .ok_or(ParseError::Syntax)?
-                .to_owned(),
+            Token::Keyword(keyword) => keyword.option_name().ok_or(ParseError::Syntax)?.to_owned(),
             _ => return Err(ParseError::Syntax),
         };
         let value = self.take(|t| match t {

@@ -1,0 +1,294 @@
+//! The fan-out between the WAL writer and the downstream senders.
+//!
+//! It is the read side of walsender's `XLogSendPhysical` for many clients at once: the writer
+//! publishes each new durable end through a [`HubFeed`], every sender waits on a
+//! [`watch`] of it ([`Hub::subscribe`]) and takes `[cursor, durable)` in pieces with
+//! [`Hub::read`], cut as walsender cuts its `XLogData` messages (PROTOCOL.md §3.2):
+//! - at most [`MAX_SEND_SIZE`] (128 KiB); when more is pending, the piece ends at
+//!   `from + 128 KiB` rounded down to an 8 KiB page boundary (from 0/3000100 it ends at
+//!   0/3020000), otherwise exactly at the limit, which may be mid-page;
+//! - never past the durable end, whatever limit the caller passes (§7 item 17);
+//! - never across a segment end. Walsender crosses segments inside one message only because
+//!   it reads page by page; a receiver accepts either.
+//!
+//! A piece comes from the tail cache when `from` lies in it: a zero-copy `Bytes::slice` of the
+//! chunk the writer published, ending where that chunk ends (so a reader that keeps up gets
+//! the upstream's own message boundaries; joining two chunks would cost a copy). Otherwise,
+//! and always for older timelines (§4.2), it is read from the segment file with `pread`, on
+//! tokio's blocking pool, so a slow disk stalls only the readers waiting for it, never the
+//! runtime's workers. Memory does not grow with the number of readers or their lag: the tail
+//! is bounded, a lagging reader costs one read buffer while its read runs, and no payload
+//! goes through a channel.
+
+mod tail;
+
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use bytes::Bytes;
+use tokio::sync::watch;
+
+use crate::storage::{SegmentReader, StoreError};
+use crate::types::{Lsn, SegmentName, TimelineId, WAL_PAGE_SIZE, WalSegmentSize};
+
+use tail::Tail;
+
+/// The largest piece [`Hub::read`] returns: walsender's `MAX_SEND_SIZE`, 16 WAL pages.
+pub const MAX_SEND_SIZE: u64 = 16 * WAL_PAGE_SIZE as u64;
+
+/// The end of the WAL that may be served, as published by the writer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DurableEnd {
+    /// The timeline being written; `None` before the writer published anything.
+    pub timeline: Option<TimelineId>,
+    /// Every byte of `timeline` below this is durable and checked.
+    pub lsn: Lsn,
+}
+
+/// Counters of the bytes [`Hub::read`] returned, and what the tail holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HubStats {
+    /// Bytes served from the tail cache, without a copy.
+    pub served_from_tail: u64,
+    /// Bytes served by reading segment files.
+    pub served_from_disk: u64,
+    /// Bytes the tail cache holds now.
+    pub tail_bytes: usize,
+}
+
+/// The readers' side of the fan-out; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Hub {
+    shared: Arc<Shared>,
+}
+
+/// The writer's side of the fan-out. Dropping it closes the [`watch`]: waiting readers see
+/// `changed()` fail and know no more WAL will come.
+#[derive(Debug)]
+pub struct HubFeed {
+    shared: Arc<Shared>,
+    tx: watch::Sender<DurableEnd>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    reader: SegmentReader,
+    state: RwLock<State>,
+    durable: watch::Receiver<DurableEnd>,
+    from_tail: AtomicU64,
+    from_disk: AtomicU64,
+}
+
+/// The published end and the tail of its timeline, changed together.
+#[derive(Debug)]
+struct State {
+    end: DurableEnd,
+    tail: Tail,
+}
+
+/// Where the next piece comes from.
+enum Source {
+    Nothing,
+    Tail(Bytes),
+    Disk { end: Lsn },
+}
+
+impl Hub {
+    /// A hub reading stored WAL through `reader` and caching about `tail_capacity_bytes` of the
+    /// newest durable WAL (0 disables the cache); the [`HubFeed`] goes to the writer.
+    pub fn new(reader: SegmentReader, tail_capacity_bytes: usize) -> (Hub, HubFeed) {
+        let (tx, durable) = watch::channel(DurableEnd::default());
+        let shared = Arc::new(Shared {
+            reader,
+            state: RwLock::new(State {
+                end: DurableEnd::default(),
+                tail: Tail::new(tail_capacity_bytes),
+            }),
+            durable,
+            from_tail: AtomicU64::new(0),
+            from_disk: AtomicU64::new(0),
+        });
+        let feed = HubFeed {
+            shared: Arc::clone(&shared),
+            tx,
+        };
+        (Hub { shared }, feed)
+    }
+
+    /// A receiver of the durable end, woken at every change.
+    pub fn subscribe(&self) -> watch::Receiver<DurableEnd> {
+        self.shared.durable.clone()
+    }
+
+    /// The next piece of WAL of `timeline`: it starts exactly at `from` and ends at or before
+    /// `limit`, cut as the module documentation says. `None` when there is nothing to send:
+    /// `from` is at or past `limit`, or past the durable end of the current timeline, or
+    /// `timeline` is newer than the current one (or nothing is published yet). On the current
+    /// timeline the caller passes its own cap (or `Lsn::MAX`); on an older one, its switch
+    /// point, which is not checked here.
+    ///
+    /// # Errors
+    /// [`StoreError::SegmentRemoved`] if the segment file is gone (PostgreSQL's 58P01),
+    /// [`StoreError::Io`] if it cannot be read or the read task fails.
+    pub async fn read(
+        &self,
+        timeline: TimelineId,
+        from: Lsn,
+        limit: Lsn,
+    ) -> Result<Option<Bytes>, StoreError> {
+        let end = match self.shared.source(timeline, from, limit) {
+            Source::Nothing => return Ok(None),
+            Source::Tail(piece) => {
+                count(&self.shared.from_tail, &piece);
+                return Ok(Some(piece));
+            }
+            Source::Disk { end } => end,
+        };
+        let piece = self.read_disk(timeline, from, end).await?;
+        count(&self.shared.from_disk, &piece);
+        Ok(Some(piece))
+    }
+
+    /// What was served so far and what the tail holds.
+    pub fn stats(&self) -> HubStats {
+        HubStats {
+            served_from_tail: self.shared.from_tail.load(Ordering::Relaxed),
+            served_from_disk: self.shared.from_disk.load(Ordering::Relaxed),
+            tail_bytes: self.shared.read_state().tail.bytes(),
+        }
+    }
+
+    /// `pread`s `[from, end)`, within one segment, on the blocking pool.
+    async fn read_disk(
+        &self,
+        timeline: TimelineId,
+        from: Lsn,
+        end: Lsn,
+    ) -> Result<Bytes, StoreError> {
+        let reader = self.shared.reader.clone();
+        let len = usize::try_from(end.saturating_distance(from)).unwrap_or(0);
+        let task = tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0; len];
+            let n = reader.read_at(timeline, from, &mut buf)?;
+            buf.truncate(n);
+            Ok(Bytes::from(buf))
+        });
+        task.await.map_err(|e| {
+            let reader = &self.shared.reader;
+            let size = reader.segment_size();
+            let name = SegmentName {
+                timeline,
+                segno: size.segment_of(from),
+            };
+            StoreError::Io {
+                op: "read",
+                path: reader.dir().join(name.file_name(size)),
+                source: io::Error::other(e),
+            }
+        })?
+    }
+}
+
+impl HubFeed {
+    /// Publishes a new durable end of `timeline` with the chunks written since the last call
+    /// (contiguous, in order, each `(start, bytes)`), and wakes the readers. Chunks may reach
+    /// past `durable` (a record not yet complete): those bytes are cached but not served
+    /// until a later end covers them, and a chunk published again is cached once. A timeline
+    /// other than the current one starts over as [`HubFeed::switch_timeline`] does.
+    pub fn publish(
+        &self,
+        timeline: TimelineId,
+        durable: Lsn,
+        chunks: impl IntoIterator<Item = (Lsn, Bytes)>,
+    ) {
+        let end = DurableEnd {
+            timeline: Some(timeline),
+            lsn: durable,
+        };
+        {
+            let mut state = self.shared.write_state();
+            if state.end.timeline != end.timeline {
+                state.tail.clear();
+            }
+            for (start, data) in chunks {
+                state.tail.push(start, data);
+            }
+            state.end = end;
+        }
+        self.send(end);
+    }
+
+    /// Moves on to `timeline`, whose durable WAL ends at `start`: the tail is emptied, and the
+    /// timeline before becomes historic (read from disk). Also sets the starting point after
+    /// the store is opened.
+    pub fn switch_timeline(&self, timeline: TimelineId, start: Lsn) {
+        let end = DurableEnd {
+            timeline: Some(timeline),
+            lsn: start,
+        };
+        {
+            let mut state = self.shared.write_state();
+            state.tail.clear();
+            state.end = end;
+        }
+        self.send(end);
+    }
+
+    /// Wakes readers only on a change.
+    fn send(&self, end: DurableEnd) {
+        self.tx.send_if_modified(|v| {
+            let changed = *v != end;
+            *v = end;
+            changed
+        });
+    }
+}
+
+impl Shared {
+    // Nothing in a critical section can panic; a poisoned state is still consistent.
+    fn read_state(&self) -> RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write_state(&self) -> RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Decides, under the lock, what the next piece is and where it comes from.
+    fn source(&self, timeline: TimelineId, from: Lsn, limit: Lsn) -> Source {
+        let state = self.read_state();
+        let live = state.end.timeline == Some(timeline);
+        let limit = match state.end.timeline {
+            Some(_) if live => limit.min(state.end.lsn),
+            Some(current) if timeline < current => limit,
+            _ => return Source::Nothing,
+        };
+        if from >= limit {
+            return Source::Nothing;
+        }
+        let end = piece_end(from, limit, self.reader.segment_size());
+        let cached = live.then(|| state.tail.slice(from, end)).flatten();
+        cached.map_or(Source::Disk { end }, Source::Tail)
+    }
+}
+
+/// Where a piece starting at `from` (below `limit`) ends: walsender's rule, and the end of
+/// `from`'s segment.
+fn piece_end(from: Lsn, limit: Lsn, size: WalSegmentSize) -> Lsn {
+    let end = match from.checked_add(MAX_SEND_SIZE) {
+        Some(most) if most < limit => most.align_down(u64::from(WAL_PAGE_SIZE)),
+        _ => limit,
+    };
+    match size.segment_start(from).checked_add(size.bytes_u64()) {
+        Some(segment_end) => end.min(segment_end),
+        None => end,
+    }
+}
+
+fn count(counter: &AtomicU64, piece: &Bytes) {
+    counter.fetch_add(piece.len() as u64, Ordering::Relaxed);
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,411 @@
+//! A read-only view of the WAL directory for serving stored WAL, shared by every downstream.
+//!
+//! It mirrors walsender's `WALRead` and `WalSndSegmentOpen`: a position maps to
+//! `(timeline, segment, offset)` and is read with `pread` from the segment's file, complete
+//! or `.partial`; a missing file is PostgreSQL's 58P01 "requested WAL segment %s has already
+//! been removed". Like walsender, which keeps its current segment open between reads, the
+//! reader keeps the few most recently used files open, shared by all clones.
+//!
+//! Why cached handles stay correct while the writer works:
+//! - the writer renames `NAME.partial` to `NAME` when the segment is complete (and recovery may
+//!   rename back). A rename keeps the inode, so an open handle keeps reading the same bytes,
+//!   including those appended after the rename;
+//! - an open trying the complete name, then `.partial`, then the complete name again cannot
+//!   miss a segment that is being renamed between the first two opens;
+//! - retention unlinks whole files and never rewrites them. An unlinked file stays readable
+//!   through its handle, but serving it would keep its disk space pinned and hide the removal,
+//!   so after every read from a cached handle its link count is checked (`fstat`, no path
+//!   lookup), like walsender's `CheckXLogRemoved` after a read; a handle whose file is gone is
+//!   closed and the name looked up again. [`SegmentReader::close_removed`] closes such handles
+//!   without waiting for a read.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use crate::types::{Lsn, SegmentName, TimelineId, WalSegmentSize};
+
+use super::error::{StoreError, io_err};
+use super::layout;
+
+/// How many segment files stay open: enough for readers at a few different positions.
+const OPEN_FILES: usize = 4;
+
+/// Reads stored segment files; cheap to clone, clones share the open files.
+#[derive(Clone, Debug)]
+pub struct SegmentReader {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    dir: PathBuf,
+    size: WalSegmentSize,
+    /// Most recently used first.
+    open: Mutex<VecDeque<OpenSegment>>,
+}
+
+/// An open segment file; the `Arc` lets a read run without holding the cache's lock.
+#[derive(Clone, Debug)]
+struct OpenSegment {
+    name: SegmentName,
+    path: PathBuf,
+    file: Arc<File>,
+}
+
+impl SegmentReader {
+    /// A reader of the segment files in `wal_dir` (the store's `wal/` directory).
+    pub fn new(wal_dir: PathBuf, size: WalSegmentSize) -> SegmentReader {
+        SegmentReader {
+            inner: Arc::new(Inner {
+                dir: wal_dir,
+                size,
+                open: Mutex::new(VecDeque::with_capacity(OPEN_FILES + 1)),
+            }),
+        }
+    }
+
+    /// The directory read from.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// The segment size the files are named and cut by.
+    pub fn segment_size(&self) -> WalSegmentSize {
+        self.inner.size
+    }
+
+    /// Reads WAL of `timeline` starting at `lsn` into `buf` and returns how many bytes were
+    /// read: `buf.len()`, or fewer when the segment ends first (a read never crosses into the
+    /// next segment) or when the file is shorter. The caller asks only for stored WAL (below
+    /// the durable end, or an older timeline's end), so nothing there is partly written.
+    ///
+    /// # Errors
+    /// [`StoreError::SegmentRemoved`] if neither the complete nor the `.partial` file of the
+    /// segment exists; [`StoreError::Io`] if a file cannot be opened or read, or holds no byte
+    /// at `lsn` (`UnexpectedEof`), so a non-empty `buf` never yields 0.
+    pub fn read_at(
+        &self,
+        timeline: TimelineId,
+        lsn: Lsn,
+        buf: &mut [u8],
+    ) -> Result<usize, StoreError> {
+        let size = self.inner.size;
+        let offset = u64::from(size.offset_in_segment(lsn));
+        let room = usize::try_from(size.bytes_u64() - offset).unwrap_or(usize::MAX);
+        let Some(buf) = buf.get_mut(..room.min(buf.len())).filter(|b| !b.is_empty()) else {
+            return Ok(0);
+        };
+        let name = SegmentName {
+            timeline,
+            segno: size.segment_of(lsn),
+        };
+        if let Some(seg) = self.cached(name) {
+            let n = read_full(&seg, buf, offset)?;
+            if is_linked(&seg)? {
+                return Ok(n);
+            }
+            self.forget(name);
+        }
+        let seg = self.open(name)?;
+        let n = read_full(&seg, buf, offset)?;
+        self.remember(seg);
+        Ok(n)
+    }
+
+    /// Closes the cached handles of files that were removed (or replaced), so their disk space
+    /// is freed now rather than at the next read of them. Call it after retention.
+    ///
+    /// # Errors
+    /// [`StoreError::Io`] if a handle cannot be `fstat`ed.
+    pub fn close_removed(&self) -> Result<(), StoreError> {
+        let mut open = self.lock();
+        let mut kept = VecDeque::with_capacity(open.len());
+        for seg in open.drain(..) {
+            if is_linked(&seg)? {
+                kept.push_back(seg);
+            }
+        }
+        *open = kept;
+        Ok(())
+    }
+
+    /// How many files are open; for tests.
+    #[cfg(test)]
+    fn open_count(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, VecDeque<OpenSegment>> {
+        // Nothing in a critical section can panic; a poisoned cache is still consistent.
+        self.inner
+            .open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The open file of `name`, made most recently used.
+    fn cached(&self, name: SegmentName) -> Option<OpenSegment> {
+        let mut open = self.lock();
+        let at = open.iter().position(|s| s.name == name)?;
+        let seg = open.remove(at)?;
+        open.push_front(seg.clone());
+        Some(seg)
+    }
+
+    fn forget(&self, name: SegmentName) {
+        self.lock().retain(|s| s.name != name);
+    }
+
+    /// Caches `seg` as the most recently used, closing the least recently used beyond
+    /// [`OPEN_FILES`]. Another reader may have opened the same file meanwhile: one is kept.
+    fn remember(&self, seg: OpenSegment) {
+        let mut open = self.lock();
+        open.retain(|s| s.name != seg.name);
+        open.push_front(seg);
+        open.truncate(OPEN_FILES);
+    }
+
+    /// Opens the complete file, else the `.partial`, else the complete file again: the writer
+    /// may rename the partial between the first two opens.
+    fn open(&self, name: SegmentName) -> Result<OpenSegment, StoreError> {
+        let (dir, size) = (&self.inner.dir, self.inner.size);
+        for partial in [false, true, false] {
+            let path = layout::segment_path(dir, name, size, partial);
+            match File::open(&path) {
+                Ok(file) => {
+                    let file = Arc::new(file);
+                    return Ok(OpenSegment { name, path, file });
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err("open", &path)(e)),
+            }
+        }
+        Err(StoreError::SegmentRemoved {
+            file: name.file_name(size),
+        })
+    }
+}
+
+/// `pread`s until `buf` is full or the file ends; a file with no byte at `offset` is an error.
+fn read_full(seg: &OpenSegment, buf: &mut [u8], offset: u64) -> Result<usize, StoreError> {
+    let mut done = 0;
+    while let Some(rest) = buf.get_mut(done..).filter(|r| !r.is_empty()) {
+        match seg.file.read_at(rest, offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(io_err("read", &seg.path)(e)),
+        }
+    }
+    if done == 0 {
+        let eof = io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("file ends before offset {offset}"),
+        );
+        return Err(io_err("read", &seg.path)(eof));
+    }
+    Ok(done)
+}
+
+/// Whether the file still has a name in the directory.
+fn is_linked(seg: &OpenSegment) -> Result<bool, StoreError> {
+    let meta = seg.file.metadata().map_err(io_err("fstat", &seg.path))?;
+    Ok(meta.nlink() > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::SegmentNo;
+    use std::fs;
+
+    const SEG: u64 = 1 << 20;
+
+    fn size() -> WalSegmentSize {
+        WalSegmentSize::new(SEG as u32).unwrap()
+    }
+
+    fn tli(n: u32) -> TimelineId {
+        TimelineId::new(n).unwrap()
+    }
+
+    fn file(dir: &Path, timeline: u32, segno: u64, partial: bool) -> PathBuf {
+        let name = SegmentName {
+            timeline: tli(timeline),
+            segno: SegmentNo(segno),
+        };
+        layout::segment_path(dir, name, size(), partial)
+    }
+
+    /// Deterministic content: every byte depends on its LSN and a seed.
+    fn content(from: u64, len: usize, seed: u8) -> Vec<u8> {
+        (0..len as u64)
+            .map(|i| ((from + i).wrapping_mul(31) >> 3) as u8 ^ seed)
+            .collect()
+    }
+
+    fn read(r: &SegmentReader, timeline: u32, lsn: u64, len: usize) -> Vec<u8> {
+        let mut buf = vec![0; len];
+        let n = r.read_at(tli(timeline), Lsn(lsn), &mut buf).unwrap();
+        buf.truncate(n);
+        buf
+    }
+
+    #[test]
+    fn reads_within_one_segment_from_either_name() {
+        let t = tempfile::TempDir::new().unwrap();
+        fs::write(
+            file(t.path(), 1, 3, false),
+            content(3 * SEG, SEG as usize, 0),
+        )
+        .unwrap();
+        fs::write(file(t.path(), 1, 4, true), content(4 * SEG, 5000, 0)).unwrap();
+        let r = SegmentReader::new(t.path().to_path_buf(), size());
+        assert_eq!(
+            read(&r, 1, 3 * SEG + 10, 100),
+            content(3 * SEG + 10, 100, 0)
+        );
+        // Stops at the segment end.
+        let near_end = 4 * SEG - 300;
+        assert_eq!(read(&r, 1, near_end, 1000), content(near_end, 300, 0));
+        // A partial file is read as far as it goes.
+        assert_eq!(
+            read(&r, 1, 4 * SEG + 4000, 8192),
+            content(4 * SEG + 4000, 1000, 0)
+        );
+        assert_eq!(r.read_at(tli(1), Lsn(3 * SEG), &mut []).unwrap(), 0);
+        let err = r
+            .read_at(tli(1), Lsn(4 * SEG + 5000), &mut [0; 8])
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("file ends before offset 5000"),
+            "{err}"
+        );
+        assert_eq!(r.open_count(), 2);
+    }
+
+    #[test]
+    fn a_missing_segment_was_removed() {
+        let t = tempfile::TempDir::new().unwrap();
+        fs::write(file(t.path(), 1, 3, false), content(3 * SEG, 100, 0)).unwrap();
+        let r = SegmentReader::new(t.path().to_path_buf(), size());
+        for (timeline, lsn) in [(1, 2 * SEG), (2, 3 * SEG)] {
+            let err = r.read_at(tli(timeline), Lsn(lsn), &mut [0; 8]).unwrap_err();
+            assert!(matches!(err, StoreError::SegmentRemoved { .. }), "{err}");
+        }
+        let err = r.read_at(tli(1), Lsn(2 * SEG), &mut [0; 8]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "requested WAL segment 000000010000000000000002 has already been removed"
+        );
+    }
+
+    #[test]
+    fn a_cached_partial_keeps_working_after_its_rename() {
+        let t = tempfile::TempDir::new().unwrap();
+        let partial = file(t.path(), 1, 3, true);
+        let whole = content(3 * SEG, SEG as usize, 0);
+        fs::write(&partial, &whole[..4096]).unwrap();
+        let r = SegmentReader::new(t.path().to_path_buf(), size());
+        assert_eq!(read(&r, 1, 3 * SEG, 4096), &whole[..4096]);
+        // The writer completes the segment through its own handle, then renames it.
+        let w = fs::OpenOptions::new().write(true).open(&partial).unwrap();
+        w.write_all_at(&whole[4096..], 4096).unwrap();
+        fs::rename(&partial, file(t.path(), 1, 3, false)).unwrap();
+        assert_eq!(read(&r, 1, 3 * SEG + 4096, 8192), &whole[4096..12288]);
+        assert_eq!(r.open_count(), 1);
+        assert_eq!(read(&r, 1, 4 * SEG - 10, 100), &whole[whole.len() - 10..]);
+    }
+
+    #[test]
+    fn removal_is_noticed_through_a_cached_handle() {
+        let t = tempfile::TempDir::new().unwrap();
+        let path = file(t.path(), 1, 3, false);
+        fs::write(&path, content(3 * SEG, 8192, 0)).unwrap();
+        let r = SegmentReader::new(t.path().to_path_buf(), size());
+        assert_eq!(read(&r, 1, 3 * SEG, 10), content(3 * SEG, 10, 0));
+        fs::remove_file(&path).unwrap();
+        let err = r.read_at(tli(1), Lsn(3 * SEG), &mut [0; 8]).unwrap_err();
+        assert!(matches!(err, StoreError::SegmentRemoved { .. }), "{err}");
+        assert_eq!(r.open_count(), 0);
+        // A file replaced under the same name is read afresh.
+        fs::write(&path, content(3 * SEG, 8192, 0)).unwrap();
+        assert_eq!(read(&r, 1, 3 * SEG, 10), content(3 * SEG, 10, 0));
+        fs::remove_file(&path).unwrap();
+        fs::write(file(t.path(), 1, 3, true), content(3 * SEG, 8192, 7)).unwrap();
+        assert_eq!(read(&r, 1, 3 * SEG, 10), content(3 * SEG, 10, 7));
+    }
+
+    #[test]
+    fn close_removed_releases_only_unlinked_files() {
+        let t = tempfile::TempDir::new().unwrap();
+        for segno in 1..=3 {
+            fs::write(file(t.path(), 1, segno, false), [1; 16]).unwrap();
+        }
+        let r = SegmentReader::new(t.path().to_path_buf(), size());
+        for segno in 1..=3 {
+            read(&r, 1, segno * SEG, 4);
+        }
+        fs::remove_file(file(t.path(), 1, 1, false)).unwrap();
+        r.close_removed().unwrap();
+        assert_eq!(r.open_count(), 2);
+    }
+
+    #[test]
+    fn keeps_only_a_few_files_open() {
+        let t = tempfile::TempDir::new().unwrap();
+        for segno in 1..=6 {
+            fs::write(file(t.path(), 1, segno, false), [segno as u8; 16]).unwrap();
+        }
+        let r = SegmentReader::new(t.path().to_path_buf(), size());
+        let clone = r.clone();
+        for segno in 1..=6 {
+            assert_eq!(read(&clone, 1, segno * SEG, 4), [segno as u8; 4]);
+            assert_eq!(r.open_count(), (segno as usize).min(OPEN_FILES));
+        }
+        read(&r, 1, 6 * SEG, 4);
+        assert_eq!(r.open_count(), OPEN_FILES);
+    }
+
+    /// The writer renames the partial while readers open it: every open finds the segment.
+    #[test]
+    fn opens_race_the_rename() {
+        use std::sync::Barrier;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let t = tempfile::TempDir::new().unwrap();
+        let dir = t.path().to_path_buf();
+        for segno in 1..=20u64 {
+            let data = Arc::new(content(segno * SEG, 4096, segno as u8));
+            let partial = file(&dir, 1, segno, true);
+            fs::write(&partial, &*data).unwrap();
+            let start = Arc::new(Barrier::new(4));
+            let renamed = Arc::new(AtomicBool::new(false));
+            let readers: Vec<_> = (0..3)
+                .map(|_| {
+                    let (dir, data) = (dir.clone(), Arc::clone(&data));
+                    let (start, renamed) = (Arc::clone(&start), Arc::clone(&renamed));
+                    std::thread::spawn(move || {
+                        start.wait();
+                        let mut after = 0;
+                        while after < 20 {
+                            after += usize::from(renamed.load(Ordering::Acquire));
+                            // A fresh reader opens the file by name every time.
+                            let r = SegmentReader::new(dir.clone(), size());
+                            assert_eq!(read(&r, 1, segno * SEG, 4096), *data);
+                        }
+                    })
+                })
+                .collect();
+            start.wait();
+            fs::rename(&partial, file(&dir, 1, segno, false)).unwrap();
+            renamed.store(true, Ordering::Release);
+            for h in readers {
+                h.join().unwrap();
+            }
+        }
+    }
+}

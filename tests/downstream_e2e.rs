@@ -1,0 +1,224 @@
+//! The relay as a walsender for real PostgreSQL 15 clients: `psql replication=1` gets the
+//! primary's answers (ACCEPTANCE A4), `pg_receivewal` through the relay writes exactly what it
+//! writes from the primary (A2), and a hot standby built from the primary streams from the
+//! relay on a relay slot and replays to the primary's end (A1, one standby).
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod support;
+
+use std::fs;
+use std::time::Duration;
+
+use support::*;
+use walrelay::localpg::{
+    Cluster, ClusterBuilder, PgBinaries, free_port, require_postgres, wait_until,
+};
+
+struct Setup {
+    bins: PgBinaries,
+    _dir: walrelay::localpg::ScratchDir,
+    primary: Cluster,
+    relay: RelayProcess,
+    relay_port: u16,
+}
+
+fn setup(label: &str, segment_mb: u32) -> Option<Setup> {
+    let bins = require_postgres()?;
+    let dir = scratch(&bins, label);
+    let mut primary = ClusterBuilder::new(bins.clone(), dir.path())
+        .segment_size_mb(segment_mb)
+        .archive(true)
+        .init()
+        .unwrap();
+    primary.start().unwrap();
+    let relay_port = free_port().unwrap();
+    let listen = format!("127.0.0.1:{relay_port}");
+    let relay = RelayProcess::start(
+        &primary.conninfo(),
+        &dir.path().join("relay"),
+        &["--listen", &listen],
+    );
+    let now = primary.current_wal_flush_lsn().unwrap();
+    wait_acked(&primary, now, Duration::from_secs(30));
+    Some(Setup {
+        bins,
+        _dir: dir,
+        primary,
+        relay,
+        relay_port,
+    })
+}
+
+fn relay_conninfo(s: &Setup) -> String {
+    format!("host=127.0.0.1 port={} user=postgres", s.relay_port)
+}
+
+fn repl(bins: &PgBinaries, conninfo: &str, sql: &str) -> Result<String, String> {
+    bins.psql(&format!("{conninfo} replication=1"), sql)
+        .map_err(|e| e.to_string())
+}
+
+#[test]
+fn replication_commands_answer_like_the_primary() {
+    let Some(s) = setup("cmds", 1) else { return };
+    let relay = relay_conninfo(&s);
+    let primary = s.primary.conninfo();
+    let ours = repl(&s.bins, &relay, "IDENTIFY_SYSTEM").unwrap();
+    let theirs = repl(&s.bins, &primary, "IDENTIFY_SYSTEM").unwrap();
+    let (o, t): (Vec<&str>, Vec<&str>) = (ours.split('|').collect(), theirs.split('|').collect());
+    assert_eq!(
+        (o[0], o[1], o[3]),
+        (t[0], t[1], t[3]),
+        "systemid, timeline, dbname"
+    );
+    assert!(o[2].parse::<walrelay::types::Lsn>().unwrap() <= t[2].parse().unwrap());
+    for cmd in [
+        "SHOW wal_segment_size",
+        "SHOW data_directory_mode",
+        "SHOW server_version",
+    ] {
+        assert_eq!(
+            repl(&s.bins, &relay, cmd).unwrap(),
+            repl(&s.bins, &primary, cmd).unwrap(),
+            "{cmd}"
+        );
+    }
+    assert_eq!(
+        repl(&s.bins, &relay, "READ_REPLICATION_SLOT nosuch").unwrap(),
+        "||"
+    );
+    let created = repl(&s.bins, &relay, "CREATE_REPLICATION_SLOT \"s1\" PHYSICAL").unwrap();
+    assert_eq!(created, "s1|0/0||");
+    let again = repl(&s.bins, &relay, "CREATE_REPLICATION_SLOT \"s1\" PHYSICAL").unwrap_err();
+    assert!(
+        again.contains("replication slot \"s1\" already exists"),
+        "{again}"
+    );
+    let bad = repl(&s.bins, &relay, "CREATE_REPLICATION_SLOT \"Bad\" PHYSICAL").unwrap_err();
+    assert!(bad.contains("contains invalid character"), "{bad}");
+    let reserved = repl(
+        &s.bins,
+        &relay,
+        "CREATE_REPLICATION_SLOT \"s2\" PHYSICAL (RESERVE_WAL)",
+    )
+    .unwrap();
+    assert!(reserved.starts_with("s2|"));
+    let read = repl(&s.bins, &relay, "READ_REPLICATION_SLOT s2").unwrap();
+    assert!(
+        read.starts_with("physical|") && read.ends_with("|1"),
+        "{read}"
+    );
+    repl(&s.bins, &relay, "DROP_REPLICATION_SLOT \"s1\"").unwrap();
+    let missing = repl(&s.bins, &relay, "DROP_REPLICATION_SLOT \"s1\"").unwrap_err();
+    assert!(
+        missing.contains("replication slot \"s1\" does not exist"),
+        "{missing}"
+    );
+    let sql = repl(&s.bins, &relay, "SELECT 1").unwrap_err();
+    assert!(
+        sql.contains("cannot execute SQL commands in WAL sender for physical replication"),
+        "{sql}"
+    );
+    let history = repl(&s.bins, &relay, "TIMELINE_HISTORY 1").unwrap_err();
+    assert!(
+        history.contains("could not open file \"pg_wal/00000001.history\""),
+        "{history}"
+    );
+    let plain = s.bins.psql(&relay, "SELECT 1").unwrap_err().to_string();
+    assert!(plain.contains("no pg_hba.conf entry"), "{plain}");
+}
+
+#[test]
+fn pg_receivewal_through_the_relay_matches_direct() {
+    let Some(s) = setup("recvwal", 1) else { return };
+    let size = s.primary.wal_segment_size().unwrap();
+    let via = s.relay.data_dir.parent().unwrap().join("via-relay");
+    let direct = s.relay.data_dir.parent().unwrap().join("direct");
+    fs::create_dir_all(&via).unwrap();
+    fs::create_dir_all(&direct).unwrap();
+    let mut a = s.bins.receivewal(&relay_conninfo(&s), &via, &[]).unwrap();
+    let mut b = s
+        .bins
+        .receivewal(&s.primary.conninfo(), &direct, &[])
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    s.primary.write_load(3000).unwrap();
+    s.primary.emit_message(2 * size.bytes() as usize).unwrap();
+    let target = s.primary.switch_wal().unwrap();
+    s.primary.write_load(100).unwrap();
+    let last = s
+        .primary
+        .psql(&format!("SELECT pg_walfile_name('{target}')"))
+        .unwrap();
+    for d in [&via, &direct] {
+        wait_until(
+            Duration::from_secs(60),
+            "pg_receivewal completed the segment",
+            || Ok(d.join(&last).exists()),
+        )
+        .unwrap();
+    }
+    a.stop().unwrap();
+    b.stop().unwrap();
+    let ours = segment_files(&via);
+    assert!(ours.len() >= 3, "{ours:?}");
+    assert_eq!(ours, segment_files(&direct));
+    for name in &ours {
+        assert!(
+            fs::read(via.join(name)).unwrap() == fs::read(direct.join(name)).unwrap(),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn hot_standby_streams_from_the_relay_on_a_relay_slot() {
+    let Some(s) = setup("standby", 1) else { return };
+    repl(
+        &s.bins,
+        &relay_conninfo(&s),
+        "CREATE_REPLICATION_SLOT \"d1\" PHYSICAL",
+    )
+    .unwrap();
+    let mut standby = s
+        .primary
+        .basebackup_standby(
+            &format!("{} application_name=d1", relay_conninfo(&s)),
+            Some("d1"),
+        )
+        .unwrap();
+    standby.start().unwrap();
+    s.primary.write_load(5000).unwrap();
+    s.primary
+        .psql("CREATE TABLE t AS SELECT g FROM generate_series(1, 10000) g")
+        .unwrap();
+    s.primary.switch_wal().unwrap();
+    s.primary.write_load(500).unwrap();
+    let target = s.primary.current_wal_flush_lsn().unwrap();
+    wait_until(
+        Duration::from_secs(60),
+        "standby replays to the primary's end",
+        || Ok(standby.replay_lsn()? >= target),
+    )
+    .unwrap();
+    assert_eq!(standby.psql("SELECT count(*) FROM t").unwrap(), "10000");
+    let q = "SELECT count(*), sum(length(payload)) FROM walrelay_load";
+    assert_eq!(standby.psql(q).unwrap(), s.primary.psql(q).unwrap());
+    let slot = repl(&s.bins, &relay_conninfo(&s), "READ_REPLICATION_SLOT d1").unwrap();
+    assert!(slot.starts_with("physical|"), "{slot}");
+    let receiver = standby
+        .psql("SELECT status FROM pg_stat_wal_receiver")
+        .unwrap();
+    assert_eq!(receiver, "streaming");
+    let senders = s
+        .primary
+        .psql("SELECT count(*) FROM pg_stat_replication")
+        .unwrap();
+    assert_eq!(senders, "1", "only the relay streams from the primary");
+}
