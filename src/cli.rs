@@ -24,7 +24,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Stream WAL from an upstream server into a data directory, until SIGTERM or SIGINT.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Start a throwaway local primary, relay from it under a write load, and show progress.
     Demo(DemoArgs),
 }

@@ -27,7 +27,7 @@ fn main() -> ExitCode {
     };
     let outcome = runtime.block_on(async {
         match cli.command {
-            Command::Run(args) => run(args).await,
+            Command::Run(args) => run(*args).await,
             Command::Demo(args) => {
                 let opts = walrelay::service::demo::DemoOptions {
                     segment_size_mb: args.segment_size_mb,

@@ -139,18 +139,16 @@ fn before_copy<'a>(
     let current = ctx.timeline();
     let tli = req.timeline.unwrap_or(current);
     let historic = historic_end(ctx, tli, current)?;
-    if let Some(h) = historic {
-        if req.start > h.switch {
-            let text = format!(
-                "requested starting point {} on timeline {tli} is not in this server's history",
-                req.start
-            );
-            let detail = format!(
-                "This server's history forked from timeline {tli} at {}.",
-                h.switch
-            );
-            return Err(ErrorFields::new("ERROR", "XX000", text).with_detail(detail));
-        }
+    if let Some(h) = historic.filter(|h| req.start > h.switch) {
+        let text = format!(
+            "requested starting point {} on timeline {tli} is not in this server's history",
+            req.start
+        );
+        let detail = format!(
+            "This server's history forked from timeline {tli} at {}.",
+            h.switch
+        );
+        return Err(ErrorFields::new("ERROR", "XX000", text).with_detail(detail));
     }
     let slot = match &req.slot {
         None => None,
@@ -262,12 +260,12 @@ impl Stream<'_> {
                     return Ok(ending);
                 }
                 // Take what the client sent meanwhile without waiting for more.
-                if let Ok(frame) =
-                    tokio::time::timeout(Duration::ZERO, rd.frame(SMALL_FRAME_LIMIT)).await
+                let pending =
+                    tokio::time::timeout(Duration::ZERO, rd.frame(SMALL_FRAME_LIMIT)).await;
+                if let Ok(frame) = pending
+                    && let FromClient::Done = self.on_client(wr, frame?).await?
                 {
-                    if let FromClient::Done = self.on_client(wr, frame?).await? {
-                        return Ok(Ending::ClientDone);
-                    }
+                    return Ok(Ending::ClientDone);
                 }
                 continue;
             }
