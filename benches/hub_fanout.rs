@@ -74,7 +74,7 @@ fn write_all(dir: &Path, wal: &Bytes, feed: &HubFeed) {
         let (_, f) = file.as_ref().unwrap();
         f.write_all_at(&chunk, lsn % seg).unwrap();
         let end = lsn + chunk.len() as u64;
-        if end % seg == 0 {
+        if end.is_multiple_of(seg) {
             fs::rename(
                 segment_path(dir, segno, true),
                 segment_path(dir, segno, false),
@@ -83,7 +83,7 @@ fn write_all(dir: &Path, wal: &Bytes, feed: &HubFeed) {
             file = None;
         }
         batch.push((Lsn(lsn), chunk));
-        if (i + 1) % BATCH == 0 || end == START.0 + wal.len() as u64 {
+        if (i + 1).is_multiple_of(BATCH) || end == START.0 + wal.len() as u64 {
             feed.publish(timeline(), Lsn(end), batch.drain(..));
         }
     }

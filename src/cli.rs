@@ -73,6 +73,13 @@ pub struct RunArgs {
     /// Close a connection that has not logged in after this long [default: 60s].
     #[arg(long, value_name = "DURATION")]
     pub authentication_timeout: Option<String>,
+    /// WAL always kept behind the newest, for clients without a slot [default: 1GB].
+    #[arg(long, value_name = "SIZE")]
+    pub wal_keep_size: Option<String>,
+    /// The most WAL a lagging slot may hold before it is invalidated; -1 for no limit
+    /// [default: -1].
+    #[arg(long, value_name = "SIZE", allow_hyphen_values = true)]
+    pub max_slot_wal_keep_size: Option<String>,
     /// TOML file with any of the settings above.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -102,6 +109,8 @@ impl RunArgs {
             max_replication_slots: self.max_replication_slots,
             sender_timeout: self.sender_timeout,
             authentication_timeout: self.authentication_timeout,
+            wal_keep_size: self.wal_keep_size,
+            max_slot_wal_keep_size: self.max_slot_wal_keep_size,
         };
         Ok(flags.or(file))
     }

@@ -39,6 +39,10 @@ pub struct Config {
     pub sender_timeout: Duration,
     /// Close a connection that has not logged in after this long.
     pub authentication_timeout: Duration,
+    /// WAL always kept behind the durable end, in bytes.
+    pub wal_keep_size: u64,
+    /// The most WAL slots may hold, in bytes; `None` for no limit.
+    pub max_slot_wal_keep_size: Option<u64>,
 }
 
 impl std::fmt::Debug for Config {
@@ -57,6 +61,8 @@ impl std::fmt::Debug for Config {
             .field("max_replication_slots", &self.max_replication_slots)
             .field("sender_timeout", &self.sender_timeout)
             .field("authentication_timeout", &self.authentication_timeout)
+            .field("wal_keep_size", &self.wal_keep_size)
+            .field("max_slot_wal_keep_size", &self.max_slot_wal_keep_size)
             .finish()
     }
 }
@@ -91,6 +97,10 @@ pub struct Settings {
     pub sender_timeout: Option<String>,
     /// See [`Config::authentication_timeout`].
     pub authentication_timeout: Option<String>,
+    /// See [`Config::wal_keep_size`].
+    pub wal_keep_size: Option<String>,
+    /// See [`Config::max_slot_wal_keep_size`].
+    pub max_slot_wal_keep_size: Option<String>,
 }
 
 /// A configuration that cannot be used.
@@ -171,6 +181,10 @@ impl Settings {
             authentication_timeout: self
                 .authentication_timeout
                 .or(fallback.authentication_timeout),
+            wal_keep_size: self.wal_keep_size.or(fallback.wal_keep_size),
+            max_slot_wal_keep_size: self
+                .max_slot_wal_keep_size
+                .or(fallback.max_slot_wal_keep_size),
         }
     }
 
@@ -185,6 +199,15 @@ impl Settings {
                 name,
                 value: v.chars().take(64).collect(),
                 why: "expected a duration such as 500ms, 10s, 5min",
+            }),
+        };
+        let size = |name, value: Option<String>, default: u64| match value {
+            None => Ok((default != u64::MAX).then_some(default)),
+            Some(v) if v.trim() == "-1" => Ok(None),
+            Some(v) => parse_size(&v).map(Some).ok_or(ConfigError::Invalid {
+                name,
+                value: v.chars().take(64).collect(),
+                why: "expected a size such as 512MB or 1GB, or -1 for no limit",
             }),
         };
         let slot = self.upstream_slot.unwrap_or_else(|| "walrelay".into());
@@ -233,6 +256,13 @@ impl Settings {
                 self.authentication_timeout,
                 Duration::from_secs(60),
             )?,
+            wal_keep_size: size("wal_keep_size", self.wal_keep_size, DEFAULT_WAL_KEEP_SIZE)?
+                .unwrap_or(DEFAULT_WAL_KEEP_SIZE),
+            max_slot_wal_keep_size: size(
+                "max_slot_wal_keep_size",
+                self.max_slot_wal_keep_size,
+                u64::MAX,
+            )?,
         };
         if config.status_interval.is_zero() {
             return Err(ConfigError::Invalid {
@@ -252,6 +282,26 @@ pub fn valid_slot_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+/// The WAL kept behind the durable end when `wal_keep_size` is not set: 1 GB.
+pub const DEFAULT_WAL_KEEP_SIZE: u64 = 1 << 30;
+
+/// Parses a size the way `postgresql.conf` writes one for WAL settings: a number with `kB`,
+/// `MB`, `GB` or `TB`, and a bare number means megabytes. Returns bytes, or `None`.
+pub fn parse_size(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let digits = t.bytes().take_while(u8::is_ascii_digit).count();
+    let (num, unit) = t.split_at(digits);
+    let n: u64 = num.parse().ok()?;
+    let unit: u64 = match unit.trim() {
+        "kB" => 1 << 10,
+        "" | "MB" => 1 << 20,
+        "GB" => 1 << 30,
+        "TB" => 1 << 40,
+        _ => return None,
+    };
+    n.checked_mul(unit)
 }
 
 /// Parses a duration the way `postgresql.conf` writes one: `250ms`, `10s`, `5min`, `1h`,
@@ -285,6 +335,37 @@ mod tests {
         for bad in ["", "s", "-1s", "1.5s", "10 parsecs", "99999999999999999999"] {
             assert_eq!(parse_duration(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("16MB"), Some(16 << 20));
+        assert_eq!(parse_size("1GB"), Some(1 << 30));
+        assert_eq!(parse_size("64"), Some(64 << 20));
+        assert_eq!(parse_size("512kB"), Some(512 << 10));
+        for bad in ["", "1.5GB", "-1", "1PB", "x"] {
+            assert_eq!(parse_size(bad), None, "{bad}");
+        }
+        let base = Settings {
+            upstream: Some("x".into()),
+            data_dir: Some("/d".into()),
+            ..Settings::default()
+        };
+        let c = base.clone().into_config().unwrap();
+        assert_eq!(
+            (c.wal_keep_size, c.max_slot_wal_keep_size),
+            (DEFAULT_WAL_KEEP_SIZE, None)
+        );
+        let s = Settings {
+            wal_keep_size: Some("0".into()),
+            max_slot_wal_keep_size: Some("4MB".into()),
+            ..base
+        };
+        let c = s.into_config().unwrap();
+        assert_eq!(
+            (c.wal_keep_size, c.max_slot_wal_keep_size),
+            (0, Some(4 << 20))
+        );
     }
 
     #[test]

@@ -85,6 +85,8 @@ pub async fn run(opts: DemoOptions) -> Result<(), DemoError> {
         max_replication_slots: 64,
         sender_timeout: Duration::from_secs(60),
         authentication_timeout: Duration::from_secs(60),
+        wal_keep_size: crate::config::DEFAULT_WAL_KEEP_SIZE,
+        max_slot_wal_keep_size: None,
     };
     let relay = Relay::open(&config)?;
     let mut positions = relay.positions();

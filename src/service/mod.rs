@@ -9,6 +9,7 @@ pub mod downstream;
 pub mod listener;
 pub mod login;
 pub mod relay;
+pub mod retention;
 pub mod session;
 pub mod tls;
 pub mod upstream;

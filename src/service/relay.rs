@@ -19,9 +19,10 @@ use crate::proto::conninfo::{ConnInfo, ConnInfoError, Env};
 use crate::proto::stream::StreamTiming;
 use crate::service::downstream::{DownstreamConfig, ServerContext, UpstreamInfo};
 use crate::service::listener;
-use crate::service::upstream::{self, UpstreamError, UpstreamSettings};
+use crate::service::retention::{self, RetentionPolicy};
+use crate::service::upstream::{self, Links, UpstreamError, UpstreamSettings};
 use crate::service::writer::{Positions, Writer};
-use crate::slots::{SlotError, SlotRegistry};
+use crate::slots::{SlotError, SlotRegistry, XminHorizon};
 use crate::storage::{SegmentReader, StoreError, WalStore};
 
 /// How much recent WAL the hub keeps in memory for senders that keep up.
@@ -70,6 +71,7 @@ struct Downstream {
     listener: std::net::TcpListener,
     config: DownstreamConfig,
     slots: SlotRegistry,
+    retention: RetentionPolicy,
 }
 
 /// A relay that has opened its store and is ready to stream.
@@ -123,6 +125,10 @@ impl Relay {
                         authentication_timeout: config.authentication_timeout,
                     },
                     slots: SlotRegistry::open(&config.data_dir, config.max_replication_slots)?,
+                    retention: RetentionPolicy {
+                        wal_keep_size: config.wal_keep_size,
+                        max_slot_wal_keep_size: config.max_slot_wal_keep_size,
+                    },
                 })
             }
         };
@@ -155,27 +161,32 @@ impl Relay {
         let (info_tx, info_rx) = watch::channel(None);
         let data_dir = self.data_dir.clone();
         let reopen_feed = Arc::clone(&feed);
+        let current: CurrentWriter = Arc::new(Mutex::new(self.writer.clone()));
+        let reopen_current = Arc::clone(&current);
         let reopen = move || {
-            let current = reopen_feed
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone();
-            open_writer(&data_dir, current).map_err(|e| match e {
+            let feed = lock(&reopen_feed).clone();
+            let writer = open_writer(&data_dir, feed).map_err(|e| match e {
                 RelayError::Store(s) => UpstreamError::Store(s),
                 other => UpstreamError::Protocol(other.to_string()),
-            })
+            })?;
+            *lock(&reopen_current) = writer.clone();
+            Ok(writer)
         };
-        let writer = self.writer.clone();
-        let upstream = upstream::run(
-            self.settings,
-            self.writer,
-            info_tx,
-            reopen,
-            shutdown.clone(),
-        );
+        let (horizon_tx, horizon_rx) = watch::channel(XminHorizon::default());
+        let links = Links {
+            info: info_tx,
+            feedback: horizon_rx,
+        };
+        let hub = HubLinks {
+            writer: Arc::clone(&current),
+            feed,
+            info: info_rx,
+            horizon: horizon_tx,
+        };
+        let upstream = upstream::run(self.settings, self.writer, links, reopen, shutdown.clone());
         let downstream = async {
             if let Some(d) = self.downstream {
-                serve_downstream(d, &self.data_dir, writer, feed, info_rx, shutdown.clone()).await;
+                serve_downstream(d, &self.data_dir, hub, shutdown.clone()).await;
             }
             Ok::<(), RelayError>(())
         };
@@ -187,15 +198,34 @@ impl Relay {
     }
 }
 
+/// What the downstream side needs from the rest of the relay.
+struct HubLinks {
+    writer: CurrentWriter,
+    feed: SharedFeed,
+    info: watch::Receiver<Option<UpstreamInfo>>,
+    horizon: watch::Sender<XminHorizon>,
+}
+
+/// The writer now running: the upstream side replaces it after a store error.
+pub type CurrentWriter = Arc<Mutex<Writer>>;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// Waits until the upstream is known, then serves downstream connections until shutdown.
 async fn serve_downstream(
     d: Downstream,
     data_dir: &Path,
-    writer: Writer,
-    feed: SharedFeed,
-    mut info_rx: watch::Receiver<Option<UpstreamInfo>>,
+    links: HubLinks,
     shutdown: CancellationToken,
 ) {
+    let HubLinks {
+        writer,
+        feed,
+        info: mut info_rx,
+        horizon,
+    } = links;
     let size = loop {
         if let Some(info) = info_rx.borrow_and_update().as_ref() {
             break info.segment_size;
@@ -209,7 +239,8 @@ async fn serve_downstream(
     let (hub, hub_feed) = Hub::new(SegmentReader::new(wal_dir.clone(), size), TAIL_CACHE_BYTES);
     let hub_feed = Arc::new(hub_feed);
     *feed.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&hub_feed));
-    if writer.attach(hub_feed).await.is_err() {
+    let attach = lock(&writer).clone();
+    if attach.attach(hub_feed).await.is_err() {
         warn!("the writer restarted before the hub was attached; the next writer publishes to it");
     }
     let listener = match tokio::net::TcpListener::from_std(d.listener) {
@@ -219,11 +250,21 @@ async fn serve_downstream(
             return;
         }
     };
-    let ctx = Arc::new(ServerContext::new(d.config, info_rx, hub, d.slots, wal_dir));
+    let ctx = Arc::new(ServerContext::new(
+        d.config, info_rx, hub, d.slots, wal_dir, horizon,
+    ));
     let persist = persist_slots(Arc::clone(&ctx), shutdown.clone());
+    let retain = retention::run(
+        Arc::clone(&ctx),
+        writer,
+        size,
+        d.retention,
+        shutdown.clone(),
+    );
     tokio::join!(
         listener::serve(listener, Arc::clone(&ctx), shutdown),
-        persist
+        persist,
+        retain
     );
     let _ = ctx.slots().persist_if_dirty();
 }

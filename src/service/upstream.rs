@@ -24,10 +24,11 @@ use crate::service::downstream::UpstreamInfo;
 use crate::service::login::{self, LoginError, ServerInfo};
 use crate::service::session::{read_result, read_result_from, simple_query};
 use crate::service::writer::{Positions, Writer, WriterStopped};
+use crate::slots::XminHorizon;
 use crate::storage::{StoreError, StoreIdentity};
 use crate::types::{Lsn, PgTimestamp, TimelineId, WalSegmentSize};
 use crate::wire::frontend::FrontendMessage;
-use crate::wire::replication::ClientCopyData;
+use crate::wire::replication::{ClientCopyData, HotStandbyFeedback};
 use crate::wire::{BackendMessage, ErrorFields, WireError};
 
 /// Settings of the upstream connection.
@@ -131,6 +132,15 @@ impl UpstreamError {
     }
 }
 
+/// What the upstream side shares with the rest of the relay.
+#[derive(Debug)]
+pub struct Links {
+    /// Where the upstream's identity is published for the downstream side.
+    pub info: watch::Sender<Option<UpstreamInfo>>,
+    /// The oldest xmin the downstreams report, forwarded upstream as hot-standby feedback.
+    pub feedback: watch::Receiver<XminHorizon>,
+}
+
 /// How a connection ended without an error.
 enum Ended {
     Shutdown,
@@ -145,7 +155,7 @@ enum Ended {
 pub async fn run(
     settings: UpstreamSettings,
     mut writer: Writer,
-    info: watch::Sender<Option<UpstreamInfo>>,
+    links: Links,
     mut reopen: impl FnMut() -> Result<Writer, UpstreamError>,
     shutdown: CancellationToken,
 ) -> Result<(), UpstreamError> {
@@ -162,7 +172,7 @@ pub async fn run(
         attempt += 1;
         let span = info_span!("upstream", peer = %peer, attempt, slot = %settings.slot);
         let started = Instant::now();
-        let outcome = connect_and_stream(&settings, &writer, &info, &shutdown)
+        let outcome = connect_and_stream(&settings, &writer, &links, &shutdown)
             .instrument(span)
             .await;
         match outcome {
@@ -207,7 +217,7 @@ struct StartPoint {
 async fn connect_and_stream(
     settings: &UpstreamSettings,
     writer: &Writer,
-    info: &watch::Sender<Option<UpstreamInfo>>,
+    links: &Links,
     shutdown: &CancellationToken,
 ) -> Result<Ended, UpstreamError> {
     let (mut conn, server) =
@@ -226,7 +236,7 @@ async fn connect_and_stream(
         segment_size: size,
     };
     check_identity(writer, identity).await?;
-    info.send_replace(Some(UpstreamInfo {
+    links.info.send_replace(Some(UpstreamInfo {
         system_id: id.system_id,
         segment_size: size,
         server_version: server.server_version.clone(),
@@ -235,7 +245,7 @@ async fn connect_and_stream(
     let mut point = start_point(&mut conn, writer, &id, size).await?;
     ensure_slot(&mut conn, &settings.slot, &server).await?;
     loop {
-        let end = stream(&mut conn, settings, writer, &point, shutdown).await?;
+        let end = stream(&mut conn, settings, writer, &point, links, shutdown).await?;
         match end {
             StreamEnd::Shutdown => {
                 conn.shutdown().await;
@@ -403,6 +413,7 @@ async fn stream(
     settings: &UpstreamSettings,
     writer: &Writer,
     point: &StartPoint,
+    links: &Links,
     shutdown: &CancellationToken,
 ) -> Result<StreamEnd, UpstreamError> {
     let sql = format!(
@@ -431,6 +442,9 @@ async fn stream(
     let mut rs = ReceiveStream::new(point.start, settings.timing, Instant::now());
     let mut positions = writer.positions();
     let mut status_tick = tokio::time::interval(Duration::from_secs(1));
+    // Like a walreceiver, say at once what xmin is held (0/0 releases an old one).
+    let mut feedback = links.feedback.clone();
+    send_feedback(conn, *feedback.borrow_and_update());
     loop {
         let now = Instant::now();
         rs.check_timeout(now)?;
@@ -455,6 +469,11 @@ async fn stream(
             }
             changed = positions.changed() => {
                 changed.map_err(|_| WriterStopped(None))?;
+                continue;
+            }
+            Ok(()) = feedback.changed() => {
+                send_feedback(conn, *feedback.borrow_and_update());
+                conn.flush().await?;
                 continue;
             }
             () = tokio::time::sleep_until(deadline) => continue,
@@ -514,6 +533,22 @@ async fn store_wal(
             }
         }
     }
+}
+
+/// Queues hot-standby feedback: the oldest xmin the downstreams hold, or 0/0 for none.
+fn send_feedback(conn: &mut Connection, h: XminHorizon) {
+    let part = |x: Option<crate::slots::FullXid>| x.map_or((0, 0), |x| (x.xid(), x.epoch()));
+    let (xmin, xmin_epoch) = part(h.xmin);
+    let (catalog_xmin, catalog_xmin_epoch) = part(h.catalog_xmin);
+    let wall = PgTimestamp::from_system_time(SystemTime::now());
+    ClientCopyData::HotStandbyFeedback(HotStandbyFeedback {
+        send_time: wall,
+        xmin,
+        xmin_epoch,
+        catalog_xmin,
+        catalog_xmin_epoch,
+    })
+    .write(conn.out());
 }
 
 /// Queues a status update with the positions the writer published.

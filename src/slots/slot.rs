@@ -8,7 +8,7 @@ use super::FullXid;
 
 /// The process id the relay gave a connection in `BackendKeyData`; it names the connection
 /// that holds a slot (PostgreSQL's `active_pid`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct BackendPid(pub i32);
 
 impl fmt::Display for BackendPid {

@@ -104,9 +104,11 @@ impl SegmentReader {
             segno: size.segment_of(lsn),
         };
         if let Some(seg) = self.cached(name) {
-            let n = read_full(&seg, buf, offset)?;
+            // A file that lost its name (removed, or replaced by recovery) is looked up again,
+            // whatever its handle returned.
+            let read = read_full(&seg, buf, offset);
             if is_linked(&seg)? {
-                return Ok(n);
+                return read;
             }
             self.forget(name);
         }
@@ -338,6 +340,11 @@ mod tests {
         fs::remove_file(&path).unwrap();
         fs::write(file(t.path(), 1, 3, true), content(3 * SEG, 8192, 7)).unwrap();
         assert_eq!(read(&r, 1, 3 * SEG, 10), content(3 * SEG, 10, 7));
+        // Even where the stale handle has no bytes to give.
+        let longer = content(3 * SEG, 20_000, 9);
+        fs::remove_file(file(t.path(), 1, 3, true)).unwrap();
+        fs::write(&path, &longer).unwrap();
+        assert_eq!(read(&r, 1, 3 * SEG + 10_000, 100), &longer[10_000..10_100]);
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod io;
 pub mod sender;
 pub mod startup;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
@@ -26,8 +27,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span};
 
 use crate::hub::{DurableEnd, Hub};
-use crate::slots::{BackendPid, SlotRegistry};
-use crate::types::{SystemId, TimelineId, WalSegmentSize};
+use crate::slots::{BackendPid, FullXid, SlotRegistry, XminHorizon};
+use crate::types::{Lsn, SystemId, TimelineId, WalSegmentSize};
 use io::{FrameReader, FrameWriter};
 use startup::Refused;
 
@@ -69,6 +70,29 @@ pub struct ServerContext {
     next_pid: AtomicI32,
     senders: AtomicUsize,
     cancel_seed: i32,
+    live: Mutex<Live>,
+    horizon: watch::Sender<XminHorizon>,
+}
+
+/// What the connected streams report: where each one's cursor is, and its hot-standby
+/// feedback.
+#[derive(Debug, Default)]
+struct Live {
+    cursors: BTreeMap<BackendPid, Lsn>,
+    feedback: BTreeMap<BackendPid, XminHorizon>,
+}
+
+impl Live {
+    /// The oldest xmin and catalog xmin over the connected streams.
+    fn horizon(&self) -> XminHorizon {
+        let oldest = |pick: fn(&XminHorizon) -> Option<FullXid>| {
+            self.feedback.values().filter_map(pick).min()
+        };
+        XminHorizon {
+            xmin: oldest(|h| h.xmin),
+            catalog_xmin: oldest(|h| h.catalog_xmin),
+        }
+    }
 }
 
 impl ServerContext {
@@ -79,6 +103,7 @@ impl ServerContext {
         hub: Hub,
         slots: SlotRegistry,
         wal_dir: PathBuf,
+        horizon: watch::Sender<XminHorizon>,
     ) -> ServerContext {
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -95,6 +120,39 @@ impl ServerContext {
             ),
             senders: AtomicUsize::new(0),
             cancel_seed: i32::from_ne_bytes(seed.to_ne_bytes()),
+            live: Mutex::new(Live::default()),
+            horizon,
+        }
+    }
+
+    fn live(&self) -> MutexGuard<'_, Live> {
+        self.live.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records where a stream's cursor is; retention keeps what connected streams still read.
+    pub fn track_cursor(&self, pid: BackendPid, sent: Lsn) {
+        self.live().cursors.insert(pid, sent);
+    }
+
+    /// The oldest cursor of the connected streams.
+    pub fn oldest_cursor(&self) -> Option<Lsn> {
+        self.live().cursors.values().min().copied()
+    }
+
+    /// Records a stream's hot-standby feedback and republishes the horizon sent upstream.
+    pub fn set_feedback(&self, pid: BackendPid, feedback: XminHorizon) {
+        let mut live = self.live();
+        live.feedback.insert(pid, feedback);
+        self.horizon.send_replace(live.horizon());
+    }
+
+    /// Forgets a stream that ended: its cursor no longer holds WAL and its feedback no longer
+    /// holds back the upstream.
+    pub fn forget_stream(&self, pid: BackendPid) {
+        let mut live = self.live();
+        live.cursors.remove(&pid);
+        if live.feedback.remove(&pid).is_some() {
+            self.horizon.send_replace(live.horizon());
         }
     }
 

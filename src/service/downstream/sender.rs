@@ -22,7 +22,7 @@ use super::io::{FrameReader, FrameWriter};
 use super::startup::Login;
 use crate::proto::walsender::SendStream;
 use crate::service::conn::ConnError;
-use crate::slots::BackendPid;
+use crate::slots::{BackendPid, FullXid, XminHorizon};
 use crate::storage::StoreError;
 use crate::types::{Lsn, PgTimestamp, TimelineId};
 use crate::wal::TimelineHistory;
@@ -56,6 +56,18 @@ struct AcquiredSlot<'a> {
 impl Drop for AcquiredSlot<'_> {
     fn drop(&mut self) {
         self.ctx.slots().release(&self.name, self.pid);
+    }
+}
+
+/// Forgets the stream's cursor and feedback when it ends, however it ends.
+struct ForgetStream<'a> {
+    ctx: &'a ServerContext,
+    pid: BackendPid,
+}
+
+impl Drop for ForgetStream<'_> {
+    fn drop(&mut self) {
+        self.ctx.forget_stream(self.pid);
     }
 }
 
@@ -103,8 +115,14 @@ where
     .write(wr.out())?;
     wr.flush().await?;
     info!(timeline = %tli, start = %req.start, slot = req.slot.as_deref().unwrap_or(""), "streaming");
+    ctx.track_cursor(login.slot.pid, req.start);
+    let _forget = ForgetStream {
+        ctx,
+        pid: login.slot.pid,
+    };
     let mut stream = Stream {
         ctx,
+        pid: login.slot.pid,
         slot: req.slot.clone(),
         tli,
         historic,
@@ -218,6 +236,7 @@ enum Ending {
 
 struct Stream<'a> {
     ctx: &'a ServerContext,
+    pid: BackendPid,
     slot: Option<String>,
     tli: TimelineId,
     historic: Option<HistoricEnd>,
@@ -340,6 +359,7 @@ impl Stream<'_> {
         wr.out().extend_from_slice(&header);
         self.write(wr, &data).await?;
         self.send.sent_to(Lsn(from.0 + data.len() as u64));
+        self.ctx.track_cursor(self.pid, self.send.sent());
         Ok(None)
     }
 
@@ -402,7 +422,19 @@ impl Stream<'_> {
                     Ok(FromClient::Nothing)
                 }
                 Ok(ClientCopyData::HotStandbyFeedback(h)) => {
-                    debug!(xmin = h.xmin, epoch = h.xmin_epoch, "hot standby feedback");
+                    let feedback = XminHorizon {
+                        xmin: FullXid::new(h.xmin_epoch, h.xmin),
+                        catalog_xmin: FullXid::new(h.catalog_xmin_epoch, h.catalog_xmin),
+                    };
+                    debug!(xmin = ?feedback.xmin, "hot standby feedback");
+                    self.ctx.set_feedback(self.pid, feedback);
+                    if let Some(name) = &self.slot {
+                        let _ = self.ctx.slots().hot_standby_feedback(
+                            name,
+                            feedback.xmin,
+                            feedback.catalog_xmin,
+                        );
+                    }
                     Ok(FromClient::Nothing)
                 }
                 Err(e) => Err(self
