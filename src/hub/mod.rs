@@ -34,8 +34,7 @@ use crate::types::{Lsn, SegmentName, TimelineId, WAL_PAGE_SIZE, WalSegmentSize};
 
 use tail::Tail;
 
-/// The largest piece [`Hub::read`] returns: walsender's `MAX_SEND_SIZE`, 16 WAL pages.
-pub const MAX_SEND_SIZE: u64 = 16 * WAL_PAGE_SIZE as u64;
+pub use crate::types::MAX_SEND_SIZE;
 
 /// The end of the WAL that may be served, as published by the writer.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

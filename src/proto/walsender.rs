@@ -3,9 +3,8 @@
 //! It mirrors a PostgreSQL walsender once `START_REPLICATION` has answered CopyBothResponse
 //! (`walsender.c:WalSndLoop`, `XLogSendPhysical`, `ProcessStandbyReplyMessage`,
 //! `WalSndKeepaliveIfNecessary`, `WalSndCheckTimeOut`):
-//! - WAL goes out contiguously from the requested start, only below the durable end, in
-//!   XLogData of at most 128 KiB cut on 8 KiB page boundaries when more is waiting (the cut is
-//!   computed by the caller's reader; [`SendStream::chunk_limit`] gives the bound);
+//! - WAL goes out contiguously from the requested start, only below the durable end (the
+//!   pieces are cut by the hub, as `XLogSendPhysical` cuts them);
 //! - a status update that asks for a reply gets a keepalive at once;
 //! - a client silent for half the sender timeout gets one keepalive asking for a reply;
 //! - a client silent for the whole timeout is dropped (zero disables the timeout);
@@ -17,9 +16,6 @@ use std::time::{Duration, Instant};
 
 use crate::types::{Lsn, PgTimestamp};
 use crate::wire::replication::{PrimaryKeepalive, StandbyStatusUpdate};
-
-/// `MAX_SEND_SIZE`: the most WAL one XLogData carries.
-pub const MAX_SEND_SIZE: u64 = 16 * 8192;
 
 /// What a status update from the client changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,15 +71,6 @@ impl SendStream {
     /// What the client last reported.
     pub fn positions(&self) -> ClientPositions {
         self.positions
-    }
-
-    /// The end of the next chunk: at most [`MAX_SEND_SIZE`] past what was sent, cut down to a
-    /// page boundary when the durable end is further than that, as `XLogSendPhysical` does.
-    pub fn chunk_limit(&self, durable: Lsn) -> Lsn {
-        match self.sent.checked_add(MAX_SEND_SIZE) {
-            Some(max) if max < durable => max.align_down(8192).max(self.sent),
-            _ => durable.max(self.sent),
-        }
     }
 
     /// Records that WAL up to `end` went out.
@@ -165,21 +152,6 @@ mod tests {
             send_time: PgTimestamp(0),
             reply_requested: reply,
         }
-    }
-
-    #[test]
-    fn chunks_are_cut_like_walsender() {
-        let t0 = Instant::now();
-        let s = SendStream::new(Lsn(0x300_0100), Duration::from_secs(60), t0);
-        // Much pending: 128 KiB from 0/3000100, rounded down to a page: 0/3020000.
-        assert_eq!(s.chunk_limit(Lsn(0x400_0000)), Lsn(0x302_0000));
-        // Little pending: exactly the durable end, mid-page.
-        assert_eq!(s.chunk_limit(Lsn(0x300_0160)), Lsn(0x300_0160));
-        // Nothing pending.
-        assert_eq!(s.chunk_limit(Lsn(0x300_0100)), Lsn(0x300_0100));
-        assert_eq!(s.chunk_limit(Lsn(0x100)), Lsn(0x300_0100));
-        let end = SendStream::new(Lsn(u64::MAX - 10), Duration::ZERO, t0);
-        assert_eq!(end.chunk_limit(Lsn::MAX), Lsn::MAX);
     }
 
     #[test]

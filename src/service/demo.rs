@@ -1,11 +1,14 @@
 //! `walrelay demo`: the relay's main job on one machine with nothing to configure.
 //!
 //! It starts a throwaway PostgreSQL primary from the binaries it finds (see
-//! [`crate::localpg`]), runs the relay against it in this process while a small write load
-//! runs, and prints the primary's flush position next to the relay's received and durable
-//! ends once a second, until Ctrl-C (or `--duration`). Everything it started is stopped and
-//! its directories are removed at the end.
+//! [`crate::localpg`]), runs the relay against it in this process, and puts two real hot
+//! standbys behind the relay, each on its own relay slot. While a small write load runs, it
+//! prints once a second what the primary has flushed, what the relay has received and made
+//! durable, and a row per standby: the WAL sent to it, what it reports flushed and replayed,
+//! and how far behind it is in bytes and in time. Everything it started is stopped and its
+//! directories are removed at the end (Ctrl-C, or `--duration`).
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,10 +16,14 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
-use crate::localpg::{ClusterBuilder, LocalPgError, PgBinaries, StopMode};
+use crate::config::{Config, DEFAULT_WAL_KEEP_SIZE};
+use crate::localpg::{Cluster, ClusterBuilder, LocalPgError, PgBinaries, StopMode, free_port};
+use crate::service::downstream::StreamStatus;
 use crate::service::relay::{Relay, RelayError};
 use crate::types::Lsn;
+
+/// The standbys the demo puts behind the relay.
+const STANDBYS: [&str; 2] = ["standby1", "standby2"];
 
 /// What the demo is asked to do.
 #[derive(Debug, Clone)]
@@ -61,40 +68,39 @@ pub async fn run(opts: DemoOptions) -> Result<(), DemoError> {
         "walrelay demo: PostgreSQL {version} from {}",
         bins.dir().display()
     );
-    let mut primary = ClusterBuilder::new(bins, scratch.path().join("primary"))
+    let mut primary = ClusterBuilder::new(bins.clone(), scratch.path().join("primary"))
         .segment_size_mb(opts.segment_size_mb)
         .init()?;
     primary.start()?;
     println!(
-        "primary listening on 127.0.0.1:{} ({} MB segments)",
+        "primary on 127.0.0.1:{} ({} MB segments)",
         primary.port(),
         opts.segment_size_mb
     );
-    let relay_dir = scratch.path().join("relay");
-    let config = Config {
-        upstream: primary.conninfo(),
-        data_dir: relay_dir.clone(),
-        upstream_slot: "walrelay".into(),
-        application_name: "walrelay".into(),
-        status_interval: Duration::from_secs(10),
-        receive_timeout: Duration::from_secs(60),
-        reconnect_min: Duration::from_millis(100),
-        reconnect_max: Duration::from_secs(5),
-        listen: None,
-        max_wal_senders: 64,
-        max_replication_slots: 64,
-        sender_timeout: Duration::from_secs(60),
-        authentication_timeout: Duration::from_secs(60),
-        wal_keep_size: crate::config::DEFAULT_WAL_KEEP_SIZE,
-        max_slot_wal_keep_size: None,
-    };
-    let relay = Relay::open(&config)?;
+
+    let relay_port = free_port()?;
+    let relay = Relay::open(&demo_config(
+        &primary,
+        scratch.path().join("relay"),
+        relay_port,
+    ))?;
     let mut positions = relay.positions();
+    let downstreams = relay.downstreams();
     let shutdown = CancellationToken::new();
     let relay_task = tokio::spawn(relay.run(shutdown.clone()));
-    println!("relay storing WAL in {}", relay_dir.join("wal").display());
+    let relay_conninfo = format!("host=127.0.0.1 port={relay_port} user=postgres");
+    println!(
+        "relay on 127.0.0.1:{relay_port}, storing WAL in {}",
+        scratch.path().join("relay/wal").display()
+    );
 
     let primary = Arc::new(primary);
+    let standbys = {
+        let (primary, conninfo) = (Arc::clone(&primary), relay_conninfo.clone());
+        tokio::task::spawn_blocking(move || start_standbys(&primary, &bins, &conninfo))
+            .await
+            .map_err(|e| DemoError::Other(e.to_string()))??
+    };
     let stop_load = Arc::new(AtomicBool::new(false));
     let load = {
         let (primary, stop) = (Arc::clone(&primary), Arc::clone(&stop_load));
@@ -106,13 +112,9 @@ pub async fn run(opts: DemoOptions) -> Result<(), DemoError> {
         })
     };
 
-    println!(
-        "{:>20} {:>20} {:>20} {:>10}",
-        "primary flush", "relay received", "relay durable", "MB/s"
-    );
     let started = Instant::now();
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
-    let mut last = (Instant::now(), positions.borrow().durable);
+    let mut history = DurableHistory::default();
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     loop {
@@ -124,16 +126,15 @@ pub async fn run(opts: DemoOptions) -> Result<(), DemoError> {
             break;
         }
         let p = positions.borrow_and_update().clone();
+        history.record(p.durable);
         let flush = primary.current_wal_flush_lsn().unwrap_or(Lsn::INVALID);
-        let secs = last.0.elapsed().as_secs_f64().max(1e-3);
-        let mbs = p.durable.saturating_distance(last.1) as f64 / secs / 1e6;
-        last = (Instant::now(), p.durable);
         println!(
-            "{:>20} {:>20} {:>20} {mbs:>10.1}",
-            flush.to_string(),
-            p.written.to_string(),
-            p.durable.to_string()
+            "\nprimary flushed {flush}   relay received {}   relay durable {}   {:.1} MB/s",
+            p.written,
+            p.durable,
+            history.rate_mb_s()
         );
+        print_streams(&downstreams.streams(), p.durable, &history);
         if let Some(failed) = p.failed {
             println!("relay writer failed: {failed}");
         }
@@ -141,6 +142,7 @@ pub async fn run(opts: DemoOptions) -> Result<(), DemoError> {
     println!("stopping");
     stop_load.store(true, Ordering::Relaxed);
     let _ = load.await;
+    drop(standbys);
     shutdown.cancel();
     let relayed = relay_task
         .await
@@ -155,4 +157,114 @@ pub async fn run(opts: DemoOptions) -> Result<(), DemoError> {
     );
     relayed?;
     Ok(())
+}
+
+fn demo_config(primary: &Cluster, data_dir: PathBuf, port: u16) -> Config {
+    Config {
+        upstream: primary.conninfo(),
+        data_dir,
+        upstream_slot: "walrelay".into(),
+        application_name: "walrelay".into(),
+        status_interval: Duration::from_secs(10),
+        receive_timeout: Duration::from_secs(60),
+        reconnect_min: Duration::from_millis(100),
+        reconnect_max: Duration::from_secs(5),
+        listen: Some(format!("127.0.0.1:{port}")),
+        max_wal_senders: 64,
+        max_replication_slots: 64,
+        sender_timeout: Duration::from_secs(60),
+        authentication_timeout: Duration::from_secs(60),
+        wal_keep_size: DEFAULT_WAL_KEEP_SIZE,
+        max_slot_wal_keep_size: None,
+    }
+}
+
+/// Creates a relay slot per standby, takes a base backup of the primary for each, points it
+/// at the relay and starts it.
+fn start_standbys(
+    primary: &Cluster,
+    bins: &PgBinaries,
+    relay: &str,
+) -> Result<Vec<Cluster>, DemoError> {
+    crate::localpg::wait_until(Duration::from_secs(30), "the relay to serve", || {
+        Ok(bins
+            .psql(&format!("{relay} replication=1"), "IDENTIFY_SYSTEM")
+            .is_ok())
+    })?;
+    let mut standbys = Vec::new();
+    for name in STANDBYS {
+        let slot = format!("{name}_slot");
+        let sql = format!("CREATE_REPLICATION_SLOT \"{slot}\" PHYSICAL");
+        bins.psql(&format!("{relay} replication=1"), &sql)?;
+        let conninfo = format!("{relay} application_name={name}");
+        let mut standby = primary.basebackup_standby(&conninfo, Some(&slot))?;
+        standby.start()?;
+        println!(
+            "{name} on 127.0.0.1:{}, streaming from the relay on slot {slot}",
+            standby.port()
+        );
+        standbys.push(standby);
+    }
+    Ok(standbys)
+}
+
+fn print_streams(streams: &[StreamStatus], durable: Lsn, history: &DurableHistory) {
+    println!(
+        "  {:<12} {:<16} {:>14} {:>14} {:>14} {:>12} {:>9}",
+        "application", "slot", "sent", "flushed", "replayed", "lag bytes", "lag time"
+    );
+    for s in streams {
+        let replayed = s.client.apply;
+        let lag_time = history
+            .time_behind(replayed)
+            .map_or_else(|| "-".to_owned(), |d| format!("{:.1}s", d.as_secs_f64()));
+        println!(
+            "  {:<12} {:<16} {:>14} {:>14} {:>14} {:>12} {:>9}",
+            s.application_name,
+            s.slot.as_deref().unwrap_or("-"),
+            s.sent.to_string(),
+            s.client.flush.to_string(),
+            replayed.to_string(),
+            durable.saturating_distance(replayed),
+            lag_time
+        );
+    }
+}
+
+/// When the relay's durable end passed each point, for lag in time the way PostgreSQL's
+/// lag tracker measures it: how long ago the relay had what a standby has replayed now.
+#[derive(Debug, Default)]
+struct DurableHistory {
+    samples: VecDeque<(Instant, Lsn)>,
+}
+
+impl DurableHistory {
+    fn record(&mut self, durable: Lsn) {
+        self.samples.push_back((Instant::now(), durable));
+        if self.samples.len() > 600 {
+            self.samples.pop_front();
+        }
+    }
+
+    /// How long ago the relay first held WAL beyond `lsn`: zero when caught up.
+    fn time_behind(&self, lsn: Lsn) -> Option<Duration> {
+        let (_, newest) = self.samples.back()?;
+        if lsn >= *newest {
+            return Some(Duration::ZERO);
+        }
+        let passed = self.samples.iter().find(|(_, d)| *d > lsn)?;
+        Some(passed.0.elapsed())
+    }
+
+    fn rate_mb_s(&self) -> f64 {
+        let n = self.samples.len();
+        match (self.samples.get(n.wrapping_sub(2)), self.samples.back()) {
+            (Some((t0, a)), Some((t1, b))) => {
+                b.saturating_distance(*a) as f64
+                    / t1.duration_since(*t0).as_secs_f64().max(1e-3)
+                    / 1e6
+            }
+            _ => 0.0,
+        }
+    }
 }

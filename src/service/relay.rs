@@ -6,7 +6,7 @@
 //! the writer sync what is queued, sends a final status update and closes.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -17,7 +17,7 @@ use crate::config::Config;
 use crate::hub::{Hub, HubFeed};
 use crate::proto::conninfo::{ConnInfo, ConnInfoError, Env};
 use crate::proto::stream::StreamTiming;
-use crate::service::downstream::{DownstreamConfig, ServerContext, UpstreamInfo};
+use crate::service::downstream::{DownstreamConfig, ServerContext, StreamStatus, UpstreamInfo};
 use crate::service::listener;
 use crate::service::retention::{self, RetentionPolicy};
 use crate::service::upstream::{self, Links, UpstreamError, UpstreamSettings};
@@ -81,6 +81,18 @@ pub struct Relay {
     data_dir: PathBuf,
     writer: Writer,
     downstream: Option<Downstream>,
+    served: Downstreams,
+}
+
+/// A view of the downstream side of a running relay, for status displays.
+#[derive(Debug, Clone, Default)]
+pub struct Downstreams(Arc<OnceLock<Arc<ServerContext>>>);
+
+impl Downstreams {
+    /// The streaming downstreams; empty until the relay serves.
+    pub fn streams(&self) -> Vec<StreamStatus> {
+        self.0.get().map(|ctx| ctx.streams()).unwrap_or_default()
+    }
 }
 
 /// The hub's feed, kept outside the writer so that a writer restarted after a store error
@@ -137,6 +149,7 @@ impl Relay {
             data_dir: config.data_dir.clone(),
             writer,
             downstream,
+            served: Downstreams::default(),
         })
     }
 
@@ -145,6 +158,11 @@ impl Relay {
         self.downstream
             .as_ref()
             .and_then(|d| d.listener.local_addr().ok())
+    }
+
+    /// The downstream side, for status displays.
+    pub fn downstreams(&self) -> Downstreams {
+        self.served.clone()
     }
 
     /// Watches what the store holds (written and durable ends).
@@ -178,6 +196,7 @@ impl Relay {
             feedback: horizon_rx,
         };
         let hub = HubLinks {
+            served: self.served.clone(),
             writer: Arc::clone(&current),
             feed,
             info: info_rx,
@@ -200,6 +219,7 @@ impl Relay {
 
 /// What the downstream side needs from the rest of the relay.
 struct HubLinks {
+    served: Downstreams,
     writer: CurrentWriter,
     feed: SharedFeed,
     info: watch::Receiver<Option<UpstreamInfo>>,
@@ -221,6 +241,7 @@ async fn serve_downstream(
     shutdown: CancellationToken,
 ) {
     let HubLinks {
+        served,
         writer,
         feed,
         info: mut info_rx,
@@ -253,6 +274,7 @@ async fn serve_downstream(
     let ctx = Arc::new(ServerContext::new(
         d.config, info_rx, hub, d.slots, wal_dir, horizon,
     ));
+    let _ = served.0.set(Arc::clone(&ctx));
     let persist = persist_slots(Arc::clone(&ctx), shutdown.clone());
     let retain = retention::run(
         Arc::clone(&ctx),

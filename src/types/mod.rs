@@ -9,4 +9,6 @@ mod segment;
 
 pub use ids::{ParseSystemIdError, ParseTimelineError, PgTimestamp, SystemId, TimelineId};
 pub use lsn::{Lsn, ParseLsnError};
-pub use segment::{InvalidSegmentSize, SegmentName, SegmentNo, WAL_PAGE_SIZE, WalSegmentSize};
+pub use segment::{
+    InvalidSegmentSize, MAX_SEND_SIZE, SegmentName, SegmentNo, WAL_PAGE_SIZE, WalSegmentSize,
+};

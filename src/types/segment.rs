@@ -12,6 +12,9 @@ use super::{Lsn, TimelineId};
 /// The WAL page size, `XLOG_BLCKSZ`.
 pub const WAL_PAGE_SIZE: u32 = 8192;
 
+/// walsender's `MAX_SEND_SIZE`: the most WAL one XLogData carries, 16 pages (128 KiB).
+pub const MAX_SEND_SIZE: u64 = 16 * WAL_PAGE_SIZE as u64;
+
 /// A WAL segment size: a power of two from 1 MiB to 1 GiB.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct WalSegmentSize(u32);

@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span};
 
 use crate::hub::{DurableEnd, Hub};
+use crate::proto::walsender::ClientPositions;
 use crate::slots::{BackendPid, FullXid, SlotRegistry, XminHorizon};
 use crate::types::{Lsn, SystemId, TimelineId, WalSegmentSize};
 use io::{FrameReader, FrameWriter};
@@ -74,12 +75,28 @@ pub struct ServerContext {
     horizon: watch::Sender<XminHorizon>,
 }
 
-/// What the connected streams report: where each one's cursor is, and its hot-standby
-/// feedback.
+/// What the connected streams report: where each one is, and its hot-standby feedback.
 #[derive(Debug, Default)]
 struct Live {
-    cursors: BTreeMap<BackendPid, Lsn>,
+    streams: BTreeMap<BackendPid, StreamStatus>,
     feedback: BTreeMap<BackendPid, XminHorizon>,
+}
+
+/// One streaming downstream, as `pg_stat_replication` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamStatus {
+    /// The connection's pid.
+    pub pid: BackendPid,
+    /// Its `application_name`.
+    pub application_name: String,
+    /// The slot it streams from, if any.
+    pub slot: Option<String>,
+    /// The timeline it streams.
+    pub timeline: TimelineId,
+    /// The end of what was sent to it.
+    pub sent: Lsn,
+    /// What it last reported.
+    pub client: ClientPositions,
 }
 
 impl Live {
@@ -129,14 +146,27 @@ impl ServerContext {
         self.live.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Records where a stream's cursor is; retention keeps what connected streams still read.
-    pub fn track_cursor(&self, pid: BackendPid, sent: Lsn) {
-        self.live().cursors.insert(pid, sent);
+    /// Records a stream that starts; retention keeps what connected streams still read.
+    pub fn begin_stream(&self, status: StreamStatus) {
+        self.live().streams.insert(status.pid, status);
+    }
+
+    /// Records how far a stream has been sent and what its client last reported.
+    pub fn update_stream(&self, pid: BackendPid, sent: Lsn, client: ClientPositions) {
+        if let Some(s) = self.live().streams.get_mut(&pid) {
+            s.sent = sent;
+            s.client = client;
+        }
+    }
+
+    /// The connected streams.
+    pub fn streams(&self) -> Vec<StreamStatus> {
+        self.live().streams.values().cloned().collect()
     }
 
     /// The oldest cursor of the connected streams.
     pub fn oldest_cursor(&self) -> Option<Lsn> {
-        self.live().cursors.values().min().copied()
+        self.live().streams.values().map(|s| s.sent).min()
     }
 
     /// Records a stream's hot-standby feedback and republishes the horizon sent upstream.
@@ -150,7 +180,7 @@ impl ServerContext {
     /// holds back the upstream.
     pub fn forget_stream(&self, pid: BackendPid) {
         let mut live = self.live();
-        live.cursors.remove(&pid);
+        live.streams.remove(&pid);
         if live.feedback.remove(&pid).is_some() {
             self.horizon.send_replace(live.horizon());
         }

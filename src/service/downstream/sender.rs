@@ -16,11 +16,11 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use super::ServerContext;
 use super::commands::{Column, complete, error, result, slot_error, starting_up};
 use super::io::{FrameReader, FrameWriter};
 use super::startup::Login;
-use crate::proto::walsender::SendStream;
+use super::{ServerContext, StreamStatus};
+use crate::proto::walsender::{ClientPositions, SendStream};
 use crate::service::conn::ConnError;
 use crate::slots::{BackendPid, FullXid, XminHorizon};
 use crate::storage::StoreError;
@@ -115,7 +115,14 @@ where
     .write(wr.out())?;
     wr.flush().await?;
     info!(timeline = %tli, start = %req.start, slot = req.slot.as_deref().unwrap_or(""), "streaming");
-    ctx.track_cursor(login.slot.pid, req.start);
+    ctx.begin_stream(StreamStatus {
+        pid: login.slot.pid,
+        application_name: login.application_name.clone(),
+        slot: req.slot.clone(),
+        timeline: tli,
+        sent: req.start,
+        client: ClientPositions::default(),
+    });
     let _forget = ForgetStream {
         ctx,
         pid: login.slot.pid,
@@ -337,8 +344,7 @@ impl Stream<'_> {
         limit: Lsn,
     ) -> Result<Option<Ending>, ConnError> {
         let from = self.send.sent();
-        let to = self.send.chunk_limit(limit);
-        let data: Bytes = match self.ctx.hub.read(self.tli, from, to).await {
+        let data: Bytes = match self.ctx.hub.read(self.tli, from, limit).await {
             Ok(Some(d)) => d,
             Ok(None) => return Ok(None),
             Err(StoreError::SegmentRemoved { file }) => {
@@ -359,7 +365,8 @@ impl Stream<'_> {
         wr.out().extend_from_slice(&header);
         self.write(wr, &data).await?;
         self.send.sent_to(Lsn(from.0 + data.len() as u64));
-        self.ctx.track_cursor(self.pid, self.send.sent());
+        self.ctx
+            .update_stream(self.pid, self.send.sent(), self.send.positions());
         Ok(None)
     }
 
@@ -412,6 +419,8 @@ impl Stream<'_> {
             FrontendMessage::CopyData(payload) => match ClientCopyData::parse(payload) {
                 Ok(ClientCopyData::StatusUpdate(r)) => {
                     let reply = self.send.on_status(&r, now);
+                    self.ctx
+                        .update_stream(self.pid, self.send.sent(), self.send.positions());
                     if let (Some(name), Some(flush)) = (&self.slot, reply.slot_flush) {
                         let _ = self.ctx.slots().confirm_flush(name, flush);
                     }
