@@ -11,7 +11,8 @@ use crate::config::{ConfigError, Settings};
 ///
 /// walrelay connects to a PostgreSQL server as a replication client, keeps the WAL it receives
 /// in PostgreSQL's own segment format, validated and fsynced, and keeps its own physical slot
-/// on that server.
+/// on that server. With --listen it serves that WAL to standbys, pg_receivewal and other
+/// relays, on replication slots of its own.
 #[derive(Debug, Parser)]
 #[command(name = "walrelay", version, propagate_version = true)]
 pub struct Cli {

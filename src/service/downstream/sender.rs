@@ -270,6 +270,9 @@ impl Stream<'_> {
     {
         let mut durable_rx = self.ctx.hub.subscribe();
         loop {
+            if shutdown.is_cancelled() {
+                return self.shut_down(rd, wr).await;
+            }
             let now = Instant::now();
             if self.send.timed_out(now) {
                 info!("terminating walsender process due to replication timeout");
