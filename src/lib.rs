@@ -6,8 +6,9 @@
 //!
 //! The crate is built in three rings (see `DESIGN.md`):
 //! - the pure core, with no I/O and no clock: [`types`], [`wire`], [`wal`], [`proto`];
-//! - stateful services: [`storage`];
-//! - edges: [`service`], [`config`], [`cli`].
+//! - stateful services: [`storage`], [`slots`], [`hub`];
+//! - edges: [`service`], [`config`], [`cli`], and [`localpg`] and [`faultproxy`], which start
+//!   real PostgreSQL servers and inject network faults for the tests and the demo.
 //!
 //! `cargo check --no-default-features` builds the pure core alone.
 #![warn(missing_docs)]
