@@ -45,3 +45,5 @@ pub mod faultproxy;
 pub mod service;
 #[cfg(feature = "runtime")]
 pub mod slots;
+#[cfg(feature = "runtime")]
+pub mod statefile;

@@ -17,11 +17,12 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Display;
-use std::fs::{self, DirBuilder, File, OpenOptions};
-use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::fs::{self, DirBuilder};
+use std::io;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 
+use crate::statefile::{self, StateFormat};
 use crate::types::Lsn;
 
 use super::error::io_err;
@@ -29,14 +30,14 @@ use super::{FullXid, SlotError, validate_slot_name};
 
 /// The state file's name inside the data directory.
 pub const STATE_FILE: &str = "slots.state";
-/// The temporary file a write goes through.
-const TMP_FILE: &str = "slots.state.tmp";
-/// The first line of every state file.
-const MAGIC: &str = "walrelay replication slots";
-/// The only format version so far.
-const VERSION: &str = "1";
-/// Larger files are not state files (a slot line is under 200 bytes); nothing bigger is read.
-const MAX_LEN: u64 = 1 << 20;
+/// Its layout: magic, version, size cap (a slot line is under 200 bytes; nothing bigger is
+/// read).
+const FORMAT: StateFormat = StateFormat {
+    what: "walrelay slot state",
+    magic: "walrelay replication slots",
+    version: "1",
+    max_len: 1 << 20,
+};
 
 /// What is persisted of one physical slot (`ReplicationSlotPersistentData`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -59,7 +60,7 @@ pub(super) fn open(dir: &Path) -> Result<BTreeMap<String, SlotData>, SlotError> 
         .mode(0o700)
         .create(dir)
         .map_err(io_err("create directory", dir))?;
-    let tmp = dir.join(TMP_FILE);
+    let tmp = dir.join(format!("{STATE_FILE}.tmp"));
     match fs::remove_file(&tmp) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => {
             return Err(io_err("remove file", &tmp)(e));
@@ -67,23 +68,16 @@ pub(super) fn open(dir: &Path) -> Result<BTreeMap<String, SlotData>, SlotError> 
         _ => {}
     }
     let path = dir.join(STATE_FILE);
-    let file = match File::open(&path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
-        Err(e) => return Err(io_err("open file", &path)(e)),
-    };
-    let mut bytes = Vec::new();
-    file.take(MAX_LEN + 1)
-        .read_to_end(&mut bytes)
-        .map_err(io_err("read file", &path))?;
     let bad = |reason: String| SlotError::BadStateFile {
         path: path.clone(),
         reason,
     };
-    if bytes.len() as u64 > MAX_LEN {
-        return Err(bad(format!("larger than {MAX_LEN} bytes")));
-    }
-    let text = String::from_utf8(bytes).map_err(|_| bad("not text".into()))?;
+    let text = match FORMAT.read(&path) {
+        Ok(Some(text)) => text,
+        Ok(None) => return Ok(BTreeMap::new()),
+        Err(e) if e.kind() == io::ErrorKind::InvalidData => return Err(bad(e.to_string())),
+        Err(e) => return Err(io_err("read file", &path)(e)),
+    };
     parse(&text).map_err(bad)
 }
 
@@ -92,30 +86,8 @@ pub(super) fn write<'a>(
     dir: &Path,
     slots: impl Iterator<Item = (&'a str, &'a SlotData)>,
 ) -> Result<(), SlotError> {
-    let tmp = dir.join(TMP_FILE);
-    let written = write_new(&tmp, render(slots).as_bytes());
-    if written.is_err() {
-        // Best effort: the error matters more than the leftover, which the next open removes.
-        let _ = fs::remove_file(&tmp);
-    }
-    written?;
-    fs::rename(&tmp, dir.join(STATE_FILE)).map_err(io_err("rename file", &tmp))?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err("fsync directory", dir))
-}
-
-/// Writes a fresh file with mode 0600 and fsyncs it.
-fn write_new(path: &Path, contents: &[u8]) -> Result<(), SlotError> {
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(io_err("create file", path))?;
-    f.write_all(contents).map_err(io_err("write file", path))?;
-    f.sync_all().map_err(io_err("fsync file", path))
+    statefile::replace(dir, STATE_FILE, render(slots).as_bytes())
+        .map_err(io_err("write file", &dir.join(STATE_FILE)))
 }
 
 /// The state file's text for `slots`.
@@ -123,9 +95,9 @@ fn render<'a>(slots: impl Iterator<Item = (&'a str, &'a SlotData)>) -> String {
     fn or_null(v: Option<impl Display>) -> String {
         v.map_or_else(|| "-".to_owned(), |v| v.to_string())
     }
-    let mut text = format!("{MAGIC}\nversion {VERSION}\n");
+    let mut body = String::new();
     for (name, d) in slots {
-        text.push_str(&format!(
+        body.push_str(&format!(
             "slot {name} restart_lsn={} invalidated_at={} xmin={} catalog_xmin={}\n",
             or_null(d.restart_lsn),
             or_null(d.invalidated_at),
@@ -133,38 +105,12 @@ fn render<'a>(slots: impl Iterator<Item = (&'a str, &'a SlotData)>) -> String {
             or_null(d.catalog_xmin),
         ));
     }
-    let crc = crc32fast::hash(text.as_bytes());
-    text.push_str(&format!("crc32 {crc:08x}\n"));
-    text
+    FORMAT.render(&body)
 }
 
 fn parse(text: &str) -> Result<BTreeMap<String, SlotData>, String> {
-    if text.split_inclusive('\n').next() != Some(&format!("{MAGIC}\n")) {
-        return Err("not a walrelay slot state file".into());
-    }
-    let (body, crc_line) = text
-        .strip_suffix('\n')
-        .and_then(|t| t.rsplit_once('\n'))
-        .ok_or("truncated")?;
-    let stored = crc_line
-        .strip_prefix("crc32 ")
-        .ok_or("missing \"crc32\" line")?;
-    let actual = format!("{:08x}", crc32fast::hash(format!("{body}\n").as_bytes()));
-    if stored != actual {
-        return Err(format!(
-            "checksum mismatch (stored {stored}, computed {actual})"
-        ));
-    }
-    let mut lines = body.split('\n').skip(1);
-    let version = lines
-        .next()
-        .and_then(|l| l.strip_prefix("version "))
-        .ok_or("missing \"version\" line")?;
-    if version != VERSION {
-        return Err(format!("unsupported format version \"{version}\""));
-    }
     let mut slots = BTreeMap::new();
-    for (i, line) in lines.enumerate() {
+    for (i, line) in FORMAT.parse(text)?.lines().enumerate() {
         let (name, data) = parse_slot(line).map_err(|e| format!("line {}: {e}", i + 3))?;
         if slots.insert(name.to_owned(), data).is_some() {
             return Err(format!("slot \"{name}\" recorded twice"));
@@ -252,7 +198,7 @@ mod tests {
         assert_eq!(open(&dir).unwrap(), sample());
         let path = dir.join(STATE_FILE);
         assert_eq!(mode(&path), 0o600);
-        assert!(!dir.join(TMP_FILE).exists());
+        assert!(!dir.join("slots.state.tmp").exists());
         // The example in the module documentation.
         let documented = "walrelay replication slots\nversion 1\n\
             slot d1 restart_lsn=0/3000000 invalidated_at=- xmin=748 catalog_xmin=-\n\
@@ -269,12 +215,12 @@ mod tests {
         save(t.path(), &sample());
         // A crash between writing the temporary file and the rename.
         fs::write(
-            t.path().join(TMP_FILE),
+            t.path().join("slots.state.tmp"),
             b"walrelay replication slots\nversion 1\n",
         )
         .unwrap();
         assert_eq!(open(t.path()).unwrap(), sample());
-        assert!(!t.path().join(TMP_FILE).exists());
+        assert!(!t.path().join("slots.state.tmp").exists());
     }
 
     /// `body` (everything before the `crc32` line) with a correct checksum line.
@@ -293,14 +239,14 @@ mod tests {
                 "not a walrelay slot state file",
             ),
             (vec![0xFF; 40], "not text"),
-            (vec![b'x'; (MAX_LEN + 1) as usize], "larger than"),
+            (vec![b'x'; (FORMAT.max_len + 1) as usize], "larger than"),
             (
                 good.replace("0/3000000", "0/3000001").into_bytes(),
                 "checksum",
             ),
             (good.replace("crc32 ", "crc33 ").into_bytes(), "crc32"),
             (good.trim_end().as_bytes().to_vec(), "truncated"),
-            (format!("{MAGIC}\n").into_bytes(), "truncated"),
+            (format!("{}\n", FORMAT.magic).into_bytes(), "truncated"),
         ];
         for (from, to, why) in [
             ("version 1", "version 2", "unsupported format version"),

@@ -4,11 +4,11 @@
 //! directory) and `pg_dir_create_mode`/`pg_file_create_mode` of `0700`/`0600`.
 
 use std::fs::{self, DirBuilder, File, OpenOptions};
-use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use super::error::{StoreError, io_err};
+use crate::statefile;
 
 /// Mode of every directory the store creates.
 const DIR_MODE: u32 = 0o700;
@@ -26,9 +26,7 @@ pub(crate) fn create_dir(dir: &Path) -> Result<(), StoreError> {
 
 /// fsyncs a directory, making renames, creations and removals in it durable.
 pub(crate) fn fsync_dir(dir: &Path) -> Result<(), StoreError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err("fsync directory", dir))
+    statefile::fsync_dir(dir).map_err(io_err("fsync directory", dir))
 }
 
 /// Opens `path` for reading and writing, creating it with mode 0600 if missing.
@@ -46,30 +44,7 @@ pub(crate) fn open_rw(path: &Path) -> Result<File, StoreError> {
 /// Replaces `dir/name` with `contents` atomically and durably: `name.tmp`, fsync, rename,
 /// fsync of the directory. A failed write removes the temporary file again.
 pub(crate) fn write_atomic(dir: &Path, name: &str, contents: &[u8]) -> Result<(), StoreError> {
-    let tmp = dir.join(format!("{name}.tmp"));
-    let path = dir.join(name);
-    let written = write_new(&tmp, contents);
-    if written.is_err() {
-        // Best effort: the error being reported matters more than the leftover, which the next
-        // open removes anyway.
-        let _ = fs::remove_file(&tmp);
-    }
-    written?;
-    fs::rename(&tmp, &path).map_err(io_err("rename", &tmp))?;
-    fsync_dir(dir)
-}
-
-/// Writes a fresh file with mode 0600 and fsyncs it.
-fn write_new(path: &Path, contents: &[u8]) -> Result<(), StoreError> {
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(FILE_MODE)
-        .open(path)
-        .map_err(io_err("create", path))?;
-    f.write_all(contents).map_err(io_err("write", path))?;
-    f.sync_all().map_err(io_err("fsync", path))
+    statefile::replace(dir, name, contents).map_err(io_err("write", &dir.join(name)))
 }
 
 /// Removes every `*.tmp` file directly in `dir` (left by an interrupted [`write_atomic`]) and

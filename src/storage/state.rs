@@ -14,85 +14,59 @@
 //! The CRC-32 (IEEE, `crc32fast`) covers every byte before the `crc32` line. The file is replaced
 //! atomically (tmp, fsync, rename, fsync of the directory).
 
-use std::fs::File;
-use std::io::{self, Read};
+use std::io;
 use std::path::Path;
 
+use crate::statefile::{self, StateFormat};
 use crate::types::{SystemId, WalSegmentSize};
 
 use super::StoreIdentity;
 use super::error::{StoreError, io_err};
-use super::fsutil;
 
 /// The state file's name inside the data directory.
 pub(crate) const STATE_FILE: &str = "walrelay.state";
-/// The first line of every state file.
-const MAGIC: &str = "walrelay storage state";
-/// The only format version so far.
-const VERSION: &str = "1";
-/// Larger files are not state files; nothing bigger is read.
-const MAX_LEN: u64 = 4096;
+
+/// Its layout: magic, version, size cap (nothing bigger is read).
+const FORMAT: StateFormat = StateFormat {
+    what: "walrelay state",
+    magic: "walrelay storage state",
+    version: "1",
+    max_len: 4096,
+};
 
 /// Reads the identity recorded in `data_dir`, or `None` when there is no state file.
 pub(crate) fn read(data_dir: &Path) -> Result<Option<StoreIdentity>, StoreError> {
     let path = data_dir.join(STATE_FILE);
-    let file = match File::open(&path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io_err("open", &path)(e)),
-    };
-    let mut bytes = Vec::new();
-    file.take(MAX_LEN + 1)
-        .read_to_end(&mut bytes)
-        .map_err(io_err("read", &path))?;
     let bad = |reason: String| StoreError::BadStateFile {
         path: path.clone(),
         reason,
     };
-    if bytes.len() as u64 > MAX_LEN {
-        return Err(bad(format!("larger than {MAX_LEN} bytes")));
-    }
-    let text = String::from_utf8(bytes).map_err(|_| bad("not text".into()))?;
+    let text = match FORMAT.read(&path) {
+        Ok(Some(text)) => text,
+        Ok(None) => return Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::InvalidData => return Err(bad(e.to_string())),
+        Err(e) => return Err(io_err("read", &path)(e)),
+    };
     parse(&text).map(Some).map_err(bad)
 }
 
 /// Records `id` in `data_dir` durably.
 pub(crate) fn write(data_dir: &Path, id: StoreIdentity) -> Result<(), StoreError> {
-    fsutil::write_atomic(data_dir, STATE_FILE, render(id).as_bytes())
+    statefile::replace(data_dir, STATE_FILE, render(id).as_bytes())
+        .map_err(io_err("write", data_dir))
 }
 
 /// The state file's text for `id`.
 pub(crate) fn render(id: StoreIdentity) -> String {
-    let body = format!(
-        "{MAGIC}\nversion {VERSION}\nsystem_identifier {}\nwal_segment_size {}\n",
+    FORMAT.render(&format!(
+        "system_identifier {}\nwal_segment_size {}\n",
         id.system_id.0,
         id.segment_size.bytes()
-    );
-    let crc = crc32fast::hash(body.as_bytes());
-    format!("{body}crc32 {crc:08x}\n")
+    ))
 }
 
 fn parse(text: &str) -> Result<StoreIdentity, String> {
-    let mut lines = text.split_inclusive('\n');
-    if lines.next() != Some(&format!("{MAGIC}\n")) {
-        return Err("not a walrelay state file".into());
-    }
-    let (body, crc_line) = text
-        .strip_suffix('\n')
-        .and_then(|t| t.rsplit_once('\n'))
-        .ok_or("truncated")?;
-    let stored = value(Some(crc_line), "crc32")?;
-    let actual = format!("{:08x}", crc32fast::hash(format!("{body}\n").as_bytes()));
-    if stored != actual {
-        return Err(format!(
-            "checksum mismatch (stored {stored}, computed {actual})"
-        ));
-    }
-    let mut fields = body.split('\n').skip(1);
-    let version = value(fields.next(), "version")?;
-    if version != VERSION {
-        return Err(format!("unsupported format version \"{version}\""));
-    }
+    let mut fields = FORMAT.parse(text)?.lines();
     let system_id = value(fields.next(), "system_identifier")?
         .parse::<SystemId>()
         .map_err(|e| e.to_string())?;
@@ -154,7 +128,7 @@ mod tests {
             ),
             (good.replace("crc32 ", "crc33 ").into_bytes(), "crc32"),
             (good.trim_end().as_bytes().to_vec(), "truncated"),
-            (format!("{MAGIC}\n").into_bytes(), "truncated"),
+            (format!("{}\n", FORMAT.magic).into_bytes(), "truncated"),
         ];
         // A well-formed file of a future version, and one with a bad size, each checksummed.
         for (from, to, why) in [

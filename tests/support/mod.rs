@@ -578,3 +578,72 @@ pub fn converge_and_compare(
     assert_no_leftovers(relay_wal_dir, size);
     compared
 }
+
+impl RelayProcess {
+    /// Starts `walrelay run --upstream UPSTREAM --data-dir DATA_DIR ARGS…` with only `args`:
+    /// none of [`RelayProcess::start`]'s short test intervals, for tests that set every
+    /// interval themselves.
+    pub fn start_bare(upstream: &str, data_dir: &Path, args: &[&str]) -> RelayProcess {
+        fs::create_dir_all(data_dir.parent().unwrap()).unwrap();
+        let log = data_dir.with_extension("log");
+        let out = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_walrelay"))
+            .args(["run", "--upstream", upstream, "--data-dir"])
+            .arg(data_dir)
+            .args(args)
+            .env("WALRELAY_LOG", "info,walrelay=debug")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("start walrelay");
+        RelayProcess {
+            child: Some(child),
+            data_dir: data_dir.to_owned(),
+            log,
+        }
+    }
+}
+
+/// Peak resident memory (`VmHWM` in `/proc/PID/status`) of a process, in bytes.
+pub fn peak_rss(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib * 1024
+}
+
+/// The peak resident set size (VmHWM) of process `pid` in kB, from `/proc/PID/status`.
+pub fn vm_hwm_kb(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|kb| kb.parse().ok())
+        .unwrap_or_else(|| panic!("no VmHWM in /proc/{pid}/status"))
+}
+
+/// Sends signal `sig` (a name such as `STOP`) to `pid`.
+pub fn signal_pid(pid: u32, sig: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{sig} {pid}");
+}
+
+/// Creates `dir` with mode 0700, as the tests of PostgreSQL's tools do (their umask is 0077).
+pub fn private_dir(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .unwrap();
+    dir.to_owned()
+}

@@ -1,0 +1,436 @@
+//! A small PostgreSQL wire client over `std::net` for the downstream tests: it sends exact
+//! byte sequences (first packets, queries, CopyData, replies) to the relay and reads its
+//! answers as raw messages, with a deadline on every read, so a test can see precisely what
+//! came back and when the relay closed the connection.
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::time::{Duration, Instant};
+
+/// The protocol 3.0 code of a StartupMessage.
+pub const PROTOCOL_3: u32 = 196_608;
+/// SSLRequest's code.
+pub const SSL_REQUEST_CODE: u32 = 80_877_103;
+/// CancelRequest's code.
+pub const CANCEL_REQUEST_CODE: u32 = 80_877_102;
+/// The most a single message from the relay may announce before the client gives up.
+const MAX_MESSAGE: usize = 64 << 20;
+
+/// One typed message from the server: tag and body (without tag and length).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Msg {
+    pub tag: u8,
+    pub body: Vec<u8>,
+}
+
+impl Msg {
+    /// A field of an ErrorResponse or NoticeResponse (`b'C'`, `b'M'`, `b'V'`, …).
+    pub fn field(&self, code: u8) -> Option<String> {
+        let mut rest = self.body.as_slice();
+        while let Some((&c, tail)) = rest.split_first() {
+            if c == 0 {
+                return None;
+            }
+            let end = tail.iter().position(|&b| b == 0)?;
+            if c == code {
+                return Some(String::from_utf8_lossy(&tail[..end]).into_owned());
+            }
+            rest = &tail[end + 1..];
+        }
+        None
+    }
+
+    /// The SQLSTATE of an ErrorResponse (empty when absent).
+    pub fn sqlstate(&self) -> String {
+        self.field(b'C').unwrap_or_default()
+    }
+
+    /// The primary message text of an ErrorResponse (empty when absent).
+    pub fn message(&self) -> String {
+        self.field(b'M').unwrap_or_default()
+    }
+
+    /// The non-localised severity (`V`), else `S`.
+    pub fn severity(&self) -> String {
+        self.field(b'V')
+            .or_else(|| self.field(b'S'))
+            .unwrap_or_default()
+    }
+
+    /// The payload of a CopyData message.
+    pub fn copy_data(&self) -> Option<&[u8]> {
+        (self.tag == b'd').then_some(self.body.as_slice())
+    }
+
+    /// `(walEnd, replyRequested)` of a primary keepalive (`'k'`, exactly 18 bytes).
+    pub fn keepalive(&self) -> Option<(u64, bool)> {
+        let p = self.copy_data()?;
+        if p.len() != 18 || p[0] != b'k' {
+            return None;
+        }
+        Some((be_u64(&p[1..9]), p[17] == 1))
+    }
+
+    /// `(dataStart, walEnd, WAL length)` of an XLogData (`'w'`).
+    pub fn xlogdata(&self) -> Option<(u64, u64, usize)> {
+        let p = self.copy_data()?;
+        if p.len() < 25 || p[0] != b'w' {
+            return None;
+        }
+        Some((be_u64(&p[1..9]), be_u64(&p[9..17]), p.len() - 25))
+    }
+
+    /// The text of a CommandComplete.
+    pub fn command_tag(&self) -> Option<String> {
+        (self.tag == b'C').then(|| cstr(&self.body))
+    }
+
+    /// The values of a DataRow (`None` for NULL).
+    pub fn data_row(&self) -> Option<Vec<Option<String>>> {
+        if self.tag != b'D' {
+            return None;
+        }
+        let n = u16::from_be_bytes([self.body[0], self.body[1]]) as usize;
+        let mut at = 2;
+        let mut values = Vec::with_capacity(n);
+        for _ in 0..n {
+            let len = i32::from_be_bytes(self.body[at..at + 4].try_into().unwrap());
+            at += 4;
+            if len < 0 {
+                values.push(None);
+            } else {
+                let end = at + len as usize;
+                values.push(Some(
+                    String::from_utf8_lossy(&self.body[at..end]).into_owned(),
+                ));
+                at = end;
+            }
+        }
+        Some(values)
+    }
+}
+
+/// What a read brought.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Got {
+    /// A whole message.
+    Msg(Msg),
+    /// The server closed the connection (EOF or reset); bytes of an unfinished message are
+    /// dropped.
+    Closed,
+    /// Nothing complete arrived before the deadline.
+    TimedOut,
+}
+
+/// A connection to the relay's port.
+pub struct RawClient {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+    closed: bool,
+}
+
+impl RawClient {
+    /// Connects to `127.0.0.1:port`.
+    pub fn connect(port: u16) -> RawClient {
+        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to the relay");
+        stream.set_nodelay(true).unwrap();
+        RawClient {
+            stream,
+            buf: Vec::new(),
+            closed: false,
+        }
+    }
+
+    /// Connects and logs in as `postgres` for physical replication, reading up to
+    /// ReadyForQuery; panics on any error.
+    pub fn login(port: u16, application_name: &str) -> RawClient {
+        let mut c = RawClient::connect(port);
+        c.send(&startup_packet(&[
+            ("user", "postgres"),
+            ("database", "replication"),
+            ("replication", "true"),
+            ("application_name", application_name),
+        ]));
+        let msgs = c.until_ready(Duration::from_secs(10));
+        assert!(
+            msgs.iter().any(|m| m.tag == b'R' && m.body == [0, 0, 0, 0]),
+            "no AuthenticationOk: {msgs:?}"
+        );
+        c
+    }
+
+    /// Writes `bytes` in one `write` call; errors (the server already closed) are returned.
+    pub fn try_send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes)
+    }
+
+    /// Writes `bytes`; panics if the socket is broken.
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.try_send(bytes).expect("write to the relay");
+    }
+
+    /// Closes the sending side.
+    pub fn shutdown_write(&self) {
+        let _ = self.stream.shutdown(Shutdown::Write);
+    }
+
+    /// Reads socket bytes into the buffer until `deadline`; false on EOF or reset.
+    fn fill(&mut self, deadline: Instant) -> Option<bool> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        self.stream.set_read_timeout(Some(left)).unwrap();
+        let mut chunk = [0u8; 64 * 1024];
+        match self.stream.read(&mut chunk) {
+            Ok(0) => Some(false),
+            Ok(n) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                Some(true)
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => None,
+            Err(e) if e.kind() == ErrorKind::Interrupted => Some(true),
+            Err(_) => Some(false),
+        }
+    }
+
+    /// The next `n` raw bytes (for the one-byte answer to SSLRequest); fewer when the
+    /// connection closes or the deadline passes first.
+    pub fn read_bytes(&mut self, n: usize, timeout: Duration) -> Vec<u8> {
+        let deadline = Instant::now() + timeout;
+        while self.buf.len() < n && !self.closed {
+            match self.fill(deadline) {
+                Some(true) => {}
+                Some(false) => self.closed = true,
+                None => break,
+            }
+        }
+        let take = n.min(self.buf.len());
+        self.buf.drain(..take).collect()
+    }
+
+    /// The next typed message, within `timeout`.
+    pub fn read_msg(&mut self, timeout: Duration) -> Got {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.buf.len() >= 5 {
+                let len = u32::from_be_bytes(self.buf[1..5].try_into().unwrap()) as usize;
+                assert!(
+                    (4..=MAX_MESSAGE).contains(&len),
+                    "bad length {len} from the relay"
+                );
+                if self.buf.len() > len {
+                    let body = self.buf[5..len + 1].to_vec();
+                    let tag = self.buf[0];
+                    self.buf.drain(..len + 1);
+                    return Got::Msg(Msg { tag, body });
+                }
+            }
+            if self.closed {
+                return Got::Closed;
+            }
+            match self.fill(deadline) {
+                Some(true) => {}
+                Some(false) => self.closed = true,
+                None => return Got::TimedOut,
+            }
+        }
+    }
+
+    /// The next message; panics on close or timeout.
+    pub fn expect_msg(&mut self, timeout: Duration) -> Msg {
+        match self.read_msg(timeout) {
+            Got::Msg(m) => m,
+            other => panic!("expected a message from the relay, got {other:?}"),
+        }
+    }
+
+    /// Messages up to and including ReadyForQuery; panics on close or timeout.
+    pub fn until_ready(&mut self, timeout: Duration) -> Vec<Msg> {
+        let deadline = Instant::now() + timeout;
+        let mut msgs = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.read_msg(left) {
+                Got::Msg(m) => {
+                    let done = m.tag == b'Z';
+                    msgs.push(m);
+                    if done {
+                        return msgs;
+                    }
+                }
+                other => panic!("{other:?} before ReadyForQuery; got so far: {msgs:?}"),
+            }
+        }
+    }
+
+    /// Messages until the server closes the connection, and how long that took; `None` when
+    /// it is still open at `timeout`.
+    pub fn until_closed(&mut self, timeout: Duration) -> Option<(Duration, Vec<Msg>)> {
+        let start = Instant::now();
+        let deadline = start + timeout;
+        let mut msgs = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.read_msg(left) {
+                Got::Msg(m) => msgs.push(m),
+                Got::Closed => return Some((start.elapsed(), msgs)),
+                Got::TimedOut => return None,
+            }
+        }
+    }
+
+    /// Every raw byte until the server closes, and how long that took; `None` when still
+    /// open at `timeout`. For answers that are not well-formed v3 messages.
+    pub fn raw_until_closed(&mut self, timeout: Duration) -> Option<(Duration, Vec<u8>)> {
+        let start = Instant::now();
+        let deadline = start + timeout;
+        while !self.closed {
+            match self.fill(deadline) {
+                Some(true) => {}
+                Some(false) => self.closed = true,
+                None => return None,
+            }
+        }
+        Some((start.elapsed(), std::mem::take(&mut self.buf)))
+    }
+
+    /// Sends a simple Query and returns the messages up to ReadyForQuery.
+    pub fn query(&mut self, sql: &str) -> Vec<Msg> {
+        self.send(&query_msg(sql));
+        self.until_ready(Duration::from_secs(10))
+    }
+
+    /// `IDENTIFY_SYSTEM`: (systemid, timeline, xlogpos).
+    pub fn identify_system(&mut self) -> (String, u32, u64) {
+        let msgs = self.query("IDENTIFY_SYSTEM");
+        let row = msgs
+            .iter()
+            .find_map(Msg::data_row)
+            .unwrap_or_else(|| panic!("no row: {msgs:?}"));
+        let tli = row[1].as_deref().unwrap().parse().unwrap();
+        let pos = parse_lsn(row[2].as_deref().unwrap());
+        (row[0].clone().unwrap(), tli, pos)
+    }
+}
+
+/// The first ErrorResponse among `msgs`.
+pub fn first_error(msgs: &[Msg]) -> Option<&Msg> {
+    msgs.iter().find(|m| m.tag == b'E')
+}
+
+/// `X/Y` to a number.
+pub fn parse_lsn(text: &str) -> u64 {
+    let (hi, lo) = text.split_once('/').unwrap();
+    (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()
+}
+
+/// A number as `X/Y`.
+pub fn lsn_text(lsn: u64) -> String {
+    format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
+}
+
+fn be_u64(b: &[u8]) -> u64 {
+    u64::from_be_bytes(b.try_into().unwrap())
+}
+
+fn cstr(b: &[u8]) -> String {
+    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    String::from_utf8_lossy(&b[..end]).into_owned()
+}
+
+/// A first packet: Int32 length (counting itself), then `body`.
+pub fn first_packet(body: &[u8]) -> Vec<u8> {
+    let mut out = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+    out.extend_from_slice(body);
+    out
+}
+
+/// A StartupMessage with protocol `major.minor` and `params`, properly terminated.
+pub fn startup_packet_version(major: u16, minor: u16, params: &[(&str, &str)]) -> Vec<u8> {
+    let mut body = Vec::new();
+    body.extend_from_slice(&major.to_be_bytes());
+    body.extend_from_slice(&minor.to_be_bytes());
+    for (k, v) in params {
+        body.extend_from_slice(k.as_bytes());
+        body.push(0);
+        body.extend_from_slice(v.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    first_packet(&body)
+}
+
+/// A protocol 3.0 StartupMessage.
+pub fn startup_packet(params: &[(&str, &str)]) -> Vec<u8> {
+    startup_packet_version(3, 0, params)
+}
+
+/// The parameters of a normal physical replication login.
+pub const REPLICATION_LOGIN: &[(&str, &str)] = &[
+    ("user", "postgres"),
+    ("database", "replication"),
+    ("replication", "true"),
+    ("application_name", "raw"),
+];
+
+/// SSLRequest.
+pub fn ssl_request() -> Vec<u8> {
+    first_packet(&SSL_REQUEST_CODE.to_be_bytes())
+}
+
+/// CancelRequest for `pid` and `key`.
+pub fn cancel_request(pid: u32, key: u32) -> Vec<u8> {
+    let mut body = CANCEL_REQUEST_CODE.to_be_bytes().to_vec();
+    body.extend_from_slice(&pid.to_be_bytes());
+    body.extend_from_slice(&key.to_be_bytes());
+    first_packet(&body)
+}
+
+/// A typed message: tag, Int32 length (counting itself), body.
+pub fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    out.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+/// A simple Query.
+pub fn query_msg(sql: &str) -> Vec<u8> {
+    let mut body = sql.as_bytes().to_vec();
+    body.push(0);
+    message(b'Q', &body)
+}
+
+/// CopyData carrying `payload`.
+pub fn copy_data(payload: &[u8]) -> Vec<u8> {
+    message(b'd', payload)
+}
+
+/// CopyDone.
+pub fn copy_done() -> Vec<u8> {
+    message(b'c', &[])
+}
+
+/// Terminate.
+pub fn terminate() -> Vec<u8> {
+    message(b'X', &[])
+}
+
+/// The 34-byte payload of a standby status update (`'r'`).
+pub fn status_update(write: u64, flush: u64, apply: u64, reply_requested: bool) -> Vec<u8> {
+    let mut p = vec![b'r'];
+    p.extend_from_slice(&write.to_be_bytes());
+    p.extend_from_slice(&flush.to_be_bytes());
+    p.extend_from_slice(&apply.to_be_bytes());
+    p.extend_from_slice(&0i64.to_be_bytes());
+    p.push(u8::from(reply_requested));
+    p
+}
