@@ -17,11 +17,12 @@
 //!
 //! What the fan-out server spends is read from `/proc`: CPU time as utime + stime of every
 //! process in its tree plus the time of children it has reaped (cutime + cstime), before and
-//! after the run; peak RSS as `VmHWM` of `/proc/PID/status` summed over the tree; and PSS from
-//! `/proc/PID/smaps_rollup`, summed over the tree and sampled during the run. RSS counts
-//! PostgreSQL's shared memory (`shared_buffers` and the rest of the shared segment) once in
-//! every process that has touched it; PSS divides each shared page among the processes that map
-//! it, so the summed PSS counts it once.
+//! after the run; peak RSS as `VmHWM` of `/proc/PID/status` (each process's peak over its life,
+//! setup included) summed over the tree; and PSS from `/proc/PID/smaps_rollup`, summed over the
+//! tree and sampled during the run. C's time includes its startup process replaying the WAL, a
+//! job the relay does not have. RSS counts PostgreSQL's shared memory (`shared_buffers` and the
+//! rest of the shared segment) once in every process that has touched it; PSS divides each
+//! shared page among the processes that map it, so the summed PSS counts it once.
 //!
 //! ```text
 //! cargo build --release
@@ -98,12 +99,12 @@ impl Mode {
 
 /// The running fan-out server the standbys stream from.
 enum FanOut {
-    /// `walrelay run` listening on `port`, its data in `dir` (fields drop in order: the process
-    /// is killed before its directory is removed).
+    /// `walrelay run` listening on `port`, its data in `_dir` (fields drop in order: the
+    /// process is killed before its directory is removed).
     Relay {
         process: PgProcess,
         port: u16,
-        dir: ScratchDir,
+        _dir: ScratchDir,
     },
     /// Cascading standby C.
     Cascade(Cluster),
@@ -123,14 +124,6 @@ impl FanOut {
         match self {
             FanOut::Relay { process, .. } => Ok(process.pid()),
             FanOut::Cascade(c) => c.pid().context("the cascading standby is not running"),
-        }
-    }
-
-    /// Where its files live.
-    fn dir(&self) -> &Path {
-        match self {
-            FanOut::Relay { dir, .. } => dir.path(),
-            FanOut::Cascade(c) => c.root_dir(),
         }
     }
 
@@ -234,7 +227,11 @@ fn start_relay(
         }
         Ok(bins.psql(&conninfo, "IDENTIFY_SYSTEM").is_ok())
     })?;
-    Ok(FanOut::Relay { process, port, dir })
+    Ok(FanOut::Relay {
+        process,
+        port,
+        _dir: dir,
+    })
 }
 
 /// Makes cascading standby C from a base backup of the primary, on a slot of the primary.
@@ -489,45 +486,62 @@ struct Outcome {
     shared_buffers: Option<String>,
 }
 
-/// Runs one mode from a fresh primary to teardown.
-fn run_mode(
-    mode: Mode,
-    args: &Args,
-    bins: &PgBinaries,
-    root: &Path,
-    walrelay: &Path,
-) -> Result<Outcome> {
-    let tag = mode.name();
-    let clk_tck = clock_ticks()?;
-    println!("[{tag}] starting the primary");
-    let primary = start_primary(bins, root, args)?;
-    println!("[{tag}] starting the fan-out server");
-    let fanout = match mode {
-        Mode::Relay => start_relay(walrelay, bins, &primary, root)?,
-        Mode::Cascade => start_cascade(&primary)?,
-    };
-    println!("[{tag}] making {} standbys", args.standbys);
-    let standbys = start_standbys(bins, &primary, &fanout, args.standbys)?;
-    println!(
-        "[{tag}] {} standbys streaming from {}; writing {} MB of WAL",
-        standbys.len(),
-        fanout.dir().display(),
-        args.mb
-    );
-    let run = || run_load(&primary, &standbys, args.mb, tag);
-    let (load, usage) = measured(fanout.pid()?, clk_tck, run)?;
-    let shared_buffers = fanout.shared_buffers()?;
-    println!(
-        "[{tag}] all standbys received it after {:.2} s; stopping",
-        load.deliver.as_secs_f64()
-    );
-    Ok(Outcome {
-        mode,
-        load,
-        usage,
-        shared_buffers,
-    })
+/// What every mode shares.
+struct Bench {
+    args: Args,
+    bins: PgBinaries,
+    /// The relay binary.
+    walrelay: PathBuf,
+    /// The unit of the times in `/proc/PID/stat`.
+    clk_tck: u64,
+    /// Holds every cluster and the relay's data; removed at the end.
+    root: ScratchDir,
 }
+
+impl Bench {
+    /// Runs one mode from a fresh primary to teardown (the standbys, the fan-out server and the
+    /// primary drop in that order).
+    fn run(&self, mode: Mode) -> Result<Outcome> {
+        let (args, bins, tag) = (&self.args, &self.bins, mode.name());
+        println!("[{tag}] starting the primary");
+        let primary = start_primary(bins, self.root.path(), args)?;
+        println!("[{tag}] starting the fan-out server");
+        let fanout = match mode {
+            Mode::Relay => start_relay(&self.walrelay, bins, &primary, self.root.path())?,
+            Mode::Cascade => start_cascade(&primary)?,
+        };
+        println!("[{tag}] making {} standbys", args.standbys);
+        let standbys = start_standbys(bins, &primary, &fanout, args.standbys)?;
+        println!(
+            "[{tag}] {} standbys streaming from {}; writing {} MB of WAL",
+            standbys.len(),
+            fanout.conninfo(),
+            args.mb
+        );
+        let run = || run_load(&primary, &standbys, args.mb, tag);
+        let (load, usage) = measured(fanout.pid()?, self.clk_tck, run)?;
+        let shared_buffers = fanout.shared_buffers()?;
+        println!(
+            "[{tag}] all standbys received it after {:.2} s; stopping",
+            load.deliver.as_secs_f64()
+        );
+        Ok(Outcome {
+            mode,
+            load,
+            usage,
+            shared_buffers,
+        })
+    }
+}
+
+/// What the columns mean.
+const LEGEND: [&str; 5] = [
+    "deliver s: from the first write until every standby had received the primary's flush LSN",
+    "total MB/s: standbys x WAL MB / deliver s",
+    "CPU: user + system time of the fan-out server's process tree; procs: its processes",
+    "cascade CPU includes C's startup process replaying the WAL (C is a hot standby)",
+    "peak RSS: VmHWM summed over the tree; PostgreSQL's shared memory counts in every process",
+];
 
 /// Prints the comparison.
 fn print_table(args: &Args, outcomes: &[Outcome]) {
@@ -567,18 +581,12 @@ fn print_table(args: &Args, outcomes: &[Outcome]) {
         );
     }
     println!();
+    for line in LEGEND {
+        println!("{line}");
+    }
+    let every = SAMPLE_EVERY.as_millis();
     println!(
-        "deliver s: from the first write until every standby had received the primary's flush LSN"
-    );
-    println!(
-        "total MB/s: standbys × WAL MB / deliver s; CPU: the fan-out server's process tree, user + system"
-    );
-    println!(
-        "peak RSS: VmHWM summed over the tree; PostgreSQL's shared memory is counted in every process's RSS"
-    );
-    println!(
-        "peak PSS: summed Pss of smaps_rollup, sampled every {} ms; shared pages divided among the processes",
-        SAMPLE_EVERY.as_millis()
+        "peak PSS: summed Pss of smaps_rollup, sampled every {every} ms, shared pages divided"
     );
     for o in outcomes {
         if let Some(sb) = &o.shared_buffers {
@@ -604,10 +612,17 @@ fn main() -> Result<()> {
         bins.version()?,
         walrelay.display()
     );
-    let mut outcomes = Vec::new();
-    for mode in [Mode::Relay, Mode::Cascade] {
-        outcomes.push(run_mode(mode, &args, &bins, root.path(), &walrelay)?);
-    }
-    print_table(&args, &outcomes);
+    let bench = Bench {
+        args,
+        bins,
+        walrelay,
+        clk_tck: clock_ticks()?,
+        root,
+    };
+    let outcomes = [Mode::Relay, Mode::Cascade]
+        .into_iter()
+        .map(|mode| bench.run(mode))
+        .collect::<Result<Vec<_>>>()?;
+    print_table(&bench.args, &outcomes);
     Ok(())
 }

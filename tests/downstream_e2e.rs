@@ -222,3 +222,57 @@ fn hot_standby_streams_from_the_relay_on_a_relay_slot() {
         .unwrap();
     assert_eq!(senders, "1", "only the relay streams from the primary");
 }
+
+#[test]
+fn standbys_are_served_after_a_restart_while_the_primary_is_down() {
+    let Some(mut s) = setup("offline", 1) else {
+        return;
+    };
+    repl(
+        &s.bins,
+        &relay_conninfo(&s),
+        "CREATE_REPLICATION_SLOT \"d1\" PHYSICAL",
+    )
+    .unwrap();
+    let mut standby = s
+        .primary
+        .basebackup_standby(
+            &format!("{} application_name=d1", relay_conninfo(&s)),
+            Some("d1"),
+        )
+        .unwrap();
+    standby
+        .set_config("wal_retrieve_retry_interval", "500ms")
+        .unwrap();
+    standby.start().unwrap();
+    s.primary.write_load(2000).unwrap();
+    let target = s.primary.current_wal_flush_lsn().unwrap();
+    wait_until(Duration::from_secs(60), "standby replay", || {
+        Ok(standby.replay_lsn()? >= target)
+    })
+    .unwrap();
+
+    s.primary.stop(walrelay::localpg::StopMode::Fast).unwrap();
+    s.relay.signal("TERM");
+    assert!(
+        s.relay
+            .wait_exit(Duration::from_secs(10))
+            .is_some_and(|st| st.success())
+    );
+    let data_dir = s.relay.data_dir.clone();
+    let listen = format!("127.0.0.1:{}", s.relay_port);
+    s.relay = RelayProcess::start(&s.primary.conninfo(), &data_dir, &["--listen", &listen]);
+    let relay = relay_conninfo(&s);
+    wait_until(
+        Duration::from_secs(30),
+        "relay answers without its upstream",
+        || Ok(repl(&s.bins, &relay, "IDENTIFY_SYSTEM").is_ok()),
+    )
+    .unwrap();
+    wait_until(
+        Duration::from_secs(60),
+        "standby streams from the restarted relay",
+        || Ok(standby.psql("SELECT status FROM pg_stat_wal_receiver")? == "streaming"),
+    )
+    .unwrap();
+}

@@ -13,4 +13,5 @@ pub mod retention;
 pub mod session;
 pub mod tls;
 pub mod upstream;
+pub mod upstream_info;
 pub mod writer;

@@ -21,6 +21,7 @@ use crate::service::downstream::{DownstreamConfig, ServerContext, StreamStatus, 
 use crate::service::listener;
 use crate::service::retention::{self, RetentionPolicy};
 use crate::service::upstream::{self, Links, UpstreamError, UpstreamSettings};
+use crate::service::upstream_info;
 use crate::service::writer::{Positions, Writer};
 use crate::slots::{SlotError, SlotRegistry, XminHorizon};
 use crate::storage::{SegmentReader, StoreError, WalStore};
@@ -176,7 +177,14 @@ impl Relay {
     /// Only failures that retrying cannot fix (the store cannot be reopened).
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), RelayError> {
         let feed: SharedFeed = Arc::new(Mutex::new(None));
-        let (info_tx, info_rx) = watch::channel(None);
+        // What the upstream told last time lets standbys be served before it is reachable.
+        let known = match self.writer.call(|s| s.identity()).await {
+            Ok(Some(identity)) => upstream_info::load(&self.data_dir, identity),
+            _ => None,
+        };
+        let (info_tx, info_rx) = watch::channel(known);
+        let save_info =
+            save_upstream_info(info_rx.clone(), self.data_dir.clone(), shutdown.clone());
         let data_dir = self.data_dir.clone();
         let reopen_feed = Arc::clone(&feed);
         let current: CurrentWriter = Arc::new(Mutex::new(self.writer.clone()));
@@ -209,11 +217,39 @@ impl Relay {
             }
             Ok::<(), RelayError>(())
         };
-        let (up, down) = tokio::join!(upstream, downstream);
+        let (up, down, ()) = tokio::join!(upstream, downstream, save_info);
         up?;
         down?;
         info!("relay stopped");
         Ok(())
+    }
+}
+
+/// Saves what the upstream reports whenever it changes, until shutdown.
+async fn save_upstream_info(
+    mut info: watch::Receiver<Option<UpstreamInfo>>,
+    data_dir: PathBuf,
+    shutdown: CancellationToken,
+) {
+    let mut saved = info.borrow_and_update().clone();
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            changed = info.changed() => if changed.is_err() { return },
+        }
+        let now = info.borrow_and_update().clone();
+        if now == saved {
+            continue;
+        }
+        if let Some(current) = now.clone() {
+            let dir = data_dir.clone();
+            let written =
+                tokio::task::spawn_blocking(move || upstream_info::save(&dir, &current)).await;
+            if let Ok(Err(e)) = written {
+                warn!(error = %e, "could not save {}", upstream_info::FILE);
+            }
+        }
+        saved = now;
     }
 }
 

@@ -1,0 +1,1108 @@
+//! The relay's downstream side against real PostgreSQL 15 clients (1 MB segments) and a raw
+//! protocol client that sends exact bytes:
+//!
+//! - A5: `pg_receivewal` through the relay, as `020_pg_receivewal.pl` drives it: slot creation
+//!   and removal, `--endpos --synchronous` leaving one `.partial` that a rerun completes, an
+//!   empty directory started at the slot's `restart_lsn`, a missing slot, file modes;
+//! - E2–E4: a client that never replies is pinged at half the sender timeout and dropped at
+//!   the timeout; one that stops reading is dropped with bounded memory; a stopped walreceiver
+//!   is dropped and its standby catches up after it resumes; other clients keep streaming;
+//! - I3: the `max_wal_senders` limit; G5: temporary slots end with their session and with a
+//!   crash, persistent ones survive it; G7: a dropped slot errors and can be recreated;
+//! - B4: SIGTERM with a standby attached, then the standby reconnects by itself;
+//! - §2.1, §2.3, §2.4: malformed first packets, commands and stream messages. After each, the
+//!   relay is still up, answers `IDENTIFY_SYSTEM` and has logged no panic (O8).
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod downstream_client;
+mod support;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use downstream_client::*;
+use support::*;
+use walrelay::localpg::{
+    Cluster, ClusterBuilder, PgBinaries, ScratchDir, free_port, require_postgres, wait_until,
+};
+use walrelay::types::{Lsn, SegmentName, TimelineId, WalSegmentSize};
+
+/// How long a refusal may take (O8's 5 s).
+const ANSWER: Duration = Duration::from_secs(5);
+
+/// A primary with archiving and 1 MB segments, and the relay in front of it.
+struct Setup {
+    bins: PgBinaries,
+    dir: ScratchDir,
+    primary: Cluster,
+    relay: RelayProcess,
+    port: u16,
+    flags: Vec<String>,
+    size: WalSegmentSize,
+}
+
+fn setup(label: &str, relay_flags: &[&str]) -> Option<Setup> {
+    let bins = require_postgres()?;
+    let dir = scratch(&bins, label);
+    let mut primary = ClusterBuilder::new(bins.clone(), dir.path())
+        .segment_size_mb(1)
+        .archive(true)
+        .init()
+        .unwrap();
+    primary.start().unwrap();
+    let port = free_port().unwrap();
+    let mut flags = vec!["--listen".to_owned(), format!("127.0.0.1:{port}")];
+    flags.extend(relay_flags.iter().map(|f| (*f).to_owned()));
+    let relay = start_relay(&primary, &dir.path().join("relay"), &flags);
+    let size = primary.wal_segment_size().unwrap();
+    let s = Setup {
+        bins,
+        dir,
+        primary,
+        relay,
+        port,
+        flags,
+        size,
+    };
+    s.wait_ready();
+    Some(s)
+}
+
+fn start_relay(primary: &Cluster, data: &Path, flags: &[String]) -> RelayProcess {
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    RelayProcess::start(&primary.conninfo(), data, &flags)
+}
+
+impl Setup {
+    fn conninfo(&self) -> String {
+        format!("host=127.0.0.1 port={} user=postgres", self.port)
+    }
+
+    /// A replication command through `psql "… replication=1"`.
+    fn repl(&self, sql: &str) -> Result<String, String> {
+        self.bins
+            .psql(&format!("{} replication=1", self.conninfo()), sql)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Waits until the relay answers IDENTIFY_SYSTEM and has stored the primary's flush.
+    fn wait_ready(&self) {
+        wait_until(Duration::from_secs(30), "the relay answers", || {
+            Ok(self.repl("IDENTIFY_SYSTEM").is_ok())
+        })
+        .unwrap();
+        let now = self.primary.current_wal_flush_lsn().unwrap();
+        wait_acked(&self.primary, now, Duration::from_secs(30));
+    }
+
+    /// Starts the relay again on the same data directory and port.
+    fn restart_relay(&mut self) {
+        let data = self.relay.data_dir.clone();
+        self.relay = start_relay(&self.primary, &data, &self.flags);
+        self.wait_ready();
+    }
+
+    /// O8: the relay is still the same running process, answers IDENTIFY_SYSTEM, and has
+    /// logged no panic.
+    fn assert_healthy(&mut self, after: &str) {
+        assert!(self.relay.is_running(), "the relay exited after {after}");
+        let id = self
+            .repl("IDENTIFY_SYSTEM")
+            .unwrap_or_else(|e| panic!("IDENTIFY_SYSTEM after {after}: {e}"));
+        assert_eq!(
+            id.split('|').count(),
+            4,
+            "IDENTIFY_SYSTEM after {after}: {id}"
+        );
+        assert!(
+            !self.relay.log_contents().contains("panicked"),
+            "the relay panicked after {after}"
+        );
+    }
+
+    /// The primary's segment switched and archived, more WAL written after the switch; returns
+    /// the insert position right after the switch (020's `$nextlsn`) once the relay stored
+    /// everything.
+    fn next_segment(&self, table: &str, from: u32) -> Lsn {
+        let switched = self.primary.switch_wal().unwrap();
+        self.primary
+            .wait_archived(switched, Duration::from_secs(30))
+            .unwrap();
+        let next: Lsn = self
+            .primary
+            .psql("SELECT pg_current_wal_insert_lsn()")
+            .unwrap()
+            .parse()
+            .unwrap();
+        let to = from + 99;
+        self.primary
+            .psql(&format!(
+                "INSERT INTO {table} VALUES (generate_series({from}, {to}))"
+            ))
+            .unwrap();
+        let flush = self.primary.current_wal_flush_lsn().unwrap();
+        wait_acked(&self.primary, flush, Duration::from_secs(30));
+        next
+    }
+
+    fn segment_name(&self, lsn: Lsn) -> String {
+        let seg = SegmentName {
+            timeline: TimelineId::ONE,
+            segno: self.size.segment_of(lsn),
+        };
+        seg.file_name(self.size)
+    }
+}
+
+/// Runs `pg_receivewal -d CONNINFO ARGS…` to its end (60 s at most); returns whether it
+/// succeeded and what it printed.
+fn receivewal(s: &Setup, args: &[&str]) -> (bool, String) {
+    let mut cmd = s.bins.command("pg_receivewal");
+    cmd.args(["-d", &s.conninfo()]).args(args);
+    let log = s.dir.path().join("pg_receivewal-run.log");
+    let mut process = walrelay::localpg::spawn(cmd, &log).unwrap();
+    let status = process
+        .wait(Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("pg_receivewal {args:?}: {e}\n{}", process.log_contents()));
+    (status.success(), process.log_contents())
+}
+
+fn receivewal_ok(s: &Setup, args: &[&str]) -> String {
+    let (ok, log) = receivewal(s, args);
+    assert!(ok, "pg_receivewal {args:?} failed:\n{log}");
+    log
+}
+
+/// Names in `dir` ending in `.partial`, sorted.
+fn partial_files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".partial"))
+        .collect();
+    names.sort();
+    names
+}
+
+/// 020's `check_mode_recursive($dir, 0700, 0600)`.
+fn assert_modes(dir: &Path) {
+    let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(dir), 0o700, "{}", dir.display());
+    for entry in fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let want = if path.is_dir() { 0o700 } else { 0o600 };
+        assert_eq!(mode(&path), want, "mode of {}", path.display());
+    }
+}
+
+fn scratch_subdir(s: &Setup, name: &str) -> PathBuf {
+    private_dir(&s.dir.path().join(name))
+}
+
+#[test]
+fn a5_pg_receivewal_slots_partial_segments_and_modes() {
+    let Some(mut s) = setup("a5", &[]) else {
+        return;
+    };
+    receivewal_ok(&s, &["--slot", "test", "--create-slot"]);
+    assert_eq!(s.repl("READ_REPLICATION_SLOT test").unwrap(), "physical||");
+    receivewal_ok(&s, &["--slot", "test", "--drop-slot"]);
+    assert_eq!(s.repl("READ_REPLICATION_SLOT test").unwrap(), "||");
+
+    // --synchronous --endpos with a slot: one .partial, which the next run completes.
+    receivewal_ok(&s, &["--slot", "s", "--create-slot"]);
+    let stream = scratch_subdir(&s, "stream");
+    let stream_arg = stream.to_string_lossy().into_owned();
+    s.primary
+        .psql("CREATE TABLE test_table(x integer PRIMARY KEY)")
+        .unwrap();
+    let first_end = s.next_segment("test_table", 1);
+    let synchronous = |end: Lsn| {
+        let end = end.to_string();
+        let args = [
+            "-D",
+            &stream_arg,
+            "--slot",
+            "s",
+            "--synchronous",
+            "--no-loop",
+            "--verbose",
+            "--endpos",
+            &end,
+        ];
+        receivewal_ok(&s, &args)
+    };
+    synchronous(first_end);
+    let first_partial = format!("{}.partial", s.segment_name(first_end));
+    assert_eq!(partial_files(&stream), [first_partial.clone()]);
+    assert!(
+        segment_files(&stream).is_empty(),
+        "{:?}",
+        segment_files(&stream)
+    );
+    assert_modes(&stream);
+
+    let second_end = s.next_segment("test_table", 101);
+    synchronous(second_end);
+    let completed = s.segment_name(first_end);
+    assert_eq!(segment_files(&stream), [completed.clone()]);
+    assert_eq!(
+        partial_files(&stream),
+        [format!("{}.partial", s.segment_name(second_end))]
+    );
+    assert!(
+        fs::read(stream.join(&completed)).unwrap()
+            == fs::read(s.primary.archive_dir().join(&completed)).unwrap(),
+        "{completed} differs from the primary's archived copy"
+    );
+    assert_modes(&stream);
+
+    // --slot into an empty directory starts at the slot's restart_lsn (READ_REPLICATION_SLOT).
+    s.repl("CREATE_REPLICATION_SLOT archive_slot PHYSICAL (RESERVE_WAL)")
+        .unwrap();
+    let read = s.repl("READ_REPLICATION_SLOT archive_slot").unwrap();
+    let fields: Vec<&str> = read.split('|').collect();
+    assert_eq!((fields[0], fields[2]), ("physical", "1"), "{read}");
+    let restart: Lsn = fields[1].parse().unwrap();
+    let streamed = s.segment_name(restart);
+    let next = s.next_segment("test_table", 201);
+    assert!(
+        s.segment_name(next) > streamed,
+        "the slot's segment must be behind the relay's position"
+    );
+    let slot_dir = scratch_subdir(&s, "slot_wal");
+    let slot_arg = slot_dir.to_string_lossy().into_owned();
+    let next_arg = next.to_string();
+    let missing = [
+        "-D",
+        &slot_arg,
+        "--slot",
+        "nonexistentslot",
+        "-n",
+        "--no-sync",
+        "--verbose",
+        "--endpos",
+        &next_arg,
+    ];
+    let (ok, log) = receivewal(&s, &missing);
+    assert!(!ok, "pg_receivewal with a missing slot succeeded:\n{log}");
+    assert!(
+        log.contains("pg_receivewal: error: replication slot \"nonexistentslot\" does not exist"),
+        "{log}"
+    );
+    let from_slot = [
+        "-D",
+        &slot_arg,
+        "--slot",
+        "archive_slot",
+        "-n",
+        "--no-sync",
+        "--verbose",
+        "--endpos",
+        &next_arg,
+    ];
+    let log = receivewal_ok(&s, &from_slot);
+    assert!(
+        log.contains(&format!("starting log streaming at {restart} (timeline 1)")),
+        "{log}"
+    );
+    assert!(
+        slot_dir.join(&streamed).exists(),
+        "WAL from the slot's restart_lsn ({streamed}) was not streamed: {:?}",
+        fs::read_dir(&slot_dir).unwrap().collect::<Vec<_>>()
+    );
+    assert!(
+        fs::read(slot_dir.join(&streamed)).unwrap()
+            == fs::read(s.primary.archive_dir().join(&streamed)).unwrap()
+    );
+    assert_modes(&slot_dir);
+    s.assert_healthy("A5");
+}
+
+/// Reads the stream of a client that never replies until the relay closes it: when the
+/// first keepalive asking for a reply came, when the connection closed (both after
+/// CopyBothResponse), and how many WAL bytes arrived.
+fn read_without_replying(c: &mut RawClient, limit: Duration) -> (Option<Duration>, Duration, u64) {
+    let t0 = Instant::now();
+    let (mut ping, mut wal) = (None, 0u64);
+    loop {
+        let left = limit.saturating_sub(t0.elapsed());
+        match c.read_msg(left) {
+            Got::Msg(m) => {
+                if m.keepalive().is_some_and(|(_, reply)| reply) && ping.is_none() {
+                    ping = Some(t0.elapsed());
+                }
+                if let Some((_, _, n)) = m.xlogdata() {
+                    wal += n as u64;
+                }
+                assert_ne!(m.tag, b'E', "error while streaming: {}", m.message());
+            }
+            Got::Closed => return (ping, t0.elapsed(), wal),
+            Got::TimedOut => panic!("the relay did not close a silent client within {limit:?}"),
+        }
+    }
+}
+
+/// A `pg_receivewal` through the relay into `dir` is still running and completes the
+/// segment the primary switches away from now.
+fn assert_still_streaming(s: &Setup, recv: &mut walrelay::localpg::PgProcess, dir: &Path) {
+    assert!(
+        recv.try_status().unwrap().is_none(),
+        "pg_receivewal stopped:\n{}",
+        recv.log_contents()
+    );
+    let switched = s.primary.switch_wal().unwrap();
+    let name = s.segment_name(Lsn(switched.0 - 1));
+    wait_until(
+        Duration::from_secs(30),
+        "pg_receivewal completes a segment",
+        || Ok(dir.join(&name).exists()),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", recv.log_contents()));
+}
+
+#[test]
+fn e2_client_that_never_replies_is_pinged_then_dropped() {
+    let Some(mut s) = setup("e2", &["--sender-timeout", "4s"]) else {
+        return;
+    };
+    let recv_dir = scratch_subdir(&s, "recv");
+    let mut recv = s.bins.receivewal(&s.conninfo(), &recv_dir, &[]).unwrap();
+    let load = WriteLoad::start(&s.bins, &s.primary.conninfo(), 200, 0);
+    let log_at = s.relay.log_len();
+    let mut c = RawClient::login(s.port, "silent");
+    let (_, tli, pos) = c.identify_system();
+    c.send(&query_msg(&format!(
+        "START_REPLICATION {} TIMELINE {tli}",
+        lsn_text(pos)
+    )));
+    assert_eq!(c.expect_msg(ANSWER).tag, b'W');
+    let (ping, closed, wal) = read_without_replying(&mut c, Duration::from_secs(15));
+    println!("E2: ping after {ping:?}, closed after {closed:?}, {wal} WAL bytes read");
+    let ping = ping.expect("no keepalive with replyRequested=1 before the close");
+    assert!(
+        (Duration::from_millis(1500)..=Duration::from_millis(3500)).contains(&ping),
+        "keepalive asking for a reply after {ping:?}, expected about 2 s"
+    );
+    assert!(
+        (Duration::from_secs(3)..=Duration::from_secs(8)).contains(&closed),
+        "closed after {closed:?}, expected about the 4 s sender timeout"
+    );
+    assert!(wal > 0, "the client received no WAL while it read");
+    assert!(
+        s.relay.log_since(log_at).contains("replication timeout"),
+        "{}",
+        s.relay.log_since(log_at)
+    );
+    load.stop();
+    assert_still_streaming(&s, &mut recv, &recv_dir);
+    s.assert_healthy("E2");
+}
+
+#[test]
+fn e3_client_that_stops_reading_is_dropped_with_bounded_memory() {
+    let Some(mut s) = setup("e3", &["--sender-timeout", "4s"]) else {
+        return;
+    };
+    let recv_dir = scratch_subdir(&s, "recv");
+    let mut recv = s.bins.receivewal(&s.conninfo(), &recv_dir, &[]).unwrap();
+    let pid = s.relay.pid();
+    let hwm_before = vm_hwm_kb(pid);
+    let mut c = RawClient::login(s.port, "stuck");
+    let (_, tli, pos) = c.identify_system();
+    let start = s.size.segment_start(Lsn(pos));
+    let log_at = s.relay.log_len();
+    let flush_before = s.primary.current_wal_flush_lsn().unwrap();
+    c.send(&query_msg(&format!(
+        "START_REPLICATION {start} TIMELINE {tli}"
+    )));
+    // The client never reads again, while the primary writes fast.
+    let load = WriteLoad::start(&s.bins, &s.primary.conninfo(), 100, 256 * 1024);
+    let took = s.relay.wait_log(
+        log_at,
+        "terminating walsender process",
+        Duration::from_secs(30),
+    );
+    let (committed, _) = load.stop();
+    let written = s
+        .primary
+        .current_wal_flush_lsn()
+        .unwrap()
+        .saturating_distance(flush_before);
+    let hwm_after = vm_hwm_kb(pid);
+    println!(
+        "E3: dropped after {took:?}; {committed} transactions, {} MB of WAL; VmHWM {hwm_before} kB -> {hwm_after} kB",
+        written >> 20
+    );
+    assert!(
+        took <= Duration::from_secs(12),
+        "dropped only after {took:?} (sender timeout 4 s)"
+    );
+    assert!(
+        written > 8 << 20,
+        "the load wrote only {written} bytes, too little to fill the socket buffers"
+    );
+    assert!(
+        hwm_after <= hwm_before + 64 * 1024,
+        "VmHWM grew from {hwm_before} kB to {hwm_after} kB"
+    );
+    let closed = c.until_closed(Duration::from_secs(20));
+    assert!(closed.is_some(), "the relay left the stuck connection open");
+    assert_still_streaming(&s, &mut recv, &recv_dir);
+    s.assert_healthy("E3");
+}
+
+/// A standby of the primary that streams from the relay on relay slot `slot`, started and
+/// streaming; `retry` is its `wal_retrieve_retry_interval`.
+fn standby_on_relay(s: &Setup, slot: &str, retry: &str) -> Cluster {
+    s.repl(&format!("CREATE_REPLICATION_SLOT \"{slot}\" PHYSICAL"))
+        .unwrap();
+    let conninfo = format!("{} application_name={slot}", s.conninfo());
+    let mut standby = s.primary.basebackup_standby(&conninfo, Some(slot)).unwrap();
+    standby
+        .set_config("wal_retrieve_retry_interval", retry)
+        .unwrap();
+    standby.start().unwrap();
+    wait_receiver_streaming(&standby, Duration::from_secs(30));
+    standby
+}
+
+fn wait_receiver_streaming(standby: &Cluster, timeout: Duration) {
+    wait_until(timeout, "the walreceiver streams", || {
+        Ok(standby
+            .psql("SELECT status FROM pg_stat_wal_receiver")
+            .is_ok_and(|st| st == "streaming"))
+    })
+    .unwrap();
+}
+
+/// Waits until the standby replayed the primary's current flush position.
+fn wait_caught_up(primary: &Cluster, standby: &Cluster, timeout: Duration) -> Duration {
+    let start = Instant::now();
+    let target = primary.current_wal_flush_lsn().unwrap();
+    wait_until(timeout, &format!("the standby replays to {target}"), || {
+        Ok(standby.replay_lsn()? >= target)
+    })
+    .unwrap();
+    start.elapsed()
+}
+
+/// SIGCONT on drop, so a failing assertion never leaves a process stopped.
+struct Stopped(u32);
+
+impl Stopped {
+    fn stop(pid: u32) -> Stopped {
+        signal_pid(pid, "STOP");
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        signal_pid(self.0, "CONT");
+    }
+}
+
+#[test]
+fn e4_stopped_walreceiver_is_dropped_and_catches_up() {
+    let Some(mut s) = setup("e4", &["--sender-timeout", "3s"]) else {
+        return;
+    };
+    let standby = standby_on_relay(&s, "d1", "500ms");
+    let pid: u32 = standby
+        .psql("SELECT pid FROM pg_stat_wal_receiver")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let log_at = s.relay.log_len();
+    let stopped = Stopped::stop(pid);
+    let t0 = Instant::now();
+    s.primary.write_load(5000).unwrap();
+    s.primary.emit_message(3 << 20).unwrap();
+    s.relay.wait_log(
+        log_at,
+        "terminating walsender process",
+        Duration::from_secs(10),
+    );
+    let dropped = t0.elapsed();
+    std::thread::sleep(Duration::from_secs(6).saturating_sub(t0.elapsed()));
+    drop(stopped);
+    let catch_up = wait_caught_up(&s.primary, &standby, Duration::from_secs(60));
+    wait_receiver_streaming(&standby, Duration::from_secs(30));
+    println!("E4: dropped {dropped:?} after SIGSTOP; caught up {catch_up:?} after SIGCONT");
+    assert!(
+        dropped >= Duration::from_secs(2),
+        "dropped too early: {dropped:?}"
+    );
+    let since = s.relay.log_since(log_at);
+    let restreams = since
+        .lines()
+        .skip_while(|l| !l.contains("terminating walsender process"))
+        .filter(|l| l.contains("app=d1") && l.contains("streaming"))
+        .count();
+    assert!(
+        restreams >= 1,
+        "no new stream for d1 after the drop:\n{since}"
+    );
+    let q = "SELECT count(*), sum(length(payload)) FROM walrelay_load";
+    assert_eq!(standby.psql(q).unwrap(), s.primary.psql(q).unwrap());
+    s.assert_healthy("E4");
+}
+
+#[test]
+fn b4_sigterm_with_a_standby_attached_then_it_resumes_by_itself() {
+    let Some(mut s) = setup("b4", &["--sender-timeout", "10s"]) else {
+        return;
+    };
+    let standby = standby_on_relay(&s, "d1", "1s");
+    let started = |st: &Cluster| st.log_contents().matches("started streaming WAL").count();
+    let before = started(&standby);
+    let load = WriteLoad::start(&s.bins, &s.primary.conninfo(), 200, 0);
+    std::thread::sleep(Duration::from_secs(1));
+    let t0 = Instant::now();
+    s.relay.signal("TERM");
+    let status = s.relay.wait_exit(Duration::from_secs(10));
+    let stopped = t0.elapsed();
+    assert!(
+        status.is_some_and(|st| st.success()),
+        "SIGTERM: {status:?} after {stopped:?}"
+    );
+    s.restart_relay();
+    let t1 = Instant::now();
+    wait_until(Duration::from_secs(30), "the standby streams again", || {
+        Ok(started(&standby) > before)
+    })
+    .unwrap();
+    let reconnected = t1.elapsed();
+    wait_receiver_streaming(&standby, Duration::from_secs(30));
+    let (committed, _) = load.stop();
+    let catch_up = wait_caught_up(&s.primary, &standby, Duration::from_secs(60));
+    println!(
+        "B4: exit after {stopped:?}; standby streaming {reconnected:?} after the restart; \
+         caught up {catch_up:?} after {committed} transactions"
+    );
+    let q = "SELECT count(*), sum(length(payload)) FROM walrelay_fault_load";
+    assert_eq!(standby.psql(q).unwrap(), s.primary.psql(q).unwrap());
+    s.assert_healthy("B4");
+}
+
+/// Reads the answer to a StartupMessage: every message until ReadyForQuery or the close.
+fn login_answer(c: &mut RawClient) -> Vec<Msg> {
+    let mut msgs = Vec::new();
+    loop {
+        match c.read_msg(ANSWER) {
+            Got::Msg(m) => {
+                let done = m.tag == b'Z';
+                msgs.push(m);
+                if done {
+                    return msgs;
+                }
+            }
+            Got::Closed => return msgs,
+            Got::TimedOut => panic!("no answer to the startup packet: {msgs:?}"),
+        }
+    }
+}
+
+#[test]
+fn i3_connections_beyond_max_wal_senders_get_53300() {
+    let Some(mut s) = setup("i3", &["--max-wal-senders", "2"]) else {
+        return;
+    };
+    let mut a = RawClient::login(s.port, "a");
+    let mut b = RawClient::login(s.port, "b");
+    let mut third = RawClient::connect(s.port);
+    third.send(&startup_packet(REPLICATION_LOGIN));
+    let msgs = login_answer(&mut third);
+    let e = first_error(&msgs).unwrap_or_else(|| panic!("third connection accepted: {msgs:?}"));
+    assert_eq!(
+        (
+            e.severity().as_str(),
+            e.sqlstate().as_str(),
+            e.message().as_str()
+        ),
+        (
+            "FATAL",
+            "53300",
+            "number of requested standby connections exceeds max_wal_senders (currently 2)"
+        )
+    );
+    assert!(!msgs.iter().any(|m| m.tag == b'R'), "{msgs:?}");
+    assert!(third.until_closed(ANSWER).is_some());
+    let psql = s.repl("IDENTIFY_SYSTEM").unwrap_err();
+    assert!(
+        psql.contains("exceeds max_wal_senders (currently 2)"),
+        "{psql}"
+    );
+    let (sysid_a, _, _) = a.identify_system();
+    let (sysid_b, _, _) = b.identify_system();
+    assert_eq!(sysid_a, sysid_b);
+    a.send(&terminate());
+    assert!(a.until_closed(ANSWER).is_some());
+    wait_until(ANSWER, "a place frees up", || {
+        let mut c = RawClient::connect(s.port);
+        c.send(&startup_packet(REPLICATION_LOGIN));
+        Ok(login_answer(&mut c).last().is_some_and(|m| m.tag == b'Z'))
+    })
+    .unwrap();
+    b.identify_system();
+    s.assert_healthy("I3");
+}
+
+#[test]
+fn g5_temporary_slots_end_with_their_session_and_with_a_crash() {
+    let Some(mut s) = setup("g5", &[]) else {
+        return;
+    };
+    let mut a = RawClient::login(s.port, "g5a");
+    let msgs = a.query("CREATE_REPLICATION_SLOT x TEMPORARY PHYSICAL RESERVE_WAL");
+    assert!(first_error(&msgs).is_none(), "{msgs:?}");
+    let read = s.repl("READ_REPLICATION_SLOT x").unwrap();
+    assert!(
+        read.starts_with("physical|") && read.ends_with("|1") && !read.contains("||"),
+        "{read}"
+    );
+    a.send(&terminate());
+    drop(a);
+    wait_until(ANSWER, "the temporary slot goes with its session", || {
+        Ok(s.repl("READ_REPLICATION_SLOT x").unwrap() == "||")
+    })
+    .unwrap();
+
+    let mut b = RawClient::login(s.port, "g5b");
+    let msgs = b.query("CREATE_REPLICATION_SLOT y TEMPORARY PHYSICAL RESERVE_WAL");
+    assert!(first_error(&msgs).is_none(), "{msgs:?}");
+    s.repl("CREATE_REPLICATION_SLOT p PHYSICAL (RESERVE_WAL)")
+        .unwrap();
+    let persistent = s.repl("READ_REPLICATION_SLOT p").unwrap();
+    assert!(persistent.starts_with("physical|0/"), "{persistent}");
+    s.primary.write_load(2000).unwrap();
+    s.primary.switch_wal().unwrap();
+    let flush = s.primary.current_wal_flush_lsn().unwrap();
+    wait_acked(&s.primary, flush, Duration::from_secs(30));
+    s.relay.kill9();
+    s.restart_relay();
+    assert_eq!(s.repl("READ_REPLICATION_SLOT y").unwrap(), "||");
+    assert_eq!(s.repl("READ_REPLICATION_SLOT p").unwrap(), persistent);
+    assert!(b.until_closed(ANSWER).is_some());
+    s.assert_healthy("G5");
+}
+
+#[test]
+fn g7_a_dropped_slot_errors_42704_and_can_be_recreated() {
+    let Some(mut s) = setup("g7", &[]) else {
+        return;
+    };
+    s.repl("CREATE_REPLICATION_SLOT g PHYSICAL (RESERVE_WAL)")
+        .unwrap();
+    s.repl("DROP_REPLICATION_SLOT g").unwrap();
+    let mut c = RawClient::login(s.port, "g7");
+    let (_, tli, pos) = c.identify_system();
+    let start = s.size.segment_start(Lsn(pos));
+    let start_cmd = format!("START_REPLICATION SLOT g {start} TIMELINE {tli}");
+    let msgs = c.query(&start_cmd);
+    assert!(!msgs.iter().any(|m| m.tag == b'W'), "{msgs:?}");
+    let e = first_error(&msgs).unwrap();
+    assert_eq!(
+        (e.sqlstate().as_str(), e.message().as_str()),
+        ("42704", "replication slot \"g\" does not exist")
+    );
+    let msgs = c.query("DROP_REPLICATION_SLOT g");
+    assert_eq!(first_error(&msgs).unwrap().sqlstate(), "42704");
+    let msgs = c.query("CREATE_REPLICATION_SLOT g PHYSICAL (RESERVE_WAL)");
+    assert!(first_error(&msgs).is_none(), "{msgs:?}");
+    c.send(&query_msg(&start_cmd));
+    assert_eq!(c.expect_msg(ANSWER).tag, b'W');
+    let first = c.expect_msg(ANSWER);
+    assert_eq!(
+        first.xlogdata().map(|(at, _, _)| at),
+        Some(start.0),
+        "{first:?}"
+    );
+    c.send(&copy_done());
+    let msgs = c.until_ready(ANSWER);
+    let tail: Vec<_> = msgs
+        .iter()
+        .filter(|m| m.xlogdata().is_none())
+        .map(|m| (char::from(m.tag), m.command_tag()))
+        .collect();
+    assert_eq!(
+        tail,
+        [
+            ('c', None),
+            ('C', Some("START_STREAMING".into())),
+            ('C', Some("START_REPLICATION".into())),
+            ('Z', None)
+        ]
+    );
+    s.assert_healthy("G7");
+}
+
+/// Sends `bytes` as a new connection's first write, expects the relay to close it without
+/// sending anything, and returns what it sent otherwise.
+fn sent_before_close(port: u16, bytes: &[u8]) -> Vec<u8> {
+    let mut c = RawClient::connect(port);
+    c.send(bytes);
+    let (_, got) = c
+        .raw_until_closed(ANSWER)
+        .unwrap_or_else(|| panic!("still open after {ANSWER:?}"));
+    got
+}
+
+#[test]
+#[ignore = "the relay answers a startup length below 8 or above 10 000 with an ErrorResponse; \
+            PostgreSQL 15 closes silently (COMMERROR)"]
+fn startup_bad_lengths_close_silently_without_allocating() {
+    let Some(mut s) = setup("lengths", &[]) else {
+        return;
+    };
+    let pid = s.relay.pid();
+    let hwm_before = vm_hwm_kb(pid);
+    for len in [0u32, 3, 7] {
+        let mut bytes = len.to_be_bytes().to_vec();
+        bytes.resize(len.max(4) as usize, 0);
+        let got = sent_before_close(s.port, &bytes);
+        assert!(got.is_empty(), "length {len}: the relay sent {got:?}");
+        s.assert_healthy(&format!("startup length {len}"));
+    }
+    for len in [10_009u32, 0x7fff_ffff, 0xffff_ffff] {
+        let mut bytes = len.to_be_bytes().to_vec();
+        bytes.extend_from_slice(&[0, 3, 0, 0]);
+        bytes.extend_from_slice(&[b'x'; 1000]);
+        let got = sent_before_close(s.port, &bytes);
+        assert!(
+            got.is_empty(),
+            "length {len:#x}: the relay sent {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        s.assert_healthy(&format!("startup length {len:#x}"));
+    }
+    let hwm_after = vm_hwm_kb(pid);
+    assert!(
+        hwm_after <= hwm_before + 16 * 1024,
+        "VmHWM grew from {hwm_before} kB to {hwm_after} kB"
+    );
+}
+
+#[test]
+fn startup_huge_length_allocates_nothing_and_closes() {
+    let Some(mut s) = setup("hugelen", &[]) else {
+        return;
+    };
+    let pid = s.relay.pid();
+    let hwm_before = vm_hwm_kb(pid);
+    for _ in 0..20 {
+        let mut c = RawClient::connect(s.port);
+        let mut bytes = 0x7fff_ffffu32.to_be_bytes().to_vec();
+        bytes.extend_from_slice(&PROTOCOL_3.to_be_bytes());
+        bytes.extend_from_slice(&[b'x'; 1000]);
+        c.send(&bytes);
+        assert!(c.raw_until_closed(ANSWER).is_some(), "still open");
+    }
+    let hwm_after = vm_hwm_kb(pid);
+    println!("0x7fffffff startup length x20: VmHWM {hwm_before} kB -> {hwm_after} kB");
+    assert!(
+        hwm_after <= hwm_before + 16 * 1024,
+        "VmHWM grew from {hwm_before} kB to {hwm_after} kB"
+    );
+    s.assert_healthy("startup length 0x7fffffff");
+}
+
+/// Sends a first write and returns the relay's messages until it closes the connection.
+fn refused_with(port: u16, bytes: &[u8]) -> Vec<Msg> {
+    let mut c = RawClient::connect(port);
+    c.send(bytes);
+    let (_, msgs) = c
+        .until_closed(ANSWER)
+        .unwrap_or_else(|| panic!("still open after {ANSWER:?}"));
+    msgs
+}
+
+/// The single FATAL of a refused login: (SQLSTATE, message); nothing else may come first.
+fn fatal_of(msgs: &[Msg]) -> (String, String) {
+    assert_eq!(msgs.len(), 1, "{msgs:?}");
+    let e = &msgs[0];
+    assert_eq!((e.tag, e.severity().as_str()), (b'E', "FATAL"), "{e:?}");
+    (e.sqlstate(), e.message())
+}
+
+#[test]
+fn startup_abuse_gets_postgres_answers() {
+    let Some(mut s) = setup("startup", &["--authentication-timeout", "2s"]) else {
+        return;
+    };
+    drop(RawClient::connect(s.port));
+    s.assert_healthy("a connection closed at once");
+
+    let mut stuffed = ssl_request();
+    stuffed.extend(startup_packet(REPLICATION_LOGIN));
+    let mut c = RawClient::connect(s.port);
+    c.send(&stuffed);
+    assert_eq!(c.read_bytes(1, ANSWER), b"N");
+    let (_, msgs) = c.until_closed(ANSWER).expect("closed after SSL stuffing");
+    assert_eq!(
+        fatal_of(&msgs),
+        (
+            "08P01".into(),
+            "received unencrypted data after SSL request".into()
+        )
+    );
+    s.assert_healthy("SSLRequest and StartupMessage in one write");
+
+    let old = sent_before_close(s.port, &startup_packet_version(2, 0, REPLICATION_LOGIN));
+    assert!(
+        String::from_utf8_lossy(&old).contains("unsupported frontend protocol 2.0"),
+        "{:?}",
+        String::from_utf8_lossy(&old)
+    );
+    s.assert_healthy("protocol 2.0");
+    let msgs = refused_with(s.port, &startup_packet_version(4, 0, REPLICATION_LOGIN));
+    let (code, text) = fatal_of(&msgs);
+    assert_eq!(code, "0A000");
+    assert!(
+        text.starts_with("unsupported frontend protocol 4.0"),
+        "{text}"
+    );
+    s.assert_healthy("protocol 4.0");
+
+    let no_user = [("database", "replication"), ("replication", "true")];
+    let msgs = refused_with(s.port, &startup_packet(&no_user));
+    assert_eq!(
+        fatal_of(&msgs),
+        (
+            "28000".into(),
+            "no PostgreSQL user name specified in startup packet".into()
+        )
+    );
+    s.assert_healthy("no user");
+    let maybe = [("user", "postgres"), ("replication", "maybe")];
+    let msgs = refused_with(s.port, &startup_packet(&maybe));
+    assert_eq!(
+        fatal_of(&msgs),
+        (
+            "22023".into(),
+            "invalid value for parameter \"replication\": \"maybe\"".into()
+        )
+    );
+    s.assert_healthy("replication=maybe");
+    let logical = [
+        ("user", "postgres"),
+        ("database", "postgres"),
+        ("replication", "database"),
+    ];
+    let msgs = refused_with(s.port, &startup_packet(&logical));
+    let (code, text) = fatal_of(&msgs);
+    println!("replication=database: {code} {text}");
+    assert!(!code.is_empty() && !text.is_empty());
+    s.assert_healthy("replication=database");
+
+    let got = sent_before_close(s.port, &cancel_request(0x1234_5678, 0x0bad_cafe));
+    assert!(got.is_empty(), "CancelRequest answered with {got:?}");
+    s.assert_healthy("CancelRequest");
+}
+
+#[test]
+fn startup_silence_is_closed_at_the_authentication_timeout() {
+    let Some(mut s) = setup("authtimeout", &["--authentication-timeout", "2s"]) else {
+        return;
+    };
+    let mut idle = RawClient::connect(s.port);
+    let mut half = RawClient::connect(s.port);
+    let packet = startup_packet(REPLICATION_LOGIN);
+    half.send(&packet[..packet.len() / 2]);
+    for (what, c) in [("idle", &mut idle), ("half a startup packet", &mut half)] {
+        let (took, got) = c
+            .raw_until_closed(Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("{what}: not closed within 10 s"));
+        println!("{what}: closed after {took:?}");
+        assert!(
+            took >= Duration::from_millis(1500) && took <= Duration::from_secs(5),
+            "{what}: closed after {took:?} with a 2 s authentication timeout"
+        );
+        assert!(got.is_empty(), "{what}: the relay sent {got:?}");
+    }
+    s.assert_healthy("silent connections");
+}
+
+/// A logged-in connection with START_REPLICATION at the relay's position already answered
+/// with CopyBothResponse.
+fn streaming_client(s: &Setup, app: &str) -> RawClient {
+    let mut c = RawClient::login(s.port, app);
+    let (_, tli, pos) = c.identify_system();
+    c.send(&query_msg(&format!(
+        "START_REPLICATION {} TIMELINE {tli}",
+        lsn_text(pos)
+    )));
+    let w = c.expect_msg(ANSWER);
+    assert_eq!(w.tag, b'W', "{w:?}");
+    c
+}
+
+/// The relay closes `c` within 5 s; returns the ErrorResponse it sent first, if any.
+fn closed_with_error(c: &mut RawClient) -> Option<Msg> {
+    let (_, msgs) = c
+        .until_closed(ANSWER)
+        .unwrap_or_else(|| panic!("still open after {ANSWER:?}"));
+    first_error(&msgs).cloned()
+}
+
+#[test]
+fn command_mode_abuse_gets_postgres_answers() {
+    let Some(mut s) = setup("commands", &["--sender-timeout", "4s"]) else {
+        return;
+    };
+    let mut c = RawClient::login(s.port, "abuse");
+    c.send(&message(0x99, &[]));
+    let e = closed_with_error(&mut c).expect("no error for message type 0x99");
+    assert_eq!(
+        (e.severity(), e.sqlstate(), e.message()),
+        (
+            "FATAL".into(),
+            "08P01".into(),
+            "invalid frontend message type 153".into()
+        )
+    );
+    s.assert_healthy("message type 0x99");
+
+    let mut c = RawClient::login(s.port, "abuse");
+    let msgs = c.query("START_REPLICATION 0/0 TIMELINE 0");
+    assert_eq!(first_error(&msgs).unwrap().message(), "invalid timeline 0");
+    let msgs = c.query("START_REPLICATION 0/0 TIMELINE 9");
+    assert!(!msgs.iter().any(|m| m.tag == b'W'), "{msgs:?}");
+    assert_eq!(
+        first_error(&msgs).unwrap().message(),
+        "requested timeline 9 is not in this server's history"
+    );
+    c.identify_system();
+    s.assert_healthy("TIMELINE 0 and TIMELINE 9");
+
+    // A start far ahead waits for WAL with keepalives instead of failing.
+    c.send(&query_msg("START_REPLICATION FFFFFFFF/FFFFFFFF TIMELINE 1"));
+    assert_eq!(c.expect_msg(ANSWER).tag, b'W');
+    let t0 = Instant::now();
+    let ping = c.expect_msg(Duration::from_secs(4));
+    assert_eq!(
+        ping.keepalive(),
+        Some((u64::MAX, true)),
+        "after {:?}: {ping:?}",
+        t0.elapsed()
+    );
+    c.send(&copy_data(&status_update(0, 0, 0, true)));
+    let pong = c.expect_msg(ANSWER);
+    assert_eq!(pong.keepalive(), Some((u64::MAX, false)), "{pong:?}");
+    std::thread::sleep(Duration::from_millis(500));
+    c.send(&copy_done());
+    let tags: Vec<_> = c
+        .until_ready(ANSWER)
+        .iter()
+        .map(|m| (char::from(m.tag), m.command_tag()))
+        .collect();
+    assert_eq!(
+        tags,
+        [
+            ('c', None),
+            ('C', Some("START_STREAMING".into())),
+            ('C', Some("START_REPLICATION".into())),
+            ('Z', None)
+        ]
+    );
+    c.identify_system();
+    s.assert_healthy("START_REPLICATION FFFFFFFF/FFFFFFFF");
+
+    let mut c = RawClient::login(s.port, "abuse");
+    let mut huge = vec![b'Q'];
+    huge.extend_from_slice(&0x7fff_fff0u32.to_be_bytes());
+    c.send(&huge);
+    assert!(c.until_closed(ANSWER).is_some());
+    s.assert_healthy("a Query announcing 2 GB");
+}
+
+#[test]
+fn streaming_abuse_closes_only_the_offender() {
+    let Some(mut s) = setup("streaming", &["--sender-timeout", "4s"]) else {
+        return;
+    };
+    let pid = s.relay.pid();
+    let hwm_before = vm_hwm_kb(pid);
+
+    let mut long = status_update(1, 1, 0, false);
+    long.push(0);
+    let short = status_update(1, 1, 0, false)[..10].to_vec();
+    for (what, payload) in [
+        ("'r' with a trailing byte", long),
+        ("'r' of 10 bytes", short),
+        ("an unknown CopyData type 'x'", b"x123".to_vec()),
+    ] {
+        let mut c = streaming_client(&s, "abuse");
+        c.send(&copy_data(&payload));
+        let e = closed_with_error(&mut c).unwrap_or_else(|| panic!("{what}: closed silently"));
+        println!("{what}: {} {} {}", e.severity(), e.sqlstate(), e.message());
+        assert_eq!(e.sqlstate(), "08P01", "{what}");
+        s.assert_healthy(what);
+    }
+
+    let mut c = streaming_client(&s, "abuse");
+    c.send(&query_msg("IDENTIFY_SYSTEM"));
+    let e = closed_with_error(&mut c).expect("a Query while streaming closed silently");
+    assert_eq!(e.message(), "invalid standby message type \"Q\"");
+    s.assert_healthy("a Query while streaming");
+
+    let mut c = streaming_client(&s, "abuse");
+    let mut header = vec![b'd'];
+    header.extend_from_slice(&100_000_004u32.to_be_bytes());
+    header.extend_from_slice(b"r");
+    c.send(&header);
+    assert!(
+        c.until_closed(ANSWER).is_some(),
+        "100 MB CopyData left open"
+    );
+    s.assert_healthy("a 100 MB CopyData header");
+    let hwm_after = vm_hwm_kb(pid);
+    assert!(
+        hwm_after <= hwm_before + 16 * 1024,
+        "VmHWM grew from {hwm_before} kB to {hwm_after} kB"
+    );
+
+    let mut c = streaming_client(&s, "abuse");
+    let mut twice = copy_done();
+    twice.extend(copy_done());
+    c.send(&twice);
+    let tags: Vec<_> = c
+        .until_ready(ANSWER)
+        .iter()
+        .filter(|m| m.xlogdata().is_none())
+        .map(|m| (char::from(m.tag), m.command_tag()))
+        .collect();
+    assert_eq!(
+        tags,
+        [
+            ('c', None),
+            ('C', Some("START_STREAMING".into())),
+            ('C', Some("START_REPLICATION".into())),
+            ('Z', None)
+        ]
+    );
+    c.identify_system();
+    s.assert_healthy("CopyDone twice");
+
+    let mut c = streaming_client(&s, "abuse");
+    c.send(&terminate());
+    assert!(
+        c.until_closed(ANSWER).is_some(),
+        "Terminate mid-stream left open"
+    );
+    s.assert_healthy("Terminate mid-stream");
+
+    let mut c = streaming_client(&s, "abuse");
+    c.shutdown_write();
+    assert!(c.until_closed(ANSWER).is_some(), "half-close left open");
+    s.assert_healthy("a half-close while streaming");
+}

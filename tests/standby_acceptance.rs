@@ -1,0 +1,862 @@
+//! Real PostgreSQL 15 hot standbys behind the relay, as ACCEPTANCE.md's rows say: three standbys
+//! converge on the primary's data and the relay's segments equal the archive (A1, at 1 MB and
+//! 16 MB segments), hot-standby feedback reaches the primary's slot and is released (A8), an
+//! idle topology with 10 s timeouts never reconnects (A9), a slow standby neither holds back
+//! the others nor grows the relay's memory (E1), 3 standbys and 20 `pg_receivewal` converge
+//! (E8), an offline standby catches up from its slot (G1), and a slot past
+//! `--max-slot-wal-keep-size` is invalidated while removal goes on (G2).
+//!
+//! Durations are scaled for CI and tunable: `WALRELAY_A1_SECS` (pgbench run, default 20),
+//! `WALRELAY_A9_SECS` (idle time, default 35; the row says 180), `WALRELAY_E1_SECS` (throttled
+//! load, default 12).
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use support::*;
+use walrelay::localpg::{
+    Cluster, ClusterBuilder, PgBinaries, ScratchDir, StopMode, free_port, require_postgres, run,
+    wait_until,
+};
+use walrelay::types::{Lsn, SegmentName, TimelineId, WalSegmentSize};
+
+const MB: u64 = 1 << 20;
+
+/// O9's memory budget: 64 MB plus 4 MB per connection (the upstream one included).
+fn memory_budget(downstreams: u64) -> u64 {
+    64 * MB + 4 * MB * (downstreams + 1)
+}
+
+/// A primary with archiving, the relay streaming from it and listening for downstreams.
+/// Fields drop in order: relay, primary, then the directory.
+struct Topo {
+    relay: RelayProcess,
+    primary: Cluster,
+    bins: PgBinaries,
+    size: WalSegmentSize,
+    relay_port: u16,
+    _dir: ScratchDir,
+}
+
+/// Starts the topology; `relay_args` follow `--listen` (through [`RelayProcess::start`] with
+/// its test intervals, or with `bare` through [`RelayProcess::start_bare`]).
+fn topo(
+    label: &str,
+    segment_mb: u32,
+    primary_config: &[(&str, &str)],
+    relay_args: &[&str],
+    bare: bool,
+) -> Option<Topo> {
+    let bins = require_postgres()?;
+    let dir = scratch(&bins, label);
+    let mut builder = ClusterBuilder::new(bins.clone(), dir.path())
+        .segment_size_mb(segment_mb)
+        .archive(true);
+    for (key, value) in primary_config {
+        builder = builder.config(key, value);
+    }
+    let mut primary = builder.init().unwrap();
+    primary.start().unwrap();
+    let relay_port = free_port().unwrap();
+    let listen = format!("127.0.0.1:{relay_port}");
+    let mut args = vec!["--listen", listen.as_str()];
+    args.extend_from_slice(relay_args);
+    let data = dir.path().join("relay");
+    let relay = if bare {
+        RelayProcess::start_bare(&primary.conninfo(), &data, &args)
+    } else {
+        RelayProcess::start(&primary.conninfo(), &data, &args)
+    };
+    let now = primary.current_wal_flush_lsn().unwrap();
+    wait_acked(&primary, now, Duration::from_secs(30));
+    let size = primary.wal_segment_size().unwrap();
+    Some(Topo {
+        relay,
+        primary,
+        bins,
+        size,
+        relay_port,
+        _dir: dir,
+    })
+}
+
+impl Topo {
+    fn relay_conninfo(&self) -> String {
+        format!("host=127.0.0.1 port={} user=postgres", self.relay_port)
+    }
+
+    /// A replication command on the relay.
+    fn repl(&self, sql: &str) -> String {
+        let conninfo = format!("{} replication=1", self.relay_conninfo());
+        self.bins
+            .psql(&conninfo, sql)
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    /// A hot standby on relay slot `slot` (created here), streaming from the relay, or from
+    /// `via_port` when given (a proxy in front of the relay), with `config` set. Started.
+    fn standby(&self, slot: &str, via_port: Option<u16>, config: &[(&str, &str)]) -> Cluster {
+        self.repl(&format!("CREATE_REPLICATION_SLOT \"{slot}\" PHYSICAL"));
+        let port = via_port.unwrap_or(self.relay_port);
+        let conninfo = format!("host=127.0.0.1 port={port} user=postgres application_name={slot}");
+        let mut standby = self
+            .primary
+            .basebackup_standby(&conninfo, Some(slot))
+            .unwrap();
+        for (key, value) in config {
+            standby.set_config(key, value).unwrap();
+        }
+        standby.start().unwrap();
+        standby
+    }
+
+    /// `READ_REPLICATION_SLOT name`'s `restart_lsn`, `None` when NULL.
+    fn slot_restart(&self, name: &str) -> Option<Lsn> {
+        let row = self.repl(&format!("READ_REPLICATION_SLOT {name}"));
+        let field = row.split('|').nth(1).unwrap_or_default();
+        (!field.is_empty()).then(|| field.parse().unwrap())
+    }
+
+    /// O1's target: `CHECKPOINT; SELECT pg_switch_wal()` on the primary, then its flush LSN.
+    /// The switched segment is awaited in the archive.
+    fn converge_target(&self) -> Lsn {
+        self.primary.psql("CHECKPOINT").unwrap();
+        let switched = self.primary.switch_wal().unwrap();
+        let target = self.primary.current_wal_flush_lsn().unwrap();
+        self.primary
+            .wait_archived(switched, Duration::from_secs(60))
+            .unwrap();
+        target
+    }
+
+    /// The file name of the segment holding `lsn` on timeline 1.
+    fn segment_name(&self, lsn: Lsn) -> String {
+        SegmentName {
+            timeline: TimelineId::ONE,
+            segno: self.size.segment_of(lsn),
+        }
+        .file_name(self.size)
+    }
+
+    /// O10 for slot `name`: the segment holding its `restart_lsn` and every later one the
+    /// relay has stored are in the relay's WAL directory. The directory is listed before the
+    /// slot is read, so retention moving on in between cannot fail the check. Returns the
+    /// slot's `restart_lsn`.
+    fn assert_slot_wal_kept(&self, name: &str) -> Option<Lsn> {
+        let listed = wal_files(&self.relay.wal_dir());
+        let restart = self.slot_restart(name)?;
+        let last = listed.iter().next_back().cloned().unwrap_or_default();
+        let mut segno = self.size.segment_of(restart);
+        loop {
+            let file = SegmentName {
+                timeline: TimelineId::ONE,
+                segno,
+            }
+            .file_name(self.size);
+            if file.as_str() > last.as_str() {
+                return Some(restart);
+            }
+            assert!(
+                listed.contains(&file),
+                "O10: slot {name} has restart_lsn {restart} but {file} is missing from the \
+                 relay's WAL directory: {listed:?}"
+            );
+            segno = segno.next().unwrap();
+        }
+    }
+}
+
+/// Segment names in a WAL directory, complete or `.partial` (suffix stripped).
+fn wal_files(dir: &Path) -> BTreeSet<String> {
+    fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().to_string_lossy().into_owned();
+            let base = name.strip_suffix(".partial").unwrap_or(&name).to_owned();
+            (base.len() == 24 && base.bytes().all(|b| b.is_ascii_hexdigit())).then_some(base)
+        })
+        .collect()
+}
+
+/// Bytes held by segment files (complete and `.partial`) in a WAL directory.
+fn wal_bytes(dir: &Path) -> u64 {
+    fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.strip_suffix(".partial").unwrap_or(&name).len() == 24
+        })
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+fn lsn_query(c: &Cluster, sql: &str) -> Lsn {
+    c.psql(sql).unwrap().parse().unwrap()
+}
+
+fn receive_lsn(standby: &Cluster) -> Lsn {
+    lsn_query(standby, "SELECT coalesce(pg_last_wal_receive_lsn(), '0/0')")
+}
+
+/// O1: every standby replays to `target` within 60 s.
+fn wait_replayed(standbys: &[&Cluster], target: Lsn) {
+    for (i, standby) in standbys.iter().enumerate() {
+        wait_until(
+            Duration::from_secs(60),
+            &format!("standby {} replays to {target}", i + 1),
+            || Ok(standby.replay_lsn()? >= target),
+        )
+        .unwrap();
+    }
+}
+
+/// O6: the standby's walreceiver is streaming within 30 s.
+fn wait_streaming(standby: &Cluster) {
+    wait_until(Duration::from_secs(30), "walreceiver streaming", || {
+        Ok(standby.psql("SELECT status FROM pg_stat_wal_receiver")? == "streaming")
+    })
+    .unwrap();
+}
+
+fn walreceiver_pid(standby: &Cluster) -> String {
+    standby
+        .psql("SELECT pid FROM pg_stat_wal_receiver")
+        .unwrap()
+}
+
+/// Writes at least `bytes` of WAL on the primary in rows and messages; returns its flush LSN.
+fn write_wal(primary: &Cluster, bytes: u64) -> Lsn {
+    let start = primary.current_wal_flush_lsn().unwrap();
+    loop {
+        primary.write_load(2000).unwrap();
+        let end = primary.emit_message(256 * 1024).unwrap();
+        if end.saturating_distance(start) >= bytes {
+            return end;
+        }
+    }
+}
+
+/// `pg_dumpall` of a server with `extra` flags.
+fn dumpall(server: &Cluster, extra: &[&str]) -> String {
+    let mut cmd = server.bins().command("pg_dumpall");
+    cmd.args(["-h", "127.0.0.1", "-p", &server.port().to_string()])
+        .args(["-U", "postgres"])
+        .args(extra);
+    run(&mut cmd).unwrap()
+}
+
+/// O2: the primary's `pg_dumpall --no-unlogged-table-data` equals each standby's dump.
+fn assert_same_dumps(primary: &Cluster, standbys: &[&Cluster]) {
+    let ours = dumpall(primary, &["--no-unlogged-table-data"]);
+    for (i, standby) in standbys.iter().enumerate() {
+        let theirs = dumpall(standby, &[]);
+        if ours != theirs {
+            let first = ours
+                .lines()
+                .zip(theirs.lines())
+                .position(|(a, b)| a != b)
+                .unwrap_or(0);
+            let show = |s: &str| s.lines().skip(first).take(5).collect::<Vec<_>>().join("\n");
+            panic!(
+                "O2: standby {} differs from the primary at dump line {first}:\nprimary:\n{}\nstandby:\n{}",
+                i + 1,
+                show(&ours),
+                show(&theirs)
+            );
+        }
+    }
+}
+
+/// The 027 recipe: every sequence's state WAL-logged exactly, in each database.
+fn settle_sequences(primary: &Cluster, databases: &[&str]) {
+    for db in databases {
+        let conninfo = format!("{} dbname={db}", primary.conninfo());
+        primary
+            .bins()
+            .psql(
+                &conninfo,
+                "SELECT count(setval(seqrelid, nextval(seqrelid))) FROM pg_sequence",
+            )
+            .unwrap();
+    }
+}
+
+/// Wddl, run while pgbench writes: CREATE DATABASE, an index build, VACUUM FULL, TRUNCATE,
+/// a sequence, an unlogged table and a two-phase commit.
+fn ddl_workload(primary: &Cluster) {
+    let db2 = format!("{} dbname=walrelay_db2", primary.conninfo());
+    for sql in [
+        "CREATE DATABASE walrelay_db2",
+        "CREATE INDEX pgbench_accounts_abalance ON pgbench_accounts (abalance)",
+        "VACUUM FULL pgbench_tellers",
+        "CREATE TABLE scratch AS SELECT g FROM generate_series(1, 20000) g",
+        "TRUNCATE scratch",
+        "INSERT INTO scratch VALUES (1), (2)",
+        "CREATE SEQUENCE seq1",
+        "SELECT count(nextval('seq1')) FROM generate_series(1, 100)",
+        "CREATE UNLOGGED TABLE unlogged1 AS SELECT g FROM generate_series(1, 5000) g",
+        "BEGIN; INSERT INTO scratch VALUES (3); PREPARE TRANSACTION 'p1'",
+        "COMMIT PREPARED 'p1'",
+    ] {
+        primary.psql(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+    for sql in [
+        "CREATE TABLE items (id serial PRIMARY KEY, v text)",
+        "INSERT INTO items (v) SELECT md5(g::text) FROM generate_series(1, 5000) g",
+        "CREATE INDEX items_v ON items (v)",
+    ] {
+        primary.bins().psql(&db2, sql).unwrap();
+    }
+}
+
+/// A1: three standbys on relay slots converge on the primary's data under pgbench plus DDL
+/// (O1, O2), the relay's completed segments equal the archive (O3, O4), and the primary
+/// streams to the relay alone.
+fn three_standbys_converge(label: &str, segment_mb: u32, scale: &str, clients: &str, secs: u64) {
+    let config = [("max_prepared_transactions", "10")];
+    let Some(t) = topo(label, segment_mb, &config, &[], false) else {
+        return;
+    };
+    let started = Instant::now();
+    let standbys: Vec<Cluster> = ["d1", "d2", "d3"]
+        .iter()
+        .map(|slot| t.standby(slot, None, &[]))
+        .collect();
+    t.primary.pgbench(&["-i", "-q", "-s", scale]).unwrap();
+    let secs = secs.to_string();
+    let pgbench = ["-c", clients, "-j", "2", "-T", &secs, "-n"];
+    let out = std::thread::scope(|s| {
+        let bench = s.spawn(|| t.primary.pgbench(&pgbench));
+        std::thread::sleep(Duration::from_secs(1));
+        ddl_workload(&t.primary);
+        bench.join().unwrap().unwrap()
+    });
+    let tps = out.lines().find(|l| l.starts_with("tps")).unwrap_or("");
+    settle_sequences(&t.primary, &["postgres", "walrelay_db2"]);
+    let target = t.converge_target();
+    let refs: Vec<&Cluster> = standbys.iter().collect();
+    wait_replayed(&refs, target);
+    assert_same_dumps(&t.primary, &refs);
+    let compared = assert_same_segments(&t.relay.wal_dir(), &t.primary.archive_dir(), t.size);
+    assert_waldump(&t.bins, &t.relay.wal_dir(), t.size);
+    let senders = t
+        .primary
+        .psql("SELECT string_agg(application_name, ',') FROM pg_stat_replication")
+        .unwrap();
+    assert_eq!(
+        senders, "walrelay",
+        "only the relay streams from the primary"
+    );
+    println!(
+        "A1 {segment_mb} MB segments: {compared} segments equal the archive, target {target}, \
+         {tps}, {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+#[test]
+fn a1_three_standbys_converge_1mb_segments() {
+    let secs = env_u64("WALRELAY_A1_SECS", 20);
+    three_standbys_converge("a1-1mb", 1, "5", "4", secs);
+}
+
+#[test]
+fn a1_three_standbys_converge_16mb_segments() {
+    let secs = env_u64("WALRELAY_A1_SECS", 20) / 4;
+    three_standbys_converge("a1-16mb", 16, "2", "2", secs.max(1));
+}
+
+/// The primary's xmin for the relay's slot, `None` when NULL.
+fn relay_slot_xmin(primary: &Cluster) -> Option<u64> {
+    let sql = "SELECT xmin FROM pg_replication_slots WHERE slot_name = 'walrelay'";
+    primary.psql(sql).unwrap().parse().ok()
+}
+
+fn wait_xmin(primary: &Cluster, held: bool, within: Duration, what: &str) {
+    wait_until(within, what, || {
+        Ok(relay_slot_xmin(primary).is_some() == held)
+    })
+    .unwrap();
+}
+
+/// A psql session on the standby holding a REPEATABLE READ snapshot open between queries.
+struct OpenSnapshot {
+    child: std::process::Child,
+    input: std::process::ChildStdin,
+    output: BufReader<std::process::ChildStdout>,
+}
+
+impl OpenSnapshot {
+    fn begin(standby: &Cluster, query: &str) -> (OpenSnapshot, String) {
+        let mut cmd = standby.bins().command("psql");
+        cmd.args(["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-d"])
+            .arg(standby.conninfo())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let input = child.stdin.take().unwrap();
+        let output = BufReader::new(child.stdout.take().unwrap());
+        let mut s = OpenSnapshot {
+            child,
+            input,
+            output,
+        };
+        let first = s.query(&format!("BEGIN ISOLATION LEVEL REPEATABLE READ; {query}"));
+        (s, first)
+    }
+
+    fn query(&mut self, sql: &str) -> String {
+        writeln!(self.input, "{sql};").unwrap();
+        self.input.flush().unwrap();
+        let mut line = String::new();
+        self.output.read_line(&mut line).unwrap();
+        line.trim().to_owned()
+    }
+
+    /// Commits and returns psql's stderr, or panics when psql failed.
+    fn commit(mut self) -> String {
+        writeln!(self.input, "COMMIT;").unwrap();
+        drop(self.input);
+        let status = self.child.wait().unwrap();
+        let mut stderr = String::new();
+        self.child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        assert!(status.success(), "the standby's session failed: {stderr}");
+        stderr
+    }
+}
+
+/// A8: hot-standby feedback from a standby behind the relay holds the primary's `walrelay`
+/// slot xmin, so VACUUM on the primary does not cancel the standby's snapshot (with
+/// `max_standby_streaming_delay=0`); the xmin is released when feedback is switched off and
+/// when the standby stops, and comes back when it is switched on again.
+#[test]
+fn a8_hot_standby_feedback_holds_and_releases_the_primary_xmin() {
+    let Some(t) = topo("a8", 1, &[], &[], false) else {
+        return;
+    };
+    t.primary
+        .psql("CREATE TABLE feedback_t AS SELECT g FROM generate_series(1, 10000) g")
+        .unwrap();
+    let config = [
+        ("hot_standby_feedback", "on"),
+        ("wal_receiver_status_interval", "1s"),
+        ("max_standby_streaming_delay", "0"),
+    ];
+    let mut standby = t.standby("d1", None, &config);
+    wait_xmin(&t.primary, true, Duration::from_secs(10), "slot xmin held");
+    let (snapshot, before) = OpenSnapshot::begin(&standby, "SELECT count(*) FROM feedback_t");
+    let mut snapshot = snapshot;
+    assert_eq!(before, "10000");
+    std::thread::sleep(Duration::from_secs(2));
+    t.primary.psql("DELETE FROM feedback_t").unwrap();
+    t.primary.psql("VACUUM feedback_t").unwrap();
+    let end = t.primary.current_wal_flush_lsn().unwrap();
+    wait_replayed(&[&standby], end);
+    assert_eq!(snapshot.query("SELECT count(*) FROM feedback_t"), "10000");
+    let stderr = snapshot.commit();
+    assert!(!stderr.contains("conflict with recovery"), "{stderr}");
+    let feedback = |on: &str| {
+        let sql = format!("ALTER SYSTEM SET hot_standby_feedback = {on}");
+        standby.psql(&sql).unwrap();
+        standby.psql("SELECT pg_reload_conf()").unwrap();
+    };
+    feedback("off");
+    wait_xmin(&t.primary, false, Duration::from_secs(30), "xmin released");
+    feedback("on");
+    wait_xmin(&t.primary, true, Duration::from_secs(10), "xmin held again");
+    standby.stop(StopMode::Fast).unwrap();
+    wait_xmin(&t.primary, false, Duration::from_secs(30), "xmin released");
+}
+
+/// Lines after byte `offset` of `log` that mention a timeout.
+fn timeout_lines(log: &str, offset: usize) -> Vec<String> {
+    log.get(offset..)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.to_ascii_lowercase().contains("timeout"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A9: with every timeout at 10 s and no WAL for `WALRELAY_A9_SECS`, nothing reconnects and
+/// nobody logs a timeout.
+#[test]
+fn a9_idle_topology_keeps_its_connections() {
+    let primary_config = [("wal_sender_timeout", "10s"), ("log_connections", "on")];
+    let relay_args = [
+        "--receive-timeout",
+        "10s",
+        "--sender-timeout",
+        "10s",
+        "--status-interval",
+        "10s",
+    ];
+    let Some(t) = topo("a9", 1, &primary_config, &relay_args, true) else {
+        return;
+    };
+    let config = [
+        ("wal_receiver_timeout", "10s"),
+        ("wal_receiver_status_interval", "10s"),
+    ];
+    let standby = t.standby("d1", None, &config);
+    wait_streaming(&standby);
+    t.primary.write_load(10).unwrap();
+    wait_replayed(&[&standby], t.primary.current_wal_flush_lsn().unwrap());
+    let backend_start = || {
+        let sql =
+            "SELECT backend_start FROM pg_stat_replication WHERE application_name = 'walrelay'";
+        t.primary.psql(sql).unwrap()
+    };
+    let (start, pid) = (backend_start(), walreceiver_pid(&standby));
+    let relay_at = t.relay.log_len();
+    let (primary_at, standby_at) = (t.primary.log_contents().len(), standby.log_contents().len());
+    let secs = env_u64("WALRELAY_A9_SECS", 35);
+    std::thread::sleep(Duration::from_secs(secs));
+    assert_eq!(backend_start(), start, "the relay reconnected upstream");
+    assert_eq!(walreceiver_pid(&standby), pid, "the walreceiver restarted");
+    assert_eq!(
+        standby
+            .psql("SELECT status FROM pg_stat_wal_receiver")
+            .unwrap(),
+        "streaming"
+    );
+    let relay_log = t.relay.log_contents();
+    let upstream_streams = relay_log
+        .lines()
+        .filter(|l| {
+            l.contains("upstream{") && l.ends_with("streaming")
+                || l.contains("upstream{") && l.contains(": streaming ")
+        })
+        .count();
+    assert_eq!(
+        upstream_streams, 1,
+        "upstream streaming lines:\n{relay_log}"
+    );
+    let primary_log = t.primary.log_contents();
+    let reconnects = primary_log
+        .get(primary_at..)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("replication connection authorized"))
+        .count();
+    assert_eq!(reconnects, 0, "new replication connections on the primary");
+    for (who, lines) in [
+        ("relay", timeout_lines(&relay_log, relay_at)),
+        ("primary", timeout_lines(&primary_log, primary_at)),
+        (
+            "standby",
+            timeout_lines(&standby.log_contents(), standby_at),
+        ),
+    ] {
+        assert!(lines.is_empty(), "{who} logged timeouts: {lines:#?}");
+    }
+    println!("A9: idle {secs} s, upstream backend_start {start}, walreceiver pid {pid}");
+}
+
+/// A loopback TCP proxy whose server-to-client direction is shaped to `rate` bytes per second
+/// (0: unshaped), as `tc tbf` would shape a slow link. Client-to-server bytes pass freely.
+struct SlowLink {
+    port: u16,
+    rate: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl SlowLink {
+    fn start(server_port: u16) -> SlowLink {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let link = SlowLink {
+            port,
+            rate: Arc::new(AtomicU64::new(0)),
+            stop: Arc::new(AtomicBool::new(false)),
+            conns: Arc::new(Mutex::new(Vec::new())),
+        };
+        let (rate, stop, conns) = (link.rate.clone(), link.stop.clone(), link.conns.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                let Ok((client, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                };
+                client.set_nonblocking(false).unwrap();
+                let Ok(server) = TcpStream::connect(("127.0.0.1", server_port)) else {
+                    continue;
+                };
+                let mut held = conns.lock().unwrap();
+                held.push(client.try_clone().unwrap());
+                held.push(server.try_clone().unwrap());
+                let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                std::thread::spawn(move || pump(client, server, None));
+                let rate = rate.clone();
+                std::thread::spawn(move || pump(s2, c2, Some(rate)));
+            }
+        });
+        link
+    }
+
+    fn set_rate(&self, bytes_per_sec: u64) {
+        self.rate.store(bytes_per_sec, Ordering::SeqCst);
+    }
+}
+
+impl Drop for SlowLink {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for conn in self.conns.lock().unwrap().iter() {
+            let _ = conn.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+/// Copies `from` to `to` in reads of at most 8 KiB, sleeping after each so that the bytes
+/// flow at `rate` when it is set and non-zero.
+fn pump(mut from: TcpStream, mut to: TcpStream, rate: Option<Arc<AtomicU64>>) {
+    let mut buf = vec![0u8; 8192];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+        let r = rate.as_ref().map_or(0, |r| r.load(Ordering::SeqCst));
+        if r > 0 {
+            std::thread::sleep(Duration::from_secs_f64(n as f64 / r as f64));
+        }
+    }
+    let _ = from.shutdown(Shutdown::Both);
+    let _ = to.shutdown(Shutdown::Both);
+}
+
+/// E1: standby 3's link shaped to 200 kB/s while pgbench writes. Standbys 1 and 2 stay
+/// within two segments of the primary at most samples (O7), the relay's peak memory stays
+/// within budget (O9), standby 3's slot keeps its WAL while it lags (O10), and it catches up
+/// once the link is free again (O6, O1).
+#[test]
+fn e1_slow_standby_is_isolated() {
+    let Some(t) = topo("e1", 1, &[], &["--wal-keep-size", "0"], false) else {
+        return;
+    };
+    let link = SlowLink::start(t.relay_port);
+    let d1 = t.standby("d1", None, &[]);
+    let d2 = t.standby("d2", None, &[]);
+    let d3 = t.standby("d3", Some(link.port), &[]);
+    wait_streaming(&d3);
+    t.primary.pgbench(&["-i", "-q", "-s", "2"]).unwrap();
+    wait_replayed(&[&d3], t.primary.current_wal_flush_lsn().unwrap());
+    link.set_rate(200_000);
+    let secs = env_u64("WALRELAY_E1_SECS", 12).to_string();
+    let limit = 2 * t.size.bytes_u64();
+    let (mut within, mut samples, mut worst, mut d3_worst, mut o10_checks) = (0, 0, 0, 0, 0);
+    let out = std::thread::scope(|s| {
+        let bench = s.spawn(|| {
+            t.primary
+                .pgbench(&["-c", "4", "-j", "2", "-T", &secs, "-n"])
+        });
+        while !bench.is_finished() {
+            let (r1, r2, r3) = (receive_lsn(&d1), receive_lsn(&d2), receive_lsn(&d3));
+            let flush = t.primary.current_wal_flush_lsn().unwrap();
+            for r in [r1, r2] {
+                let lag = flush.saturating_distance(r);
+                worst = worst.max(lag);
+                within += u64::from(lag <= limit);
+                samples += 1;
+            }
+            d3_worst = d3_worst.max(flush.saturating_distance(r3));
+            if t.assert_slot_wal_kept("d3").is_some() {
+                o10_checks += 1;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        bench.join().unwrap().unwrap()
+    });
+    let peak = peak_rss(t.relay.pid());
+    let tps = out.lines().find(|l| l.starts_with("tps")).unwrap_or("");
+    println!(
+        "E1: {within}/{samples} lag samples of d1/d2 within {limit} B (worst {worst} B), \
+         d3 lagged up to {d3_worst} B, {o10_checks} O10 checks, relay VmHWM {} MB, {tps}",
+        peak / MB
+    );
+    assert!(
+        samples > 0 && within * 10 >= samples * 9,
+        "O7: d1/d2 lagged"
+    );
+    assert!(
+        d3_worst > 4 * t.size.bytes_u64(),
+        "the shaped link did not slow d3"
+    );
+    assert!(o10_checks > 0, "d3's slot was never read");
+    assert!(peak <= memory_budget(3), "O9: relay VmHWM {peak} B");
+    link.set_rate(0);
+    let target = t.converge_target();
+    wait_replayed(&[&d1, &d2, &d3], target);
+    wait_streaming(&d3);
+}
+
+/// E8: three standbys and twenty `pg_receivewal` (no slots) through the relay while about
+/// 20 MB are written: the standbys replay to the end (O1), every `pg_receivewal` directory
+/// holds the completed segments byte-identical to the archive (O3), and the relay's peak
+/// memory stays within budget (O9).
+#[test]
+fn e8_three_standbys_and_twenty_receivers_converge() {
+    let Some(t) = topo("e8", 1, &[], &[], false) else {
+        return;
+    };
+    let standbys: Vec<Cluster> = ["d1", "d2", "d3"]
+        .iter()
+        .map(|slot| t.standby(slot, None, &[]))
+        .collect();
+    let root = t.relay.data_dir.parent().unwrap().to_owned();
+    let mut receivers = Vec::new();
+    for i in 0..20 {
+        let dir = root.join(format!("recv{i}"));
+        fs::create_dir_all(&dir).unwrap();
+        let conninfo = format!("{} application_name=recv{i}", t.relay_conninfo());
+        receivers.push((t.bins.receivewal(&conninfo, &dir, &[]).unwrap(), dir));
+    }
+    wait_until(Duration::from_secs(30), "23 downstreams streaming", || {
+        let sql = "SELECT count(*) FROM pg_stat_replication";
+        Ok(t.primary.psql(sql)? == "1" && count_streams(&t) >= 23)
+    })
+    .unwrap();
+    write_wal(&t.primary, 20 * MB);
+    let target = t.converge_target();
+    let last = t.segment_name(Lsn(target.0 - 1));
+    let refs: Vec<&Cluster> = standbys.iter().collect();
+    wait_replayed(&refs, target);
+    for (process, dir) in &mut receivers {
+        wait_until(
+            Duration::from_secs(60),
+            "pg_receivewal completed it",
+            || Ok(dir.join(&last).exists()),
+        )
+        .unwrap_or_else(|e| panic!("{e}: {}", process.log_contents()));
+    }
+    let mut compared = 0;
+    for (mut process, dir) in receivers {
+        process.stop().unwrap();
+        compared += assert_same_segments(&dir, &t.primary.archive_dir(), t.size);
+    }
+    let peak = peak_rss(t.relay.pid());
+    println!(
+        "E8: 20 receivers, {compared} segments compared, relay VmHWM {} MB",
+        peak / MB
+    );
+    assert!(peak <= memory_budget(23), "O9: relay VmHWM {peak} B");
+}
+
+/// How many streaming replication connections the relay logged (`streaming` lines of its
+/// downstream connections).
+fn count_streams(t: &Topo) -> usize {
+    t.relay
+        .log_contents()
+        .lines()
+        .filter(|l| l.contains("downstream{") && l.contains("streaming"))
+        .count()
+}
+
+/// G1: standby d2 is stopped while ten segments are written; its slot keeps their WAL (O10)
+/// even with `--wal-keep-size 0`, and once started it streams again and catches up (O6, O1).
+#[test]
+fn g1_offline_standby_catches_up_from_its_slot() {
+    let Some(t) = topo("g1", 1, &[], &["--wal-keep-size", "0"], false) else {
+        return;
+    };
+    let d1 = t.standby("d1", None, &[]);
+    let mut d2 = t.standby("d2", None, &[]);
+    wait_streaming(&d2);
+    d2.stop(StopMode::Fast).unwrap();
+    let held = t
+        .assert_slot_wal_kept("d2")
+        .expect("d2's slot has a restart_lsn");
+    let end = write_wal(&t.primary, 10 * t.size.bytes_u64());
+    wait_replayed(&[&d1], end);
+    std::thread::sleep(Duration::from_secs(2)); // a retention pass
+    assert_eq!(t.assert_slot_wal_kept("d2"), Some(held));
+    let log_at = d2.log_contents().len();
+    d2.start().unwrap();
+    wait_streaming(&d2);
+    let target = t.converge_target();
+    wait_replayed(&[&d1, &d2], target);
+    let log = d2.log_contents();
+    let tail = log.get(log_at..).unwrap_or_default();
+    assert!(!tail.contains("has already been removed"), "{tail}");
+    println!("G1: d2 held {held} and caught up to {target}");
+}
+
+/// G2: with `--max-slot-wal-keep-size 4MB --wal-keep-size 0`, an offline standby's slot is
+/// invalidated once more than 8 segments are written, removal goes on (the WAL directory stays
+/// within the limit plus two segments), the standby gets "requested WAL segment … has already
+/// been removed", and a new slot reserves WAL the relay still has (bug #17103).
+#[test]
+fn g2_slot_past_the_limit_is_invalidated() {
+    let relay_args = ["--max-slot-wal-keep-size", "4MB", "--wal-keep-size", "0"];
+    let Some(t) = topo("g2", 1, &[], &relay_args, false) else {
+        return;
+    };
+    let d1 = t.standby("d1", None, &[]);
+    let mut d2 = t.standby("d2", None, &[]);
+    wait_streaming(&d2);
+    d2.stop(StopMode::Fast).unwrap();
+    assert!(t.slot_restart("d2").is_some());
+    let log_at = t.relay.log_len();
+    let end = write_wal(&t.primary, 10 * t.size.bytes_u64());
+    wait_replayed(&[&d1], end);
+    t.relay
+        .wait_log(log_at, "invalidating slot", Duration::from_secs(30));
+    let row = t.repl("READ_REPLICATION_SLOT d2");
+    assert!(row.starts_with("physical||"), "d2 not invalidated: {row}");
+    let bound = 4 * MB + 2 * t.size.bytes_u64();
+    let wal = t.relay.wal_dir();
+    wait_until(Duration::from_secs(10), "old segments removed", || {
+        Ok(wal_bytes(&wal) <= bound)
+    })
+    .unwrap_or_else(|e| panic!("{e}: {:?}", wal_files(&wal)));
+    let standby_at = d2.log_contents().len();
+    d2.start().unwrap();
+    wait_until(Duration::from_secs(30), "d2 refused", || {
+        let log = d2.log_contents();
+        let tail = log.get(standby_at..).unwrap_or_default();
+        Ok(tail.contains("requested WAL segment") && tail.contains("has already been removed"))
+    })
+    .unwrap();
+    t.repl("CREATE_REPLICATION_SLOT \"d4\" PHYSICAL (RESERVE_WAL)");
+    let files = wal_files(&wal);
+    let reserved = t.slot_restart("d4").expect("d4 reserves WAL");
+    let name = t.segment_name(reserved);
+    assert!(
+        files.contains(&name),
+        "d4 reserved {reserved} in {name}, not in {files:?}"
+    );
+    println!(
+        "G2: {} bytes of WAL kept, d4 reserved {reserved}, files {files:?}",
+        wal_bytes(&wal)
+    );
+}
