@@ -27,7 +27,7 @@ use crate::slots::{SlotError, SlotRegistry, XminHorizon};
 use crate::storage::{SegmentReader, StoreError, WalStore};
 
 /// How much recent WAL the hub keeps in memory for senders that keep up.
-const TAIL_CACHE_BYTES: usize = 16 << 20;
+const TAIL_CACHE_BYTES: usize = 4 << 20;
 
 /// How often slot positions are written to disk (PostgreSQL does it at checkpoints).
 const SLOT_PERSIST_INTERVAL: Duration = Duration::from_secs(1);

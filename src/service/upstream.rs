@@ -523,7 +523,9 @@ async fn store_wal(
     loop {
         tokio::select! {
             permit = writer.reserve() => {
-                permit?.append(start, data);
+                // An exact copy: the queue and the hub's tail then hold only WAL, not the
+                // receive buffers the frames were cut from, and those buffers are reused.
+                permit?.append(start, Bytes::copy_from_slice(&data));
                 return Ok(());
             }
             _ = tick.tick() => {

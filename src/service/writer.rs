@@ -20,7 +20,7 @@ use crate::storage::{StoreError, WalStore};
 use crate::types::{Lsn, TimelineId};
 
 /// Chunks that may wait for the disk before the receiver stops reading the socket.
-const QUEUE_CHUNKS: usize = 64;
+const QUEUE_CHUNKS: usize = 16;
 
 /// What the store holds, as last published.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

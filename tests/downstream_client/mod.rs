@@ -20,6 +20,9 @@ pub const PROTOCOL_3: u32 = 196_608;
 pub const SSL_REQUEST_CODE: u32 = 80_877_103;
 /// CancelRequest's code.
 pub const CANCEL_REQUEST_CODE: u32 = 80_877_102;
+/// How long the relay may take to answer or close (O8's 5 s).
+pub const ANSWER: Duration = Duration::from_secs(5);
+
 /// The most a single message from the relay may announce before the client gives up.
 const MAX_MESSAGE: usize = 64 << 20;
 
@@ -166,14 +169,9 @@ impl RawClient {
         c
     }
 
-    /// Writes `bytes` in one `write` call; errors (the server already closed) are returned.
-    pub fn try_send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.stream.write_all(bytes)
-    }
-
-    /// Writes `bytes`; panics if the socket is broken.
+    /// Writes `bytes` in one `write` call; panics if the socket is broken.
     pub fn send(&mut self, bytes: &[u8]) {
-        self.try_send(bytes).expect("write to the relay");
+        self.stream.write_all(bytes).expect("write to the relay");
     }
 
     /// Closes the sending side.
@@ -433,4 +431,169 @@ pub fn status_update(write: u64, flush: u64, apply: u64, reply_requested: bool) 
     p.extend_from_slice(&0i64.to_be_bytes());
     p.push(u8::from(reply_requested));
     p
+}
+
+/// Steps of a session built on the reads above.
+impl RawClient {
+    /// Logs in and sends `START_REPLICATION` at the relay's position; returns once
+    /// CopyBothResponse arrived.
+    pub fn streaming(port: u16, application_name: &str) -> RawClient {
+        let mut c = RawClient::login(port, application_name);
+        let (_, tli, pos) = c.identify_system();
+        c.send(&query_msg(&format!(
+            "START_REPLICATION {} TIMELINE {tli}",
+            lsn_text(pos)
+        )));
+        let w = c.expect_msg(ANSWER);
+        assert_eq!(w.tag, b'W', "{w:?}");
+        c
+    }
+
+    /// The answer to a StartupMessage: every message until ReadyForQuery or the close.
+    pub fn startup_answer(&mut self) -> Vec<Msg> {
+        let mut msgs = Vec::new();
+        loop {
+            match self.read_msg(ANSWER) {
+                Got::Msg(m) => {
+                    let done = m.tag == b'Z';
+                    msgs.push(m);
+                    if done {
+                        return msgs;
+                    }
+                }
+                Got::Closed => return msgs,
+                Got::TimedOut => panic!("no answer to the startup packet: {msgs:?}"),
+            }
+        }
+    }
+
+    /// The relay closes the connection within [`ANSWER`]; returns the ErrorResponse it sent
+    /// first, if any.
+    pub fn error_then_close(&mut self) -> Option<Msg> {
+        let (_, msgs) = self
+            .until_closed(ANSWER)
+            .unwrap_or_else(|| panic!("still open after {ANSWER:?}"));
+        first_error(&msgs).cloned()
+    }
+
+    /// Reads the stream of a client that never replies until the relay closes it: when the
+    /// first keepalive asking for a reply came and when the connection closed (both counted
+    /// from this call), and how many WAL bytes arrived. Panics on an ErrorResponse or when
+    /// still open after `limit`.
+    pub fn read_without_replying(&mut self, limit: Duration) -> (Option<Duration>, Duration, u64) {
+        let t0 = Instant::now();
+        let (mut ping, mut wal) = (None, 0u64);
+        loop {
+            match self.read_msg(limit.saturating_sub(t0.elapsed())) {
+                Got::Msg(m) => {
+                    if m.keepalive().is_some_and(|(_, reply)| reply) && ping.is_none() {
+                        ping = Some(t0.elapsed());
+                    }
+                    if let Some((_, _, n)) = m.xlogdata() {
+                        wal += n as u64;
+                    }
+                    assert_ne!(m.tag, b'E', "error while streaming: {}", m.message());
+                }
+                Got::Closed => return (ping, t0.elapsed(), wal),
+                Got::TimedOut => panic!("the relay did not close a silent client within {limit:?}"),
+            }
+        }
+    }
+}
+
+/// Sends `bytes` as a new connection's first write and returns every byte the relay sent
+/// before it closed the connection (empty for a silent close); panics when still open after
+/// [`ANSWER`].
+pub fn bytes_before_close(port: u16, bytes: &[u8]) -> Vec<u8> {
+    let mut c = RawClient::connect(port);
+    c.send(bytes);
+    let (_, got) = c
+        .raw_until_closed(ANSWER)
+        .unwrap_or_else(|| panic!("still open after {ANSWER:?}"));
+    got
+}
+
+/// Sends `bytes` as a new connection's first write and returns the relay's messages until
+/// it closed the connection; panics when still open after [`ANSWER`].
+pub fn messages_before_close(port: u16, bytes: &[u8]) -> Vec<Msg> {
+    let mut c = RawClient::connect(port);
+    c.send(bytes);
+    let (_, msgs) = c
+        .until_closed(ANSWER)
+        .unwrap_or_else(|| panic!("still open after {ANSWER:?}"));
+    msgs
+}
+
+/// The single FATAL ErrorResponse of a refused login as (SQLSTATE, message); panics when
+/// anything else came.
+pub fn only_fatal(msgs: &[Msg]) -> (String, String) {
+    assert_eq!(msgs.len(), 1, "{msgs:?}");
+    let e = &msgs[0];
+    assert_eq!((e.tag, e.severity().as_str()), (b'E', "FATAL"), "{e:?}");
+    (e.sqlstate(), e.message())
+}
+
+/// The end of a stream the client ended with CopyDone (PROTOCOL.md §3.5): CopyDone,
+/// `START_STREAMING`, `START_REPLICATION`, ReadyForQuery, after any CopyData still queued.
+pub fn assert_copy_done_ending(msgs: &[Msg]) {
+    let tail: Vec<_> = msgs
+        .iter()
+        .filter(|m| m.tag != b'd')
+        .map(|m| (char::from(m.tag), m.command_tag()))
+        .collect();
+    let want = [
+        ('c', None),
+        ('C', Some("START_STREAMING".to_owned())),
+        ('C', Some("START_REPLICATION".to_owned())),
+        ('Z', None),
+    ];
+    assert_eq!(tail, want, "{msgs:?}");
+}
+
+/// A thread that sends a standby status update on a clone of a connection's socket every
+/// interval, until the socket breaks or it is dropped: a client that keeps talking but never
+/// reads.
+pub struct Replier {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl Replier {
+    pub fn start(c: &RawClient, every: Duration) -> Replier {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let mut socket = c.stream.try_clone().unwrap();
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut sent = 0;
+            let reply = copy_data(&status_update(0, 0, 0, false));
+            while !flag.load(Ordering::SeqCst) && socket.write_all(&reply).is_ok() {
+                sent += 1;
+                std::thread::sleep(every);
+            }
+            sent
+        });
+        Replier {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops the thread; returns how many replies it sent.
+    pub fn stop(mut self) -> u64 {
+        self.halt()
+    }
+
+    fn halt(&mut self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.thread
+            .take()
+            .map_or(0, |t| t.join().unwrap_or_default())
+    }
+}
+
+impl Drop for Replier {
+    fn drop(&mut self) {
+        self.halt();
+    }
 }
