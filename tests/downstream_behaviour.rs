@@ -35,12 +35,13 @@ use walrelay::localpg::{
 };
 use walrelay::types::{Lsn, SegmentName, TimelineId, WalSegmentSize};
 
-/// A primary with archiving and 1 MB segments, and the relay in front of it.
+/// A primary with archiving and 1 MB segments, and the relay in front of it. Fields drop in
+/// order: the relay, then the primary, then their directory.
 struct Setup {
-    bins: PgBinaries,
-    dir: ScratchDir,
-    primary: Cluster,
     relay: RelayProcess,
+    primary: Cluster,
+    dir: ScratchDir,
+    bins: PgBinaries,
     port: u16,
     flags: Vec<String>,
     size: WalSegmentSize,

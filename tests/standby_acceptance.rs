@@ -265,13 +265,16 @@ fn write_wal(primary: &Cluster, bytes: u64) -> Lsn {
     }
 }
 
-/// `pg_dumpall` of a server with `extra` flags.
+/// `pg_dumpall` of a server with `extra` flags, without the `\restrict` and `\unrestrict`
+/// lines whose keys are random in each dump (PostgreSQL 15.14 and later).
 fn dumpall(server: &Cluster, extra: &[&str]) -> String {
     let mut cmd = server.bins().command("pg_dumpall");
     cmd.args(["-h", "127.0.0.1", "-p", &server.port().to_string()])
         .args(["-U", "postgres"])
         .args(extra);
-    run(&mut cmd).unwrap()
+    let dump = run(&mut cmd).unwrap();
+    let keep = |l: &&str| !l.starts_with("\\restrict ") && !l.starts_with("\\unrestrict ");
+    dump.lines().filter(keep).collect::<Vec<_>>().join("\n")
 }
 
 /// O2: the primary's `pg_dumpall --no-unlogged-table-data` equals each standby's dump.

@@ -148,7 +148,7 @@ struct Crafted {
     label: &'static str,
     start: Lsn,
     end: Lsn,
-    /// What the record after `end` must be (pg_waldump's description), when it is not ours.
+    /// How pg_waldump's description of the record after `end` starts, when the shape fixes it.
     next: Option<&'static str>,
 }
 
@@ -257,6 +257,7 @@ impl WalCrafter {
         self.emit(room - self.overhead) == end
     }
 
+    /// Writes `shape` (which answers `None` when a background record got in) until it lands.
     fn attempt(
         &mut self,
         label: &'static str,

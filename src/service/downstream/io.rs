@@ -1,7 +1,7 @@
 //! Framed reading and buffered writing on a downstream connection, split in two halves so that
 //! a sender can keep writing WAL while another task reads the client's replies.
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::service::conn::ConnError;
@@ -94,13 +94,10 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     /// # Errors
     /// A socket error.
     pub async fn flush_with(&mut self, payload: &[u8]) -> Result<(), ConnError> {
-        if !self.out.is_empty() {
-            self.io.write_all(&self.out).await?;
-            self.out.clear();
-        }
-        if !payload.is_empty() {
-            self.io.write_all(payload).await?;
-        }
+        // One vectored write for header and WAL where the socket allows it.
+        let mut both = Buf::chain(&self.out[..], payload);
+        self.io.write_all_buf(&mut both).await?;
+        self.out.clear();
         self.io.flush().await?;
         Ok(())
     }
