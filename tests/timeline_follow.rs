@@ -3,7 +3,8 @@
 //! its connection string, moves on to the new primary. It stores `00000002.history`
 //! byte-identical to the promoted server's, keeps the old timeline's last segment as
 //! `.partial`, and stores the new timeline's segments from offset 0, byte-identical to the new
-//! primary's archive, and `pg_waldump` reads them across the switch.
+//! primary's archive, and `pg_waldump` reads them across the switch. A standby streaming from
+//! the relay follows onto timeline 2 on the same walreceiver connection (F1's downstream side).
 
 #![allow(
     clippy::unwrap_used,
@@ -18,7 +19,7 @@ use std::fs;
 use std::time::Duration;
 
 use support::*;
-use walrelay::localpg::{ClusterBuilder, StopMode, require_postgres, wait_until};
+use walrelay::localpg::{ClusterBuilder, StopMode, free_port, require_postgres, wait_until};
 use walrelay::types::{SegmentName, TimelineId};
 
 #[test]
@@ -53,11 +54,32 @@ fn relay_follows_promotion_to_a_new_timeline() {
         primary.port(),
         standby.port()
     );
-    let relay = RelayProcess::start(&upstream, &dir.path().join("relay"), &[]);
+    let relay_port = free_port().unwrap();
+    let listen = format!("127.0.0.1:{relay_port}");
+    let relay = RelayProcess::start(&upstream, &dir.path().join("relay"), &["--listen", &listen]);
+    let relay_conninfo = format!("host=127.0.0.1 port={relay_port} user=postgres");
     primary.write_load(3000).unwrap();
     primary.switch_wal().unwrap();
     let before = primary.write_load(500).unwrap();
     wait_acked(&primary, before, Duration::from_secs(30));
+
+    // A standby behind the relay, on a relay slot.
+    bins.psql(
+        &format!("{relay_conninfo} replication=1"),
+        "CREATE_REPLICATION_SLOT \"d1\" PHYSICAL",
+    )
+    .unwrap();
+    let mut downstream = primary
+        .basebackup_standby(&format!("{relay_conninfo} application_name=d1"), Some("d1"))
+        .unwrap();
+    downstream.start().unwrap();
+    wait_until(Duration::from_secs(30), "downstream streaming", || {
+        Ok(downstream.psql("SELECT status FROM pg_stat_wal_receiver")? == "streaming")
+    })
+    .unwrap();
+    let receiver_pid = downstream
+        .psql("SELECT pid FROM pg_stat_wal_receiver")
+        .unwrap();
     wait_until(Duration::from_secs(30), "standby replay", || {
         Ok(standby.replay_lsn()? >= before)
     })
@@ -85,6 +107,28 @@ fn relay_follows_promotion_to_a_new_timeline() {
         || Ok(fs::metadata(&archived).is_ok_and(|m| m.len() == size.bytes_u64())),
     )
     .unwrap();
+
+    // F1: the standby behind the relay follows onto timeline 2 on the same connection.
+    wait_until(
+        Duration::from_secs(60),
+        "downstream replays timeline 2",
+        || Ok(downstream.replay_lsn()? >= end),
+    )
+    .unwrap();
+    assert_eq!(
+        downstream
+            .psql("SELECT received_tli FROM pg_stat_wal_receiver")
+            .unwrap(),
+        "2"
+    );
+    assert_eq!(
+        downstream
+            .psql("SELECT pid FROM pg_stat_wal_receiver")
+            .unwrap(),
+        receiver_pid
+    );
+    let q = "SELECT count(*) FROM walrelay_load";
+    assert_eq!(downstream.psql(q).unwrap(), standby.psql(q).unwrap());
 
     let wal = relay.wal_dir();
     let history = fs::read(wal.join("00000002.history")).expect("relay stored the history file");
