@@ -674,8 +674,6 @@ fn g7_a_dropped_slot_errors_42704_and_can_be_recreated() {
 }
 
 #[test]
-#[ignore = "the relay answers a startup length below 8 or above 10 000 with an ErrorResponse; \
-            PostgreSQL 15 closes silently (COMMERROR)"]
 fn startup_bad_lengths_close_silently_without_allocating() {
     let Some(mut s) = setup("lengths", &[]) else {
         return;

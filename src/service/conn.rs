@@ -84,7 +84,7 @@ pub enum ConnError {
     #[error("{0}")]
     Wire(#[from] WireError),
     /// The peer did not answer a command in time.
-    #[error("timeout: no answer from server within {0:?}")]
+    #[error("timed out after {0:?} without progress")]
     Timeout(Duration),
 }
 

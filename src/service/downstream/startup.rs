@@ -12,7 +12,9 @@ use super::io::{FrameReader, FrameWriter};
 use super::{SenderSlot, ServerContext};
 use crate::service::conn::ConnError;
 use crate::wire::frame::MAX_STARTUP_PACKET_LEN;
-use crate::wire::{BackendMessage, ErrorFields, StartupMessage, StartupPacket, TransactionStatus};
+use crate::wire::{
+    BackendMessage, ErrorFields, StartupMessage, StartupPacket, TransactionStatus, WireError,
+};
 use std::sync::Arc;
 
 /// Who is connected, once the login succeeded.
@@ -87,6 +89,10 @@ where
     loop {
         let packet = match rd.startup_packet(MAX_STARTUP_PACKET_LEN).await {
             Ok(p) => p,
+            // A length out of range is only logged, as PostgreSQL does (COMMERROR).
+            Err(ConnError::Wire(e @ WireError::StartupLength { .. })) => {
+                return Err(Refused::Silent(ConnError::Wire(e)));
+            }
             Err(ConnError::Wire(e)) => {
                 return Err(fatal(wr, "FATAL", e.sqlstate(), e.to_string()).await);
             }
