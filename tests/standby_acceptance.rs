@@ -4,7 +4,8 @@
 //! idle topology with 10 s timeouts never reconnects (A9), a slow standby neither holds back
 //! the others nor grows the relay's memory (E1), 3 standbys and 20 `pg_receivewal` converge
 //! (E8), an offline standby catches up from its slot (G1), and a slot past
-//! `--max-slot-wal-keep-size` is invalidated while removal goes on (G2).
+//! `--max-slot-wal-keep-size` is invalidated while removal goes on, its WAL refused to the
+//! standby as PostgreSQL refuses it (G2).
 //!
 //! Durations are scaled for CI and tunable: `WALRELAY_A1_SECS` (pgbench run, default 20),
 //! `WALRELAY_A9_SECS` (idle time, default 35; the row says 180), `WALRELAY_E1_SECS` (throttled
@@ -19,16 +20,12 @@
 
 mod support;
 
-use std::collections::BTreeSet;
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
-use std::path::Path;
 use std::process::Stdio;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use support::slow_link::SlowLink;
 use support::*;
 use walrelay::localpg::{
     Cluster, ClusterBuilder, PgBinaries, ScratchDir, StopMode, free_port, require_postgres, run,
@@ -193,38 +190,9 @@ impl Topo {
     }
 }
 
-/// Segment names in a WAL directory, complete or `.partial` (suffix stripped).
-fn wal_files(dir: &Path) -> BTreeSet<String> {
-    fs::read_dir(dir)
-        .unwrap()
-        .filter_map(|e| {
-            let name = e.ok()?.file_name().to_string_lossy().into_owned();
-            let base = name.strip_suffix(".partial").unwrap_or(&name).to_owned();
-            (base.len() == 24 && base.bytes().all(|b| b.is_ascii_hexdigit())).then_some(base)
-        })
-        .collect()
-}
-
-/// Bytes held by segment files (complete and `.partial`) in a WAL directory.
-fn wal_bytes(dir: &Path) -> u64 {
-    fs::read_dir(dir)
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            name.strip_suffix(".partial").unwrap_or(&name).len() == 24
-        })
-        .filter_map(|e| e.metadata().ok())
-        .map(|m| m.len())
-        .sum()
-}
-
-fn lsn_query(c: &Cluster, sql: &str) -> Lsn {
-    c.psql(sql).unwrap().parse().unwrap()
-}
-
 fn receive_lsn(standby: &Cluster) -> Lsn {
-    lsn_query(standby, "SELECT coalesce(pg_last_wal_receive_lsn(), '0/0')")
+    let sql = "SELECT coalesce(pg_last_wal_receive_lsn(), '0/0')";
+    standby.psql(sql).unwrap().parse().unwrap()
 }
 
 /// O1: every standby replays to `target` within 60 s.
@@ -257,8 +225,8 @@ fn walreceiver_pid(standby: &Cluster) -> String {
 fn write_wal(primary: &Cluster, bytes: u64) -> Lsn {
     let start = primary.current_wal_flush_lsn().unwrap();
     loop {
-        primary.write_load(2000).unwrap();
-        let end = primary.emit_message(256 * 1024).unwrap();
+        primary.write_load(500).unwrap();
+        let end = primary.emit_message(128 * 1024).unwrap();
         if end.saturating_distance(start) >= bytes {
             return end;
         }
@@ -482,8 +450,7 @@ fn a8_hot_standby_feedback_holds_and_releases_the_primary_xmin() {
     ];
     let mut standby = t.standby("d1", None, &config);
     wait_xmin(&t.primary, true, Duration::from_secs(10), "slot xmin held");
-    let (snapshot, before) = OpenSnapshot::begin(&standby, "SELECT count(*) FROM feedback_t");
-    let mut snapshot = snapshot;
+    let (mut snapshot, before) = OpenSnapshot::begin(&standby, "SELECT count(*) FROM feedback_t");
     assert_eq!(before, "10000");
     std::thread::sleep(Duration::from_secs(2));
     t.primary.psql("DELETE FROM feedback_t").unwrap();
@@ -506,14 +473,11 @@ fn a8_hot_standby_feedback_holds_and_releases_the_primary_xmin() {
     wait_xmin(&t.primary, false, Duration::from_secs(30), "xmin released");
 }
 
-/// Lines after byte `offset` of `log` that mention a timeout.
-fn timeout_lines(log: &str, offset: usize) -> Vec<String> {
-    log.get(offset..)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.to_ascii_lowercase().contains("timeout"))
-        .map(str::to_owned)
-        .collect()
+/// Lines after byte `offset` of `log` that contain `needle` in lower case.
+fn lines_with(log: &str, offset: usize, needle: &str) -> Vec<String> {
+    let new = log.get(offset..).unwrap_or_default().lines();
+    let found = new.filter(|l| l.to_ascii_lowercase().contains(needle));
+    found.map(str::to_owned).collect()
 }
 
 /// A9: with every timeout at 10 s and no WAL for `WALRELAY_A9_SECS`, nothing reconnects and
@@ -558,112 +522,29 @@ fn a9_idle_topology_keeps_its_connections() {
             .unwrap(),
         "streaming"
     );
-    let relay_log = t.relay.log_contents();
-    let upstream_streams = relay_log
-        .lines()
-        .filter(|l| l.contains("upstream{") && l.contains("::upstream: streaming "))
-        .count();
+    let upstream_streams = t.relay.count_log(0, "::upstream: streaming ");
     assert_eq!(
         upstream_streams, 1,
-        "upstream streaming lines:\n{relay_log}"
+        "the relay streamed from upstream again"
     );
-    let primary_log = t.primary.log_contents();
-    let reconnects = primary_log
-        .get(primary_at..)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.contains("replication connection authorized"))
-        .count();
-    assert_eq!(reconnects, 0, "new replication connections on the primary");
+    let (relay_log, primary_log) = (t.relay.log_contents(), t.primary.log_contents());
+    let reconnects = lines_with(
+        &primary_log,
+        primary_at,
+        "replication connection authorized",
+    );
+    assert!(reconnects.is_empty(), "{reconnects:#?}");
     for (who, lines) in [
-        ("relay", timeout_lines(&relay_log, relay_at)),
-        ("primary", timeout_lines(&primary_log, primary_at)),
+        ("relay", lines_with(&relay_log, relay_at, "timeout")),
+        ("primary", lines_with(&primary_log, primary_at, "timeout")),
         (
             "standby",
-            timeout_lines(&standby.log_contents(), standby_at),
+            lines_with(&standby.log_contents(), standby_at, "timeout"),
         ),
     ] {
         assert!(lines.is_empty(), "{who} logged timeouts: {lines:#?}");
     }
     println!("A9: idle {secs} s, upstream backend_start {start}, walreceiver pid {pid}");
-}
-
-/// A loopback TCP proxy whose server-to-client direction is shaped to `rate` bytes per second
-/// (0: unshaped), as `tc tbf` would shape a slow link. Client-to-server bytes pass freely.
-struct SlowLink {
-    port: u16,
-    rate: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-    conns: Arc<Mutex<Vec<TcpStream>>>,
-}
-
-impl SlowLink {
-    fn start(server_port: u16) -> SlowLink {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let link = SlowLink {
-            port,
-            rate: Arc::new(AtomicU64::new(0)),
-            stop: Arc::new(AtomicBool::new(false)),
-            conns: Arc::new(Mutex::new(Vec::new())),
-        };
-        let (rate, stop, conns) = (link.rate.clone(), link.stop.clone(), link.conns.clone());
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::SeqCst) {
-                let Ok((client, _)) = listener.accept() else {
-                    std::thread::sleep(Duration::from_millis(20));
-                    continue;
-                };
-                client.set_nonblocking(false).unwrap();
-                let Ok(server) = TcpStream::connect(("127.0.0.1", server_port)) else {
-                    continue;
-                };
-                let mut held = conns.lock().unwrap();
-                held.push(client.try_clone().unwrap());
-                held.push(server.try_clone().unwrap());
-                let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-                std::thread::spawn(move || pump(client, server, None));
-                let rate = rate.clone();
-                std::thread::spawn(move || pump(s2, c2, Some(rate)));
-            }
-        });
-        link
-    }
-
-    fn set_rate(&self, bytes_per_sec: u64) {
-        self.rate.store(bytes_per_sec, Ordering::SeqCst);
-    }
-}
-
-impl Drop for SlowLink {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        for conn in self.conns.lock().unwrap().iter() {
-            let _ = conn.shutdown(Shutdown::Both);
-        }
-    }
-}
-
-/// Copies `from` to `to` in reads of at most 8 KiB, sleeping after each so that the bytes
-/// flow at `rate` when it is set and non-zero.
-fn pump(mut from: TcpStream, mut to: TcpStream, rate: Option<Arc<AtomicU64>>) {
-    let mut buf = vec![0u8; 8192];
-    loop {
-        let n = match from.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        if to.write_all(&buf[..n]).is_err() {
-            break;
-        }
-        let r = rate.as_ref().map_or(0, |r| r.load(Ordering::SeqCst));
-        if r > 0 {
-            std::thread::sleep(Duration::from_secs_f64(n as f64 / r as f64));
-        }
-    }
-    let _ = from.shutdown(Shutdown::Both);
-    let _ = to.shutdown(Shutdown::Both);
 }
 
 /// E1: standby 3's link shaped to 200 kB/s while pgbench writes. Standbys 1 and 2 stay
@@ -788,7 +669,8 @@ fn e8_three_standbys_and_twenty_receivers_converge() {
     }
     wait_until(Duration::from_secs(30), "23 downstreams streaming", || {
         let sql = "SELECT count(*) FROM pg_stat_replication";
-        Ok(t.primary.psql(sql)? == "1" && count_streams(&t) >= 23)
+        let streams = t.relay.count_log(0, "downstream::sender: streaming ");
+        Ok(t.primary.psql(sql)? == "1" && streams >= 23)
     })
     .unwrap();
     write_wal(&t.primary, 20 * MB);
@@ -815,16 +697,6 @@ fn e8_three_standbys_and_twenty_receivers_converge() {
         peak / MB
     );
     assert!(peak <= memory_budget(23), "O9: relay VmHWM {peak} B");
-}
-
-/// How many streaming replication connections the relay logged (`streaming` lines of its
-/// downstream connections).
-fn count_streams(t: &Topo) -> usize {
-    t.relay
-        .log_contents()
-        .lines()
-        .filter(|l| l.contains("downstream{") && l.contains("streaming"))
-        .count()
 }
 
 /// G1: standby d2 is stopped while ten segments are written; its slot keeps their WAL (O10)
@@ -862,45 +734,43 @@ fn g1_offline_standby_catches_up_from_its_slot() {
 /// been removed", and a new slot reserves WAL the relay still has (bug #17103).
 #[test]
 fn g2_slot_past_the_limit_is_invalidated() {
-    let relay_args = ["--max-slot-wal-keep-size", "4MB", "--wal-keep-size", "0"];
-    let Some(t) = topo("g2", 1, &[], &relay_args, false) else {
+    slot_past_the_limit("g2", 4, 10.0);
+}
+
+/// G2 where the invalidated slot's WAL, removed from disk, is still in the relay's in-memory
+/// tail: a 2 MB limit passed by writing 3.5 segments. PostgreSQL reads WAL from its files
+/// only, so the standby must get the same "has already been removed" error.
+#[test]
+fn g2_removed_wal_is_not_served_from_memory() {
+    slot_past_the_limit("g2-cached", 2, 3.5);
+}
+
+/// G2 with a `limit_mb` retention limit, passed by writing `segments` segments while d2 is
+/// offline.
+fn slot_past_the_limit(label: &str, limit_mb: u64, segments: f64) {
+    let limit = format!("{limit_mb}MB");
+    let relay_args = ["--max-slot-wal-keep-size", &limit, "--wal-keep-size", "0"];
+    let Some(t) = topo(label, 1, &[], &relay_args, false) else {
         return;
     };
     let d1 = t.standby("d1", None, &[]);
     let mut d2 = t.standby("d2", None, &[]);
-    t.wait_slot_reserved("d2");
+    let held = t.wait_slot_reserved("d2");
     d2.stop(StopMode::Fast).unwrap();
     let log_at = t.relay.log_len();
-    let end = write_wal(&t.primary, 10 * t.size.bytes_u64());
+    let end = write_wal(&t.primary, (segments * t.size.bytes_u64() as f64) as u64);
     wait_replayed(&[&d1], end);
     t.relay
         .wait_log(log_at, "invalidating slot", Duration::from_secs(30));
     let row = t.repl("READ_REPLICATION_SLOT d2");
     assert!(row.starts_with("physical||"), "d2 not invalidated: {row}");
-    let bound = 4 * MB + 2 * t.size.bytes_u64();
     let wal = t.relay.wal_dir();
+    let bound = limit_mb * MB + 2 * t.size.bytes_u64();
     wait_until(Duration::from_secs(10), "old segments removed", || {
         Ok(wal_bytes(&wal) <= bound)
     })
     .unwrap_or_else(|e| panic!("{e}: {:?}", wal_files(&wal)));
-    let standby_at = d2.log_contents().len();
-    d2.start().unwrap();
-    wait_until(Duration::from_secs(30), "d2 refused", || {
-        let log = d2.log_contents();
-        let tail = log.get(standby_at..).unwrap_or_default();
-        Ok(tail.contains("requested WAL segment") && tail.contains("has already been removed"))
-    })
-    .unwrap_or_else(|e| {
-        let replayed = d2.replay_lsn().unwrap();
-        let status = d2
-            .psql("SELECT status, flushed_lsn FROM pg_stat_wal_receiver")
-            .unwrap();
-        let primary = t.primary.current_wal_flush_lsn().unwrap();
-        panic!(
-            "{e}: d2 replayed {replayed}, receiver {status}, primary at {primary}, WAL {:?}",
-            wal_files(&wal)
-        )
-    });
+    assert_refused_removed_wal(&t, &mut d2, held);
     t.repl("CREATE_REPLICATION_SLOT \"d4\" PHYSICAL (RESERVE_WAL)");
     let files = wal_files(&wal);
     let reserved = t.slot_restart("d4").expect("d4 reserves WAL");
@@ -910,7 +780,30 @@ fn g2_slot_past_the_limit_is_invalidated() {
         "d4 reserved {reserved} in {name}, not in {files:?}"
     );
     println!(
-        "G2: {} bytes of WAL kept, d4 reserved {reserved}, files {files:?}",
+        "G2 ({limit}): d2 held {held}, {} bytes of WAL kept, d4 reserved {reserved}, files {files:?}",
         wal_bytes(&wal)
     );
+}
+
+/// Starts the standby whose slot was invalidated at `held` and waits for "requested WAL
+/// segment … has already been removed" in its log.
+fn assert_refused_removed_wal(t: &Topo, standby: &mut Cluster, held: Lsn) {
+    let log_at = standby.log_contents().len();
+    standby.start().unwrap();
+    wait_until(Duration::from_secs(30), "the standby refused", || {
+        let log = standby.log_contents();
+        let new = log.get(log_at..).unwrap_or_default();
+        Ok(new.contains("requested WAL segment") && new.contains("has already been removed"))
+    })
+    .unwrap_or_else(|e| {
+        let replayed = standby.replay_lsn().unwrap();
+        let receiver = standby
+            .psql("SELECT status FROM pg_stat_wal_receiver")
+            .unwrap();
+        let files = wal_files(&t.relay.wal_dir());
+        panic!(
+            "{e}: the standby's slot was invalidated at {held}, yet it replayed to {replayed} \
+             (walreceiver {receiver:?}); the relay holds only {files:?}"
+        )
+    });
 }

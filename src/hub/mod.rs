@@ -77,6 +77,7 @@ struct Shared {
     durable: watch::Receiver<DurableEnd>,
     from_tail: AtomicU64,
     from_disk: AtomicU64,
+    removed_below: AtomicU64,
 }
 
 /// The published end and the tail of its timeline, changed together.
@@ -107,6 +108,7 @@ impl Hub {
             durable,
             from_tail: AtomicU64::new(0),
             from_disk: AtomicU64::new(0),
+            removed_below: AtomicU64::new(0),
         });
         let feed = HubFeed {
             shared: Arc::clone(&shared),
@@ -136,6 +138,18 @@ impl Hub {
         from: Lsn,
         limit: Lsn,
     ) -> Result<Option<Bytes>, StoreError> {
+        if from < Lsn(self.shared.removed_below.load(Ordering::Acquire)) {
+            // Gone from disk: the tail may still hold it, but PostgreSQL serves WAL only from
+            // files, and a client must see the same 58P01 whatever the relay caches.
+            let size = self.shared.reader.segment_size();
+            let name = SegmentName {
+                timeline,
+                segno: size.segment_of(from),
+            };
+            return Err(StoreError::SegmentRemoved {
+                file: name.file_name(size),
+            });
+        }
         let end = match self.shared.source(timeline, from, limit) {
             Source::Nothing => return Ok(None),
             Source::Tail(piece) => {
@@ -147,6 +161,12 @@ impl Hub {
         let piece = self.read_disk(timeline, from, end).await?;
         count(&self.shared.from_disk, &piece);
         Ok(Some(piece))
+    }
+
+    /// Records that retention removed every segment below `lsn`: reads below it fail as
+    /// removed WAL even when the tail still holds the bytes. Never moves backwards.
+    pub fn removed_below(&self, lsn: Lsn) {
+        self.shared.removed_below.fetch_max(lsn.0, Ordering::AcqRel);
     }
 
     /// What was served so far and what the tail holds.

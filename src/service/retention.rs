@@ -90,7 +90,10 @@ pub async fn run(
             .clone();
         match current.call(move |store| store.remove_before(keep)).await {
             Ok(Ok(0)) | Err(_) => {}
-            Ok(Ok(n)) => debug!(removed = n, keep = %keep, "removed old segments"),
+            Ok(Ok(n)) => {
+                ctx.hub.removed_below(keep);
+                debug!(removed = n, keep = %keep, "removed old segments");
+            }
             Ok(Err(e)) => warn!(error = %e, "could not remove old segments"),
         }
     }

@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 use walrelay::localpg::{Cluster, PgBinaries, wait_until};
 use walrelay::types::{Lsn, SegmentName, WalSegmentSize};
 
+pub mod slow_link;
+
 /// A `walrelay run` child process with its log in a file.
 pub struct RelayProcess {
     child: Option<Child>,
@@ -646,4 +648,30 @@ pub fn private_dir(dir: &Path) -> PathBuf {
         .create(dir)
         .unwrap();
     dir.to_owned()
+}
+
+/// Segment names in a WAL directory, complete or `.partial` (suffix stripped).
+pub fn wal_files(dir: &Path) -> std::collections::BTreeSet<String> {
+    fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().to_string_lossy().into_owned();
+            let base = name.strip_suffix(".partial").unwrap_or(&name).to_owned();
+            (base.len() == 24 && base.bytes().all(|b| b.is_ascii_hexdigit())).then_some(base)
+        })
+        .collect()
+}
+
+/// Bytes held by segment files (complete and `.partial`) in a WAL directory.
+pub fn wal_bytes(dir: &Path) -> u64 {
+    fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.strip_suffix(".partial").unwrap_or(&name).len() == 24
+        })
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum()
 }
