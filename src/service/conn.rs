@@ -1,20 +1,24 @@
-//! A framed PostgreSQL protocol connection over TCP or TLS.
+//! Framed PostgreSQL protocol connections over TCP, TLS or a Unix socket.
 //!
-//! Reads fill one buffer from which whole messages are split without copying; the length of
-//! every message is checked against a cap before anything is reserved for it. A TLS peer that
-//! closes without `close_notify` is a truncation error, not a clean end.
+//! A [`FrameReader`] fills one buffer from which whole messages are split without copying; the
+//! length of every message is checked against a cap before anything is reserved for it. A
+//! [`FrameWriter`] buffers encoded messages and sends them with WAL payloads in one vectored
+//! write. The halves are separate so a sender can keep writing WAL while replies are read; a
+//! client [`Connection`] pairs them. A TLS peer that closes without `close_notify` is a
+//! truncation error, not a clean end.
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
 use tokio::net::{TcpStream, UnixStream};
 
+use crate::wire::StartupPacket;
 use crate::wire::WireError;
-use crate::wire::frame::{Frame, split_frame};
+use crate::wire::frame::{Frame, split_frame, split_startup_packet};
 
 /// A byte stream to a peer: plain TCP, or TLS over TCP.
 #[derive(Debug)]
@@ -88,12 +92,12 @@ pub enum ConnError {
     Timeout(Duration),
 }
 
-/// A connection that sends and receives whole messages.
+/// A client connection that sends and receives whole messages: a [`FrameReader`] and a
+/// [`FrameWriter`] over the two halves of one transport.
 #[derive(Debug)]
 pub struct Connection {
-    io: Transport,
-    rbuf: BytesMut,
-    wbuf: BytesMut,
+    rd: FrameReader<ReadHalf<Transport>>,
+    wr: FrameWriter<WriteHalf<Transport>>,
     max_frame: usize,
     reply_timeout: Duration,
 }
@@ -101,24 +105,37 @@ pub struct Connection {
 /// How long a peer may take to answer a command unless told otherwise.
 pub const DEFAULT_REPLY_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Bytes asked of the socket per read.
-const READ_CHUNK: usize = 256 * 1024;
+/// Bytes asked of an upstream socket per read: a walsender sends up to 128 KiB at a time.
+const UPSTREAM_READ_CHUNK: usize = 256 * 1024;
 
 impl Connection {
     /// Wraps a transport; messages longer than `max_frame` are refused.
     pub fn new(io: Transport, max_frame: usize) -> Connection {
+        let (rd, wr) = tokio::io::split(io);
         Connection {
-            io,
-            rbuf: BytesMut::with_capacity(READ_CHUNK),
-            wbuf: BytesMut::with_capacity(4096),
+            rd: FrameReader::new(rd, UPSTREAM_READ_CHUNK),
+            wr: FrameWriter::new(wr),
             max_frame,
             reply_timeout: DEFAULT_REPLY_TIMEOUT,
         }
     }
 
+    /// Changes the cap on message length (login uses a small one).
+    pub fn set_max_frame(&mut self, max_frame: usize) {
+        self.max_frame = max_frame;
+    }
+
     /// Sets how long [`Connection::recv_reply`] waits.
     pub fn set_reply_timeout(&mut self, timeout: Duration) {
         self.reply_timeout = timeout;
+    }
+
+    /// The next message, reading from the socket as needed.
+    ///
+    /// # Errors
+    /// A socket error, end of stream, or a malformed frame.
+    pub async fn recv(&mut self) -> Result<Frame, ConnError> {
+        self.rd.frame(self.max_frame).await
     }
 
     /// The next message of an answer the peer owes: like [`Connection::recv`], but within
@@ -133,43 +150,9 @@ impl Connection {
             .map_err(|_| ConnError::Timeout(limit))?
     }
 
-    /// The next message if one is already buffered.
-    ///
-    /// # Errors
-    /// A message longer than the cap.
-    pub fn try_recv(&mut self) -> Result<Option<Frame>, ConnError> {
-        Ok(split_frame(&mut self.rbuf, self.max_frame)?)
-    }
-
-    /// The next message, reading from the socket as needed.
-    ///
-    /// # Errors
-    /// A socket error, end of stream, or a malformed frame.
-    pub async fn recv(&mut self) -> Result<Frame, ConnError> {
-        loop {
-            if let Some(frame) = self.try_recv()? {
-                return Ok(frame);
-            }
-            self.rbuf.reserve(READ_CHUNK);
-            if self.io.read_buf(&mut self.rbuf).await? == 0 {
-                return Err(ConnError::Closed);
-            }
-        }
-    }
-
-    /// Changes the cap on message length (login uses a small one).
-    pub fn set_max_frame(&mut self, max_frame: usize) {
-        self.max_frame = max_frame;
-    }
-
-    /// Whether bytes are buffered that are not yet a whole message.
-    pub fn has_buffered(&self) -> bool {
-        !self.rbuf.is_empty()
-    }
-
     /// The send buffer, to encode messages into; [`Connection::flush`] sends it.
     pub fn out(&mut self) -> &mut BytesMut {
-        &mut self.wbuf
+        self.wr.out()
     }
 
     /// Sends everything queued.
@@ -177,16 +160,119 @@ impl Connection {
     /// # Errors
     /// A socket error.
     pub async fn flush(&mut self) -> Result<(), ConnError> {
-        if !self.wbuf.is_empty() {
-            self.io.write_all(&self.wbuf).await?;
-            self.wbuf.clear();
-        }
-        self.io.flush().await?;
-        Ok(())
+        self.wr.flush().await
     }
 
     /// Flushes and closes the sending side (TLS sends `close_notify`).
     pub async fn shutdown(&mut self) {
+        self.wr.close().await;
+    }
+}
+
+/// The reading half: whole messages split off a buffer, each length capped before anything is
+/// reserved for it.
+#[derive(Debug)]
+pub struct FrameReader<R> {
+    io: R,
+    buf: BytesMut,
+    read_chunk: usize,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    /// Wraps the reading half of a connection; each read asks the socket for up to
+    /// `read_chunk` bytes.
+    pub fn new(io: R, read_chunk: usize) -> FrameReader<R> {
+        FrameReader {
+            io,
+            buf: BytesMut::with_capacity(read_chunk),
+            read_chunk,
+        }
+    }
+
+    /// Whether bytes are buffered beyond the last message taken.
+    pub fn has_buffered(&self) -> bool {
+        !self.buf.is_empty()
+    }
+
+    /// The next first packet (SSLRequest, GSSENCRequest, CancelRequest, StartupMessage).
+    ///
+    /// # Errors
+    /// A socket error, end of stream, or a malformed packet.
+    pub async fn startup_packet(&mut self, max_len: usize) -> Result<StartupPacket, ConnError> {
+        loop {
+            if let Some(packet) = split_startup_packet(&mut self.buf, max_len)? {
+                return Ok(packet);
+            }
+            self.fill().await?;
+        }
+    }
+
+    /// The next typed message of at most `max_len` bytes.
+    ///
+    /// # Errors
+    /// A socket error, end of stream, or a frame over the cap.
+    pub async fn frame(&mut self, max_len: usize) -> Result<Frame, ConnError> {
+        loop {
+            if let Some(frame) = split_frame(&mut self.buf, max_len)? {
+                return Ok(frame);
+            }
+            self.fill().await?;
+        }
+    }
+
+    async fn fill(&mut self) -> Result<(), ConnError> {
+        self.buf.reserve(self.read_chunk);
+        if self.io.read_buf(&mut self.buf).await? == 0 {
+            return Err(ConnError::Closed);
+        }
+        Ok(())
+    }
+}
+
+/// The writing half with an output buffer that messages are encoded into.
+#[derive(Debug)]
+pub struct FrameWriter<W> {
+    io: W,
+    out: BytesMut,
+}
+
+impl<W: AsyncWrite + Unpin> FrameWriter<W> {
+    /// Wraps the writing half of a connection.
+    pub fn new(io: W) -> FrameWriter<W> {
+        FrameWriter {
+            io,
+            out: BytesMut::with_capacity(4096),
+        }
+    }
+
+    /// The buffer to encode messages into; [`FrameWriter::flush`] sends it.
+    pub fn out(&mut self) -> &mut BytesMut {
+        &mut self.out
+    }
+
+    /// Sends what is buffered, then `payload` as is (WAL, without copying it).
+    ///
+    /// # Errors
+    /// A socket error.
+    pub async fn flush_with(&mut self, payload: &[u8]) -> Result<(), ConnError> {
+        // One vectored write for header and WAL where the socket allows it.
+        let mut both = Buf::chain(&self.out[..], payload);
+        self.io.write_all_buf(&mut both).await?;
+        self.out.clear();
+        self.io.flush().await?;
+        Ok(())
+    }
+
+    /// Sends what is buffered.
+    ///
+    /// # Errors
+    /// A socket error.
+    pub async fn flush(&mut self) -> Result<(), ConnError> {
+        self.flush_with(&[]).await
+    }
+
+    /// Sends what is buffered and closes the sending side.
+    pub async fn close(&mut self) {
         let _ = self.flush().await;
         let _ = self.io.shutdown().await;
     }

@@ -10,10 +10,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use super::ServerContext;
-use super::io::{FrameReader, FrameWriter};
 use super::sender;
 use super::startup::Login;
 use crate::service::conn::ConnError;
+use crate::service::conn::{FrameReader, FrameWriter};
 use crate::slots::{Persistency, SlotError};
 use crate::types::{Lsn, TimelineId};
 use crate::wire::backend::{INT4_OID, INT8_OID, TEXT_OID};

@@ -4,13 +4,11 @@
 //! - [`startup`]: first packets, login and the parameters clients read;
 //! - [`commands`]: the replication commands, answered as `walsender.c` answers them;
 //! - [`sender`]: `START_REPLICATION`, streaming from the hub;
-//! - [`io`]: framed reading and buffered writing on split connection halves.
 //!
 //! [`ServerContext`] is what every connection shares: the upstream's identity, the store's
 //! positions, the hub, the slot registry and the connection limit.
 
 pub mod commands;
-pub mod io;
 pub mod sender;
 pub mod startup;
 
@@ -28,10 +26,13 @@ use tracing::{Instrument, debug, info, info_span};
 
 use crate::hub::{DurableEnd, Hub};
 use crate::proto::walsender::ClientPositions;
+use crate::service::conn::{FrameReader, FrameWriter};
 use crate::slots::{BackendPid, FullXid, SlotRegistry, XminHorizon};
 use crate::types::{Lsn, SystemId, TimelineId, WalSegmentSize};
-use io::{FrameReader, FrameWriter};
 use startup::Refused;
+
+/// Bytes asked of a downstream socket per read: clients send short messages.
+const DOWNSTREAM_READ_CHUNK: usize = 16 * 1024;
 
 /// Limits and timeouts of the downstream side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -267,7 +268,10 @@ pub async fn serve(
 ) {
     let _ = stream.set_nodelay(true);
     let (rd, wr) = stream.into_split();
-    let (mut rd, mut wr) = (FrameReader::new(rd), FrameWriter::new(wr));
+    let (mut rd, mut wr) = (
+        FrameReader::new(rd, DOWNSTREAM_READ_CHUNK),
+        FrameWriter::new(wr),
+    );
     let span = info_span!("downstream", peer = %peer, app = tracing::field::Empty, pid = tracing::field::Empty);
     async move {
         let limit = ctx.config.authentication_timeout;

@@ -17,11 +17,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use super::commands::{Column, complete, error, result, slot_error, starting_up};
-use super::io::{FrameReader, FrameWriter};
 use super::startup::Login;
 use super::{ServerContext, StreamStatus};
 use crate::proto::walsender::{ClientPositions, SendStream};
 use crate::service::conn::ConnError;
+use crate::service::conn::{FrameReader, FrameWriter};
 use crate::slots::{BackendPid, FullXid, XminHorizon};
 use crate::storage::StoreError;
 use crate::types::{Lsn, PgTimestamp, TimelineId};

@@ -8,9 +8,9 @@ use std::net::SocketAddr;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::io::{FrameReader, FrameWriter};
 use super::{SenderSlot, ServerContext};
 use crate::service::conn::ConnError;
+use crate::service::conn::{FrameReader, FrameWriter};
 use crate::wire::frame::MAX_STARTUP_PACKET_LEN;
 use crate::wire::{
     BackendMessage, ErrorFields, StartupMessage, StartupPacket, TransactionStatus, WireError,
