@@ -91,7 +91,11 @@ struct State {
 enum Source {
     Nothing,
     Tail(Bytes),
-    Disk { end: Lsn },
+    /// The piece `[from, end)` is on disk; `limit` is how far this read may go at all.
+    Disk {
+        end: Lsn,
+        limit: Lsn,
+    },
 }
 
 impl Hub {
@@ -138,6 +142,24 @@ impl Hub {
         from: Lsn,
         limit: Lsn,
     ) -> Result<Option<Bytes>, StoreError> {
+        let mut pieces = self.read_batch(timeline, from, limit, 1).await?;
+        Ok((!pieces.is_empty()).then(|| pieces.swap_remove(0)))
+    }
+
+    /// Consecutive pieces from `from`, each cut as [`Hub::read`] cuts one, together at most
+    /// about `max_bytes`: what a sender that is behind writes at once. Pieces from the tail
+    /// come without copying; from disk, one read on the blocking pool covers them all (up to
+    /// the segment's end).
+    ///
+    /// # Errors
+    /// As [`Hub::read`].
+    pub async fn read_batch(
+        &self,
+        timeline: TimelineId,
+        from: Lsn,
+        limit: Lsn,
+        max_bytes: u64,
+    ) -> Result<Vec<Bytes>, StoreError> {
         if from < Lsn(self.shared.removed_below.load(Ordering::Acquire)) {
             // Gone from disk: the tail may still hold it, but PostgreSQL serves WAL only from
             // files, and a client must see the same 58P01 whatever the relay caches.
@@ -150,17 +172,29 @@ impl Hub {
                 file: name.file_name(size),
             });
         }
-        let end = match self.shared.source(timeline, from, limit) {
-            Source::Nothing => return Ok(None),
-            Source::Tail(piece) => {
-                count(&self.shared.from_tail, &piece);
-                return Ok(Some(piece));
+        let mut pieces = Vec::new();
+        let mut at = from;
+        let mut taken = 0;
+        while taken < max_bytes {
+            match self.shared.source(timeline, at, limit) {
+                Source::Nothing => break,
+                Source::Tail(piece) => {
+                    count(&self.shared.from_tail, &piece);
+                    at = Lsn(at.0 + piece.len() as u64);
+                    taken += piece.len() as u64;
+                    pieces.push(piece);
+                }
+                Source::Disk { end, limit } => {
+                    let size = self.shared.reader.segment_size();
+                    let span = disk_span(at, end, limit, max_bytes - taken, size);
+                    let data = self.read_disk(timeline, at, span).await?;
+                    count(&self.shared.from_disk, &data);
+                    pieces.extend(cut(at, data, limit, size));
+                    break;
+                }
             }
-            Source::Disk { end } => end,
-        };
-        let piece = self.read_disk(timeline, from, end).await?;
-        count(&self.shared.from_disk, &piece);
-        Ok(Some(piece))
+        }
+        Ok(pieces)
     }
 
     /// Records that retention removed every segment below `lsn`: reads below it fail as
@@ -288,8 +322,43 @@ impl Shared {
         }
         let end = piece_end(from, limit, self.reader.segment_size());
         let cached = live.then(|| state.tail.slice(from, end)).flatten();
-        cached.map_or(Source::Disk { end }, Source::Tail)
+        cached.map_or(Source::Disk { end, limit }, Source::Tail)
     }
+}
+
+/// How far one disk read from `from` goes: at least the first piece (to `first_end`), and
+/// more while `budget` lasts, staying below `limit` and in `from`'s segment; cut on a page
+/// boundary unless it stops at `limit` or the segment end.
+fn disk_span(from: Lsn, first_end: Lsn, limit: Lsn, budget: u64, size: WalSegmentSize) -> Lsn {
+    let segment_end = size
+        .segment_start(from)
+        .checked_add(size.bytes_u64())
+        .unwrap_or(Lsn::MAX);
+    let bound = limit.min(segment_end);
+    let want = from.checked_add(budget).unwrap_or(Lsn::MAX);
+    let span = if want < bound {
+        want.align_down(u64::from(WAL_PAGE_SIZE))
+    } else {
+        bound
+    };
+    span.max(first_end)
+}
+
+/// Cuts `data`, read from `from`, into walsender pieces bound by `limit`.
+fn cut(from: Lsn, data: Bytes, limit: Lsn, size: WalSegmentSize) -> Vec<Bytes> {
+    let mut pieces = Vec::new();
+    let mut at = from;
+    let mut rest = data;
+    while !rest.is_empty() {
+        let end = piece_end(at, limit, size);
+        let len = usize::try_from(end.saturating_distance(at))
+            .unwrap_or(0)
+            .clamp(1, rest.len());
+        let piece = rest.split_to(len);
+        at = Lsn(at.0 + piece.len() as u64);
+        pieces.push(piece);
+    }
+    pieces
 }
 
 /// Where a piece starting at `from` (below `limit`) ends: walsender's rule, and the end of

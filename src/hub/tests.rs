@@ -337,3 +337,29 @@ async fn many_readers_get_identical_bytes() {
     assert!(stats.served_from_disk >= total as u64 - 300_000 - 128 * 1024);
     assert!(stats.tail_bytes <= 300_000 + 128 * 1024);
 }
+
+#[tokio::test]
+async fn a_batch_from_disk_is_the_same_pieces_read_one_by_one() {
+    let t = TempDir::new().unwrap();
+    let (from, to) = (SEG + 0x100, 3 * SEG + 0x8_0000);
+    let wal = content(from, (to - from) as usize, 7);
+    let (hub, feed) = hub(t.path(), 0);
+    append(t.path(), 1, from, &wal);
+    feed.publish(tli(1), Lsn(to), []);
+    let mut at = Lsn(from);
+    while at < Lsn(to) {
+        let batch = hub
+            .read_batch(tli(1), at, Lsn::MAX, 8 * MAX_SEND_SIZE)
+            .await
+            .unwrap();
+        assert!(!batch.is_empty());
+        let total: u64 = batch.iter().map(|p| p.len() as u64).sum();
+        assert!(total <= 8 * MAX_SEND_SIZE);
+        for piece in batch {
+            let single = hub.read(tli(1), at, Lsn::MAX).await.unwrap().unwrap();
+            assert_eq!(piece, single, "piece at {at}");
+            at = Lsn(at.0 + piece.len() as u64);
+        }
+    }
+    assert_eq!(at, Lsn(to));
+}

@@ -12,7 +12,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
+use std::collections::VecDeque;
+
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
 use tokio::net::{TcpStream, UnixStream};
 
@@ -229,6 +231,42 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 }
 
+/// Byte chunks written as one buffer, so that they can go out in vectored writes.
+struct Parts(VecDeque<Bytes>);
+
+impl Buf for Parts {
+    fn remaining(&self) -> usize {
+        self.0.iter().map(Bytes::len).sum()
+    }
+
+    fn chunk(&self) -> &[u8] {
+        self.0.front().map_or(&[], |b| b.as_ref())
+    }
+
+    fn chunks_vectored<'a>(&'a self, dst: &mut [std::io::IoSlice<'a>]) -> usize {
+        let mut n = 0;
+        for (slot, part) in dst.iter_mut().zip(self.0.iter()) {
+            *slot = std::io::IoSlice::new(part);
+            n += 1;
+        }
+        n
+    }
+
+    fn advance(&mut self, mut cnt: usize) {
+        while cnt > 0 {
+            let Some(front) = self.0.front_mut() else {
+                return;
+            };
+            if cnt < front.len() {
+                front.advance(cnt);
+                return;
+            }
+            cnt -= front.len();
+            self.0.pop_front();
+        }
+    }
+}
+
 /// The writing half with an output buffer that messages are encoded into.
 #[derive(Debug)]
 pub struct FrameWriter<W> {
@@ -259,6 +297,23 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         let mut both = Buf::chain(&self.out[..], payload);
         self.io.write_all_buf(&mut both).await?;
         self.out.clear();
+        self.io.flush().await?;
+        Ok(())
+    }
+
+    /// Sends what is buffered, then `parts` as they are (XLogData headers and WAL), in
+    /// vectored writes.
+    ///
+    /// # Errors
+    /// A socket error.
+    pub async fn flush_parts(&mut self, parts: Vec<Bytes>) -> Result<(), ConnError> {
+        let mut queue: VecDeque<Bytes> = VecDeque::with_capacity(parts.len() + 1);
+        if !self.out.is_empty() {
+            queue.push_back(self.out.split().freeze());
+        }
+        queue.extend(parts.into_iter().filter(|p| !p.is_empty()));
+        let mut all = Parts(queue);
+        self.io.write_all_buf(&mut all).await?;
         self.io.flush().await?;
         Ok(())
     }

@@ -43,6 +43,9 @@ pub struct Request {
     pub timeline: Option<TimelineId>,
 }
 
+/// How much WAL a sender that is behind takes and writes at once: eight XLogData messages.
+const BATCH_BYTES: u64 = 8 * crate::types::MAX_SEND_SIZE;
+
 /// How long a shutting-down sender waits for the client to confirm what it was sent.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(2);
 
@@ -347,9 +350,14 @@ impl Stream<'_> {
         limit: Lsn,
     ) -> Result<Option<Ending>, ConnError> {
         let from = self.send.sent();
-        let data: Bytes = match self.ctx.hub.read(self.tli, from, limit).await {
-            Ok(Some(d)) => d,
-            Ok(None) => return Ok(None),
+        let pieces = match self
+            .ctx
+            .hub
+            .read_batch(self.tli, from, limit, BATCH_BYTES)
+            .await
+        {
+            Ok(p) if p.is_empty() => return Ok(None),
+            Ok(p) => p,
             Err(StoreError::SegmentRemoved { file }) => {
                 let text = format!("requested WAL segment {file} has already been removed");
                 return Ok(Some(Ending::Error(ErrorFields::new(
@@ -364,13 +372,40 @@ impl Stream<'_> {
                 ))));
             }
         };
-        let header = XLogData::frame_header(from, limit, wall_clock(), data.len())?;
-        wr.out().extend_from_slice(&header);
-        self.write(wr, &data).await?;
-        self.send.sent_to(Lsn(from.0 + data.len() as u64));
+        // Each piece is one XLogData; all of them go out in one vectored write.
+        let now = wall_clock();
+        let mut parts = Vec::with_capacity(pieces.len() * 2);
+        let mut at = from;
+        for piece in pieces {
+            let header = XLogData::frame_header(at, limit, now, piece.len())?;
+            parts.push(Bytes::copy_from_slice(&header));
+            at = Lsn(at.0 + piece.len() as u64);
+            parts.push(piece);
+        }
+        self.write_parts(wr, parts).await?;
+        self.send.sent_to(at);
         self.ctx
             .update_stream(self.pid, self.send.sent(), self.send.positions());
         Ok(None)
+    }
+
+    /// Flushes the output, then `parts`, within the sender timeout.
+    async fn write_parts<W: AsyncWrite + Unpin>(
+        &self,
+        wr: &mut FrameWriter<W>,
+        parts: Vec<Bytes>,
+    ) -> Result<(), ConnError> {
+        let timeout = self.ctx.config.sender_timeout;
+        if timeout.is_zero() {
+            return wr.flush_parts(parts).await;
+        }
+        match tokio::time::timeout(timeout, wr.flush_parts(parts)).await {
+            Ok(r) => r,
+            Err(_) => {
+                info!("terminating walsender process: the client has not read for {timeout:?}");
+                Err(ConnError::Timeout(timeout))
+            }
+        }
     }
 
     /// Flushes the output, with `payload` after it, within the sender timeout.
