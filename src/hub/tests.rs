@@ -1,4 +1,6 @@
 //! Tests of the hub: cut rule, tail and disk sources, limits, timelines, concurrency.
+//!
+//! Built only for tests: the parent declares this module under `#[cfg(test)]`.
 
 use std::fs::{self, OpenOptions};
 use std::os::unix::fs::FileExt;

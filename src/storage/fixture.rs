@@ -3,6 +3,8 @@
 //!
 //! A 3 MiB logical message at 0/77D658 runs from segment 7 through 8 and 9 into A; A and B end
 //! with `XLOG_SWITCH` and zero padding.
+//!
+//! Built only for tests: the parent declares this module under `#[cfg(test)]`.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;

@@ -1,4 +1,6 @@
 //! The WAL captured from PostgreSQL 15 under `tests/data/wal` (see its README), for tests.
+//!
+//! Built only for tests: the parent declares this module under `#[cfg(test)]`.
 
 use std::sync::OnceLock;
 

@@ -1,6 +1,8 @@
 //! Tests of the streaming validator against WAL captured from PostgreSQL 15
 //! (`tests/data/wal`): acceptance in every split, record boundaries against pg_waldump,
 //! resumption, and detection of each kind of corruption.
+//!
+//! Built only for tests: the parent declares this module under `#[cfg(test)]`.
 
 use std::collections::BTreeSet;
 

@@ -1,4 +1,6 @@
 //! Tests of the parent module.
+//!
+//! Built only for tests: the parent declares this module under `#[cfg(test)]`.
 use super::*;
 use sha2::{Digest, Sha256};
 

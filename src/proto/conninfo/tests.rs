@@ -1,4 +1,6 @@
 //! Tests of the parent module.
+//!
+//! Built only for tests: the parent declares this module under `#[cfg(test)]`.
 use super::*;
 
 fn env() -> Env {

@@ -1,6 +1,8 @@
 //! Behaviour tests of the command parser: the exact strings real clients send, and hostile
 //! input. Comments marked **\[obs\]** record what a PostgreSQL 15.18 walsender (a throwaway
 //! cluster, `wal_level=replica`, raw protocol client) answered to the same text.
+//!
+//! Built only for tests: the parent declares this module under `#[cfg(test)]`.
 
 use super::*;
 
