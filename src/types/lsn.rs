@@ -8,6 +8,16 @@ use std::fmt;
 use std::str::FromStr;
 
 /// A byte position in the write-ahead log. `Lsn::INVALID` (0) means "none".
+///
+/// ```
+/// use walrelay::types::Lsn;
+///
+/// let lsn: Lsn = "16/B374D848".parse().unwrap();
+/// assert_eq!(lsn, Lsn(0x16_B374_D848));
+/// assert_eq!(lsn.to_string(), "16/B374D848");
+/// // The padded form of newer servers parses too.
+/// assert_eq!("0/0000000A".parse::<Lsn>().unwrap(), Lsn(10));
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Lsn(pub u64);
 

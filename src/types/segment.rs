@@ -130,6 +130,15 @@ impl SegmentNo {
 }
 
 /// A WAL segment file name: timeline and segment number, as `XLogFileName` writes them.
+///
+/// ```
+/// use walrelay::types::{Lsn, SegmentName, TimelineId, WalSegmentSize};
+///
+/// let size = WalSegmentSize::parse_show("16MB").unwrap();
+/// let name = SegmentName { timeline: TimelineId::new(2).unwrap(), segno: size.segment_of(Lsn(0x362_FB00)) };
+/// assert_eq!(name.file_name(size), "000000020000000000000003");
+/// assert_eq!(SegmentName::parse("000000020000000000000003", size), Some(name));
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SegmentName {
     /// The timeline of the file.
