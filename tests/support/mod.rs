@@ -26,38 +26,19 @@ pub struct RelayProcess {
 }
 
 impl RelayProcess {
-    /// Starts `walrelay run --upstream UPSTREAM --data-dir DATA_DIR EXTRA…`.
+    /// Starts `walrelay run --upstream UPSTREAM --data-dir DATA_DIR EXTRA…` with short
+    /// reconnect and status intervals for tests.
     pub fn start(upstream: &str, data_dir: &Path, extra: &[&str]) -> RelayProcess {
-        fs::create_dir_all(data_dir.parent().unwrap()).unwrap();
-        let log = data_dir.with_extension("log");
-        let out = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_walrelay"))
-            .args(["run", "--upstream", upstream, "--data-dir"])
-            .arg(data_dir)
-            .args([
-                "--reconnect-min",
-                "50ms",
-                "--reconnect-max",
-                "1s",
-                "--status-interval",
-                "1s",
-            ])
-            .args(extra)
-            .env("WALRELAY_LOG", "info,walrelay=debug")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .expect("start walrelay");
-        RelayProcess {
-            child: Some(child),
-            data_dir: data_dir.to_owned(),
-            log,
-        }
+        let mut args = vec![
+            "--reconnect-min",
+            "50ms",
+            "--reconnect-max",
+            "1s",
+            "--status-interval",
+            "1s",
+        ];
+        args.extend_from_slice(extra);
+        RelayProcess::start_bare(upstream, data_dir, &args)
     }
 
     pub fn pid(&self) -> u32 {
