@@ -135,8 +135,19 @@ fn replication_commands_answer_like_the_primary() {
 }
 
 #[test]
-fn pg_receivewal_through_the_relay_matches_direct() {
-    let Some(s) = setup("recvwal", 1) else { return };
+fn pg_receivewal_through_the_relay_matches_direct_1mb() {
+    pg_receivewal_through_the_relay_matches_direct(1);
+}
+
+#[test]
+fn pg_receivewal_through_the_relay_matches_direct_16mb() {
+    pg_receivewal_through_the_relay_matches_direct(16);
+}
+
+fn pg_receivewal_through_the_relay_matches_direct(segment_mb: u32) {
+    let Some(s) = setup("recvwal", segment_mb) else {
+        return;
+    };
     let size = s.primary.wal_segment_size().unwrap();
     let via = s.relay.data_dir.parent().unwrap().join("via-relay");
     let direct = s.relay.data_dir.parent().unwrap().join("direct");
@@ -178,8 +189,19 @@ fn pg_receivewal_through_the_relay_matches_direct() {
 }
 
 #[test]
-fn hot_standby_streams_from_the_relay_on_a_relay_slot() {
-    let Some(s) = setup("standby", 1) else { return };
+fn hot_standby_streams_from_the_relay_on_a_relay_slot_1mb() {
+    hot_standby_streams_from_the_relay_on_a_relay_slot(1);
+}
+
+#[test]
+fn hot_standby_streams_from_the_relay_on_a_relay_slot_16mb() {
+    hot_standby_streams_from_the_relay_on_a_relay_slot(16);
+}
+
+fn hot_standby_streams_from_the_relay_on_a_relay_slot(segment_mb: u32) {
+    let Some(s) = setup("standby", segment_mb) else {
+        return;
+    };
     repl(
         &s.bins,
         &relay_conninfo(&s),
