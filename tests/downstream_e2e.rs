@@ -59,6 +59,15 @@ fn relay_conninfo(s: &Setup) -> String {
     format!("host=127.0.0.1 port={} user=postgres", s.relay_port)
 }
 
+/// A standby of the primary, not yet started, that streams from the relay on a new relay
+/// slot of its own name.
+fn standby_on_relay_slot(s: &Setup, name: &str) -> Cluster {
+    let create = format!("CREATE_REPLICATION_SLOT \"{name}\" PHYSICAL");
+    repl(&s.bins, &relay_conninfo(s), &create).unwrap();
+    let conninfo = format!("{} application_name={name}", relay_conninfo(s));
+    s.primary.basebackup_standby(&conninfo, Some(name)).unwrap()
+}
+
 fn repl(bins: &PgBinaries, conninfo: &str, sql: &str) -> Result<String, String> {
     bins.psql(&format!("{conninfo} replication=1"), sql)
         .map_err(|e| e.to_string())
@@ -202,19 +211,7 @@ fn hot_standby_streams_from_the_relay_on_a_relay_slot(segment_mb: u32) {
     let Some(s) = setup("standby", segment_mb) else {
         return;
     };
-    repl(
-        &s.bins,
-        &relay_conninfo(&s),
-        "CREATE_REPLICATION_SLOT \"d1\" PHYSICAL",
-    )
-    .unwrap();
-    let mut standby = s
-        .primary
-        .basebackup_standby(
-            &format!("{} application_name=d1", relay_conninfo(&s)),
-            Some("d1"),
-        )
-        .unwrap();
+    let mut standby = standby_on_relay_slot(&s, "d1");
     standby.start().unwrap();
     s.primary.write_load(5000).unwrap();
     s.primary
@@ -250,19 +247,7 @@ fn standbys_are_served_after_a_restart_while_the_primary_is_down() {
     let Some(mut s) = setup("offline", 1) else {
         return;
     };
-    repl(
-        &s.bins,
-        &relay_conninfo(&s),
-        "CREATE_REPLICATION_SLOT \"d1\" PHYSICAL",
-    )
-    .unwrap();
-    let mut standby = s
-        .primary
-        .basebackup_standby(
-            &format!("{} application_name=d1", relay_conninfo(&s)),
-            Some("d1"),
-        )
-        .unwrap();
+    let mut standby = standby_on_relay_slot(&s, "d1");
     standby
         .set_config("wal_retrieve_retry_interval", "500ms")
         .unwrap();

@@ -449,17 +449,21 @@ impl Cluster {
     /// With pgbench's stderr when it fails.
     pub fn pgbench(&self, args: &[&str]) -> Result<String> {
         let mut cmd = self.bins.command("pgbench");
-        cmd.args([
+        cmd.args(self.client_args()).args(args).arg("postgres");
+        run(&mut cmd)
+    }
+
+    /// The flags that point a client tool at this server as `postgres`.
+    fn client_args(&self) -> [String; 6] {
+        [
             "-h",
             "127.0.0.1",
             "-p",
             &self.port.to_string(),
             "-U",
             "postgres",
-        ])
-        .args(args)
-        .arg("postgres");
-        run(&mut cmd)
+        ]
+        .map(str::to_owned)
     }
 
     /// Waits until the segment holding the byte before `upto` is archived in full, and returns
@@ -493,17 +497,13 @@ impl Cluster {
         let dir = self.bins.scratch_dir(parent, "standby")?;
         let data = dir.path().join("data");
         let mut cmd = self.bins.command("pg_basebackup");
-        cmd.arg("-D")
-            .arg(&data)
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "postgres",
-            ])
-            .args(["-X", "stream", "-c", "fast", "--no-sync"]);
+        cmd.arg("-D").arg(&data).args(self.client_args()).args([
+            "-X",
+            "stream",
+            "-c",
+            "fast",
+            "--no-sync",
+        ]);
         run(&mut cmd)?;
         self.bins.write_file(&data.join("standby.signal"), "")?;
         let mut settings = self.settings.clone();

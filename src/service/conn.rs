@@ -18,9 +18,9 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
 use tokio::net::{TcpStream, UnixStream};
 
-use crate::wire::StartupPacket;
 use crate::wire::WireError;
 use crate::wire::frame::{Frame, split_frame, split_startup_packet};
+use crate::wire::{BackendMessage, ErrorFields, StartupPacket};
 
 /// A byte stream to a peer: plain TCP, or TLS over TCP.
 #[derive(Debug)]
@@ -288,19 +288,6 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         &mut self.out
     }
 
-    /// Sends what is buffered, then `payload` as is (WAL, without copying it).
-    ///
-    /// # Errors
-    /// A socket error.
-    pub async fn flush_with(&mut self, payload: &[u8]) -> Result<(), ConnError> {
-        // One vectored write for header and WAL where the socket allows it.
-        let mut both = Buf::chain(&self.out[..], payload);
-        self.io.write_all_buf(&mut both).await?;
-        self.out.clear();
-        self.io.flush().await?;
-        Ok(())
-    }
-
     /// Sends what is buffered, then `parts` as they are (XLogData headers and WAL), in
     /// vectored writes.
     ///
@@ -323,7 +310,18 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     /// # Errors
     /// A socket error.
     pub async fn flush(&mut self) -> Result<(), ConnError> {
-        self.flush_with(&[]).await
+        self.flush_parts(Vec::new()).await
+    }
+
+    /// Sends `e` (a FATAL error) after what is buffered, and closes: the way every refusal
+    /// ends a connection. A peer that is gone by then changes nothing.
+    pub async fn fatal(&mut self, e: &ErrorFields) {
+        if BackendMessage::ErrorResponse(e.clone())
+            .write(self.out())
+            .is_ok()
+        {
+            self.close().await;
+        }
     }
 
     /// Sends what is buffered and closes the sending side.

@@ -265,7 +265,8 @@ struct HubLinks {
 /// The writer now running: the upstream side replaces it after a store error.
 pub type CurrentWriter = Arc<Mutex<Writer>>;
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+/// Locks a mutex; a panic elsewhere leaves the data usable (it is replaced whole).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -295,7 +296,7 @@ async fn serve_downstream(
     let wal_dir = data_dir.join("wal");
     let (hub, hub_feed) = Hub::new(SegmentReader::new(wal_dir.clone(), size), TAIL_CACHE_BYTES);
     let hub_feed = Arc::new(hub_feed);
-    *feed.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&hub_feed));
+    *lock(&feed) = Some(Arc::clone(&hub_feed));
     let attach = lock(&writer).clone();
     if attach.attach(hub_feed).await.is_err() {
         warn!("the writer restarted before the hub was attached; the next writer publishes to it");

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::service::downstream::ServerContext;
-use crate::service::relay::CurrentWriter;
+use crate::service::relay::{CurrentWriter, lock};
 use crate::types::{Lsn, WalSegmentSize};
 
 /// How often retention looks.
@@ -84,10 +84,7 @@ pub async fn run(
                 Err(e) => warn!(error = %e, "could not invalidate slots"),
             }
         }
-        let current = writer
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
+        let current = lock(&writer).clone();
         match current.call(move |store| store.remove_before(keep)).await {
             Ok(Ok(0)) | Err(_) => {}
             Ok(Ok(n)) => {

@@ -88,8 +88,7 @@ async fn fatal<W: AsyncWrite + Unpin>(
     e: ErrorFields,
 ) -> Result<(), ConnError> {
     info!(sqlstate = %e.code, error = %e.message, "closing connection");
-    BackendMessage::ErrorResponse(e).write(wr.out())?;
-    wr.close().await;
+    wr.fatal(&e).await;
     Ok(())
 }
 

@@ -284,7 +284,7 @@ impl Stream<'_> {
             if self.send.ping_due(now) {
                 self.keepalive(wr, true)?;
                 self.send.pinged();
-                self.write(wr, &[]).await?;
+                self.write_parts(wr, Vec::new()).await?;
             }
             let limit = self.limit();
             if self.send.sent() < limit {
@@ -389,7 +389,8 @@ impl Stream<'_> {
         Ok(None)
     }
 
-    /// Flushes the output, then `parts`, within the sender timeout.
+    /// Flushes the output, then `parts` (nothing for a keepalive), within the sender timeout:
+    /// a client that does not read for that long is dropped.
     async fn write_parts<W: AsyncWrite + Unpin>(
         &self,
         wr: &mut FrameWriter<W>,
@@ -400,25 +401,6 @@ impl Stream<'_> {
             return wr.flush_parts(parts).await;
         }
         match tokio::time::timeout(timeout, wr.flush_parts(parts)).await {
-            Ok(r) => r,
-            Err(_) => {
-                info!("terminating walsender process: the client has not read for {timeout:?}");
-                Err(ConnError::Timeout(timeout))
-            }
-        }
-    }
-
-    /// Flushes the output, with `payload` after it, within the sender timeout.
-    async fn write<W: AsyncWrite + Unpin>(
-        &self,
-        wr: &mut FrameWriter<W>,
-        payload: &[u8],
-    ) -> Result<(), ConnError> {
-        let timeout = self.ctx.config.sender_timeout;
-        if timeout.is_zero() {
-            return wr.flush_with(payload).await;
-        }
-        match tokio::time::timeout(timeout, wr.flush_with(payload)).await {
             Ok(r) => r,
             Err(_) => {
                 info!("terminating walsender process: the client has not read for {timeout:?}");
@@ -464,7 +446,7 @@ impl Stream<'_> {
                     }
                     if reply.reply_requested {
                         self.keepalive(wr, false)?;
-                        self.write(wr, &[]).await?;
+                        self.write_parts(wr, Vec::new()).await?;
                     }
                     Ok(FromClient::Nothing)
                 }
@@ -506,9 +488,7 @@ impl Stream<'_> {
         e: ErrorFields,
     ) -> ConnError {
         info!(sqlstate = %e.code, error = %e.message, "closing replication connection");
-        if BackendMessage::ErrorResponse(e).write(wr.out()).is_ok() {
-            wr.close().await;
-        }
+        wr.fatal(&e).await;
         ConnError::Closed
     }
 
@@ -525,7 +505,7 @@ impl Stream<'_> {
     {
         BackendMessage::CopyDone.write(wr.out())?;
         self.done_sent = true;
-        self.write(wr, &[]).await?;
+        self.write_parts(wr, Vec::new()).await?;
         loop {
             let frame = rd.frame(SMALL_FRAME_LIMIT).await?;
             if let FromClient::Done = self.on_client(wr, frame).await? {
@@ -547,7 +527,7 @@ impl Stream<'_> {
     {
         let deadline = tokio::time::Instant::now() + SHUTDOWN_WAIT;
         self.keepalive(wr, true)?;
-        let _ = self.write(wr, &[]).await;
+        let _ = self.write_parts(wr, Vec::new()).await;
         while !self.confirmed() {
             match tokio::time::timeout_at(deadline, rd.frame(SMALL_FRAME_LIMIT)).await {
                 Ok(Ok(frame)) => {

@@ -67,10 +67,7 @@ where
             Ok(login)
         }
         Err(fatal) => {
-            BackendMessage::ErrorResponse(fatal.clone())
-                .write(wr.out())
-                .map_err(ConnError::from)?;
-            wr.close().await;
+            wr.fatal(&fatal).await;
             Err(Refused::Fatal(fatal))
         }
     }
@@ -94,7 +91,7 @@ where
                 return Err(Refused::Silent(ConnError::Wire(e)));
             }
             Err(ConnError::Wire(e)) => {
-                return Err(fatal(wr, "FATAL", e.sqlstate(), e.to_string()).await);
+                return Err(fatal(wr, e.sqlstate(), e.to_string()).await);
             }
             Err(e) => return Err(Refused::Silent(e)),
         };
@@ -111,30 +108,25 @@ where
                 "1234.5680"
             };
             let text = format!("unsupported frontend protocol {code}: server supports 3.0 to 3.0");
-            return Err(fatal(wr, "FATAL", "08P01", text).await);
+            return Err(fatal(wr, "08P01", text).await);
         }
         wr.out().extend_from_slice(b"N");
         wr.flush().await?;
         if rd.has_buffered() {
             let text = "received unencrypted data after SSL request";
-            return Err(fatal(wr, "FATAL", "08P01", text.into()).await);
+            return Err(fatal(wr, "08P01", text.into()).await);
         }
     }
 }
 
+/// Sends a FATAL error and closes.
 async fn fatal<W: AsyncWrite + Unpin>(
     wr: &mut FrameWriter<W>,
-    severity: &str,
     code: &str,
     text: String,
 ) -> Refused {
-    let fields = ErrorFields::new(severity, code, text);
-    if BackendMessage::ErrorResponse(fields.clone())
-        .write(wr.out())
-        .is_ok()
-    {
-        wr.close().await;
-    }
+    let fields = ErrorFields::new("FATAL", code, text);
+    wr.fatal(&fields).await;
     Refused::Fatal(fields)
 }
 
