@@ -27,6 +27,7 @@
 //! ```text
 //! cargo build --release
 //! cargo run --release --example fanout_bench -- [--standbys N] [--mb MB] [--segment-mb S]
+//!     [--only relay|cascade]
 //! ```
 //!
 //! Everything it starts is stopped and its directories are removed at the end. MB are 2^20
@@ -77,10 +78,13 @@ struct Args {
     /// Where to put the clusters and the relay's data [default: the temporary directory].
     #[arg(long, value_name = "DIR")]
     dir: Option<PathBuf>,
+    /// Which fan-out servers to run [default: both].
+    #[arg(long, value_enum, value_name = "MODE")]
+    only: Option<Mode>,
 }
 
 /// What serves the standbys.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum Mode {
     /// The `walrelay` binary.
     Relay,
@@ -619,7 +623,11 @@ fn main() -> Result<()> {
         clk_tck: clock_ticks()?,
         root,
     };
-    let outcomes = [Mode::Relay, Mode::Cascade]
+    let modes = match bench.args.only {
+        Some(mode) => vec![mode],
+        None => vec![Mode::Relay, Mode::Cascade],
+    };
+    let outcomes = modes
         .into_iter()
         .map(|mode| bench.run(mode))
         .collect::<Result<Vec<_>>>()?;

@@ -12,6 +12,7 @@
 //!
 //! `cargo check --no-default-features` builds the pure core alone.
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 #![cfg_attr(
     test,
     allow(

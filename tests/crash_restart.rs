@@ -268,3 +268,33 @@ fn b5_primary_restarts_fast_and_immediate() {
     println!("B5: {committed} load transactions ({failed} failed), {compared} segments compared");
     assert_healthy_log(&relay);
 }
+
+/// A second relay on a data directory in use is refused, as a second postmaster is, and the
+/// first streams on; after the first is killed with SIGKILL its lock is gone with it.
+#[test]
+fn a_data_directory_serves_one_relay_at_a_time() {
+    let Some(bins) = require_postgres() else {
+        return;
+    };
+    let dir = scratch(&bins, "lock");
+    let primary = primary(&bins, dir.path(), 1);
+    let size = primary.wal_segment_size().unwrap();
+    let data = dir.path().join("relay");
+    let mut first = start_relay(&primary, &data, size);
+    let mut second = RelayProcess::start(&primary.conninfo(), &data, &[]);
+    let status = second
+        .wait_exit(Duration::from_secs(10))
+        .expect("a second relay on the same data directory kept running");
+    let log = second.log_contents();
+    println!("second relay: {status}: {log}");
+    assert!(!status.success());
+    let expected = format!("is another walrelay (PID {}) running", first.pid());
+    assert!(log.contains(&expected), "{log}");
+    let end = primary.switch_wal().unwrap();
+    wait_acked(&primary, end, Duration::from_secs(30));
+    first.kill9();
+    let third = start_relay(&primary, &data, size);
+    let end = primary.switch_wal().unwrap();
+    wait_acked(&primary, end, Duration::from_secs(30));
+    drop(third);
+}

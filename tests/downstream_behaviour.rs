@@ -931,6 +931,11 @@ fn streaming_abuse_closes_only_the_offender() {
         ("'r' with a trailing byte", long, true),
         ("'r' of 10 bytes", short, true),
         ("an unknown CopyData type 'x'", b"x123".to_vec(), false),
+        (
+            "'r' with a flush beyond the relay's WAL",
+            status_update(1, 0xFFFF_FFFF_0000_0000, 0, false),
+            true,
+        ),
     ] {
         let mut c = RawClient::streaming(s.port, "abuse");
         c.send(&copy_data(&payload));
@@ -938,6 +943,15 @@ fn streaming_abuse_closes_only_the_offender() {
             Some(e) => {
                 println!("{what}: {} {} {}", e.severity(), e.sqlstate(), e.message());
                 assert_eq!(e.sqlstate(), "08P01", "{what}");
+                if what.contains("beyond") {
+                    assert!(
+                        e.message().starts_with(
+                            "standby reported flush position FFFFFFFF/0, which is ahead of"
+                        ),
+                        "{}",
+                        e.message()
+                    );
+                }
             }
             None => assert!(!error_required, "{what}: closed without an error"),
         }

@@ -436,8 +436,18 @@ impl OpenSnapshot {
 /// `max_standby_streaming_delay=0`); the xmin is released when feedback is switched off and
 /// when the standby stops, and comes back when it is switched on again.
 #[test]
-fn a8_hot_standby_feedback_holds_and_releases_the_primary_xmin() {
-    let Some(t) = topo("a8", 1, &[], &[], false) else {
+fn a8_hot_standby_feedback_holds_and_releases_the_primary_xmin_1mb_segments() {
+    hot_standby_feedback_holds_and_releases("a8", 1);
+}
+
+/// A8 with 16 MB segments.
+#[test]
+fn a8_hot_standby_feedback_holds_and_releases_the_primary_xmin_16mb_segments() {
+    hot_standby_feedback_holds_and_releases("a8-16", 16);
+}
+
+fn hot_standby_feedback_holds_and_releases(label: &str, segment_mb: u32) {
+    let Some(t) = topo(label, segment_mb, &[], &[], false) else {
         return;
     };
     t.primary
@@ -552,8 +562,18 @@ fn a9_idle_topology_keeps_its_connections() {
 /// within budget (O9), standby 3's slot keeps its WAL while it lags (O10), and it catches up
 /// once the link is free again (O6, O1).
 #[test]
-fn e1_slow_standby_is_isolated() {
-    let Some(t) = topo("e1", 1, &[], &["--wal-keep-size", "0"], false) else {
+fn e1_slow_standby_is_isolated_1mb_segments() {
+    slow_standby_is_isolated("e1", 1);
+}
+
+/// E1 with 16 MB segments.
+#[test]
+fn e1_slow_standby_is_isolated_16mb_segments() {
+    slow_standby_is_isolated("e1-16", 16);
+}
+
+fn slow_standby_is_isolated(label: &str, segment_mb: u32) {
+    let Some(t) = topo(label, segment_mb, &[], &["--wal-keep-size", "0"], false) else {
         return;
     };
     let link = SlowLink::start(t.relay_port);
@@ -568,7 +588,13 @@ fn e1_slow_standby_is_isolated() {
     let pgbench = ["-c", "4", "-j", "2", "-T", &secs, "-n"];
     let (lag, tps) = std::thread::scope(|s| {
         let bench = s.spawn(|| t.primary.pgbench(&pgbench));
-        let bulk = WriteLoad::start(&t.bins, &t.primary.conninfo(), 200, 128 * 1024);
+        // Enough WAL that d3 falls several segments behind at either segment size.
+        let message = if segment_mb >= 16 {
+            1 << 20
+        } else {
+            128 * 1024
+        };
+        let bulk = WriteLoad::start(&t.bins, &t.primary.conninfo(), 200, message);
         let mut lag = LagSamples::default();
         while !bench.is_finished() {
             lag.sample(&t, [&d1, &d2], &d3);
@@ -589,7 +615,8 @@ fn e1_slow_standby_is_isolated() {
         .saturating_distance(start);
     let peak = peak_rss(t.relay.pid());
     println!(
-        "E1: {} MB written in {secs} s; {lag:?}; relay VmHWM {} MB; pgbench {tps}",
+        "E1 {segment_mb} MB segments: {} MB written in {secs} s; {lag:?}; relay VmHWM {} MB; \
+         pgbench {tps}",
         written / MB,
         peak / MB
     );
@@ -651,8 +678,18 @@ impl LagSamples {
 /// holds the completed segments byte-identical to the archive (O3), and the relay's peak
 /// memory stays within budget (O9).
 #[test]
-fn e8_three_standbys_and_twenty_receivers_converge() {
-    let Some(t) = topo("e8", 1, &[], &[], false) else {
+fn e8_three_standbys_and_twenty_receivers_converge_1mb_segments() {
+    standbys_and_receivers_converge("e8", 1);
+}
+
+/// E8 with 16 MB segments.
+#[test]
+fn e8_three_standbys_and_twenty_receivers_converge_16mb_segments() {
+    standbys_and_receivers_converge("e8-16", 16);
+}
+
+fn standbys_and_receivers_converge(label: &str, segment_mb: u32) {
+    let Some(t) = topo(label, segment_mb, &[], &[], false) else {
         return;
     };
     let standbys: Vec<Cluster> = ["d1", "d2", "d3"]
@@ -693,7 +730,8 @@ fn e8_three_standbys_and_twenty_receivers_converge() {
     }
     let peak = peak_rss(t.relay.pid());
     println!(
-        "E8: 20 receivers, {compared} segments compared, relay VmHWM {} MB",
+        "E8 {segment_mb} MB segments: 20 receivers, {compared} segments compared, relay VmHWM \
+         {} MB",
         peak / MB
     );
     assert!(peak <= memory_budget(23), "O9: relay VmHWM {peak} B");
@@ -702,8 +740,18 @@ fn e8_three_standbys_and_twenty_receivers_converge() {
 /// G1: standby d2 is stopped while ten segments are written; its slot keeps their WAL (O10)
 /// even with `--wal-keep-size 0`, and once started it streams again and catches up (O6, O1).
 #[test]
-fn g1_offline_standby_catches_up_from_its_slot() {
-    let Some(t) = topo("g1", 1, &[], &["--wal-keep-size", "0"], false) else {
+fn g1_offline_standby_catches_up_from_its_slot_1mb_segments() {
+    offline_standby_catches_up("g1", 1);
+}
+
+/// G1 with 16 MB segments.
+#[test]
+fn g1_offline_standby_catches_up_from_its_slot_16mb_segments() {
+    offline_standby_catches_up("g1-16", 16);
+}
+
+fn offline_standby_catches_up(label: &str, segment_mb: u32) {
+    let Some(t) = topo(label, segment_mb, &[], &["--wal-keep-size", "0"], false) else {
         return;
     };
     let d1 = t.standby("d1", None, &[]);
@@ -725,7 +773,7 @@ fn g1_offline_standby_catches_up_from_its_slot() {
     let log = d2.log_contents();
     let tail = log.get(log_at..).unwrap_or_default();
     assert!(!tail.contains("has already been removed"), "{tail}");
-    println!("G1: d2 held {held} and caught up to {target}");
+    println!("G1 {segment_mb} MB segments: d2 held {held} and caught up to {target}");
 }
 
 /// G2: with `--max-slot-wal-keep-size 4MB --wal-keep-size 0`, an offline standby's slot is
@@ -733,8 +781,14 @@ fn g1_offline_standby_catches_up_from_its_slot() {
 /// within the limit plus two segments), the standby gets "requested WAL segment … has already
 /// been removed", and a new slot reserves WAL the relay still has (bug #17103).
 #[test]
-fn g2_slot_past_the_limit_is_invalidated() {
-    slot_past_the_limit("g2", 4, 10.0);
+fn g2_slot_past_the_limit_is_invalidated_1mb_segments() {
+    slot_past_the_limit("g2", 1, 4, 10.0);
+}
+
+/// G2 with 16 MB segments and a 64 MB limit.
+#[test]
+fn g2_slot_past_the_limit_is_invalidated_16mb_segments() {
+    slot_past_the_limit("g2-16", 16, 64, 10.0);
 }
 
 /// G2 where the invalidated slot's WAL, removed from disk, is still in the relay's in-memory
@@ -742,15 +796,15 @@ fn g2_slot_past_the_limit_is_invalidated() {
 /// only, so the standby must get the same "has already been removed" error.
 #[test]
 fn g2_removed_wal_is_not_served_from_memory() {
-    slot_past_the_limit("g2-cached", 2, 3.5);
+    slot_past_the_limit("g2-cached", 1, 2, 3.5);
 }
 
-/// G2 with a `limit_mb` retention limit, passed by writing `segments` segments while d2 is
-/// offline.
-fn slot_past_the_limit(label: &str, limit_mb: u64, segments: f64) {
+/// G2 with a `limit_mb` retention limit, passed by writing `segments` segments of
+/// `segment_mb` while d2 is offline.
+fn slot_past_the_limit(label: &str, segment_mb: u32, limit_mb: u64, segments: f64) {
     let limit = format!("{limit_mb}MB");
     let relay_args = ["--max-slot-wal-keep-size", &limit, "--wal-keep-size", "0"];
-    let Some(t) = topo(label, 1, &[], &relay_args, false) else {
+    let Some(t) = topo(label, segment_mb, &[], &relay_args, false) else {
         return;
     };
     let d1 = t.standby("d1", None, &[]);

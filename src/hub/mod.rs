@@ -17,8 +17,9 @@
 //! and always for older timelines (§4.2), it is read from the segment file with `pread`, on
 //! tokio's blocking pool, so a slow disk stalls only the readers waiting for it, never the
 //! runtime's workers. Memory does not grow with the number of readers or their lag: the tail
-//! is bounded, a lagging reader costs one read buffer while its read runs, and no payload
-//! goes through a channel.
+//! is bounded, a lagging reader holds one read buffer (its [`ReadBuffer`], reused from read to
+//! read and let go once the reader is back in the tail), and no payload goes through a
+//! channel.
 
 mod tail;
 
@@ -26,7 +27,7 @@ use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use tokio::sync::watch;
 
 use crate::storage::{SegmentReader, StoreError};
@@ -54,6 +55,26 @@ pub struct HubStats {
     pub served_from_disk: u64,
     /// Bytes the tail cache holds now.
     pub tail_bytes: usize,
+}
+
+/// A reader's buffer for disk reads, kept between [`Hub::read_batch`] calls: a reader that lags
+/// reads into the same allocation again (without zeroing it again) once every piece of the
+/// last read has been dropped, and lets it go as soon as it is served from the tail.
+#[derive(Debug, Default)]
+pub struct ReadBuffer {
+    last: Option<Bytes>,
+}
+
+impl ReadBuffer {
+    /// A buffer of `len` bytes: the last one when nothing else holds it any more.
+    fn take(&mut self, len: usize) -> BytesMut {
+        let mut buf = match self.last.take().map(Bytes::try_into_mut) {
+            Some(Ok(buf)) => buf,
+            _ => BytesMut::new(),
+        };
+        buf.resize(len, 0);
+        buf
+    }
 }
 
 /// The readers' side of the fan-out; cheap to clone.
@@ -142,14 +163,17 @@ impl Hub {
         from: Lsn,
         limit: Lsn,
     ) -> Result<Option<Bytes>, StoreError> {
-        let mut pieces = self.read_batch(timeline, from, limit, 1).await?;
+        let mut buffer = ReadBuffer::default();
+        let mut pieces = self
+            .read_batch(timeline, from, limit, 1, &mut buffer)
+            .await?;
         Ok((!pieces.is_empty()).then(|| pieces.swap_remove(0)))
     }
 
     /// Consecutive pieces from `from`, each cut as [`Hub::read`] cuts one, together at most
     /// about `max_bytes`: what a sender that is behind writes at once. Pieces from the tail
     /// come without copying; from disk, one read on the blocking pool covers them all (up to
-    /// the segment's end).
+    /// the segment's end), into `buffer`.
     ///
     /// # Errors
     /// As [`Hub::read`].
@@ -159,6 +183,7 @@ impl Hub {
         from: Lsn,
         limit: Lsn,
         max_bytes: u64,
+        buffer: &mut ReadBuffer,
     ) -> Result<Vec<Bytes>, StoreError> {
         if from < Lsn(self.shared.removed_below.load(Ordering::Acquire)) {
             // Gone from disk: the tail may still hold it, but PostgreSQL serves WAL only from
@@ -179,6 +204,7 @@ impl Hub {
             match self.shared.source(timeline, at, limit) {
                 Source::Nothing => break,
                 Source::Tail(piece) => {
+                    buffer.last = None;
                     count(&self.shared.from_tail, &piece);
                     at = Lsn(at.0 + piece.len() as u64);
                     taken += piece.len() as u64;
@@ -187,7 +213,7 @@ impl Hub {
                 Source::Disk { end, limit } => {
                     let size = self.shared.reader.segment_size();
                     let span = disk_span(at, end, limit, max_bytes - taken, size);
-                    let data = self.read_disk(timeline, at, span).await?;
+                    let data = self.read_disk(timeline, at, span, buffer).await?;
                     count(&self.shared.from_disk, &data);
                     pieces.extend(cut(at, data, limit, size));
                     break;
@@ -212,22 +238,23 @@ impl Hub {
         }
     }
 
-    /// `pread`s `[from, end)`, within one segment, on the blocking pool.
+    /// `pread`s `[from, end)`, within one segment, on the blocking pool, into `buffer`.
     async fn read_disk(
         &self,
         timeline: TimelineId,
         from: Lsn,
         end: Lsn,
+        buffer: &mut ReadBuffer,
     ) -> Result<Bytes, StoreError> {
         let reader = self.shared.reader.clone();
         let len = usize::try_from(end.saturating_distance(from)).unwrap_or(0);
+        let mut buf = buffer.take(len);
         let task = tokio::task::spawn_blocking(move || {
-            let mut buf = vec![0; len];
             let n = reader.read_at(timeline, from, &mut buf)?;
             buf.truncate(n);
-            Ok(Bytes::from(buf))
+            Ok::<_, StoreError>(buf.freeze())
         });
-        task.await.map_err(|e| {
+        let data = task.await.map_err(|e| {
             let reader = &self.shared.reader;
             let size = reader.segment_size();
             let name = SegmentName {
@@ -239,7 +266,9 @@ impl Hub {
                 path: reader.dir().join(name.file_name(size)),
                 source: io::Error::other(e),
             }
-        })?
+        })??;
+        buffer.last = Some(data.clone());
+        Ok(data)
     }
 }
 

@@ -8,7 +8,9 @@
 //! - a status update that asks for a reply gets a keepalive at once;
 //! - a client silent for half the sender timeout gets one keepalive asking for a reply;
 //! - a client silent for the whole timeout is dropped (zero disables the timeout);
-//! - the client's flush position moves its slot, never beyond what was actually sent.
+//! - the client's flush position moves its slot, never beyond what was actually sent;
+//! - a write or flush position beyond the end of the WAL this server has is a protocol
+//!   violation: no client can hold WAL this server never had.
 //!
 //! The caller passes `now` from a monotonic clock and the wall-clock time for `sendTime`.
 
@@ -25,6 +27,20 @@ pub struct Reply {
     pub slot_flush: Option<Lsn>,
     /// Whether the client asked for an immediate keepalive.
     pub reply_requested: bool,
+}
+
+/// A status update that claims WAL beyond the end of the WAL this server has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "standby reported {what} position {reported}, which is ahead of the WAL flush position of this server {end}"
+)]
+pub struct AheadOfServer {
+    /// `"write"` or `"flush"`.
+    pub what: &'static str,
+    /// The position the client reported.
+    pub reported: Lsn,
+    /// The end of the WAL this server has.
+    pub end: Lsn,
 }
 
 /// The last positions a client reported.
@@ -84,21 +100,40 @@ impl SendStream {
         self.waiting_for_ping = false;
     }
 
-    /// Takes a standby status update. Positions may move backwards and flush may exceed
-    /// write (a walreceiver's first reply after reconnecting reports its replay position);
-    /// the slot follows the flush only up to what this stream has sent.
-    pub fn on_status(&mut self, r: &StandbyStatusUpdate, now: Instant) -> Reply {
+    /// Takes a standby status update; `end` is the end of the WAL this server has. Positions
+    /// may move backwards, and write and flush may exceed what was sent (a walreceiver's first
+    /// reply after reconnecting reports its replay position, PROTOCOL.md §7 item 14): the slot
+    /// follows the flush only up to what this stream has sent.
+    ///
+    /// # Errors
+    /// [`AheadOfServer`] if write or flush is beyond `end`, which only a client that lies can
+    /// report; the positions are then not taken.
+    pub fn on_status(
+        &mut self,
+        r: &StandbyStatusUpdate,
+        end: Lsn,
+        now: Instant,
+    ) -> Result<Reply, AheadOfServer> {
         self.on_client_message(now);
+        for (what, reported) in [("write", r.write), ("flush", r.flush)] {
+            if reported > end {
+                return Err(AheadOfServer {
+                    what,
+                    reported,
+                    end,
+                });
+            }
+        }
         self.positions = ClientPositions {
             write: r.write,
             flush: r.flush,
             apply: r.apply,
             reply_time: r.send_time,
         };
-        Reply {
+        Ok(Reply {
             slot_flush: r.flush.is_valid().then(|| r.flush.min(self.sent)),
             reply_requested: r.reply_requested,
-        }
+        })
     }
 
     /// A keepalive, carrying the end of what was sent (`WalSndKeepalive`).
@@ -158,11 +193,14 @@ mod tests {
     fn slot_follows_flush_up_to_what_was_sent() {
         let t0 = Instant::now();
         let mut s = SendStream::new(Lsn(0x300_0000), Duration::from_secs(60), t0);
+        let end = Lsn(0x400_0000);
         // A walreceiver's first reply after reconnecting: its replay position, ahead of sent.
-        let r = s.on_status(&status(0x361_FFE0, 0x361_FFE0, false), t0);
-        assert_eq!(r.slot_flush, Some(Lsn(0x300_0000)));
+        let r = s.on_status(&status(0x361_FFE0, 0x361_FFE0, false), end, t0);
+        assert_eq!(r.unwrap().slot_flush, Some(Lsn(0x300_0000)));
         s.sent_to(Lsn(0x302_0000));
-        let r = s.on_status(&status(0x302_0000, 0x301_0000, true), t0);
+        let r = s
+            .on_status(&status(0x302_0000, 0x301_0000, true), end, t0)
+            .unwrap();
         assert_eq!(
             r,
             Reply {
@@ -171,11 +209,35 @@ mod tests {
             }
         );
         // flush 0 (pg_receivewal without a slot) moves nothing.
-        assert_eq!(
-            s.on_status(&status(0x302_0000, 0, false), t0).slot_flush,
-            None
-        );
+        let r = s.on_status(&status(0x302_0000, 0, false), end, t0).unwrap();
+        assert_eq!(r.slot_flush, None);
         assert_eq!(s.positions().write, Lsn(0x302_0000));
+    }
+
+    #[test]
+    fn positions_beyond_the_servers_wal_are_refused_and_not_taken() {
+        let t0 = Instant::now();
+        let mut s = SendStream::new(Lsn(0x300_0000), Duration::from_secs(60), t0);
+        let end = Lsn(0x302_0000);
+        // Exactly the end is fine.
+        assert!(
+            s.on_status(&status(0x302_0000, 0x302_0000, false), end, t0)
+                .is_ok()
+        );
+        let err = s
+            .on_status(&status(0x302_0001, 0x301_0000, false), end, t0)
+            .unwrap_err();
+        assert_eq!((err.what, err.reported), ("write", Lsn(0x302_0001)));
+        let err = s
+            .on_status(&status(0x301_0000, u64::MAX, false), end, t0)
+            .unwrap_err();
+        assert_eq!((err.what, err.end), ("flush", end));
+        assert_eq!(
+            err.to_string(),
+            "standby reported flush position FFFFFFFF/FFFFFFFF, which is ahead of the WAL \
+             flush position of this server 0/3020000"
+        );
+        assert_eq!(s.positions().flush, Lsn(0x302_0000));
     }
 
     #[test]

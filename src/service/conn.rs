@@ -2,6 +2,9 @@
 //!
 //! A [`FrameReader`] fills one buffer from which whole messages are split without copying; the
 //! length of every message is checked against a cap before anything is reserved for it. A
+//! message longer than the reader's read chunk (an `XLogData` of WAL) is read into an
+//! allocation of its own, exactly its size, so that the WAL it carries can be kept without a
+//! copy and without pinning the receive buffer. A
 //! [`FrameWriter`] buffers encoded messages and sends them with WAL payloads in one vectored
 //! write. The halves are separate so a sender can keep writing WAL while replies are read; a
 //! client [`Connection`] pairs them. A TLS peer that closes without `close_notify` is a
@@ -19,7 +22,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, Rea
 use tokio::net::{TcpStream, UnixStream};
 
 use crate::wire::WireError;
-use crate::wire::frame::{Frame, split_frame, split_startup_packet};
+use crate::wire::frame::{Frame, frame_len, split_frame, split_startup_packet};
 use crate::wire::{BackendMessage, ErrorFields, StartupPacket};
 
 /// A byte stream to a peer: plain TCP, or TLS over TCP.
@@ -107,8 +110,9 @@ pub struct Connection {
 /// How long a peer may take to answer a command unless told otherwise.
 pub const DEFAULT_REPLY_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Bytes asked of an upstream socket per read: a walsender sends up to 128 KiB at a time.
-const UPSTREAM_READ_CHUNK: usize = 256 * 1024;
+/// Bytes asked of an upstream socket per read. A walsender's `XLogData` (up to 128 KiB of WAL)
+/// is longer, so it gets a buffer of its own and only this much of it is ever copied.
+pub const UPSTREAM_READ_CHUNK: usize = 8 * 1024;
 
 impl Connection {
     /// Wraps a transport; messages longer than `max_frame` are refused.
@@ -172,28 +176,31 @@ impl Connection {
 }
 
 /// The reading half: whole messages split off a buffer, each length capped before anything is
-/// reserved for it.
+/// reserved for it. Messages longer than the read chunk come in buffers of their own.
 #[derive(Debug)]
 pub struct FrameReader<R> {
     io: R,
     buf: BytesMut,
     read_chunk: usize,
+    /// A long message being read: its whole length and the bytes so far (never more).
+    long: Option<(usize, BytesMut)>,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// Wraps the reading half of a connection; each read asks the socket for up to
-    /// `read_chunk` bytes.
+    /// `read_chunk` bytes, and a message longer than that is read into its own buffer.
     pub fn new(io: R, read_chunk: usize) -> FrameReader<R> {
         FrameReader {
             io,
             buf: BytesMut::with_capacity(read_chunk),
             read_chunk,
+            long: None,
         }
     }
 
     /// Whether bytes are buffered beyond the last message taken.
     pub fn has_buffered(&self) -> bool {
-        !self.buf.is_empty()
+        !self.buf.is_empty() || self.long.is_some()
     }
 
     /// The next first packet (SSLRequest, GSSENCRequest, CancelRequest, StartupMessage).
@@ -209,22 +216,53 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
-    /// The next typed message of at most `max_len` bytes.
+    /// The next typed message of at most `max_len` bytes. Cancel-safe: what was read stays
+    /// buffered for the next call.
     ///
     /// # Errors
     /// A socket error, end of stream, or a frame over the cap.
     pub async fn frame(&mut self, max_len: usize) -> Result<Frame, ConnError> {
         loop {
-            if let Some(frame) = split_frame(&mut self.buf, max_len)? {
-                return Ok(frame);
+            if let Some((total, long)) = &mut self.long {
+                let missing = total.saturating_sub(long.len());
+                if missing == 0 {
+                    let Some((_, mut long)) = self.long.take() else {
+                        continue;
+                    };
+                    if let Some(frame) = split_frame(&mut long, usize::MAX)? {
+                        return Ok(frame);
+                    }
+                    continue;
+                }
+                let mut limited = (&mut self.io).take(missing as u64);
+                if limited.read_buf(long).await? == 0 {
+                    return Err(ConnError::Closed);
+                }
+                continue;
             }
-            self.fill().await?;
+            match frame_len(&self.buf, max_len)? {
+                Some(total) if total > self.read_chunk && self.buf.len() < total => {
+                    // Only the prefix already read is copied; the rest goes straight in.
+                    let mut long = BytesMut::with_capacity(total);
+                    long.extend_from_slice(&self.buf);
+                    self.buf.clear();
+                    self.long = Some((total, long));
+                }
+                Some(_) => {
+                    if let Some(frame) = split_frame(&mut self.buf, max_len)? {
+                        return Ok(frame);
+                    }
+                    self.fill().await?;
+                }
+                None => self.fill().await?,
+            }
         }
     }
 
     async fn fill(&mut self) -> Result<(), ConnError> {
         self.buf.reserve(self.read_chunk);
-        if self.io.read_buf(&mut self.buf).await? == 0 {
+        let mut limited = (&mut self.io).take(self.read_chunk as u64);
+        if limited.read_buf(&mut self.buf).await? == 0 {
             return Err(ConnError::Closed);
         }
         Ok(())
@@ -328,5 +366,104 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     pub async fn close(&mut self) {
         let _ = self.flush().await;
         let _ = self.io.shutdown().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Frames of every kind of length: short ones that share the receive buffer, and long ones
+    /// (over the read chunk) that get buffers of their own.
+    fn frames() -> Vec<(u8, Vec<u8>)> {
+        let lens = [
+            0,
+            1,
+            17,
+            8190,
+            8191,
+            8192,
+            20_000,
+            131_072 + 25,
+            3,
+            65_536,
+            9000,
+            0,
+        ];
+        lens.iter()
+            .enumerate()
+            .map(|(i, &len)| {
+                let body = (0..len).map(|j| (i * 31 + j * 7) as u8).collect();
+                (b'd' + (i % 3) as u8, body)
+            })
+            .collect()
+    }
+
+    fn encode(frames: &[(u8, Vec<u8>)]) -> Vec<u8> {
+        let mut wire = Vec::new();
+        for (tag, body) in frames {
+            wire.push(*tag);
+            wire.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
+            wire.extend_from_slice(body);
+        }
+        wire
+    }
+
+    #[tokio::test]
+    async fn frames_of_every_length_survive_any_slicing_and_cancelled_reads() {
+        let frames = frames();
+        let wire = encode(&frames);
+        let (mut tx, rx) = tokio::io::duplex(4096);
+        let writer = tokio::spawn(async move {
+            // Slices of 1 to about 10 000 bytes, with pauses that leave reads pending.
+            let mut at = 0;
+            let mut step = 1;
+            while at < wire.len() {
+                let end = (at + step).min(wire.len());
+                tx.write_all(&wire[at..end]).await.unwrap();
+                at = end;
+                step = (step * 7 + 3) % 10_007 + 1;
+                tokio::time::sleep(Duration::from_micros(200)).await;
+            }
+        });
+        let mut reader = FrameReader::new(rx, 8192);
+        let mut got = Vec::new();
+        while got.len() < frames.len() {
+            // Reads cut short by a timeout lose nothing.
+            match tokio::time::timeout(Duration::from_micros(300), reader.frame(1 << 20)).await {
+                Ok(frame) => {
+                    let frame = frame.unwrap();
+                    got.push((frame.tag, frame.body.to_vec()));
+                }
+                Err(_) => continue,
+            }
+        }
+        writer.await.unwrap();
+        assert!(got == frames);
+        assert!(!reader.has_buffered());
+    }
+
+    #[tokio::test]
+    async fn a_long_frame_over_the_cap_is_refused_before_its_body_is_read() {
+        let (mut tx, rx) = tokio::io::duplex(64);
+        tx.write_all(b"d\x00\x10\x00\x00").await.unwrap();
+        let mut reader = FrameReader::new(rx, 8192);
+        let err = reader.frame(1 << 16).await.unwrap_err();
+        assert!(
+            matches!(err, ConnError::Wire(WireError::FrameLength { .. })),
+            "{err:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_closes_inside_a_long_frame_is_a_closed_connection() {
+        let mut wire = encode(&[(b'd', vec![5; 50_000])]);
+        wire.truncate(30_000);
+        let (mut tx, rx) = tokio::io::duplex(1 << 16);
+        tx.write_all(&wire).await.unwrap();
+        drop(tx);
+        let mut reader = FrameReader::new(rx, 8192);
+        let err = reader.frame(1 << 20).await.unwrap_err();
+        assert!(matches!(err, ConnError::Closed), "{err:?}");
     }
 }

@@ -24,7 +24,7 @@ use crate::service::upstream::{self, Links, UpstreamError, UpstreamSettings};
 use crate::service::upstream_info;
 use crate::service::writer::{Positions, Writer};
 use crate::slots::{SlotError, SlotRegistry, XminHorizon};
-use crate::storage::{SegmentReader, StoreError, WalStore};
+use crate::storage::{DataDirLock, SegmentReader, StoreError, WalStore};
 
 /// How much recent WAL the hub keeps in memory for senders that keep up.
 const TAIL_CACHE_BYTES: usize = 4 << 20;
@@ -78,6 +78,8 @@ struct Downstream {
 /// A relay that has opened its store and is ready to stream.
 #[derive(Debug)]
 pub struct Relay {
+    /// Held while the relay lives: no other relay may use the data directory.
+    _lock: DataDirLock,
     settings: UpstreamSettings,
     data_dir: PathBuf,
     writer: Writer,
@@ -120,6 +122,7 @@ impl Relay {
             reconnect_min: config.reconnect_min,
             reconnect_max: config.reconnect_max.max(config.reconnect_min),
         };
+        let lock = DataDirLock::acquire(&config.data_dir)?;
         let writer = open_writer(&config.data_dir, None)?;
         let downstream = match &config.listen {
             None => None,
@@ -146,6 +149,7 @@ impl Relay {
             }
         };
         Ok(Relay {
+            _lock: lock,
             settings,
             data_dir: config.data_dir.clone(),
             writer,

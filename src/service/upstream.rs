@@ -19,7 +19,7 @@ use crate::proto::query::{
     EndOfTimeline, HistoryFile, IdentifySystem, ResultError, SlotInfo, segment_size_from_show,
 };
 use crate::proto::stream::{Inbound, ReceiveStream, StreamError, StreamTiming};
-use crate::service::conn::{ConnError, Connection, DEFAULT_REPLY_TIMEOUT};
+use crate::service::conn::{ConnError, Connection, DEFAULT_REPLY_TIMEOUT, UPSTREAM_READ_CHUNK};
 use crate::service::downstream::UpstreamInfo;
 use crate::service::login::{self, LoginError, ServerInfo};
 use crate::service::session::{read_result, read_result_from, simple_query};
@@ -523,9 +523,14 @@ async fn store_wal(
     loop {
         tokio::select! {
             permit = writer.reserve() => {
-                // An exact copy: the queue and the hub's tail then hold only WAL, not the
-                // receive buffers the frames were cut from, and those buffers are reused.
-                permit?.append(start, Bytes::copy_from_slice(&data));
+                // Long messages come in buffers of their own and are kept as they are; a
+                // short one shares the receive buffer, so it is copied and the buffer reused.
+                let data = if data.len() < UPSTREAM_READ_CHUNK {
+                    Bytes::copy_from_slice(&data)
+                } else {
+                    data
+                };
+                permit?.append(start, data);
                 return Ok(());
             }
             _ = tick.tick() => {

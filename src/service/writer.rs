@@ -22,6 +22,11 @@ use crate::types::{Lsn, TimelineId};
 /// Chunks that may wait for the disk before the receiver stops reading the socket.
 const QUEUE_CHUNKS: usize = 16;
 
+/// Chunks appended between two syncs at most. Without a bound, a receiver that keeps the
+/// queue from ever running empty would hold back the durable end (and keep every chunk in
+/// memory) for as long as it does.
+const SYNC_EVERY_CHUNKS: usize = 8;
+
 /// What the store holds, as last published.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Positions {
@@ -154,7 +159,8 @@ impl Writer {
     }
 }
 
-/// Takes commands in batches: everything queued is appended, then synced once.
+/// Takes commands in batches: what is queued (up to [`SYNC_EVERY_CHUNKS`] appends) is
+/// appended, then synced once.
 fn run(
     store: WalStore,
     feed: Option<Arc<HubFeed>>,
@@ -188,7 +194,7 @@ fn run(
                     Ok(())
                 }
             };
-            if outcome.is_err() {
+            if outcome.is_err() || w.unsynced.len() >= SYNC_EVERY_CHUNKS {
                 break;
             }
             next = rx.try_recv().ok();

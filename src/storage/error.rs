@@ -118,6 +118,18 @@ pub enum StoreError {
         /// The segment file name.
         file: String,
     },
+    /// Another process holds the data directory's lock.
+    #[error(
+        "lock file \"{}\" is held: is another walrelay{} running on this data directory?",
+        path.display(),
+        pid.map(|p| format!(" (PID {p})")).unwrap_or_default()
+    )]
+    Locked {
+        /// The lock file.
+        path: PathBuf,
+        /// The holder's PID, as it wrote it.
+        pid: Option<u32>,
+    },
 }
 
 impl StoreError {

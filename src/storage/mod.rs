@@ -24,6 +24,7 @@ mod fsutil;
 #[cfg(any(fuzzing, test))]
 pub mod fuzzing;
 mod layout;
+mod lock;
 mod reader;
 mod recovery;
 mod state;
@@ -39,6 +40,7 @@ use crate::types::{Lsn, SystemId, TimelineId, WalSegmentSize};
 use crate::wal::WalValidator;
 
 pub use error::StoreError;
+pub use lock::{DataDirLock, LOCK_FILE};
 pub use reader::SegmentReader;
 
 use error::io_err;

@@ -43,39 +43,51 @@ pub struct Frame {
     pub body: Bytes,
 }
 
-/// Splits the next typed message off the front of `buf`.
+/// The whole length (type byte and length word included) of the typed message at the front of
+/// `buf`, once its 5-byte header is there; `Ok(None)` before.
 ///
 /// `max_len` caps the Int32 length word (which counts itself), like `pq_getmessage`'s
-/// `maxlen`. Returns `Ok(None)` until the whole message is buffered; in that case room for the
-/// rest is reserved, which is bounded by `max_len`.
+/// `maxlen`.
 ///
 /// # Errors
-/// [`WireError::FrameLength`] if the length is below 4 or above `max_len`, as soon as the
-/// 5-byte header is buffered.
-pub fn split_frame(buf: &mut BytesMut, max_len: usize) -> Result<Option<Frame>, WireError> {
+/// [`WireError::FrameLength`] if the length is below 4 or above `max_len`.
+pub fn frame_len(buf: &[u8], max_len: usize) -> Result<Option<usize>, WireError> {
     let Some(header) = buf.get(..5) else {
         return Ok(None);
     };
     let mut r = Reader::new(header);
     let tag = r.u8()?;
     let len = r.i32()?;
-    let body_len = match usize::try_from(len) {
-        Ok(n) if (4..=max_len).contains(&n) => n - 4,
-        _ => {
-            return Err(WireError::FrameLength {
-                tag,
-                len,
-                max: max_len,
-            });
-        }
+    match usize::try_from(len) {
+        Ok(n) if (4..=max_len).contains(&n) => Ok(Some(n + 1)),
+        _ => Err(WireError::FrameLength {
+            tag,
+            len,
+            max: max_len,
+        }),
+    }
+}
+
+/// Splits the next typed message off the front of `buf`.
+///
+/// `max_len` caps the length word as [`frame_len`] does. Returns `Ok(None)` until the whole
+/// message is buffered; in that case room for the rest is reserved, which is bounded by
+/// `max_len`.
+///
+/// # Errors
+/// [`WireError::FrameLength`] if the length is below 4 or above `max_len`, as soon as the
+/// 5-byte header is buffered.
+pub fn split_frame(buf: &mut BytesMut, max_len: usize) -> Result<Option<Frame>, WireError> {
+    let Some(total) = frame_len(buf, max_len)? else {
+        return Ok(None);
     };
-    let total = body_len + 5;
     if buf.len() < total {
         buf.reserve(total - buf.len());
         return Ok(None);
     }
     let mut frame = buf.split_to(total);
-    frame.advance(5);
+    let tag = frame.get_u8();
+    frame.advance(4);
     Ok(Some(Frame {
         tag,
         body: frame.freeze(),

@@ -32,7 +32,7 @@ pub use backend::{Authentication, BackendMessage, FieldDescription, TransactionS
 pub use command::{ReplicationCommand, validate_slot_name};
 pub use error::WireError;
 pub use error_fields::ErrorFields;
-pub use frame::{Frame, split_frame, split_startup_packet};
+pub use frame::{Frame, frame_len, split_frame, split_startup_packet};
 pub use frontend::{FrontendMessage, SaslInitialResponse};
 pub use reader::Reader;
 pub use replication::{

@@ -19,6 +19,7 @@ use tracing::{debug, info};
 use super::commands::{Column, complete, error, result, slot_error, starting_up};
 use super::startup::Login;
 use super::{ServerContext, StreamStatus};
+use crate::hub::ReadBuffer;
 use crate::proto::walsender::{ClientPositions, SendStream};
 use crate::service::conn::ConnError;
 use crate::service::conn::{FrameReader, FrameWriter};
@@ -138,6 +139,7 @@ where
         historic,
         send: SendStream::new(req.start, ctx.config.sender_timeout, Instant::now()),
         done_sent: false,
+        buffer: ReadBuffer::default(),
     };
     match stream.run(rd, wr, shutdown).await? {
         Ending::ClientDone => {
@@ -252,6 +254,8 @@ struct Stream<'a> {
     historic: Option<HistoricEnd>,
     send: SendStream,
     done_sent: bool,
+    /// Reused for the disk reads of a stream that lags.
+    buffer: ReadBuffer,
 }
 
 /// What the client sent while streaming.
@@ -353,7 +357,7 @@ impl Stream<'_> {
         let pieces = match self
             .ctx
             .hub
-            .read_batch(self.tli, from, limit, BATCH_BYTES)
+            .read_batch(self.tli, from, limit, BATCH_BYTES, &mut self.buffer)
             .await
         {
             Ok(p) if p.is_empty() => return Ok(None),
@@ -438,7 +442,14 @@ impl Stream<'_> {
         match msg {
             FrontendMessage::CopyData(payload) => match ClientCopyData::parse(payload) {
                 Ok(ClientCopyData::StatusUpdate(r)) => {
-                    let reply = self.send.on_status(&r, now);
+                    let end = self.ctx.durable().lsn;
+                    let reply = match self.send.on_status(&r, end, now) {
+                        Ok(reply) => reply,
+                        Err(e) => {
+                            let fields = ErrorFields::new("FATAL", "08P01", e.to_string());
+                            return Err(self.fatal(wr, fields).await);
+                        }
+                    };
                     self.ctx
                         .update_stream(self.pid, self.send.sent(), self.send.positions());
                     if let (Some(name), Some(flush)) = (&self.slot, reply.slot_flush) {
