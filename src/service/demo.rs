@@ -125,16 +125,27 @@ pub async fn run(opts: DemoOptions) -> Result<(), DemoError> {
         if opts.duration.is_some_and(|d| started.elapsed() >= d) {
             break;
         }
+        // Downstream first, then the relay, then the primary: each is read after what it
+        // feeds, so a row never shows a client ahead of the relay or the relay ahead of the
+        // primary.
+        let streams = downstreams.streams();
         let p = positions.borrow_and_update().clone();
         history.record(p.durable);
-        let flush = primary.current_wal_flush_lsn().unwrap_or(Lsn::INVALID);
+        let flush = {
+            let primary = Arc::clone(&primary);
+            tokio::task::spawn_blocking(move || primary.current_wal_flush_lsn())
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or(Lsn::INVALID)
+        };
         println!(
             "\nprimary flushed {flush}   relay received {}   relay durable {}   {:.1} MB/s",
             p.written,
             p.durable,
             history.rate_mb_s()
         );
-        print_streams(&downstreams.streams(), p.durable, &history);
+        print_streams(&streams, p.durable, &history);
         if let Some(failed) = p.failed {
             println!("relay writer failed: {failed}");
         }

@@ -22,6 +22,8 @@ const PAGE: u64 = WAL_PAGE_SIZE as u64;
 pub const FUZZ_SYSTEM_ID: SystemId = SystemId(7_712_515_731_830_208_278);
 /// Generated WAL stops growing past this size.
 const GENERATED_LIMIT: usize = 512 * 1024;
+/// How many bytes the validator target feeds in chunks of 1 to 7 bytes, at most.
+const TINY_CHUNKS_UP_TO: usize = 64 * 1024;
 
 /// Writes valid WAL in memory, PostgreSQL's layout, timeline 1, page magic 0xD110.
 #[derive(Clone, Debug)]
@@ -257,7 +259,7 @@ pub fn run_validator(bytes: &[u8], start: Lsn, cfg: WalCheckConfig, seed: u8) ->
     let mut result = Ok(());
     let mut half = None;
     while !rest.is_empty() {
-        let n = chunk_len(&mut rng, seed, rest.len());
+        let n = chunk_len(&mut rng, seed, bytes.len() - rest.len(), rest.len());
         let (chunk, tail) = rest.split_at(n);
         let before = v.clone();
         if let Err(e) = v.feed(chunk) {
@@ -295,13 +297,17 @@ pub fn run_validator(bytes: &[u8], start: Lsn, cfg: WalCheckConfig, seed: u8) ->
     outcome
 }
 
-fn chunk_len(rng: &mut u64, seed: u8, left: usize) -> usize {
+fn chunk_len(rng: &mut u64, seed: u8, fed: usize, left: usize) -> usize {
     *rng ^= *rng << 13;
     *rng ^= *rng >> 7;
     *rng ^= *rng << 17;
+    // Byte-sized chunks only over the first bytes: past them (the zeros after a switch, say)
+    // they would only slow the fuzzer down.
+    let tiny = fed < TINY_CHUNKS_UP_TO;
     let pick = match seed % 4 {
-        0 => 1,
-        1 => 1 + (*rng % 7) as usize,
+        0 if tiny => 1,
+        1 if tiny => 1 + (*rng % 7) as usize,
+        0 | 1 => 1 + (*rng % 20_000) as usize,
         2 => 1 + (*rng % 20_000) as usize,
         _ => left,
     };
