@@ -65,7 +65,10 @@ fn demo_streams_to_two_standbys_and_cleans_up() {
     assert!(stdout.contains("demo cleaned up"), "{stdout}");
     let ticks = ticks(&stdout);
     let full: Vec<&Tick> = ticks.iter().filter(|t| t.rows.len() == 2).collect();
-    assert!(full.len() >= 3, "fewer than 3 ticks with both standbys: {ticks:#?}");
+    assert!(
+        full.len() >= 3,
+        "fewer than 3 ticks with both standbys: {ticks:#?}"
+    );
     for t in &full {
         assert!(t.relay_durable <= t.primary_flushed, "{t:#?}");
         for (app, slot, sent, flushed, replayed) in &t.rows {

@@ -48,10 +48,15 @@ struct Setup {
 }
 
 fn setup(label: &str, relay_flags: &[&str]) -> Option<Setup> {
+    setup_sized(label, 1, relay_flags)
+}
+
+/// [`setup`] with a primary of `segment_mb` MB segments.
+fn setup_sized(label: &str, segment_mb: u32, relay_flags: &[&str]) -> Option<Setup> {
     let bins = require_postgres()?;
     let dir = scratch(&bins, label);
     let mut primary = ClusterBuilder::new(bins.clone(), dir.path())
-        .segment_size_mb(1)
+        .segment_size_mb(segment_mb)
         .archive(true)
         .init()
         .unwrap();
@@ -217,8 +222,17 @@ fn scratch_subdir(s: &Setup, name: &str) -> PathBuf {
 }
 
 #[test]
-fn a5_pg_receivewal_slots_partial_segments_and_modes() {
-    let Some(mut s) = setup("a5", &[]) else {
+fn a5_pg_receivewal_slots_partial_segments_and_modes_1mb_segments() {
+    receivewal_cases("a5", 1);
+}
+
+#[test]
+fn a5_pg_receivewal_slots_partial_segments_and_modes_16mb_segments() {
+    receivewal_cases("a5-16", 16);
+}
+
+fn receivewal_cases(label: &str, segment_mb: u32) {
+    let Some(mut s) = setup_sized(label, segment_mb, &[]) else {
         return;
     };
     receivewal_ok(&s, "--slot test --create-slot");
@@ -517,8 +531,17 @@ fn e4_stopped_walreceiver_is_dropped_and_catches_up() {
 }
 
 #[test]
-fn b4_sigterm_with_a_standby_attached_then_it_resumes_by_itself() {
-    let Some(mut s) = setup("b4", &["--sender-timeout", "10s"]) else {
+fn b4_sigterm_with_a_standby_attached_then_it_resumes_by_itself_1mb_segments() {
+    sigterm_with_a_standby_attached("b4", 1);
+}
+
+#[test]
+fn b4_sigterm_with_a_standby_attached_then_it_resumes_by_itself_16mb_segments() {
+    sigterm_with_a_standby_attached("b4-16", 16);
+}
+
+fn sigterm_with_a_standby_attached(label: &str, segment_mb: u32) {
+    let Some(mut s) = setup_sized(label, segment_mb, &["--sender-timeout", "10s"]) else {
         return;
     };
     let standby = standby_on_relay(&s, "d1", "1s");
@@ -544,8 +567,9 @@ fn b4_sigterm_with_a_standby_attached_then_it_resumes_by_itself() {
     let (committed, _) = load.stop();
     let catch_up = wait_caught_up(&s.primary, &standby, Duration::from_secs(60));
     println!(
-        "B4: exit after {stopped:?}; standby streaming {reconnected:?} after the restart; \
-         caught up {catch_up:?} after {committed} transactions"
+        "B4 {segment_mb} MB segments: exit after {stopped:?}; standby streaming \
+         {reconnected:?} after the restart; caught up {catch_up:?} after {committed} \
+         transactions"
     );
     let q = "SELECT count(*), sum(length(payload)) FROM walrelay_fault_load";
     assert_eq!(standby.psql(q).unwrap(), s.primary.psql(q).unwrap());
