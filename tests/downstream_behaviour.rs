@@ -466,8 +466,17 @@ impl Drop for Stopped {
 }
 
 #[test]
-fn e4_stopped_walreceiver_is_dropped_and_catches_up() {
-    let Some(mut s) = setup("e4", &["--sender-timeout", "3s"]) else {
+fn e4_stopped_walreceiver_is_dropped_and_catches_up_1mb_segments() {
+    stopped_walreceiver_is_dropped_and_catches_up("e4", 1);
+}
+
+#[test]
+fn e4_stopped_walreceiver_is_dropped_and_catches_up_16mb_segments() {
+    stopped_walreceiver_is_dropped_and_catches_up("e4-16", 16);
+}
+
+fn stopped_walreceiver_is_dropped_and_catches_up(label: &str, segment_mb: u32) {
+    let Some(mut s) = setup_sized(label, segment_mb, &["--sender-timeout", "3s"]) else {
         return;
     };
     let standby = standby_on_relay(&s, "d1", "500ms");
@@ -500,7 +509,7 @@ fn e4_stopped_walreceiver_is_dropped_and_catches_up() {
     s.primary.write_load(1000).unwrap();
     let catch_up = wait_caught_up(&s.primary, &standby, Duration::from_secs(60));
     println!(
-        "E4: dropped {dropped:?} after SIGSTOP; streaming again {reconnected:?} after SIGCONT, \
+        "E4 {segment_mb} MB segments: dropped {dropped:?} after SIGSTOP; streaming again {reconnected:?} after SIGCONT, \
          then caught up in {catch_up:?}"
     );
     assert!(

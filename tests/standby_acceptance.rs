@@ -493,7 +493,17 @@ fn lines_with(log: &str, offset: usize, needle: &str) -> Vec<String> {
 /// A9: with every timeout at 10 s and no WAL for `WALRELAY_A9_SECS`, nothing reconnects and
 /// nobody logs a timeout.
 #[test]
-fn a9_idle_topology_keeps_its_connections() {
+fn a9_idle_topology_keeps_its_connections_1mb_segments() {
+    idle_topology_keeps_its_connections("a9", 1);
+}
+
+/// A9 with 16 MB segments.
+#[test]
+fn a9_idle_topology_keeps_its_connections_16mb_segments() {
+    idle_topology_keeps_its_connections("a9-16", 16);
+}
+
+fn idle_topology_keeps_its_connections(label: &str, segment_mb: u32) {
     let primary_config = [("wal_sender_timeout", "10s"), ("log_connections", "on")];
     let relay_args = [
         "--receive-timeout",
@@ -503,7 +513,7 @@ fn a9_idle_topology_keeps_its_connections() {
         "--status-interval",
         "10s",
     ];
-    let Some(t) = topo("a9", 1, &primary_config, &relay_args, true) else {
+    let Some(t) = topo(label, segment_mb, &primary_config, &relay_args, true) else {
         return;
     };
     let config = [
@@ -554,7 +564,10 @@ fn a9_idle_topology_keeps_its_connections() {
     ] {
         assert!(lines.is_empty(), "{who} logged timeouts: {lines:#?}");
     }
-    println!("A9: idle {secs} s, upstream backend_start {start}, walreceiver pid {pid}");
+    println!(
+        "A9 {segment_mb} MB segments: idle {secs} s, upstream backend_start {start}, \
+         walreceiver pid {pid}"
+    );
 }
 
 /// E1: standby 3's link shaped to 200 kB/s while pgbench writes. Standbys 1 and 2 stay
