@@ -23,13 +23,22 @@ use walrelay::localpg::{ClusterBuilder, StopMode, free_port, require_postgres, w
 use walrelay::types::{SegmentName, TimelineId};
 
 #[test]
-fn relay_follows_promotion_to_a_new_timeline() {
+fn relay_follows_promotion_to_a_new_timeline_1mb_segments() {
+    relay_follows_promotion("tli", 1);
+}
+
+#[test]
+fn relay_follows_promotion_to_a_new_timeline_16mb_segments() {
+    relay_follows_promotion("tli-16", 16);
+}
+
+fn relay_follows_promotion(label: &str, segment_mb: u32) {
     let Some(bins) = require_postgres() else {
         return;
     };
-    let dir = scratch(&bins, "tli");
+    let dir = scratch(&bins, label);
     let mut primary = ClusterBuilder::new(bins.clone(), dir.path())
-        .segment_size_mb(1)
+        .segment_size_mb(segment_mb)
         .archive(true)
         .init()
         .unwrap();
