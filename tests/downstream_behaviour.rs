@@ -221,15 +221,11 @@ fn scratch_subdir(s: &Setup, name: &str) -> PathBuf {
     private_dir(&s.dir.path().join(name))
 }
 
-#[test]
-fn a5_pg_receivewal_slots_partial_segments_and_modes_1mb_segments() {
-    receivewal_cases("a5", 1);
-}
-
-#[test]
-fn a5_pg_receivewal_slots_partial_segments_and_modes_16mb_segments() {
-    receivewal_cases("a5-16", 16);
-}
+at_1mb_and_16mb_segments!(
+    a5_pg_receivewal_slots_partial_segments_and_modes_1mb_segments,
+    a5_pg_receivewal_slots_partial_segments_and_modes_16mb_segments,
+    |mb| receivewal_cases(&format!("a5-{mb}"), mb)
+);
 
 fn receivewal_cases(label: &str, segment_mb: u32) {
     let Some(mut s) = setup_sized(label, segment_mb, &[]) else {
@@ -465,15 +461,11 @@ impl Drop for Stopped {
     }
 }
 
-#[test]
-fn e4_stopped_walreceiver_is_dropped_and_catches_up_1mb_segments() {
-    stopped_walreceiver_is_dropped_and_catches_up("e4", 1);
-}
-
-#[test]
-fn e4_stopped_walreceiver_is_dropped_and_catches_up_16mb_segments() {
-    stopped_walreceiver_is_dropped_and_catches_up("e4-16", 16);
-}
+at_1mb_and_16mb_segments!(
+    e4_stopped_walreceiver_is_dropped_and_catches_up_1mb_segments,
+    e4_stopped_walreceiver_is_dropped_and_catches_up_16mb_segments,
+    |mb| stopped_walreceiver_is_dropped_and_catches_up(&format!("e4-{mb}"), mb)
+);
 
 fn stopped_walreceiver_is_dropped_and_catches_up(label: &str, segment_mb: u32) {
     let Some(mut s) = setup_sized(label, segment_mb, &["--sender-timeout", "3s"]) else {
@@ -539,15 +531,11 @@ fn stopped_walreceiver_is_dropped_and_catches_up(label: &str, segment_mb: u32) {
     s.assert_healthy("E4");
 }
 
-#[test]
-fn b4_sigterm_with_a_standby_attached_then_it_resumes_by_itself_1mb_segments() {
-    sigterm_with_a_standby_attached("b4", 1);
-}
-
-#[test]
-fn b4_sigterm_with_a_standby_attached_then_it_resumes_by_itself_16mb_segments() {
-    sigterm_with_a_standby_attached("b4-16", 16);
-}
+at_1mb_and_16mb_segments!(
+    b4_sigterm_with_a_standby_attached_then_it_resumes_by_itself_1mb_segments,
+    b4_sigterm_with_a_standby_attached_then_it_resumes_by_itself_16mb_segments,
+    |mb| sigterm_with_a_standby_attached(&format!("b4-{mb}"), mb)
+);
 
 fn sigterm_with_a_standby_attached(label: &str, segment_mb: u32) {
     let Some(mut s) = setup_sized(label, segment_mb, &["--sender-timeout", "10s"]) else {

@@ -94,12 +94,8 @@ fn relay_matches_primary(segment_mb: u32) {
     );
 }
 
-#[test]
-fn relay_matches_primary_1mb_segments() {
-    relay_matches_primary(1);
-}
-
-#[test]
-fn relay_matches_primary_16mb_segments() {
-    relay_matches_primary(16);
-}
+at_1mb_and_16mb_segments!(
+    relay_matches_primary_1mb_segments,
+    relay_matches_primary_16mb_segments,
+    relay_matches_primary
+);

@@ -431,20 +431,15 @@ impl OpenSnapshot {
     }
 }
 
-/// A8: hot-standby feedback from a standby behind the relay holds the primary's `walrelay`
-/// slot xmin, so VACUUM on the primary does not cancel the standby's snapshot (with
-/// `max_standby_streaming_delay=0`); the xmin is released when feedback is switched off and
-/// when the standby stops, and comes back when it is switched on again.
-#[test]
-fn a8_hot_standby_feedback_holds_and_releases_the_primary_xmin_1mb_segments() {
-    hot_standby_feedback_holds_and_releases("a8", 1);
-}
-
-/// A8 with 16 MB segments.
-#[test]
-fn a8_hot_standby_feedback_holds_and_releases_the_primary_xmin_16mb_segments() {
-    hot_standby_feedback_holds_and_releases("a8-16", 16);
-}
+at_1mb_and_16mb_segments!(
+    /// A8: hot-standby feedback from a standby behind the relay holds the primary's `walrelay`
+    /// slot xmin, so VACUUM on the primary does not cancel the standby's snapshot (with
+    /// `max_standby_streaming_delay=0`); the xmin is released when feedback is switched off and
+    /// when the standby stops, and comes back when it is switched on again.
+    a8_hot_standby_feedback_holds_and_releases_the_primary_xmin_1mb_segments,
+    a8_hot_standby_feedback_holds_and_releases_the_primary_xmin_16mb_segments,
+    |mb| hot_standby_feedback_holds_and_releases(&format!("a8-{mb}"), mb)
+);
 
 fn hot_standby_feedback_holds_and_releases(label: &str, segment_mb: u32) {
     let Some(t) = topo(label, segment_mb, &[], &[], false) else {
@@ -490,18 +485,13 @@ fn lines_with(log: &str, offset: usize, needle: &str) -> Vec<String> {
     found.map(str::to_owned).collect()
 }
 
-/// A9: with every timeout at 10 s and no WAL for `WALRELAY_A9_SECS`, nothing reconnects and
-/// nobody logs a timeout.
-#[test]
-fn a9_idle_topology_keeps_its_connections_1mb_segments() {
-    idle_topology_keeps_its_connections("a9", 1);
-}
-
-/// A9 with 16 MB segments.
-#[test]
-fn a9_idle_topology_keeps_its_connections_16mb_segments() {
-    idle_topology_keeps_its_connections("a9-16", 16);
-}
+at_1mb_and_16mb_segments!(
+    /// A9: with every timeout at 10 s and no WAL for `WALRELAY_A9_SECS`, nothing reconnects and
+    /// nobody logs a timeout.
+    a9_idle_topology_keeps_its_connections_1mb_segments,
+    a9_idle_topology_keeps_its_connections_16mb_segments,
+    |mb| idle_topology_keeps_its_connections(&format!("a9-{mb}"), mb)
+);
 
 fn idle_topology_keeps_its_connections(label: &str, segment_mb: u32) {
     let primary_config = [("wal_sender_timeout", "10s"), ("log_connections", "on")];
@@ -570,20 +560,15 @@ fn idle_topology_keeps_its_connections(label: &str, segment_mb: u32) {
     );
 }
 
-/// E1: standby 3's link shaped to 200 kB/s while pgbench writes. Standbys 1 and 2 stay
-/// within two segments of the primary at most samples (O7), the relay's peak memory stays
-/// within budget (O9), standby 3's slot keeps its WAL while it lags (O10), and it catches up
-/// once the link is free again (O6, O1).
-#[test]
-fn e1_slow_standby_is_isolated_1mb_segments() {
-    slow_standby_is_isolated("e1", 1);
-}
-
-/// E1 with 16 MB segments.
-#[test]
-fn e1_slow_standby_is_isolated_16mb_segments() {
-    slow_standby_is_isolated("e1-16", 16);
-}
+at_1mb_and_16mb_segments!(
+    /// E1: standby 3's link shaped to 200 kB/s while pgbench writes. Standbys 1 and 2 stay
+    /// within two segments of the primary at most samples (O7), the relay's peak memory stays
+    /// within budget (O9), standby 3's slot keeps its WAL while it lags (O10), and it catches up
+    /// once the link is free again (O6, O1).
+    e1_slow_standby_is_isolated_1mb_segments,
+    e1_slow_standby_is_isolated_16mb_segments,
+    |mb| slow_standby_is_isolated(&format!("e1-{mb}"), mb)
+);
 
 fn slow_standby_is_isolated(label: &str, segment_mb: u32) {
     let Some(t) = topo(label, segment_mb, &[], &["--wal-keep-size", "0"], false) else {
@@ -686,20 +671,15 @@ impl LagSamples {
     }
 }
 
-/// E8: three standbys and twenty `pg_receivewal` (no slots) through the relay while about
-/// 20 MB are written: the standbys replay to the end (O1), every `pg_receivewal` directory
-/// holds the completed segments byte-identical to the archive (O3), and the relay's peak
-/// memory stays within budget (O9).
-#[test]
-fn e8_three_standbys_and_twenty_receivers_converge_1mb_segments() {
-    standbys_and_receivers_converge("e8", 1);
-}
-
-/// E8 with 16 MB segments.
-#[test]
-fn e8_three_standbys_and_twenty_receivers_converge_16mb_segments() {
-    standbys_and_receivers_converge("e8-16", 16);
-}
+at_1mb_and_16mb_segments!(
+    /// E8: three standbys and twenty `pg_receivewal` (no slots) through the relay while about
+    /// 20 MB are written: the standbys replay to the end (O1), every `pg_receivewal` directory
+    /// holds the completed segments byte-identical to the archive (O3), and the relay's peak
+    /// memory stays within budget (O9).
+    e8_three_standbys_and_twenty_receivers_converge_1mb_segments,
+    e8_three_standbys_and_twenty_receivers_converge_16mb_segments,
+    |mb| standbys_and_receivers_converge(&format!("e8-{mb}"), mb)
+);
 
 fn standbys_and_receivers_converge(label: &str, segment_mb: u32) {
     let Some(t) = topo(label, segment_mb, &[], &[], false) else {
@@ -750,18 +730,13 @@ fn standbys_and_receivers_converge(label: &str, segment_mb: u32) {
     assert!(peak <= memory_budget(23), "O9: relay VmHWM {peak} B");
 }
 
-/// G1: standby d2 is stopped while ten segments are written; its slot keeps their WAL (O10)
-/// even with `--wal-keep-size 0`, and once started it streams again and catches up (O6, O1).
-#[test]
-fn g1_offline_standby_catches_up_from_its_slot_1mb_segments() {
-    offline_standby_catches_up("g1", 1);
-}
-
-/// G1 with 16 MB segments.
-#[test]
-fn g1_offline_standby_catches_up_from_its_slot_16mb_segments() {
-    offline_standby_catches_up("g1-16", 16);
-}
+at_1mb_and_16mb_segments!(
+    /// G1: standby d2 is stopped while ten segments are written; its slot keeps their WAL (O10)
+    /// even with `--wal-keep-size 0`, and once started it streams again and catches up (O6, O1).
+    g1_offline_standby_catches_up_from_its_slot_1mb_segments,
+    g1_offline_standby_catches_up_from_its_slot_16mb_segments,
+    |mb| offline_standby_catches_up(&format!("g1-{mb}"), mb)
+);
 
 fn offline_standby_catches_up(label: &str, segment_mb: u32) {
     let Some(t) = topo(label, segment_mb, &[], &["--wal-keep-size", "0"], false) else {

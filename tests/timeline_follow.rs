@@ -22,15 +22,11 @@ use support::*;
 use walrelay::localpg::{ClusterBuilder, StopMode, free_port, require_postgres, wait_until};
 use walrelay::types::{SegmentName, TimelineId};
 
-#[test]
-fn relay_follows_promotion_to_a_new_timeline_1mb_segments() {
-    relay_follows_promotion("tli", 1);
-}
-
-#[test]
-fn relay_follows_promotion_to_a_new_timeline_16mb_segments() {
-    relay_follows_promotion("tli-16", 16);
-}
+at_1mb_and_16mb_segments!(
+    relay_follows_promotion_to_a_new_timeline_1mb_segments,
+    relay_follows_promotion_to_a_new_timeline_16mb_segments,
+    |mb| relay_follows_promotion(&format!("tli-{mb}"), mb)
+);
 
 fn relay_follows_promotion(label: &str, segment_mb: u32) {
     let Some(bins) = require_postgres() else {

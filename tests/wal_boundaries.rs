@@ -573,15 +573,11 @@ fn wal_boundaries_through_relay(segment_mb: u32) {
     assert_clean_standby_log(after);
 }
 
-#[test]
-fn wal_boundaries_1mb_segments() {
-    wal_boundaries_through_relay(1);
-}
-
-#[test]
-fn wal_boundaries_16mb_segments() {
-    wal_boundaries_through_relay(16);
-}
+at_1mb_and_16mb_segments!(
+    wal_boundaries_1mb_segments,
+    wal_boundaries_16mb_segments,
+    wal_boundaries_through_relay
+);
 
 #[test]
 fn usable_byte_positions_skip_page_headers() {

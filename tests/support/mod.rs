@@ -656,3 +656,24 @@ pub fn wal_bytes(dir: &Path) -> u64 {
         .map(|m| m.len())
         .sum()
 }
+
+/// Two tests that run one body at 1 MB and at 16 MB segments: `$one` calls `$body(1)` and
+/// `$sixteen` calls `$body(16)`; attributes before them (docs) go on both.
+#[allow(unused_macros)]
+macro_rules! at_1mb_and_16mb_segments {
+    ($(#[$meta:meta])* $one:ident, $sixteen:ident, $body:expr) => {
+        $(#[$meta])*
+        #[test]
+        fn $one() {
+            ($body)(1);
+        }
+
+        $(#[$meta])*
+        #[test]
+        fn $sixteen() {
+            ($body)(16);
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use at_1mb_and_16mb_segments;
