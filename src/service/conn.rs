@@ -175,6 +175,10 @@ impl Connection {
     }
 }
 
+/// The most a long message is given before its bytes arrive: an `XLogData` of 128 KiB of WAL
+/// and its headers fit.
+const LONG_FIRST_ALLOCATION: usize = 256 * 1024;
+
 /// The reading half: whole messages split off a buffer, each length capped before anything is
 /// reserved for it. Messages longer than the read chunk come in buffers of their own.
 #[derive(Debug)]
@@ -242,8 +246,10 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             }
             match frame_len(&self.buf, max_len)? {
                 Some(total) if total > self.read_chunk && self.buf.len() < total => {
-                    // Only the prefix already read is copied; the rest goes straight in.
-                    let mut long = BytesMut::with_capacity(total);
+                    // Only the prefix already read is copied; the rest goes straight in. A
+                    // message announced longer than an XLogData gets its memory as its bytes
+                    // arrive, not on the word of its header.
+                    let mut long = BytesMut::with_capacity(total.min(LONG_FIRST_ALLOCATION));
                     long.extend_from_slice(&self.buf);
                     self.buf.clear();
                     self.long = Some((total, long));
@@ -452,6 +458,26 @@ mod tests {
         assert!(
             matches!(err, ConnError::Wire(WireError::FrameLength { .. })),
             "{err:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_long_frame_gets_memory_as_its_bytes_arrive() {
+        let (mut tx, rx) = tokio::io::duplex(1 << 16);
+        let mut wire = vec![b'Q'];
+        wire.extend_from_slice(&(2_000_000_i32).to_be_bytes());
+        wire.extend_from_slice(&[b'x'; 20_000]);
+        tx.write_all(&wire).await.unwrap();
+        let mut reader = FrameReader::new(rx, 8192);
+        let pending = tokio::time::timeout(Duration::from_millis(100), reader.frame(4 << 20));
+        assert!(pending.await.is_err(), "a frame came out of 20 000 bytes");
+        let (total, long) = reader.long.as_ref().unwrap();
+        assert_eq!(*total, 2_000_001);
+        assert_eq!(long.len(), 20_005);
+        assert!(
+            long.capacity() <= LONG_FIRST_ALLOCATION,
+            "{}",
+            long.capacity()
         );
     }
 
