@@ -24,6 +24,7 @@ mod downstream_client;
 mod support;
 
 use std::fs;
+use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -880,6 +881,112 @@ fn startup_silence_is_closed_at_the_authentication_timeout() {
         assert!(got.is_empty(), "{what}: the relay sent {got:?}");
     }
     s.assert_healthy("silent connections");
+}
+
+/// I1: a thousand connections that send nothing or half a startup packet are all closed at
+/// the authentication timeout; while they hang on, a client logs in and IDENTIFY_SYSTEM
+/// answers in under a second, and the relay's memory hardly moves.
+#[test]
+fn i1_a_thousand_idle_connections_are_closed_and_service_goes_on() {
+    let Some(mut s) = setup("i1", &["--authentication-timeout", "3s"]) else {
+        return;
+    };
+    let pid = s.relay.pid();
+    let hwm_before = vm_hwm_kb(pid);
+    let packet = startup_packet(REPLICATION_LOGIN);
+    let opened = Instant::now();
+    let mut flood: Vec<std::net::TcpStream> = (0..1000)
+        .map(|i| {
+            let mut c = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+            if i % 2 == 1 {
+                c.write_all(&packet[..packet.len() / 2]).unwrap();
+            }
+            c
+        })
+        .collect();
+    let asked = Instant::now();
+    let mut c = RawClient::login(s.port, "during-the-flood");
+    let (system_id, _, _) = c.identify_system();
+    let answered = asked.elapsed();
+    println!(
+        "I1: 1000 connections opened in {:?}; login and IDENTIFY_SYSTEM took {answered:?}",
+        asked - opened
+    );
+    assert!(!system_id.is_empty());
+    assert!(
+        answered < Duration::from_secs(1),
+        "IDENTIFY_SYSTEM took {answered:?}"
+    );
+    let mut open = 0;
+    for conn in &mut flood {
+        conn.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut byte = [0_u8; 1];
+        match conn.read(&mut byte) {
+            Ok(0) => {}
+            Ok(_) => panic!("the relay answered a connection that never logged in"),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            Err(_) => open += 1,
+        }
+    }
+    let took = opened.elapsed();
+    println!("I1: all closed {took:?} after they were opened, {open} still open");
+    assert_eq!(
+        open, 0,
+        "connections left open past the authentication timeout"
+    );
+    assert!(took < Duration::from_secs(10), "closing took {took:?}");
+    let hwm_after = vm_hwm_kb(pid);
+    println!("I1: VmHWM {hwm_before} kB -> {hwm_after} kB");
+    // About 5 kB a connection that has not logged in.
+    assert!(
+        hwm_after <= hwm_before + 16 * 1024,
+        "VmHWM grew from {hwm_before} kB to {hwm_after} kB"
+    );
+    s.assert_healthy("I1");
+}
+
+/// I2: a startup packet sent one byte a second is closed at the authentication timeout: the
+/// timeout covers the whole startup, not each read.
+#[test]
+fn i2_a_slowloris_startup_is_closed_at_the_authentication_timeout() {
+    let Some(mut s) = setup("i2", &["--authentication-timeout", "3s"]) else {
+        return;
+    };
+    let packet = startup_packet(REPLICATION_LOGIN);
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+    // Each read waits a second for the close: that is the pause between two bytes.
+    c.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let connected = Instant::now();
+    let mut sent = 0;
+    let closed = loop {
+        let Some(byte) = packet.get(sent..=sent) else {
+            break None;
+        };
+        if c.write_all(byte).is_err() {
+            break Some(connected.elapsed());
+        }
+        sent += 1;
+        let mut buf = [0_u8; 64];
+        match c.read(&mut buf) {
+            Ok(0) => break Some(connected.elapsed()),
+            Ok(n) => panic!("the relay answered half a startup packet: {:?}", &buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                break Some(connected.elapsed());
+            }
+            Err(_) => {}
+        }
+    };
+    println!(
+        "I2: closed after {closed:?}, {sent} of {} bytes sent",
+        packet.len()
+    );
+    let closed = closed.expect("a startup packet at 1 byte/s was never closed");
+    assert!(
+        closed >= Duration::from_millis(2500) && closed <= Duration::from_secs(6),
+        "closed after {closed:?} with a 3 s authentication timeout"
+    );
+    s.assert_healthy("I2");
 }
 
 #[test]

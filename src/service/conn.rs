@@ -175,6 +175,10 @@ impl Connection {
     }
 }
 
+/// Bytes asked per read for a connection's first packet: a startup packet is short, and a
+/// connection that has not logged in should cost little memory.
+const STARTUP_READ_CHUNK: usize = 1024;
+
 /// The most a long message is given before its bytes arrive: an `XLogData` of 128 KiB of WAL
 /// and its headers fit.
 const LONG_FIRST_ALLOCATION: usize = 256 * 1024;
@@ -196,7 +200,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub fn new(io: R, read_chunk: usize) -> FrameReader<R> {
         FrameReader {
             io,
-            buf: BytesMut::with_capacity(read_chunk),
+            buf: BytesMut::new(),
             read_chunk,
             long: None,
         }
@@ -216,7 +220,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             if let Some(packet) = split_startup_packet(&mut self.buf, max_len)? {
                 return Ok(packet);
             }
-            self.fill().await?;
+            self.fill(STARTUP_READ_CHUNK).await?;
         }
     }
 
@@ -258,16 +262,17 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                     if let Some(frame) = split_frame(&mut self.buf, max_len)? {
                         return Ok(frame);
                     }
-                    self.fill().await?;
+                    self.fill(self.read_chunk).await?;
                 }
-                None => self.fill().await?,
+                None => self.fill(self.read_chunk).await?,
             }
         }
     }
 
-    async fn fill(&mut self) -> Result<(), ConnError> {
-        self.buf.reserve(self.read_chunk);
-        let mut limited = (&mut self.io).take(self.read_chunk as u64);
+    /// Reads up to `chunk` more bytes into the buffer.
+    async fn fill(&mut self, chunk: usize) -> Result<(), ConnError> {
+        self.buf.reserve(chunk);
+        let mut limited = (&mut self.io).take(chunk as u64);
         if limited.read_buf(&mut self.buf).await? == 0 {
             return Err(ConnError::Closed);
         }
@@ -323,7 +328,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     pub fn new(io: W) -> FrameWriter<W> {
         FrameWriter {
             io,
-            out: BytesMut::with_capacity(4096),
+            out: BytesMut::new(),
         }
     }
 
