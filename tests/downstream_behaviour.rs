@@ -883,6 +883,46 @@ fn startup_silence_is_closed_at_the_authentication_timeout() {
     s.assert_healthy("silent connections");
 }
 
+/// At shutdown a stream ends as `WalSndDone` ends it: a keepalive that asks for a reply, and
+/// once the client has confirmed what it was sent, `CommandComplete "COPY 0"` and the close.
+#[test]
+fn shutdown_asks_for_confirmation_then_ends_the_stream_with_copy_0() {
+    let Some(s) = setup("shutdown", &[]) else {
+        return;
+    };
+    let mut c = RawClient::streaming(s.port, "shutdown");
+    s.relay.signal("TERM");
+    let mut msgs = Vec::new();
+    let mut confirmed = false;
+    let tag = loop {
+        match c.read_msg(ANSWER) {
+            Got::Msg(m) => {
+                if let Some((end, true)) = m.keepalive()
+                    && !confirmed
+                {
+                    c.send(&copy_data(&status_update(end, end, end, false)));
+                    confirmed = true;
+                }
+                if m.tag == b'C' {
+                    break m.command_tag();
+                }
+                msgs.push(m);
+            }
+            Got::Closed => panic!("closed without CommandComplete after {msgs:?}"),
+            Got::TimedOut => panic!("no CommandComplete within {ANSWER:?} after {msgs:?}"),
+        }
+    };
+    assert!(
+        confirmed,
+        "no keepalive asking for a reply before the end: {msgs:?}"
+    );
+    assert_eq!(tag.as_deref(), Some("COPY 0"));
+    assert!(
+        matches!(c.read_msg(ANSWER), Got::Closed),
+        "still open after COPY 0"
+    );
+}
+
 /// I1: a thousand connections that send nothing or half a startup packet are all closed at
 /// the authentication timeout; while they hang on, a client logs in and IDENTIFY_SYSTEM
 /// answers in under a second, and the relay's memory hardly moves.
