@@ -36,7 +36,13 @@ pub use cluster::{Cluster, ClusterBuilder, StopMode};
 
 /// Tools that run as the `postgres` user when this process is root: the ones that refuse root
 /// and the ones whose output a server must own.
-pub const PG_USER_TOOLS: &[&str] = &["initdb", "pg_ctl", "postgres", "pg_basebackup"];
+pub const PG_USER_TOOLS: &[&str] = &[
+    "initdb",
+    "pg_ctl",
+    "postgres",
+    "pg_basebackup",
+    "pg_resetwal",
+];
 
 /// Ports handed out recently by [`free_port`], never handed out again while remembered.
 static RECENT_PORTS: Mutex<VecDeque<u16>> = Mutex::new(VecDeque::new());

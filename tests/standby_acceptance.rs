@@ -18,6 +18,7 @@
     clippy::indexing_slicing
 )]
 
+mod downstream_client;
 mod support;
 
 use std::fs;
@@ -25,6 +26,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use downstream_client::{RawClient, copy_data};
 use support::slow_link::SlowLink;
 use support::*;
 use walrelay::localpg::{
@@ -60,6 +62,18 @@ fn topo(
     relay_args: &[&str],
     bare: bool,
 ) -> Option<Topo> {
+    topo_with(label, segment_mb, primary_config, relay_args, bare, |_| {})
+}
+
+/// [`topo`], with `prepare` run on the primary after `initdb` and before it starts.
+fn topo_with(
+    label: &str,
+    segment_mb: u32,
+    primary_config: &[(&str, &str)],
+    relay_args: &[&str],
+    bare: bool,
+    prepare: impl FnOnce(&Cluster),
+) -> Option<Topo> {
     let bins = require_postgres()?;
     let dir = scratch(&bins, label);
     let mut builder = ClusterBuilder::new(bins.clone(), dir.path())
@@ -69,6 +83,7 @@ fn topo(
         builder = builder.config(key, value);
     }
     let mut primary = builder.init().unwrap();
+    prepare(&primary);
     primary.start().unwrap();
     let relay_port = free_port().unwrap();
     let listen = format!("127.0.0.1:{relay_port}");
@@ -476,6 +491,62 @@ fn hot_standby_feedback_holds_and_releases(label: &str, segment_mb: u32) {
     wait_xmin(&t.primary, true, Duration::from_secs(10), "xmin held again");
     standby.stop(StopMode::Fast).unwrap();
     wait_xmin(&t.primary, false, Duration::from_secs(30), "xmin released");
+}
+
+/// Hot-standby feedback not "in the recent past" from one client is ignored, as a walsender
+/// ignores it: on a primary in xid epoch 5, a client that reports an xmin of epoch 0 must not
+/// become the minimum the relay reports (the primary would ignore that, and so stop following
+/// the honest standby's xmin).
+#[test]
+fn feedback_not_in_the_recent_past_is_ignored() {
+    let prepare = |primary: &Cluster| {
+        let mut cmd = primary.bins().command("pg_resetwal");
+        cmd.arg("-e").arg("5").arg(primary.data_dir());
+        run(&mut cmd).unwrap();
+    };
+    let Some(t) = topo_with("feedback-epoch", 1, &[], &[], false, prepare) else {
+        return;
+    };
+    let next = t.primary.psql("SELECT txid_current()").unwrap();
+    assert!(
+        next.parse::<u64>().unwrap() >> 32 == 5,
+        "txid {next} is not in epoch 5"
+    );
+    t.primary.psql("CHECKPOINT").unwrap();
+    wait_acked(
+        &t.primary,
+        t.primary.current_wal_flush_lsn().unwrap(),
+        Duration::from_secs(30),
+    );
+    let config = [
+        ("hot_standby_feedback", "on"),
+        ("wal_receiver_status_interval", "1s"),
+    ];
+    let _standby = t.standby("d1", None, &config);
+    wait_xmin(&t.primary, true, Duration::from_secs(10), "slot xmin held");
+    let first = relay_slot_xmin(&t.primary).unwrap();
+
+    let mut hostile = RawClient::streaming(t.relay_port, "hostile");
+    let mut h = vec![b'h'];
+    h.extend_from_slice(&0_i64.to_be_bytes());
+    for v in [3_u32, 0, 0, 0] {
+        h.extend_from_slice(&v.to_be_bytes());
+    }
+    hostile.send(&copy_data(&h));
+    // The honest standby's xmin goes on moving on the primary.
+    for _ in 0..20 {
+        t.primary.psql("SELECT txid_current()").unwrap();
+    }
+    wait_until(
+        Duration::from_secs(15),
+        "the primary's xmin moves on",
+        || Ok(relay_slot_xmin(&t.primary).is_some_and(|x| x != first)),
+    )
+    .unwrap();
+    println!(
+        "feedback: xmin {first} moved on to {:?}",
+        relay_slot_xmin(&t.primary)
+    );
 }
 
 /// Lines after byte `offset` of `log` that contain `needle` in lower case.

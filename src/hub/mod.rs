@@ -99,6 +99,8 @@ struct Shared {
     from_tail: AtomicU64,
     from_disk: AtomicU64,
     removed_below: AtomicU64,
+    /// The upstream's next transaction id at its last checkpoint in the WAL; 0 until known.
+    next_xid: AtomicU64,
 }
 
 /// The published end and the tail of its timeline, changed together.
@@ -134,6 +136,7 @@ impl Hub {
             from_tail: AtomicU64::new(0),
             from_disk: AtomicU64::new(0),
             removed_below: AtomicU64::new(0),
+            next_xid: AtomicU64::new(0),
         });
         let feed = HubFeed {
             shared: Arc::clone(&shared),
@@ -229,6 +232,12 @@ impl Hub {
         self.shared.removed_below.fetch_max(lsn.0, Ordering::AcqRel);
     }
 
+    /// The upstream's next transaction id (epoch and xid as one value) as the last
+    /// checkpoint record in the stored WAL says; `None` before the writer has seen one.
+    pub fn next_xid(&self) -> Option<u64> {
+        Some(self.shared.next_xid.load(Ordering::Relaxed)).filter(|x| *x != 0)
+    }
+
     /// What was served so far and what the tail holds.
     pub fn stats(&self) -> HubStats {
         HubStats {
@@ -299,6 +308,12 @@ impl HubFeed {
             state.end = end;
         }
         self.send(end);
+    }
+
+    /// Records the next transaction id of the newest checkpoint record written (see
+    /// [`Hub::next_xid`]).
+    pub fn set_next_xid(&self, next_xid: u64) {
+        self.shared.next_xid.store(next_xid, Ordering::Relaxed);
     }
 
     /// Moves on to `timeline`, whose durable WAL ends at `start`: the tail is emptied, and the

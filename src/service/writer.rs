@@ -231,6 +231,9 @@ impl WriterState {
         let (Some(feed), Some(end)) = (&self.feed, self.store.end()) else {
             return;
         };
+        if let Some(next_xid) = self.store.validator().and_then(|v| v.next_xid()) {
+            feed.set_next_xid(next_xid);
+        }
         feed.publish(end.timeline, end.valid, chunks);
     }
 }

@@ -40,6 +40,15 @@ impl FullXid {
     pub fn xid(self) -> u32 {
         self.0 as u32
     }
+
+    /// Whether a primary whose next id was `next` at its last checkpoint can take this id as
+    /// a standby's xmin. The primary's `TransactionIdInRecentPast` ignores feedback from
+    /// another epoch than its next id's (or the one before, for ids above it); the relay knows
+    /// the next id only as of the last checkpoint record it stored, so it allows 2^31 ids
+    /// either side of it, the most that can be live at once.
+    pub fn near(self, next: u64) -> bool {
+        self.0.abs_diff(next) < 1 << 31
+    }
 }
 
 /// The 64-bit decimal form, as PostgreSQL prints an `xid8`.
@@ -66,5 +75,17 @@ mod tests {
         assert!(FullXid::new(0, 3).is_some());
         // Later epochs order after earlier ones whatever the 32-bit part.
         assert!(FullXid::new(1, 3).unwrap() > FullXid::new(0, u32::MAX).unwrap());
+    }
+
+    #[test]
+    fn near_the_next_id_means_within_2_pow_31() {
+        let next = (5 << 32) | 1000;
+        let at = |epoch, xid| FullXid::new(epoch, xid).unwrap().near(next);
+        assert!(at(5, 3) && at(5, 1000) && at(5, 90_000));
+        // Across the epoch boundary below.
+        assert!(at(4, u32::MAX - 10));
+        assert!(!at(4, 1000), "a whole epoch back");
+        assert!(!at(0, 748), "another epoch");
+        assert!(!at(6, 1000), "an epoch ahead");
     }
 }

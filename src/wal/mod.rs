@@ -4,6 +4,7 @@
 //!
 //! Pure code: no I/O, no clock. Segment sizes and names live in [`crate::types`].
 
+mod checkpoint;
 mod error;
 mod history;
 mod page;

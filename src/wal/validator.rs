@@ -5,13 +5,15 @@
 //! It never buffers a record: it keeps the 24 header bytes (even when split across pages), a
 //! running CRC-32C of the body and the bytes still to come. Bytes may arrive in any split.
 //! Beyond PostgreSQL's reader it also checks that MAXALIGN padding and the space after an
-//! `XLOG_SWITCH` record are zero, as PostgreSQL writes them.
+//! `XLOG_SWITCH` record are zero, as PostgreSQL writes them. On the way it notes the
+//! `nextXid` of each checkpoint record ([`WalValidator::next_xid`]).
 
 use crate::types::{Lsn, TimelineId, WAL_PAGE_SIZE};
 
+use super::checkpoint::CheckpointCapture;
 use super::page::{
     PageHeader, SIZE_OF_LONG_PAGE_HEADER, WalCheckConfig, XLP_FIRST_IS_CONTRECORD,
-    XLP_FIRST_IS_OVERWRITE_CONTRECORD, page_header_size,
+    XLP_FIRST_IS_OVERWRITE_CONTRECORD, major_version_of_magic, page_header_size,
 };
 use super::record::{
     MAXIMUM_ALIGNOF, RecordHeader, SIZE_OF_XLOG_RECORD, check_total_length, finish_record_crc,
@@ -99,6 +101,10 @@ pub struct WalValidator {
     max_timeline: Option<TimelineId>,
     magic: Option<u16>,
     boundary: RecordBoundary,
+    /// The body of the checkpoint record being read, if the current record is one.
+    checkpoint: Option<CheckpointCapture>,
+    /// `nextXid` of the last checkpoint record checked.
+    next_xid: Option<u64>,
 }
 
 impl WalValidator {
@@ -154,6 +160,8 @@ impl WalValidator {
             max_timeline: b.max_timeline,
             magic: b.page_magic,
             boundary,
+            checkpoint: None,
+            next_xid: None,
         }
     }
 
@@ -210,6 +218,12 @@ impl WalValidator {
     /// The page magic, learnt from the first page and then enforced on every page.
     pub fn page_magic(&self) -> Option<u16> {
         self.magic
+    }
+
+    /// The next transaction id (epoch and xid as one 64-bit value) of the last checkpoint
+    /// record that passed its checks since this validator started; `None` before one has.
+    pub fn next_xid(&self) -> Option<u64> {
+        self.next_xid
     }
 
     /// Consumes a prefix of `input` (at least one byte) and returns its length.
@@ -389,6 +403,7 @@ impl WalValidator {
             .check(Lsn(start), self.prev)
             .map_err(|k| self.error(start, k))?;
         let remaining = header.tot_len - HEADER as u32;
+        self.checkpoint = CheckpointCapture::begin(start, &header);
         self.state = State::Body {
             start,
             header: buf,
@@ -410,7 +425,11 @@ impl WalValidator {
         crc: u32,
     ) -> Result<usize, WalError> {
         let take = data.len().min(remaining as usize);
-        let crc = crc32c::crc32c_append(crc, data.get(..take).unwrap_or_default());
+        let body = data.get(..take).unwrap_or_default();
+        let crc = crc32c::crc32c_append(crc, body);
+        if let Some(capture) = &mut self.checkpoint {
+            capture.take(start, body);
+        }
         let remaining = remaining - take as u32;
         self.pos += take as u64;
         self.state = State::Body {
@@ -434,6 +453,10 @@ impl WalValidator {
         let hdr = RecordHeader::parse(header);
         if finish_record_crc(body_crc, header) != hdr.crc {
             return Err(self.error(start, WalErrorKind::ChecksumMismatch));
+        }
+        let major = self.magic.and_then(major_version_of_magic);
+        if let (Some(capture), Some(major)) = (self.checkpoint.take(), major) {
+            self.next_xid = capture.next_xid(start, major).or(self.next_xid);
         }
         self.prev = Some(Lsn(start));
         if !hdr.is_switch() {

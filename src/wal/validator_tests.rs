@@ -543,3 +543,34 @@ fn random_splits_of_everything() {
         assert_eq!(v.position(), Lsn(END));
     }
 }
+
+/// The checkpoint at 0/74D5F8 says `xid 0:726` (pg_waldump); a validator learns it when the
+/// record has passed its checks, whatever the split, and keeps it after.
+#[test]
+fn learns_the_next_xid_of_a_checkpoint_record() {
+    const CHECKPOINT: u64 = 0x74_D5F8;
+    const CHECKPOINT_END: u64 = CHECKPOINT + 114;
+    let bytes = all();
+    let at = |lsn: u64| (lsn - FIRST) as usize;
+    let mut v = validator(FIRST);
+    v.feed(&bytes[..at(CHECKPOINT_END) - 1]).unwrap();
+    assert_eq!(v.next_xid(), None, "before the record is complete");
+    v.feed(&bytes[at(CHECKPOINT_END) - 1..at(CHECKPOINT_END)])
+        .unwrap();
+    assert_eq!(v.next_xid(), Some(726));
+    v.feed(&bytes[at(CHECKPOINT_END)..]).unwrap();
+    assert_eq!(v.next_xid(), Some(726));
+    for chunk in [1, 7, 33, 8192] {
+        let mut v = validator(FIRST);
+        for piece in bytes.chunks(chunk) {
+            v.feed(piece).unwrap();
+        }
+        assert_eq!(v.next_xid(), Some(726), "chunks of {chunk}");
+    }
+    // A damaged checkpoint record teaches nothing.
+    let mut damaged = bytes[..at(CHECKPOINT_END)].to_vec();
+    damaged[at(CHECKPOINT) + 24 + 2 + 24] ^= 1;
+    let mut v = validator(FIRST);
+    assert!(v.feed(&damaged).is_err());
+    assert_eq!(v.next_xid(), None);
+}

@@ -466,6 +466,18 @@ impl Stream<'_> {
                         xmin: FullXid::new(h.xmin_epoch, h.xmin),
                         catalog_xmin: FullXid::new(h.catalog_xmin_epoch, h.catalog_xmin),
                     };
+                    // As ProcessStandbyHSFeedbackMessage ignores ids not in the recent past:
+                    // one client's impossible xmin must not become the minimum the relay
+                    // reports, which the primary would then ignore for every standby.
+                    if let Some(next) = self.ctx.hub.next_xid()
+                        && [feedback.xmin, feedback.catalog_xmin]
+                            .into_iter()
+                            .flatten()
+                            .any(|x| !x.near(next))
+                    {
+                        debug!(xmin = ?feedback.xmin, next, "ignoring hot standby feedback not in the recent past");
+                        return Ok(FromClient::Nothing);
+                    }
                     debug!(xmin = ?feedback.xmin, "hot standby feedback");
                     self.ctx.set_feedback(self.pid, feedback);
                     if let Some(name) = &self.slot {
