@@ -233,20 +233,17 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         loop {
             if let Some((total, long)) = &mut self.long {
                 let missing = total.saturating_sub(long.len());
-                if missing == 0 {
-                    let Some((_, mut long)) = self.long.take() else {
-                        continue;
-                    };
-                    if let Some(frame) = split_frame(&mut long, usize::MAX)? {
-                        return Ok(frame);
+                if missing > 0 {
+                    let mut limited = (&mut self.io).take(missing as u64);
+                    if limited.read_buf(long).await? == 0 {
+                        return Err(ConnError::Closed);
                     }
                     continue;
                 }
-                let mut limited = (&mut self.io).take(missing as u64);
-                if limited.read_buf(long).await? == 0 {
-                    return Err(ConnError::Closed);
-                }
-                continue;
+            }
+            if let Some((_, mut long)) = self.long.take() {
+                // It holds exactly one whole message, whose length was checked.
+                return split_frame(&mut long, usize::MAX)?.ok_or(ConnError::Closed);
             }
             match frame_len(&self.buf, max_len)? {
                 Some(total) if total > self.read_chunk && self.buf.len() < total => {

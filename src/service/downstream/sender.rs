@@ -475,7 +475,8 @@ impl Stream<'_> {
                             .flatten()
                             .any(|x| !x.near(next))
                     {
-                        debug!(xmin = ?feedback.xmin, next, "ignoring hot standby feedback not in the recent past");
+                        let xmin = feedback.xmin;
+                        debug!(?xmin, next, "ignoring feedback not in the recent past");
                         return Ok(FromClient::Nothing);
                     }
                     debug!(xmin = ?feedback.xmin, "hot standby feedback");
