@@ -283,3 +283,48 @@ fn standbys_are_served_after_a_restart_while_the_primary_is_down() {
     )
     .unwrap();
 }
+
+/// This machine's IPv4 address on its default route, if it has one (no packet is sent).
+fn non_loopback_ipv4() -> Option<std::net::IpAddr> {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    socket.connect("192.0.2.1:9").ok()?;
+    let ip = socket.local_addr().ok()?.ip();
+    (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+}
+
+/// With no access rules, a client that is not on loopback gets PostgreSQL's "no pg_hba.conf
+/// entry" rejection, and loopback clients on the same listener are trusted.
+#[test]
+fn clients_off_loopback_are_rejected_as_without_a_pg_hba_entry() {
+    let Some(bins) = require_postgres() else {
+        return;
+    };
+    let Some(ip) = non_loopback_ipv4() else {
+        println!("this machine has no non-loopback IPv4 address: nothing to check");
+        return;
+    };
+    let dir = scratch(&bins, "hba");
+    let mut primary = ClusterBuilder::new(bins.clone(), dir.path())
+        .segment_size_mb(1)
+        .init()
+        .unwrap();
+    primary.start().unwrap();
+    let port = free_port().unwrap();
+    let listen = format!("0.0.0.0:{port}");
+    let _relay = RelayProcess::start(
+        &primary.conninfo(),
+        &dir.path().join("relay"),
+        &["--listen", &listen],
+    );
+    let now = primary.current_wal_flush_lsn().unwrap();
+    wait_acked(&primary, now, Duration::from_secs(30));
+    let remote = format!("host={ip} port={port} user=postgres");
+    let refused = repl(&bins, &remote, "IDENTIFY_SYSTEM").unwrap_err();
+    let expected = format!(
+        "no pg_hba.conf entry for replication connection from host \"{ip}\", user \"postgres\", \
+         no encryption"
+    );
+    assert!(refused.contains(&expected), "{refused}");
+    let local = format!("host=127.0.0.1 port={port} user=postgres");
+    assert!(repl(&bins, &local, "IDENTIFY_SYSTEM").is_ok());
+}
