@@ -923,6 +923,58 @@ fn shutdown_asks_for_confirmation_then_ends_the_stream_with_copy_0() {
     );
 }
 
+/// I5, scaled to the test machine: ten clients each start 64 MB behind the durable end and
+/// read as fast as they can, all from the segment files at once. The relay's peak memory grows
+/// by their read buffers (up to 1 MiB each) and their sockets' share, not by their lag.
+#[test]
+fn i5_ten_readers_far_behind_cost_their_read_buffers_not_their_lag() {
+    let Some(mut s) = setup("i5", &[]) else {
+        return;
+    };
+    let pid = s.relay.pid();
+    let start = s.size.segment_start(s.primary.switch_wal().unwrap());
+    for _ in 0..16 {
+        s.primary.emit_message(4 << 20).unwrap();
+    }
+    let end = s.primary.switch_wal().unwrap();
+    wait_acked(&s.primary, end, Duration::from_secs(60));
+    let hwm_before = vm_hwm_kb(pid);
+    let port = s.port;
+    let readers: Vec<_> = (0..10)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let mut c = RawClient::login(port, &format!("behind{i}"));
+                c.send(&query_msg(&format!(
+                    "START_REPLICATION {} TIMELINE 1",
+                    lsn_text(start.0)
+                )));
+                assert_eq!(c.expect_msg(ANSWER).tag, b'W');
+                let mut at = start.0;
+                while at < end.0 {
+                    let m = c.expect_msg(ANSWER);
+                    if let Some((from, _, n)) = m.xlogdata() {
+                        assert_eq!(from, at, "a gap in the stream");
+                        at += n as u64;
+                    }
+                }
+                at - start.0
+            })
+        })
+        .collect();
+    let read: Vec<u64> = readers.into_iter().map(|r| r.join().unwrap()).collect();
+    let hwm_after = vm_hwm_kb(pid);
+    println!(
+        "I5: 10 readers read {} MB each from {start}; VmHWM {hwm_before} kB -> {hwm_after} kB",
+        read[0] >> 20
+    );
+    assert!(read.iter().all(|&n| n >= 64 << 20), "{read:?}");
+    assert!(
+        hwm_after <= hwm_before + 10 * 2 * 1024 + 8 * 1024,
+        "VmHWM grew from {hwm_before} kB to {hwm_after} kB"
+    );
+    s.assert_healthy("I5");
+}
+
 /// I1: a thousand connections that send nothing or half a startup packet are all closed at
 /// the authentication timeout; while they hang on, a client logs in and IDENTIFY_SYSTEM
 /// answers in under a second, and the relay's memory hardly moves.
