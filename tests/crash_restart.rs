@@ -23,22 +23,11 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::*;
-use walrelay::localpg::{Cluster, ClusterBuilder, StopMode, require_postgres};
+use walrelay::localpg::{Cluster, StopMode, require_postgres};
 use walrelay::types::{Lsn, WalSegmentSize};
 
 /// How often the primary's view of the relay's flush is sampled.
 const SAMPLE_EVERY: Duration = Duration::from_millis(75);
-
-/// A primary with archiving at `segment_mb`, started, and its segment size.
-fn primary(bins: &walrelay::localpg::PgBinaries, dir: &std::path::Path, mb: u32) -> Cluster {
-    let mut primary = ClusterBuilder::new(bins.clone(), dir)
-        .segment_size_mb(mb)
-        .archive(true)
-        .init()
-        .unwrap();
-    primary.start().unwrap();
-    primary
-}
 
 /// Starts the relay on `primary` and waits until it acknowledges the current segment start.
 fn start_relay(primary: &Cluster, data: &std::path::Path, size: WalSegmentSize) -> RelayProcess {
@@ -112,7 +101,7 @@ fn kill9_under_load(mb: u32, kills: u64) {
     let seed = seed_from_env("WALRELAY_B1_SEED");
     let mut rng = TestRng::new(seed);
     let dir = scratch(&bins, "b1");
-    let primary = primary(&bins, dir.path(), mb);
+    let primary = archiving_primary(&bins, dir.path(), mb);
     let size = primary.wal_segment_size().unwrap();
     let mut relay = start_relay(&primary, &dir.path().join("relay"), size);
     let load = WriteLoad::start(&bins, &primary.conninfo(), 400, 20_000 * mb as usize);
@@ -183,7 +172,7 @@ fn b4_sigterm_under_load() {
     };
     let terms = env_u64("WALRELAY_B4_TERMS", 5);
     let dir = scratch(&bins, "b4");
-    let primary = primary(&bins, dir.path(), 1);
+    let primary = archiving_primary(&bins, dir.path(), 1);
     let size = primary.wal_segment_size().unwrap();
     let mut relay = start_relay(&primary, &dir.path().join("relay"), size);
     let load = WriteLoad::start(&bins, &primary.conninfo(), 400, 20_000);
@@ -240,7 +229,7 @@ fn b5_primary_restarts_fast_and_immediate() {
         return;
     };
     let dir = scratch(&bins, "b5");
-    let mut primary = primary(&bins, dir.path(), 1);
+    let mut primary = archiving_primary(&bins, dir.path(), 1);
     let size = primary.wal_segment_size().unwrap();
     let relay = start_relay(&primary, &dir.path().join("relay"), size);
     let load = WriteLoad::start(&bins, &primary.conninfo(), 400, 20_000);
@@ -277,7 +266,7 @@ fn a_data_directory_serves_one_relay_at_a_time() {
         return;
     };
     let dir = scratch(&bins, "lock");
-    let primary = primary(&bins, dir.path(), 1);
+    let primary = archiving_primary(&bins, dir.path(), 1);
     let size = primary.wal_segment_size().unwrap();
     let data = dir.path().join("relay");
     let mut first = start_relay(&primary, &data, size);

@@ -1,5 +1,5 @@
-//! The relay's downstream side against real PostgreSQL 15 clients (1 MB segments) and a raw
-//! protocol client that sends exact bytes:
+//! The relay's downstream side against real PostgreSQL 15 clients (1 MB segments, and 16 MB
+//! too for A5, B4 and E4) and a raw protocol client that sends exact bytes:
 //!
 //! - A5: `pg_receivewal` through the relay, as `020_pg_receivewal.pl` drives it: slot creation
 //!   and removal, `--endpos --synchronous` leaving one `.partial` that a rerun completes, an
@@ -9,7 +9,10 @@
 //!   is dropped and its standby catches up after it resumes; other clients keep streaming;
 //! - I3: the `max_wal_senders` limit; G5: temporary slots end with their session and with a
 //!   crash, persistent ones survive it; G7: a dropped slot errors and can be recreated;
-//! - B4: SIGTERM with a standby attached, then the standby reconnects by itself;
+//! - B4: SIGTERM with a standby attached, three times, and the standby reconnects by itself
+//!   each time; at shutdown a stream asks for confirmation, then ends with `COPY 0`;
+//! - I1, I2, I5: a thousand connections that never log in and a slowloris startup are closed
+//!   at the authentication timeout; ten readers far behind cost their read buffers only;
 //! - §2.1, §2.3, §2.4: malformed first packets, commands and stream messages. After each, the
 //!   relay is still up, answers `IDENTIFY_SYSTEM` and has logged no panic (O8).
 
@@ -31,9 +34,7 @@ use std::time::{Duration, Instant};
 
 use downstream_client::*;
 use support::*;
-use walrelay::localpg::{
-    Cluster, ClusterBuilder, PgBinaries, ScratchDir, free_port, require_postgres, wait_until,
-};
+use walrelay::localpg::{Cluster, PgBinaries, ScratchDir, free_port, require_postgres, wait_until};
 use walrelay::types::{Lsn, SegmentName, TimelineId, WalSegmentSize};
 
 /// A primary with archiving and 1 MB segments, and the relay in front of it. Fields drop in
@@ -56,12 +57,7 @@ fn setup(label: &str, relay_flags: &[&str]) -> Option<Setup> {
 fn setup_sized(label: &str, segment_mb: u32, relay_flags: &[&str]) -> Option<Setup> {
     let bins = require_postgres()?;
     let dir = scratch(&bins, label);
-    let mut primary = ClusterBuilder::new(bins.clone(), dir.path())
-        .segment_size_mb(segment_mb)
-        .archive(true)
-        .init()
-        .unwrap();
-    primary.start().unwrap();
+    let primary = archiving_primary(&bins, dir.path(), segment_mb);
     let port = free_port().unwrap();
     let mut flags = vec!["--listen".to_owned(), format!("127.0.0.1:{port}")];
     flags.extend(relay_flags.iter().map(|f| (*f).to_owned()));

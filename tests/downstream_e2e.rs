@@ -16,9 +16,7 @@ use std::fs;
 use std::time::Duration;
 
 use support::*;
-use walrelay::localpg::{
-    Cluster, ClusterBuilder, PgBinaries, free_port, require_postgres, wait_until,
-};
+use walrelay::localpg::{Cluster, PgBinaries, free_port, require_postgres, wait_until};
 
 struct Setup {
     bins: PgBinaries,
@@ -29,16 +27,16 @@ struct Setup {
 }
 
 fn setup(label: &str, segment_mb: u32) -> Option<Setup> {
+    setup_listening(label, segment_mb, "127.0.0.1")
+}
+
+/// [`setup`] with the relay listening on `host`.
+fn setup_listening(label: &str, segment_mb: u32, host: &str) -> Option<Setup> {
     let bins = require_postgres()?;
     let dir = scratch(&bins, label);
-    let mut primary = ClusterBuilder::new(bins.clone(), dir.path())
-        .segment_size_mb(segment_mb)
-        .archive(true)
-        .init()
-        .unwrap();
-    primary.start().unwrap();
+    let primary = archiving_primary(&bins, dir.path(), segment_mb);
     let relay_port = free_port().unwrap();
-    let listen = format!("127.0.0.1:{relay_port}");
+    let listen = format!("{host}:{relay_port}");
     let relay = RelayProcess::start(
         &primary.conninfo(),
         &dir.path().join("relay"),
@@ -296,35 +294,21 @@ fn non_loopback_ipv4() -> Option<std::net::IpAddr> {
 /// entry" rejection, and loopback clients on the same listener are trusted.
 #[test]
 fn clients_off_loopback_are_rejected_as_without_a_pg_hba_entry() {
-    let Some(bins) = require_postgres() else {
-        return;
-    };
     let Some(ip) = non_loopback_ipv4() else {
         println!("this machine has no non-loopback IPv4 address: nothing to check");
         return;
     };
-    let dir = scratch(&bins, "hba");
-    let mut primary = ClusterBuilder::new(bins.clone(), dir.path())
-        .segment_size_mb(1)
-        .init()
-        .unwrap();
-    primary.start().unwrap();
-    let port = free_port().unwrap();
-    let listen = format!("0.0.0.0:{port}");
-    let _relay = RelayProcess::start(
-        &primary.conninfo(),
-        &dir.path().join("relay"),
-        &["--listen", &listen],
-    );
-    let now = primary.current_wal_flush_lsn().unwrap();
-    wait_acked(&primary, now, Duration::from_secs(30));
+    let Some(s) = setup_listening("hba", 1, "0.0.0.0") else {
+        return;
+    };
+    let port = s.relay_port;
     let remote = format!("host={ip} port={port} user=postgres");
-    let refused = repl(&bins, &remote, "IDENTIFY_SYSTEM").unwrap_err();
+    let refused = repl(&s.bins, &remote, "IDENTIFY_SYSTEM").unwrap_err();
     let expected = format!(
         "no pg_hba.conf entry for replication connection from host \"{ip}\", user \"postgres\", \
          no encryption"
     );
     assert!(refused.contains(&expected), "{refused}");
     let local = format!("host=127.0.0.1 port={port} user=postgres");
-    assert!(repl(&bins, &local, "IDENTIFY_SYSTEM").is_ok());
+    assert!(repl(&s.bins, &local, "IDENTIFY_SYSTEM").is_ok());
 }

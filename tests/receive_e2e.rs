@@ -16,7 +16,7 @@ use std::fs;
 use std::time::Duration;
 
 use support::*;
-use walrelay::localpg::{ClusterBuilder, require_postgres};
+use walrelay::localpg::require_postgres;
 use walrelay::types::Lsn;
 
 fn relay_matches_primary(segment_mb: u32) {
@@ -24,12 +24,7 @@ fn relay_matches_primary(segment_mb: u32) {
         return;
     };
     let dir = scratch(&bins, "recv");
-    let mut primary = ClusterBuilder::new(bins.clone(), dir.path())
-        .segment_size_mb(segment_mb)
-        .archive(true)
-        .init()
-        .unwrap();
-    primary.start().unwrap();
+    let primary = archiving_primary(&bins, dir.path(), segment_mb);
     let size = primary.wal_segment_size().unwrap();
     let start = size.segment_start(primary.current_wal_flush_lsn().unwrap());
 

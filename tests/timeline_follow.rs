@@ -19,7 +19,7 @@ use std::fs;
 use std::time::Duration;
 
 use support::*;
-use walrelay::localpg::{ClusterBuilder, StopMode, free_port, require_postgres, wait_until};
+use walrelay::localpg::{StopMode, free_port, require_postgres, wait_until};
 use walrelay::types::{SegmentName, TimelineId};
 
 at_1mb_and_16mb_segments!(
@@ -33,12 +33,7 @@ fn relay_follows_promotion(label: &str, segment_mb: u32) {
         return;
     };
     let dir = scratch(&bins, label);
-    let mut primary = ClusterBuilder::new(bins.clone(), dir.path())
-        .segment_size_mb(segment_mb)
-        .archive(true)
-        .init()
-        .unwrap();
-    primary.start().unwrap();
+    let mut primary = archiving_primary(&bins, dir.path(), segment_mb);
     let size = primary.wal_segment_size().unwrap();
     let mut standby = primary
         .basebackup_standby(&primary.conninfo(), None)

@@ -13,10 +13,21 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use walrelay::localpg::{Cluster, PgBinaries, wait_until};
+use walrelay::localpg::{Cluster, ClusterBuilder, PgBinaries, wait_until};
 use walrelay::types::{Lsn, SegmentName, WalSegmentSize};
 
 pub mod slow_link;
+
+/// A primary in `dir` with `segment_mb` MB segments and archiving on, started.
+pub fn archiving_primary(bins: &PgBinaries, dir: &Path, segment_mb: u32) -> Cluster {
+    let mut primary = ClusterBuilder::new(bins.clone(), dir)
+        .segment_size_mb(segment_mb)
+        .archive(true)
+        .init()
+        .unwrap();
+    primary.start().unwrap();
+    primary
+}
 
 /// A `walrelay run` child process with its log in a file.
 pub struct RelayProcess {
