@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Parser;
-use walrelay::localpg::{
+use walrelay::testkit::localpg::{
     self, Cluster, ClusterBuilder, LocalPgError, PgBinaries, PgProcess, ScratchDir, free_port,
     wait_until,
 };

@@ -7,10 +7,14 @@
 //! The crate is built in three rings (see `DESIGN.md`):
 //! - the pure core, with no I/O and no clock: [`types`], [`wire`], [`wal`], [`proto`];
 //! - stateful services: [`storage`], [`slots`], [`hub`];
-//! - edges: [`service`], [`config`], [`cli`], and [`localpg`] and [`faultproxy`], which start
-//!   real PostgreSQL servers and inject network faults for the tests and the demo.
+//! - edges: [`service`], [`config`], [`cli`].
 //!
 //! `cargo check --no-default-features` builds the pure core alone.
+//!
+//! The test harness, `testkit::localpg` and `testkit::faultproxy` (real PostgreSQL servers on
+//! loopback and a TCP proxy that injects network faults), is not part of this API: it is built
+//! only with the `testkit` feature, which the crate's own tests, benches and examples turn on.
+//! `walrelay demo` compiles `localpg` into the binary instead.
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 #![cfg_attr(
@@ -34,17 +38,15 @@ pub mod hub;
 pub mod storage;
 
 #[cfg(feature = "runtime")]
-pub mod localpg;
-
-#[cfg(feature = "runtime")]
 pub mod cli;
 #[cfg(feature = "runtime")]
 pub mod config;
-#[cfg(feature = "runtime")]
-pub mod faultproxy;
 #[cfg(feature = "runtime")]
 pub mod service;
 #[cfg(feature = "runtime")]
 pub mod slots;
 #[cfg(feature = "runtime")]
 pub mod statefile;
+
+#[cfg(feature = "testkit")]
+pub mod testkit;

@@ -23,7 +23,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::*;
-use walrelay::localpg::{Cluster, StopMode, require_postgres};
+use walrelay::testkit::localpg::{Cluster, StopMode, require_postgres};
 use walrelay::types::{Lsn, WalSegmentSize};
 
 /// How often the primary's view of the relay's flush is sampled.

@@ -5,7 +5,7 @@
 
 use std::process::Command;
 
-use walrelay::localpg::require_postgres;
+use walrelay::testkit::localpg::require_postgres;
 use walrelay::types::Lsn;
 
 /// One refresh of the demo's table.

@@ -34,7 +34,9 @@ use std::time::{Duration, Instant};
 
 use downstream_client::*;
 use support::*;
-use walrelay::localpg::{Cluster, PgBinaries, ScratchDir, free_port, require_postgres, wait_until};
+use walrelay::testkit::localpg::{
+    Cluster, PgBinaries, ScratchDir, free_port, require_postgres, wait_until,
+};
 use walrelay::types::{Lsn, SegmentName, TimelineId, WalSegmentSize};
 
 /// A primary with archiving and 1 MB segments, and the relay in front of it. Fields drop in
@@ -169,7 +171,7 @@ fn receivewal(s: &Setup, args: &str) -> (bool, String) {
     cmd.args(["-d", &s.conninfo()])
         .args(args.split_whitespace());
     let log = s.dir.path().join("pg_receivewal-run.log");
-    let mut process = walrelay::localpg::spawn(cmd, &log).unwrap();
+    let mut process = walrelay::testkit::localpg::spawn(cmd, &log).unwrap();
     let status = process
         .wait(Duration::from_secs(60))
         .unwrap_or_else(|e| panic!("pg_receivewal {args}: {e}\n{}", process.log_contents()));
@@ -290,7 +292,7 @@ fn receivewal_cases(label: &str, segment_mb: u32) {
 
 /// A `pg_receivewal` through the relay into `dir` is still running and completes the
 /// segment the primary switches away from now.
-fn assert_still_streaming(s: &Setup, recv: &mut walrelay::localpg::PgProcess, dir: &Path) {
+fn assert_still_streaming(s: &Setup, recv: &mut walrelay::testkit::localpg::PgProcess, dir: &Path) {
     assert!(
         recv.try_status().unwrap().is_none(),
         "pg_receivewal stopped:\n{}",

@@ -16,11 +16,11 @@ use std::fs;
 use std::time::Duration;
 
 use support::*;
-use walrelay::localpg::{Cluster, PgBinaries, free_port, require_postgres, wait_until};
+use walrelay::testkit::localpg::{Cluster, PgBinaries, free_port, require_postgres, wait_until};
 
 struct Setup {
     bins: PgBinaries,
-    _dir: walrelay::localpg::ScratchDir,
+    _dir: walrelay::testkit::localpg::ScratchDir,
     primary: Cluster,
     relay: RelayProcess,
     relay_port: u16,
@@ -257,7 +257,9 @@ fn standbys_are_served_after_a_restart_while_the_primary_is_down() {
     })
     .unwrap();
 
-    s.primary.stop(walrelay::localpg::StopMode::Fast).unwrap();
+    s.primary
+        .stop(walrelay::testkit::localpg::StopMode::Fast)
+        .unwrap();
     s.relay.signal("TERM");
     assert!(
         s.relay

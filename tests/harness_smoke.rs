@@ -8,8 +8,8 @@ use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
-use walrelay::faultproxy::{FaultMode, FaultProxy};
-use walrelay::localpg::{
+use walrelay::testkit::faultproxy::{FaultMode, FaultProxy};
+use walrelay::testkit::localpg::{
     Cluster, ClusterBuilder, PgBinaries, StopMode, require_postgres, wait_until,
 };
 use walrelay::types::{Lsn, TimelineId};

@@ -16,7 +16,7 @@ use std::fs;
 use std::time::Duration;
 
 use support::*;
-use walrelay::localpg::require_postgres;
+use walrelay::testkit::localpg::require_postgres;
 use walrelay::types::Lsn;
 
 fn relay_matches_primary(segment_mb: u32) {

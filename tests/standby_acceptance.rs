@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use downstream_client::{RawClient, copy_data};
 use support::slow_link::SlowLink;
 use support::*;
-use walrelay::localpg::{
+use walrelay::testkit::localpg::{
     Cluster, ClusterBuilder, PgBinaries, ScratchDir, StopMode, free_port, require_postgres, run,
     wait_until,
 };

@@ -19,7 +19,7 @@ use std::fs;
 use std::time::Duration;
 
 use support::*;
-use walrelay::localpg::{StopMode, free_port, require_postgres, wait_until};
+use walrelay::testkit::localpg::{StopMode, free_port, require_postgres, wait_until};
 use walrelay::types::{SegmentName, TimelineId};
 
 at_1mb_and_16mb_segments!(

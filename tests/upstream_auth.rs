@@ -12,10 +12,10 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt, chown};
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use walrelay::localpg::{Cluster, ClusterBuilder, require_postgres};
 use walrelay::proto::auth::{AuthAction, AuthError, AuthRequest, ClientAuth, Transport};
 use walrelay::proto::conninfo::{ConnInfo, Env};
 use walrelay::service::tls;
+use walrelay::testkit::localpg::{Cluster, ClusterBuilder, require_postgres};
 
 const TLS_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/tls");
 

@@ -30,8 +30,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use support::*;
-use walrelay::faultproxy::{FaultMode, FaultProxy};
-use walrelay::localpg::{Cluster, ClusterBuilder, PgBinaries, require_postgres, wait_until};
+use walrelay::testkit::faultproxy::{FaultMode, FaultProxy};
+use walrelay::testkit::localpg::{
+    Cluster, ClusterBuilder, PgBinaries, require_postgres, wait_until,
+};
 use walrelay::types::{Lsn, SegmentName, TimelineId, WalSegmentSize};
 
 /// The relay's receive timeout in D2.

@@ -27,7 +27,7 @@ use std::process::{Child, ChildStdin, ChildStdout, Stdio};
 use std::time::Duration;
 
 use support::*;
-use walrelay::localpg::{
+use walrelay::testkit::localpg::{
     Cluster, ClusterBuilder, PgBinaries, ScratchDir, free_port, require_postgres, run, wait_until,
 };
 use walrelay::types::{Lsn, WAL_PAGE_SIZE, WalSegmentSize};

@@ -4,7 +4,6 @@
 //! runs the upstream connection until the shutdown token fires.
 
 pub mod conn;
-pub mod demo;
 pub mod downstream;
 pub mod listener;
 pub mod login;

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use walrelay::localpg::{Cluster, ClusterBuilder, PgBinaries, wait_until};
+use walrelay::testkit::localpg::{Cluster, ClusterBuilder, PgBinaries, wait_until};
 use walrelay::types::{Lsn, SegmentName, WalSegmentSize};
 
 pub mod slow_link;
@@ -203,7 +203,7 @@ pub fn assert_waldump(bins: &PgBinaries, relay_dir: &Path, size: WalSegmentSize)
 }
 
 /// A fresh scratch directory for a test.
-pub fn scratch(bins: &PgBinaries, label: &str) -> walrelay::localpg::ScratchDir {
+pub fn scratch(bins: &PgBinaries, label: &str) -> walrelay::testkit::localpg::ScratchDir {
     bins.scratch_dir(&std::env::temp_dir(), label).unwrap()
 }
 

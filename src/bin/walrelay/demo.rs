@@ -16,11 +16,12 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, DEFAULT_WAL_KEEP_SIZE};
+use walrelay::config::{Config, DEFAULT_WAL_KEEP_SIZE};
+use walrelay::service::downstream::StreamStatus;
+use walrelay::service::relay::{Relay, RelayError};
+use walrelay::types::Lsn;
+
 use crate::localpg::{Cluster, ClusterBuilder, LocalPgError, PgBinaries, StopMode, free_port};
-use crate::service::downstream::StreamStatus;
-use crate::service::relay::{Relay, RelayError};
-use crate::types::Lsn;
 
 /// The standbys the demo puts behind the relay.
 const STANDBYS: [&str; 2] = ["standby1", "standby2"];

@@ -1,5 +1,15 @@
 //! The `walrelay` binary: parse the command line, build the configuration, run.
 #![deny(unsafe_code)]
+// `localpg`'s unit tests come along with it; `cargo clippy --all-targets` checks them here too.
+#![cfg_attr(
+    test,
+    allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic
+    )
+)]
 
 use std::process::ExitCode;
 
@@ -8,6 +18,16 @@ use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use walrelay::cli::{Cli, Command};
 use walrelay::service::relay::{Relay, SHUTDOWN_GRACE};
+// `localpg` names the relay's types as `crate::types`, as it does inside the library.
+use walrelay::types;
+
+mod demo;
+// The library's `testkit::localpg`, compiled into the binary for `walrelay demo` so that the
+// library does not have to export it: one copy of the source, two crates. The demo uses only
+// part of it.
+#[path = "../../testkit/localpg.rs"]
+#[allow(dead_code)]
+mod localpg;
 
 /// Makes glibc's malloc keep one arena for every thread. By default each thread that allocates
 /// may get an arena of its own (up to eight a core) that keeps what was freed in it; the
@@ -48,15 +68,13 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run(args) => run(*args).await,
             Command::Demo(args) => {
-                let opts = walrelay::service::demo::DemoOptions {
+                let opts = demo::DemoOptions {
                     segment_size_mb: args.segment_size_mb,
                     dir: args.dir,
                     duration: (args.duration > 0)
                         .then(|| std::time::Duration::from_secs(args.duration)),
                 };
-                walrelay::service::demo::run(opts)
-                    .await
-                    .map_err(anyhow::Error::from)
+                demo::run(opts).await.map_err(anyhow::Error::from)
             }
         }
     });

@@ -30,6 +30,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::types::{Lsn, TimelineId};
 
+// Spelled out because `walrelay demo` also compiles this file into the binary through a
+// `#[path]` attribute, and a file loaded that way looks for its child modules next to itself
+// (as a `mod.rs` would), not in `localpg/`. The same path resolves to the same file in both.
+#[path = "localpg/cluster.rs"]
 mod cluster;
 
 pub use cluster::{Cluster, ClusterBuilder, StopMode};
