@@ -23,7 +23,6 @@ use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use tempfile::TempDir;
 use walrelay::hub::{Hub, HubFeed, HubStats};
-use walrelay::storage::SegmentReader;
 use walrelay::types::{Lsn, SegmentName, SegmentNo, TimelineId, WalSegmentSize};
 
 /// WAL written per iteration.
@@ -108,8 +107,8 @@ async fn follow(hub: Hub) -> u64 {
 /// One iteration: returns how long it took and the hub's counters.
 fn run(rt: &tokio::runtime::Runtime, wal: &Bytes, readers: usize) -> (Duration, HubStats) {
     let dir = TempDir::new_in(std::env::temp_dir()).unwrap();
-    let reader = SegmentReader::new(dir.path().to_path_buf(), WalSegmentSize::DEFAULT);
-    let (hub, feed) = Hub::new(reader, TAIL);
+    let (hub, feed) = Hub::new(dir.path().to_path_buf(), TAIL);
+    feed.set_segment_size(WalSegmentSize::DEFAULT);
     feed.switch_timeline(timeline(), START);
     let began = Instant::now();
     rt.block_on(async {

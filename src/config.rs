@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::types::SlotName;
+
 /// The settings of a running relay.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Config {
@@ -18,7 +20,7 @@ pub struct Config {
     /// The data directory.
     pub data_dir: PathBuf,
     /// The relay's physical slot on the upstream.
-    pub upstream_slot: String,
+    pub upstream_slot: SlotName,
     /// The `application_name` the relay gives the upstream unless the conninfo sets one.
     pub application_name: String,
     /// How often a status update goes upstream at the least.
@@ -193,6 +195,13 @@ impl Settings {
     /// # Errors
     /// A required setting is missing or a value is invalid.
     pub fn into_config(self) -> Result<Config, ConfigError> {
+        let upstream = self
+            .upstream
+            .ok_or(ConfigError::Missing("upstream", "upstream"))?;
+        let data_dir = self
+            .data_dir
+            .ok_or(ConfigError::Missing("data_dir", "data-dir"))?;
+        let d = Config::new(upstream, data_dir);
         let duration = |name, value: Option<String>, default| match value {
             None => Ok(default),
             Some(v) => parse_duration(&v).ok_or(ConfigError::Invalid {
@@ -201,8 +210,8 @@ impl Settings {
                 why: "expected a duration such as 500ms, 10s, 5min",
             }),
         };
-        let size = |name, value: Option<String>, default: u64| match value {
-            None => Ok((default != u64::MAX).then_some(default)),
+        let size = |name, value: Option<String>, default: Option<u64>| match value {
+            None => Ok(default),
             Some(v) if v.trim() == "-1" => Ok(None),
             Some(v) => parse_size(&v).map(Some).ok_or(ConfigError::Invalid {
                 name,
@@ -210,59 +219,42 @@ impl Settings {
                 why: "expected a size such as 512MB or 1GB, or -1 for no limit",
             }),
         };
-        let slot = self.upstream_slot.unwrap_or_else(|| "walrelay".into());
-        if !valid_slot_name(&slot) {
-            return Err(ConfigError::Invalid {
+        let upstream_slot = match self.upstream_slot {
+            None => d.upstream_slot.clone(),
+            Some(slot) => SlotName::new(&slot).map_err(|_| ConfigError::Invalid {
                 name: "upstream_slot",
                 value: slot.chars().take(64).collect(),
                 why: "replication slot names may only contain lower case letters, numbers, and the underscore character, and have at most 63 characters",
-            });
-        }
+            })?,
+        };
         let config = Config {
-            upstream: self
-                .upstream
-                .ok_or(ConfigError::Missing("upstream", "upstream"))?,
-            data_dir: self
-                .data_dir
-                .ok_or(ConfigError::Missing("data_dir", "data-dir"))?,
-            upstream_slot: slot,
-            application_name: self.application_name.unwrap_or_else(|| "walrelay".into()),
-            status_interval: duration(
-                "status_interval",
-                self.status_interval,
-                Duration::from_secs(10),
-            )?,
-            receive_timeout: duration(
-                "receive_timeout",
-                self.receive_timeout,
-                Duration::from_secs(60),
-            )?,
-            reconnect_min: duration(
-                "reconnect_min",
-                self.reconnect_min,
-                Duration::from_millis(100),
-            )?,
-            reconnect_max: duration("reconnect_max", self.reconnect_max, Duration::from_secs(30))?,
+            upstream_slot,
+            application_name: self
+                .application_name
+                .unwrap_or_else(|| d.application_name.clone()),
+            status_interval: duration("status_interval", self.status_interval, d.status_interval)?,
+            receive_timeout: duration("receive_timeout", self.receive_timeout, d.receive_timeout)?,
+            reconnect_min: duration("reconnect_min", self.reconnect_min, d.reconnect_min)?,
+            reconnect_max: duration("reconnect_max", self.reconnect_max, d.reconnect_max)?,
             listen: self.listen,
-            max_wal_senders: self.max_wal_senders.unwrap_or(64),
-            max_replication_slots: self.max_replication_slots.unwrap_or(64),
-            sender_timeout: duration(
-                "sender_timeout",
-                self.sender_timeout,
-                Duration::from_secs(60),
-            )?,
+            max_wal_senders: self.max_wal_senders.unwrap_or(d.max_wal_senders),
+            max_replication_slots: self
+                .max_replication_slots
+                .unwrap_or(d.max_replication_slots),
+            sender_timeout: duration("sender_timeout", self.sender_timeout, d.sender_timeout)?,
             authentication_timeout: duration(
                 "authentication_timeout",
                 self.authentication_timeout,
-                Duration::from_secs(60),
+                d.authentication_timeout,
             )?,
-            wal_keep_size: size("wal_keep_size", self.wal_keep_size, DEFAULT_WAL_KEEP_SIZE)?
-                .unwrap_or(DEFAULT_WAL_KEEP_SIZE),
+            wal_keep_size: size("wal_keep_size", self.wal_keep_size, Some(d.wal_keep_size))?
+                .unwrap_or(d.wal_keep_size),
             max_slot_wal_keep_size: size(
                 "max_slot_wal_keep_size",
                 self.max_slot_wal_keep_size,
-                u64::MAX,
+                d.max_slot_wal_keep_size,
             )?,
+            ..d
         };
         if config.status_interval.is_zero() {
             return Err(ConfigError::Invalid {
@@ -275,13 +267,28 @@ impl Settings {
     }
 }
 
-/// Whether `name` is a valid physical slot name: `[a-z0-9_]{1,63}` (`slot.c:ReplicationSlotValidateName`).
-pub fn valid_slot_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() < 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+impl Config {
+    /// The configuration of a relay streaming from `upstream` into `data_dir`, with every
+    /// other setting at its default, and no listener.
+    pub fn new(upstream: impl Into<String>, data_dir: impl Into<PathBuf>) -> Config {
+        Config {
+            upstream: upstream.into(),
+            data_dir: data_dir.into(),
+            upstream_slot: SlotName::WALRELAY,
+            application_name: "walrelay".into(),
+            status_interval: Duration::from_secs(10),
+            receive_timeout: Duration::from_secs(60),
+            reconnect_min: Duration::from_millis(100),
+            reconnect_max: Duration::from_secs(30),
+            listen: None,
+            max_wal_senders: 64,
+            max_replication_slots: 64,
+            sender_timeout: Duration::from_secs(60),
+            authentication_timeout: Duration::from_secs(60),
+            wal_keep_size: DEFAULT_WAL_KEEP_SIZE,
+            max_slot_wal_keep_size: None,
+        }
+    }
 }
 
 /// The WAL kept behind the durable end when `wal_keep_size` is not set: 1 GB.

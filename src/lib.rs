@@ -42,7 +42,23 @@ pub mod cli;
 #[cfg(feature = "runtime")]
 pub mod config;
 #[cfg(feature = "runtime")]
-pub mod service;
+mod service;
+
+#[cfg(feature = "runtime")]
+pub use config::Config;
+#[cfg(feature = "runtime")]
+pub use service::{
+    ConnectError, Relay, RelayError, RelayHandle, RelayMonitor, RelayStatus, StreamStatus,
+    UpstreamError, WalChunk, WalStream, WriterError,
+};
+
+/// A physical replication client of PostgreSQL: the one the relay uses upstream, for programs
+/// that stream WAL from a server themselves.
+#[cfg(feature = "runtime")]
+pub mod client {
+    pub use crate::service::client::{ClientError, ReplicationClient, ReplicationStream};
+    pub use crate::service::tls;
+}
 #[cfg(feature = "runtime")]
 pub mod slots;
 #[cfg(feature = "runtime")]

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use fake_upstream::*;
-use walrelay::types::Lsn;
+use walrelay::types::{Lsn, SqlState};
 use walrelay::wire::backend::CopyResponse;
 use walrelay::wire::{Authentication, BackendMessage, ErrorFields};
 
@@ -456,9 +456,8 @@ fn ssl_s_followed_by_plaintext_is_refused() {
 
 #[test]
 fn ssl_answers_other_than_s_or_n_and_n_when_required_are_refused() {
-    let e = message(BackendMessage::ErrorResponse(ErrorFields::new(
-        "FATAL",
-        "08P01",
+    let e = message(BackendMessage::ErrorResponse(ErrorFields::fatal(
+        SqlState::PROTOCOL_VIOLATION,
         "unsupported",
     )));
     let cases = [

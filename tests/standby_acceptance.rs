@@ -772,7 +772,7 @@ fn standbys_and_receivers_converge(label: &str, segment_mb: u32) {
     }
     wait_until(Duration::from_secs(30), "23 downstreams streaming", || {
         let sql = "SELECT count(*) FROM pg_stat_replication";
-        let streams = t.relay.count_log(0, "downstream::sender: streaming ");
+        let streams = t.relay.count_log(0, "downstream::streaming: streaming ");
         Ok(t.primary.psql(sql)? == "1" && streams >= 23)
     })
     .unwrap();

@@ -12,9 +12,9 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt, chown};
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use walrelay::proto::auth::{AuthAction, AuthError, AuthRequest, ClientAuth, Transport};
+use walrelay::client::tls;
+use walrelay::proto::auth::{AuthAction, AuthError, AuthRequest, Channel, ClientAuth};
 use walrelay::proto::conninfo::{ConnInfo, Env};
-use walrelay::service::tls;
 use walrelay::testkit::localpg::{Cluster, ClusterBuilder, require_postgres};
 
 const TLS_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/tls");
@@ -56,10 +56,10 @@ fn server() -> Option<Cluster> {
 }
 
 /// SSLRequest when `sslmode` is not `disable`, then TLS as `tls::client_config` sets it up.
-fn open(cluster: &Cluster, info: &ConnInfo) -> (Box<dyn Stream>, Transport) {
+fn open(cluster: &Cluster, info: &ConnInfo) -> (Box<dyn Stream>, Channel) {
     let mut tcp = TcpStream::connect(("127.0.0.1", cluster.port())).unwrap();
     if info.sslmode.as_str() == "disable" {
-        return (Box::new(tcp), Transport::Plain);
+        return (Box::new(tcp), Channel::Plain);
     }
     tcp.write_all(&[0, 0, 0, 8, 0x04, 0xD2, 0x16, 0x2F])
         .unwrap();
@@ -78,7 +78,7 @@ fn open(cluster: &Cluster, info: &ConnInfo) -> (Box<dyn Stream>, Transport) {
     let stream = rustls::StreamOwned::new(conn, tcp);
     (
         Box::new(stream),
-        Transport::Tls {
+        Channel::Tls {
             server_end_point: end_point,
         },
     )

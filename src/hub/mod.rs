@@ -21,30 +21,26 @@
 //! read and let go once the reader is back in the tail), and no payload goes through a
 //! channel.
 
-mod tail;
+mod recent;
 
+use std::collections::BTreeMap;
 use std::io;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::watch;
 
 use crate::storage::{SegmentReader, StoreError};
-use crate::types::{Lsn, SegmentName, TimelineId, WAL_PAGE_SIZE, WalSegmentSize};
+use crate::types::{DurableEnd, Lsn, SegmentName, TimelineId, WAL_PAGE_SIZE, WalSegmentSize};
 
-use tail::Tail;
+use recent::RecentWal;
 
 pub use crate::types::MAX_SEND_SIZE;
 
-/// The end of the WAL that may be served, as published by the writer.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct DurableEnd {
-    /// The timeline being written; `None` before the writer published anything.
-    pub timeline: Option<TimelineId>,
-    /// Every byte of `timeline` below this is durable and checked.
-    pub lsn: Lsn,
-}
+/// Timeline history files by timeline, as the store holds them.
+pub type Histories = Arc<BTreeMap<TimelineId, Bytes>>;
 
 /// Counters of the bytes [`Hub::read`] returned, and what the tail holds.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -93,7 +89,9 @@ pub struct HubFeed {
 
 #[derive(Debug)]
 struct Shared {
-    reader: SegmentReader,
+    wal_dir: PathBuf,
+    /// Set once the store's segment size is known; nothing is published before.
+    reader: OnceLock<SegmentReader>,
     state: RwLock<State>,
     durable: watch::Receiver<DurableEnd>,
     from_tail: AtomicU64,
@@ -103,11 +101,12 @@ struct Shared {
     next_xid: AtomicU64,
 }
 
-/// The published end and the tail of its timeline, changed together.
+/// The published end and the tail of its timeline, changed together, and the history files.
 #[derive(Debug)]
 struct State {
     end: DurableEnd,
-    tail: Tail,
+    tail: RecentWal,
+    histories: Histories,
 }
 
 /// Where the next piece comes from.
@@ -122,15 +121,18 @@ enum Source {
 }
 
 impl Hub {
-    /// A hub reading stored WAL through `reader` and caching about `tail_capacity_bytes` of the
-    /// newest durable WAL (0 disables the cache); the [`HubFeed`] goes to the writer.
-    pub fn new(reader: SegmentReader, tail_capacity_bytes: usize) -> (Hub, HubFeed) {
+    /// A hub reading stored WAL from the segment files in `wal_dir` and caching about
+    /// `tail_capacity_bytes` of the newest durable WAL (0 disables the cache); the [`HubFeed`]
+    /// goes to the writer, which sets the segment size before it publishes.
+    pub fn new(wal_dir: PathBuf, tail_capacity_bytes: usize) -> (Hub, HubFeed) {
         let (tx, durable) = watch::channel(DurableEnd::default());
         let shared = Arc::new(Shared {
-            reader,
+            wal_dir,
+            reader: OnceLock::new(),
             state: RwLock::new(State {
                 end: DurableEnd::default(),
-                tail: Tail::new(tail_capacity_bytes),
+                tail: RecentWal::new(tail_capacity_bytes),
+                histories: Histories::default(),
             }),
             durable,
             from_tail: AtomicU64::new(0),
@@ -148,6 +150,21 @@ impl Hub {
     /// A receiver of the durable end, woken at every change.
     pub fn subscribe(&self) -> watch::Receiver<DurableEnd> {
         self.shared.durable.clone()
+    }
+
+    /// The durable end now.
+    pub fn durable(&self) -> DurableEnd {
+        *self.shared.durable.borrow()
+    }
+
+    /// The timeline history files the store holds.
+    pub fn histories(&self) -> Histories {
+        Arc::clone(&self.shared.read_state().histories)
+    }
+
+    /// The segment size, once the writer has set it.
+    pub fn segment_size(&self) -> Option<WalSegmentSize> {
+        self.shared.reader.get().map(SegmentReader::segment_size)
     }
 
     /// The next piece of WAL of `timeline`: it starts exactly at `from` and ends at or before
@@ -188,10 +205,13 @@ impl Hub {
         max_bytes: u64,
         buffer: &mut ReadBuffer,
     ) -> Result<Vec<Bytes>, StoreError> {
+        let Some(reader) = self.shared.reader.get() else {
+            return Ok(Vec::new());
+        };
         if from < Lsn(self.shared.removed_below.load(Ordering::Acquire)) {
             // Gone from disk: the tail may still hold it, but PostgreSQL serves WAL only from
             // files, and a client must see the same 58P01 whatever the relay caches.
-            let size = self.shared.reader.segment_size();
+            let size = reader.segment_size();
             let name = SegmentName {
                 timeline,
                 segno: size.segment_of(from),
@@ -204,7 +224,7 @@ impl Hub {
         let mut at = from;
         let mut taken = 0;
         while taken < max_bytes {
-            match self.shared.source(timeline, at, limit) {
+            match self.shared.source(reader, timeline, at, limit) {
                 Source::Nothing => break,
                 Source::Tail(piece) => {
                     buffer.last = None;
@@ -214,9 +234,9 @@ impl Hub {
                     pieces.push(piece);
                 }
                 Source::Disk { end, limit } => {
-                    let size = self.shared.reader.segment_size();
+                    let size = reader.segment_size();
                     let span = disk_span(at, end, limit, max_bytes - taken, size);
-                    let data = self.read_disk(timeline, at, span, buffer).await?;
+                    let data = read_disk(reader, timeline, at, span, buffer).await?;
                     count(&self.shared.from_disk, &data);
                     pieces.extend(cut(at, data, limit, size));
                     break;
@@ -246,42 +266,56 @@ impl Hub {
             tail_bytes: self.shared.read_state().tail.bytes(),
         }
     }
+}
 
-    /// `pread`s `[from, end)`, within one segment, on the blocking pool, into `buffer`.
-    async fn read_disk(
-        &self,
-        timeline: TimelineId,
-        from: Lsn,
-        end: Lsn,
-        buffer: &mut ReadBuffer,
-    ) -> Result<Bytes, StoreError> {
-        let reader = self.shared.reader.clone();
-        let len = usize::try_from(end.saturating_distance(from)).unwrap_or(0);
-        let mut buf = buffer.take(len);
-        let task = tokio::task::spawn_blocking(move || {
-            let n = reader.read_at(timeline, from, &mut buf)?;
-            buf.truncate(n);
-            Ok::<_, StoreError>(buf.freeze())
-        });
-        let data = task.await.map_err(|e| {
-            let reader = &self.shared.reader;
-            let size = reader.segment_size();
-            let name = SegmentName {
-                timeline,
-                segno: size.segment_of(from),
-            };
-            StoreError::Io {
-                op: "read",
-                path: reader.dir().join(name.file_name(size)),
-                source: io::Error::other(e),
-            }
-        })??;
-        buffer.last = Some(data.clone());
-        Ok(data)
-    }
+/// `pread`s `[from, end)`, within one segment, on the blocking pool, into `buffer`.
+async fn read_disk(
+    reader: &SegmentReader,
+    timeline: TimelineId,
+    from: Lsn,
+    end: Lsn,
+    buffer: &mut ReadBuffer,
+) -> Result<Bytes, StoreError> {
+    let task_reader = reader.clone();
+    let len = usize::try_from(end.saturating_distance(from)).unwrap_or(0);
+    let mut buf = buffer.take(len);
+    let task = tokio::task::spawn_blocking(move || {
+        let n = task_reader.read_at(timeline, from, &mut buf)?;
+        buf.truncate(n);
+        Ok::<_, StoreError>(buf.freeze())
+    });
+    let data = task.await.map_err(|e| {
+        let size = reader.segment_size();
+        let name = SegmentName {
+            timeline,
+            segno: size.segment_of(from),
+        };
+        StoreError::Io {
+            op: "read",
+            path: reader.dir().join(name.file_name(size)),
+            source: io::Error::other(e),
+        }
+    })??;
+    buffer.last = Some(data.clone());
+    Ok(data)
 }
 
 impl HubFeed {
+    /// Sets the store's segment size, which readers need: once, before the first publish.
+    /// A later call changes nothing (a data directory never changes its segment size).
+    pub fn set_segment_size(&self, size: WalSegmentSize) {
+        let dir = self.shared.wal_dir.clone();
+        let _ = self
+            .shared
+            .reader
+            .get_or_init(|| SegmentReader::new(dir, size));
+    }
+
+    /// Publishes the timeline history files the store holds.
+    pub fn set_histories(&self, histories: BTreeMap<TimelineId, Bytes>) {
+        self.shared.write_state().histories = Arc::new(histories);
+    }
+
     /// Publishes a new durable end of `timeline` with the chunks written since the last call
     /// (contiguous, in order, each `(start, bytes)`), and wakes the readers. Chunks may reach
     /// past `durable` (a record not yet complete): those bytes are cached but not served
@@ -353,7 +387,13 @@ impl Shared {
     }
 
     /// Decides, under the lock, what the next piece is and where it comes from.
-    fn source(&self, timeline: TimelineId, from: Lsn, limit: Lsn) -> Source {
+    fn source(
+        &self,
+        reader: &SegmentReader,
+        timeline: TimelineId,
+        from: Lsn,
+        limit: Lsn,
+    ) -> Source {
         let state = self.read_state();
         let live = state.end.timeline == Some(timeline);
         let limit = match state.end.timeline {
@@ -364,7 +404,7 @@ impl Shared {
         if from >= limit {
             return Source::Nothing;
         }
-        let end = piece_end(from, limit, self.reader.segment_size());
+        let end = piece_end(from, limit, reader.segment_size());
         let cached = live.then(|| state.tail.slice(from, end)).flatten();
         cached.map_or(Source::Disk { end, limit }, Source::Tail)
     }

@@ -67,7 +67,9 @@ fn append(dir: &Path, timeline: u32, lsn: u64, data: &[u8]) {
 }
 
 fn hub(dir: &Path, capacity: usize) -> (Hub, HubFeed) {
-    Hub::new(SegmentReader::new(dir.to_path_buf(), size()), capacity)
+    let (hub, feed) = Hub::new(dir.to_path_buf(), capacity);
+    feed.set_segment_size(size());
+    (hub, feed)
 }
 
 /// Reads everything from `from` until `read` returns `None`, checking each piece's shape.
@@ -108,8 +110,8 @@ async fn reads_from_disk_follow_the_cut_rule() {
     let t = TempDir::new().unwrap();
     let seg3 = t.path().join("000000010000000000000003");
     fs::File::create(&seg3).unwrap().set_len(16 << 20).unwrap();
-    let reader = SegmentReader::new(t.path().to_path_buf(), WalSegmentSize::DEFAULT);
-    let (hub, feed) = Hub::new(reader, 1 << 20);
+    let (hub, feed) = Hub::new(t.path().to_path_buf(), 1 << 20);
+    feed.set_segment_size(WalSegmentSize::DEFAULT);
     feed.switch_timeline(tli(1), "0/3F00000".parse().unwrap());
     let first = hub.read(tli(1), Lsn(0x300_0100), Lsn::MAX).await.unwrap();
     assert_eq!(first.unwrap().len(), 130_816);

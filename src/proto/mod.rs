@@ -1,10 +1,22 @@
-//! Protocol logic without I/O: the upstream connection's configuration (libpq connection
-//! strings, `.pgpass`), the client side of PostgreSQL authentication, the results of
-//! replication commands, and the receiving side of a replication stream.
+//! Protocol logic without I/O: the two sessions of the relay, and what they are built of.
+//!
+//! - [`downstream`]: one client of the relay (a standby, `pg_receivewal`, another relay) as a
+//!   walsender serves it: login, commands, streaming;
+//! - [`upstream`]: the relay as a client of its upstream server, as a walreceiver is: login,
+//!   replication commands and their results, the received stream;
+//! - [`liveness`]: the silence rule both ends of a stream follow;
+//! - [`auth`]: the client side of PostgreSQL authentication (SCRAM, MD5, cleartext);
+//! - [`conninfo`] and [`pgpass`]: libpq connection strings, the `PG*` environment and
+//!   `.pgpass`;
+//! - [`query`]: the results of the replication commands the relay sends upstream, checked.
+//!
+//! Nothing here reads a socket, a file or the clock: callers pass what arrived and the time,
+//! and send what comes out.
 
 pub mod auth;
 pub mod conninfo;
+pub mod downstream;
+pub mod liveness;
 pub mod pgpass;
 pub mod query;
-pub mod stream;
-pub mod walsender;
+pub mod upstream;

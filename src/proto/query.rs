@@ -265,19 +265,19 @@ impl HistoryFile {
 
 /// The `READ_REPLICATION_SLOT` row (PostgreSQL 15 and later).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SlotInfo {
+pub struct ReadSlotRow {
     /// Whether the slot exists (its `slot_type` is not NULL).
     pub exists: bool,
     /// Its `restart_lsn`, if it holds WAL.
     pub restart_lsn: Option<Lsn>,
 }
 
-impl SlotInfo {
+impl ReadSlotRow {
     /// Reads the result of `READ_REPLICATION_SLOT`.
     ///
     /// # Errors
     /// A wrong shape or a bad LSN.
-    pub fn from_result(r: &QueryResult) -> Result<SlotInfo, ResultError> {
+    pub fn from_result(r: &QueryResult) -> Result<ReadSlotRow, ResultError> {
         const C: &str = "READ_REPLICATION_SLOT";
         let row = r.single_row(C, 3, "1 row and 3 fields")?;
         let exists = text(row, 0, C, "slot_type")?.is_some();
@@ -285,7 +285,7 @@ impl SlotInfo {
             None => None,
             Some(_) => Some(parsed(row, 1, C, "restart_lsn")?),
         };
-        Ok(SlotInfo {
+        Ok(ReadSlotRow {
             exists,
             restart_lsn,
         })
@@ -440,8 +440,8 @@ mod tests {
             &[&[None, None, None]],
         );
         assert_eq!(
-            SlotInfo::from_result(&missing).unwrap(),
-            SlotInfo {
+            ReadSlotRow::from_result(&missing).unwrap(),
+            ReadSlotRow {
                 exists: false,
                 restart_lsn: None
             }
@@ -451,8 +451,8 @@ mod tests {
             &[&[Some("physical"), Some("0/3000000"), Some("1")]],
         );
         assert_eq!(
-            SlotInfo::from_result(&present).unwrap(),
-            SlotInfo {
+            ReadSlotRow::from_result(&present).unwrap(),
+            ReadSlotRow {
                 exists: true,
                 restart_lsn: Some(Lsn(0x300_0000))
             }

@@ -21,13 +21,13 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
 use tokio::net::{TcpStream, UnixStream};
 
+use crate::wire::StartupPacket;
 use crate::wire::WireError;
 use crate::wire::frame::{Frame, frame_len, split_frame, split_startup_packet};
-use crate::wire::{BackendMessage, ErrorFields, StartupPacket};
 
-/// A byte stream to a peer: plain TCP, or TLS over TCP.
+/// A byte stream to a peer: plain TCP, TLS over TCP, or a Unix-domain socket.
 #[derive(Debug)]
-pub enum Transport {
+pub enum Socket {
     /// Plain TCP.
     Plain(TcpStream),
     /// TLS (client side).
@@ -36,46 +36,46 @@ pub enum Transport {
     Unix(UnixStream),
 }
 
-impl AsyncRead for Transport {
+impl AsyncRead for Socket {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Transport::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Transport::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-            Transport::Unix(s) => Pin::new(s).poll_read(cx, buf),
+            Socket::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Socket::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Socket::Unix(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
 }
 
-impl AsyncWrite for Transport {
+impl AsyncWrite for Socket {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            Transport::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Transport::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-            Transport::Unix(s) => Pin::new(s).poll_write(cx, buf),
+            Socket::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Socket::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Socket::Unix(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Transport::Plain(s) => Pin::new(s).poll_flush(cx),
-            Transport::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-            Transport::Unix(s) => Pin::new(s).poll_flush(cx),
+            Socket::Plain(s) => Pin::new(s).poll_flush(cx),
+            Socket::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Socket::Unix(s) => Pin::new(s).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Transport::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Transport::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-            Transport::Unix(s) => Pin::new(s).poll_shutdown(cx),
+            Socket::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Socket::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Socket::Unix(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }
@@ -98,12 +98,11 @@ pub enum ConnError {
 }
 
 /// A client connection that sends and receives whole messages: a [`FrameReader`] and a
-/// [`FrameWriter`] over the two halves of one transport.
+/// [`FrameWriter`] over the two halves of one socket.
 #[derive(Debug)]
 pub struct Connection {
-    rd: FrameReader<ReadHalf<Transport>>,
-    wr: FrameWriter<WriteHalf<Transport>>,
-    max_frame: usize,
+    rd: FrameReader<ReadHalf<Socket>>,
+    wr: FrameWriter<WriteHalf<Socket>>,
     reply_timeout: Duration,
 }
 
@@ -115,20 +114,14 @@ pub const DEFAULT_REPLY_TIMEOUT: Duration = Duration::from_secs(60);
 pub const UPSTREAM_READ_CHUNK: usize = 8 * 1024;
 
 impl Connection {
-    /// Wraps a transport; messages longer than `max_frame` are refused.
-    pub fn new(io: Transport, max_frame: usize) -> Connection {
+    /// Wraps a socket.
+    pub fn new(io: Socket) -> Connection {
         let (rd, wr) = tokio::io::split(io);
         Connection {
             rd: FrameReader::new(rd, UPSTREAM_READ_CHUNK),
             wr: FrameWriter::new(wr),
-            max_frame,
             reply_timeout: DEFAULT_REPLY_TIMEOUT,
         }
-    }
-
-    /// Changes the cap on message length (login uses a small one).
-    pub fn set_max_frame(&mut self, max_frame: usize) {
-        self.max_frame = max_frame;
     }
 
     /// Sets how long [`Connection::recv_reply`] waits.
@@ -136,12 +129,13 @@ impl Connection {
         self.reply_timeout = timeout;
     }
 
-    /// The next message, reading from the socket as needed.
+    /// The next message, of at most `max_len` bytes, reading from the socket as needed.
+    /// Cancel-safe.
     ///
     /// # Errors
-    /// A socket error, end of stream, or a malformed frame.
-    pub async fn recv(&mut self) -> Result<Frame, ConnError> {
-        self.rd.frame(self.max_frame).await
+    /// A socket error, end of stream, or a frame over the cap.
+    pub async fn recv(&mut self, max_len: usize) -> Result<Frame, ConnError> {
+        self.rd.frame(max_len).await
     }
 
     /// The next message of an answer the peer owes: like [`Connection::recv`], but within
@@ -149,23 +143,22 @@ impl Connection {
     ///
     /// # Errors
     /// As [`Connection::recv`], and [`ConnError::Timeout`].
-    pub async fn recv_reply(&mut self) -> Result<Frame, ConnError> {
+    pub async fn recv_reply(&mut self, max_len: usize) -> Result<Frame, ConnError> {
         let limit = self.reply_timeout;
-        tokio::time::timeout(limit, self.recv())
+        tokio::time::timeout(limit, self.recv(max_len))
             .await
             .map_err(|_| ConnError::Timeout(limit))?
     }
 
-    /// The send buffer, to encode messages into; [`Connection::flush`] sends it.
-    pub fn out(&mut self) -> &mut BytesMut {
-        self.wr.out()
-    }
-
-    /// Sends everything queued.
+    /// Sends `bytes` (nothing when empty).
     ///
     /// # Errors
     /// A socket error.
-    pub async fn flush(&mut self) -> Result<(), ConnError> {
+    pub async fn send(&mut self, bytes: BytesMut) -> Result<(), ConnError> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        self.wr.out().unsplit(bytes);
         self.wr.flush().await
     }
 
@@ -357,17 +350,6 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     /// A socket error.
     pub async fn flush(&mut self) -> Result<(), ConnError> {
         self.flush_parts(Vec::new()).await
-    }
-
-    /// Sends `e` (a FATAL error) after what is buffered, and closes: the way every refusal
-    /// ends a connection. A peer that is gone by then changes nothing.
-    pub async fn fatal(&mut self, e: &ErrorFields) {
-        if BackendMessage::ErrorResponse(e.clone())
-            .write(self.out())
-            .is_ok()
-        {
-            self.close().await;
-        }
     }
 
     /// Sends what is buffered and closes the sending side.

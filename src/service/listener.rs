@@ -12,7 +12,11 @@ use crate::service::downstream::{self, ServerContext};
 
 /// Accepts connections on `listener` until `shutdown` fires, then waits for every connection
 /// task to finish.
-pub async fn serve(listener: TcpListener, ctx: Arc<ServerContext>, shutdown: CancellationToken) {
+pub(crate) async fn serve(
+    listener: TcpListener,
+    ctx: Arc<ServerContext>,
+    shutdown: CancellationToken,
+) {
     let tasks = TaskTracker::new();
     if let Ok(addr) = listener.local_addr() {
         info!(%addr, "listening for replication connections");

@@ -1,16 +1,30 @@
 //! The edge of the relay: tokio tasks, sockets, TLS, the writer thread and shutdown.
 //!
-//! [`relay::Relay`] ties them together: it opens the store, starts the writer thread and
-//! runs the upstream connection until the shutdown token fires.
+//! - `relay`: [`Relay`] opens the store, the hub and the slots in the order they need each
+//!   other, and runs the upstream and downstream sides until shutdown; [`RelayHandle`] and
+//!   [`RelayMonitor`] watch it run;
+//! - `upstream`: the connection to the primary, around the sans-IO upstream session;
+//! - `downstream` and `listener`: the walsender side, around the sans-IO downstream session;
+//! - `writer`: the thread that owns the WAL store; `retention`: which segments go;
+//! - `wal_stream`: the durable WAL in-process; `status`: what a running relay reports;
+//! - `client`: the replication client, for programs that stream from a server themselves;
+//! - `conn` and `tls`: framed connections and the upstream TLS configuration.
 
-pub mod conn;
-pub mod downstream;
-pub mod listener;
-pub mod login;
-pub mod relay;
-pub mod retention;
-pub mod session;
+pub mod client;
+pub(crate) mod conn;
+mod downstream;
+mod listener;
+mod relay;
+mod retention;
+mod status;
 pub mod tls;
-pub mod upstream;
-pub mod upstream_info;
-pub mod writer;
+mod upstream;
+mod wal_stream;
+mod writer;
+
+pub use downstream::StreamStatus;
+pub use relay::{Relay, RelayError, RelayHandle};
+pub use status::{RelayMonitor, RelayStatus};
+pub use upstream::{ConnectError, UpstreamError};
+pub use wal_stream::{WalChunk, WalStream};
+pub use writer::WriterError;

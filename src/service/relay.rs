@@ -1,12 +1,14 @@
-//! A running relay: the store and its writer thread, the upstream connection, and, when it
-//! listens, the hub, the slot registry and the downstream listener.
+//! A relay: its store and writer thread, its hub, the upstream connection, and when it
+//! listens, its slot registry and downstream listener. Everything is built in
+//! [`Relay::open`], in the order the parts need each other, and runs in [`Relay::run`].
 //!
 //! Shutdown follows DESIGN.md habit 7: the token fires (SIGTERM or SIGINT), the listener stops
 //! accepting, every downstream stream ends as a walsender's does, and the upstream task lets
 //! the writer sync what is queued, sends a final status update and closes.
 
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -14,17 +16,21 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::hub::{Hub, HubFeed};
+use crate::hub::Hub;
 use crate::proto::conninfo::{ConnInfo, ConnInfoError, Env};
-use crate::proto::stream::StreamTiming;
-use crate::service::downstream::{DownstreamConfig, ServerContext, StreamStatus, UpstreamInfo};
+use crate::proto::upstream::StreamTiming;
+use crate::service::downstream::{DownstreamConfig, ServerContext};
 use crate::service::listener;
 use crate::service::retention::{self, RetentionPolicy};
+use crate::service::status::{RelayMonitor, RelayStatus};
 use crate::service::upstream::{self, Links, UpstreamError, UpstreamSettings};
-use crate::service::upstream_info;
-use crate::service::writer::{Positions, Writer};
-use crate::slots::{SlotError, SlotRegistry, XminHorizon};
-use crate::storage::{DataDirLock, SegmentReader, StoreError, WalStore};
+use crate::service::wal_stream::WalStream;
+use crate::service::writer::{Writer, WriterError};
+use crate::slots::{SlotError, SlotFile, SlotRegistry};
+use crate::storage::{
+    DataDirLock, StoreError, UPSTREAM_STATE_FILE, load_upstream_info, save_upstream_info,
+};
+use crate::types::{Lsn, UpstreamInfo, XminHorizon};
 
 /// How much recent WAL the hub keeps in memory for senders that keep up.
 const TAIL_CACHE_BYTES: usize = 4 << 20;
@@ -39,14 +45,14 @@ pub enum RelayError {
     #[error("invalid upstream connection string: {0}")]
     ConnInfo(#[from] ConnInfoError),
     /// The store cannot be opened.
-    #[error("{0}")]
+    #[error(transparent)]
     Store(#[from] StoreError),
+    /// The writer failed for good.
+    #[error(transparent)]
+    Writer(#[from] WriterError),
     /// The slot registry cannot be opened.
-    #[error("{0}")]
+    #[error(transparent)]
     Slots(#[from] SlotError),
-    /// A socket, thread or task could not be set up.
-    #[error("could not start: {0}")]
-    Spawn(#[from] std::io::Error),
     /// The listen address is invalid or taken.
     #[error("could not listen on \"{address}\": {source}")]
     Listen {
@@ -56,8 +62,11 @@ pub enum RelayError {
         source: std::io::Error,
     },
     /// The upstream side failed for good.
-    #[error("{0}")]
+    #[error(transparent)]
     Upstream(Box<UpstreamError>),
+    /// The relay's task ended abnormally.
+    #[error("the relay's task ended abnormally: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
 impl From<UpstreamError> for RelayError {
@@ -70,8 +79,7 @@ impl From<UpstreamError> for RelayError {
 #[derive(Debug)]
 struct Downstream {
     listener: std::net::TcpListener,
-    config: DownstreamConfig,
-    slots: SlotRegistry,
+    ctx: Arc<ServerContext>,
     retention: RetentionPolicy,
 }
 
@@ -82,38 +90,37 @@ pub struct Relay {
     _lock: DataDirLock,
     settings: UpstreamSettings,
     data_dir: PathBuf,
+    hub: Hub,
     writer: Writer,
+    info: watch::Sender<Option<Arc<UpstreamInfo>>>,
+    horizon: watch::Receiver<XminHorizon>,
     downstream: Option<Downstream>,
-    served: Downstreams,
 }
 
-/// A view of the downstream side of a running relay, for status displays.
-#[derive(Debug, Clone, Default)]
-pub struct Downstreams(Arc<OnceLock<Arc<ServerContext>>>);
-
-impl Downstreams {
-    /// The streaming downstreams; empty until the relay serves.
-    pub fn streams(&self) -> Vec<StreamStatus> {
-        self.0.get().map(|ctx| ctx.streams()).unwrap_or_default()
-    }
+/// A relay running on the tokio runtime, from [`Relay::spawn`].
+#[derive(Debug)]
+pub struct RelayHandle {
+    monitor: RelayMonitor,
+    hub: Hub,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), RelayError>>,
 }
-
-/// The hub's feed, kept outside the writer so that a writer restarted after a store error
-/// publishes to the same hub.
-type SharedFeed = Arc<Mutex<Option<Arc<HubFeed>>>>;
 
 impl Relay {
-    /// Parses the connection string, opens (and recovers) the store and the slots, starts
-    /// the writer and binds the listen address.
+    /// How long shutdown may take before a program gives up waiting.
+    pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+    /// Takes the data directory's lock, opens (and recovers) the store and starts its writer,
+    /// opens the slot registry and binds the listen address if there is one.
     ///
     /// # Errors
-    /// A bad connection string, a store or slot registry that cannot be opened, no thread for
-    /// the writer, or an address that cannot be bound.
+    /// A bad connection string, a data directory another relay holds, a store or slot
+    /// registry that cannot be opened, or an address that cannot be bound.
     pub fn open(config: &Config) -> Result<Relay, RelayError> {
         let conninfo = ConnInfo::parse(&config.upstream, &process_env())?;
         let settings = UpstreamSettings {
             conninfo,
-            slot: config.upstream_slot.clone(),
+            slot: config.upstream_slot.to_string(),
             application_name: config.application_name.clone(),
             timing: StreamTiming {
                 status_interval: config.status_interval,
@@ -123,24 +130,28 @@ impl Relay {
             reconnect_max: config.reconnect_max.max(config.reconnect_min),
         };
         let lock = DataDirLock::acquire(&config.data_dir)?;
-        let writer = open_writer(&config.data_dir, None)?;
+        let (hub, feed) = Hub::new(config.data_dir.join("wal"), TAIL_CACHE_BYTES);
+        let writer = Writer::open(&config.data_dir, Arc::new(feed))?;
+        let (info, info_rx) = watch::channel(None);
+        let (horizon_tx, horizon) = watch::channel(XminHorizon::default());
         let downstream = match &config.listen {
             None => None,
             Some(address) => {
-                let listener = std::net::TcpListener::bind(address.as_str())
-                    .and_then(|l| l.set_nonblocking(true).map(|()| l))
-                    .map_err(|source| RelayError::Listen {
-                        address: address.clone(),
-                        source,
-                    })?;
-                Some(Downstream {
-                    listener,
-                    config: DownstreamConfig {
+                let ctx = ServerContext::new(
+                    DownstreamConfig {
                         max_wal_senders: config.max_wal_senders,
                         sender_timeout: config.sender_timeout,
                         authentication_timeout: config.authentication_timeout,
                     },
-                    slots: SlotRegistry::open(&config.data_dir, config.max_replication_slots)?,
+                    info_rx,
+                    hub.clone(),
+                    SlotRegistry::open(&config.data_dir, config.max_replication_slots)?,
+                    Arc::new(SlotFile::new(&config.data_dir)),
+                    horizon_tx,
+                );
+                Some(Downstream {
+                    listener: bind(address)?,
+                    ctx: Arc::new(ctx),
                     retention: RetentionPolicy {
                         wal_keep_size: config.wal_keep_size,
                         max_slot_wal_keep_size: config.max_slot_wal_keep_size,
@@ -152,86 +163,117 @@ impl Relay {
             _lock: lock,
             settings,
             data_dir: config.data_dir.clone(),
+            hub,
             writer,
+            info,
+            horizon,
             downstream,
-            served: Downstreams::default(),
         })
     }
 
     /// The address the relay listens on, if it does.
-    pub fn listen_addr(&self) -> Option<std::net::SocketAddr> {
+    pub fn listen_addr(&self) -> Option<SocketAddr> {
         self.downstream
             .as_ref()
             .and_then(|d| d.listener.local_addr().ok())
     }
 
-    /// The downstream side, for status displays.
-    pub fn downstreams(&self) -> Downstreams {
-        self.served.clone()
+    /// A view of the relay's state that outlives [`Relay::run`].
+    pub fn monitor(&self) -> RelayMonitor {
+        RelayMonitor::new(
+            self.writer.positions(),
+            self.info.subscribe(),
+            self.downstream.as_ref().map(|d| Arc::clone(&d.ctx)),
+        )
     }
 
-    /// Watches what the store holds (written and durable ends).
-    pub fn positions(&self) -> watch::Receiver<Positions> {
-        self.writer.positions()
+    /// The relay's state now.
+    pub fn status(&self) -> RelayStatus {
+        self.monitor().status()
     }
 
-    /// Streams until `shutdown` fires.
+    /// The validated, durable WAL from `start` on, in order, as the relay stores it: the
+    /// same bytes a standby streaming from the relay gets.
+    pub fn wal_stream(&self, start: Lsn) -> WalStream {
+        WalStream::new(self.hub.clone(), start)
+    }
+
+    /// Runs the relay on the current tokio runtime until [`RelayHandle::shutdown`].
+    pub fn spawn(self) -> RelayHandle {
+        let monitor = self.monitor();
+        let hub = self.hub.clone();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(self.run(shutdown.clone()));
+        RelayHandle {
+            monitor,
+            hub,
+            shutdown,
+            task,
+        }
+    }
+
+    /// Streams, and serves if listening, until `shutdown` fires.
     ///
     /// # Errors
     /// Only failures that retrying cannot fix (the store cannot be reopened).
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), RelayError> {
-        let feed: SharedFeed = Arc::new(Mutex::new(None));
         // What the upstream told last time lets standbys be served before it is reachable.
-        let known = match self.writer.call(|s| s.identity()).await {
-            Ok(Some(identity)) => upstream_info::load(&self.data_dir, identity),
-            _ => None,
-        };
-        let (info_tx, info_rx) = watch::channel(known);
-        let save_info =
-            save_upstream_info(info_rx.clone(), self.data_dir.clone(), shutdown.clone());
-        let data_dir = self.data_dir.clone();
-        let reopen_feed = Arc::clone(&feed);
-        let current: CurrentWriter = Arc::new(Mutex::new(self.writer.clone()));
-        let reopen_current = Arc::clone(&current);
-        let reopen = move || {
-            let feed = lock(&reopen_feed).clone();
-            let writer = open_writer(&data_dir, feed).map_err(|e| match e {
-                RelayError::Store(s) => UpstreamError::Store(s),
-                other => UpstreamError::Protocol(other.to_string()),
-            })?;
-            *lock(&reopen_current) = writer.clone();
-            Ok(writer)
-        };
-        let (horizon_tx, horizon_rx) = watch::channel(XminHorizon::default());
+        if let Some(identity) = self.writer.identity().await.ok().flatten()
+            && let Some(known) = load_upstream_info(&self.data_dir, identity)
+        {
+            self.info.send_replace(Some(Arc::new(known)));
+        }
+        let save_info = save_info(self.info.subscribe(), self.data_dir, shutdown.clone());
         let links = Links {
-            info: info_tx,
-            feedback: horizon_rx,
+            info: self.info,
+            feedback: self.horizon,
         };
-        let hub = HubLinks {
-            served: self.served.clone(),
-            writer: Arc::clone(&current),
-            feed,
-            info: info_rx,
-            horizon: horizon_tx,
-        };
-        let upstream = upstream::run(self.settings, self.writer, links, reopen, shutdown.clone());
+        let upstream = upstream::run(self.settings, self.writer.clone(), links, shutdown.clone());
         let downstream = async {
             if let Some(d) = self.downstream {
-                serve_downstream(d, &self.data_dir, hub, shutdown.clone()).await;
+                serve(d, self.writer, shutdown.clone()).await;
             }
-            Ok::<(), RelayError>(())
         };
-        let (up, down, ()) = tokio::join!(upstream, downstream, save_info);
+        let (up, (), ()) = tokio::join!(upstream, downstream, save_info);
         up?;
-        down?;
         info!("relay stopped");
         Ok(())
     }
 }
 
+impl RelayHandle {
+    /// The relay's state now.
+    pub fn status(&self) -> RelayStatus {
+        self.monitor.status()
+    }
+
+    /// See [`Relay::wal_stream`].
+    pub fn wal_stream(&self, start: Lsn) -> WalStream {
+        WalStream::new(self.hub.clone(), start)
+    }
+
+    /// Stops the relay as SIGTERM does, and waits for it.
+    ///
+    /// # Errors
+    /// What stopped the relay before, if anything did.
+    pub async fn shutdown(self) -> Result<(), RelayError> {
+        self.shutdown.cancel();
+        self.task.await?
+    }
+}
+
+fn bind(address: &str) -> Result<std::net::TcpListener, RelayError> {
+    std::net::TcpListener::bind(address)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .map_err(|source| RelayError::Listen {
+            address: address.to_owned(),
+            source,
+        })
+}
+
 /// Saves what the upstream reports whenever it changes, until shutdown.
-async fn save_upstream_info(
-    mut info: watch::Receiver<Option<UpstreamInfo>>,
+async fn save_info(
+    mut info: watch::Receiver<Option<Arc<UpstreamInfo>>>,
     data_dir: PathBuf,
     shutdown: CancellationToken,
 ) {
@@ -248,62 +290,22 @@ async fn save_upstream_info(
         if let Some(current) = now.clone() {
             let dir = data_dir.clone();
             let written =
-                tokio::task::spawn_blocking(move || upstream_info::save(&dir, &current)).await;
+                tokio::task::spawn_blocking(move || save_upstream_info(&dir, &current)).await;
             if let Ok(Err(e)) = written {
-                warn!(error = %e, "could not save {}", upstream_info::FILE);
+                warn!(error = %e, "could not save {UPSTREAM_STATE_FILE}");
             }
         }
         saved = now;
     }
 }
 
-/// What the downstream side needs from the rest of the relay.
-struct HubLinks {
-    served: Downstreams,
-    writer: CurrentWriter,
-    feed: SharedFeed,
-    info: watch::Receiver<Option<UpstreamInfo>>,
-    horizon: watch::Sender<XminHorizon>,
-}
-
-/// The writer now running: the upstream side replaces it after a store error.
-pub type CurrentWriter = Arc<Mutex<Writer>>;
-
-/// Locks a mutex; a panic elsewhere leaves the data usable (it is replaced whole).
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Waits until the upstream is known, then serves downstream connections until shutdown.
-async fn serve_downstream(
-    d: Downstream,
-    data_dir: &Path,
-    links: HubLinks,
-    shutdown: CancellationToken,
-) {
-    let HubLinks {
-        served,
-        writer,
-        feed,
-        info: mut info_rx,
-        horizon,
-    } = links;
-    let size = loop {
-        if let Some(info) = info_rx.borrow_and_update().as_ref() {
-            break info.segment_size;
-        }
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            changed = info_rx.changed() => if changed.is_err() { return },
-        }
-    };
-    let wal_dir = data_dir.join("wal");
-    let (hub, hub_feed) = Hub::new(SegmentReader::new(wal_dir.clone(), size), TAIL_CACHE_BYTES);
-    let hub_feed = Arc::new(hub_feed);
-    *lock(&feed) = Some(Arc::clone(&hub_feed));
-    let attach = lock(&writer).clone();
-    if attach.attach(hub_feed).await.is_err() {
-        warn!("the writer restarted before the hub was attached; the next writer publishes to it");
+/// Waits until the upstream is known, then serves downstream connections until shutdown,
+/// saving slot positions and applying retention meanwhile.
+async fn serve(d: Downstream, writer: Writer, shutdown: CancellationToken) {
+    let mut known = d.ctx.upstream_known();
+    tokio::select! {
+        () = shutdown.cancelled() => return,
+        known = known.wait_for(Option::is_some) => if known.is_err() { return },
     }
     let listener = match tokio::net::TcpListener::from_std(d.listener) {
         Ok(l) => l,
@@ -312,48 +314,29 @@ async fn serve_downstream(
             return;
         }
     };
-    let ctx = Arc::new(ServerContext::new(
-        d.config, info_rx, hub, d.slots, wal_dir, horizon,
-    ));
-    let _ = served.0.set(Arc::clone(&ctx));
-    let persist = persist_slots(Arc::clone(&ctx), shutdown.clone());
-    let retain = retention::run(
-        Arc::clone(&ctx),
-        writer,
-        size,
-        d.retention,
-        shutdown.clone(),
-    );
+    let ctx = d.ctx;
     tokio::join!(
-        listener::serve(listener, Arc::clone(&ctx), shutdown),
-        persist,
-        retain
+        listener::serve(listener, Arc::clone(&ctx), shutdown.clone()),
+        save_slots(Arc::clone(&ctx), shutdown.clone()),
+        retention::run(Arc::clone(&ctx), writer, d.retention, shutdown)
     );
-    let _ = ctx.slots().persist_if_dirty();
+    if let Err(e) = ctx.save_slots().await {
+        warn!(error = %e, "could not save replication slots");
+    }
 }
 
 /// Writes moved slot positions to disk now and then, until shutdown.
-async fn persist_slots(ctx: Arc<ServerContext>, shutdown: CancellationToken) {
+async fn save_slots(ctx: Arc<ServerContext>, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(SLOT_PERSIST_INTERVAL);
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let ctx = Arc::clone(&ctx);
-        let saved = tokio::task::spawn_blocking(move || ctx.slots().persist_if_dirty()).await;
-        if let Ok(Err(e)) = saved {
+        if let Err(e) = ctx.save_slots().await {
             warn!(error = %e, "could not save replication slots");
         }
     }
-}
-
-fn open_writer(data_dir: &Path, feed: Option<Arc<HubFeed>>) -> Result<Writer, RelayError> {
-    let store = WalStore::open(data_dir)?;
-    if let Some(end) = store.end() {
-        info!(timeline = %end.timeline, durable = %end.durable, valid = %end.valid, "recovered stored WAL");
-    }
-    Ok(Writer::spawn(store, feed)?)
 }
 
 /// The process environment as libpq would read it: `PG*` variables, the OS user, `HOME`.
@@ -388,6 +371,3 @@ fn os_user_name() -> Option<String> {
         (f.nth(1)? == uid).then(|| name.to_owned())
     })
 }
-
-/// How long shutdown may take before the process gives up waiting.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);

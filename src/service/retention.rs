@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::service::downstream::ServerContext;
-use crate::service::relay::{CurrentWriter, lock};
+use crate::service::writer::{Writer, WriterError};
 use crate::types::{Lsn, WalSegmentSize};
 
 /// How often retention looks.
@@ -54,10 +54,9 @@ impl RetentionPolicy {
 }
 
 /// Applies the policy every second until shutdown.
-pub async fn run(
+pub(crate) async fn run(
     ctx: Arc<ServerContext>,
-    writer: CurrentWriter,
-    size: WalSegmentSize,
+    writer: Writer,
     policy: RetentionPolicy,
     shutdown: CancellationToken,
 ) {
@@ -67,15 +66,14 @@ pub async fn run(
             () = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let durable = ctx.durable();
-        if durable.timeline.is_none() {
+        let durable = ctx.hub.durable();
+        let (Some(_), Some(size)) = (durable.timeline, ctx.hub.segment_size()) else {
             continue;
-        }
+        };
         let oldest_slot = ctx.slots().min_restart_lsn();
         let (keep, floor) = policy.keep(size, durable.lsn, oldest_slot, ctx.oldest_cursor());
         if let Some(floor) = floor.filter(|f| oldest_slot.is_some_and(|s| s < *f)) {
-            let invalidated = ctx.slots().invalidate_behind(floor);
-            match invalidated {
+            match ctx.invalidate_slots_behind(floor).await {
                 Ok(names) => {
                     for name in names {
                         warn!(slot = %name, "invalidating slot because its restart_lsn exceeds max_slot_wal_keep_size");
@@ -84,14 +82,13 @@ pub async fn run(
                 Err(e) => warn!(error = %e, "could not invalidate slots"),
             }
         }
-        let current = lock(&writer).clone();
-        match current.call(move |store| store.remove_before(keep)).await {
-            Ok(Ok(0)) | Err(_) => {}
-            Ok(Ok(n)) => {
+        match writer.remove_before(keep).await {
+            Ok(0) | Err(WriterError::Failed(_) | WriterError::Stopped) => {}
+            Ok(n) => {
                 ctx.hub.removed_below(keep);
                 debug!(removed = n, keep = %keep, "removed old segments");
             }
-            Ok(Err(e)) => warn!(error = %e, "could not remove old segments"),
+            Err(e) => warn!(error = %e, "could not remove old segments"),
         }
     }
 }

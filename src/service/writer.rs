@@ -1,22 +1,30 @@
 //! The thread that owns the WAL store: appends WAL, fsyncs in batches, and publishes how far
-//! the WAL is written and durable.
+//! the WAL is written and durable, to the upstream side (a `watch` of [`Positions`]) and to
+//! the downstream senders (the hub's feed).
 //!
 //! Appends arrive through a bounded channel, so a slow disk slows the reader of the upstream
 //! socket instead of growing memory. After each batch the thread calls `fdatasync` once and
 //! only then publishes the new durable end: nothing is reported or served before it is on
 //! disk. The store checks every byte before writing it, and the durable end published is the
 //! end of the last CRC-checked record within the synced bytes, so a partly received record is
-//! never counted. Any store error stops the thread; the service reopens the store, whose
-//! recovery finds the true end again.
+//! never counted.
+//!
+//! A store error marks the writer failed ([`Positions::failed`]): appends queued after it are
+//! dropped, and the upstream side, which then reconnects, first calls [`Writer::reopen`],
+//! whose recovery finds the true end again. Everything else the upstream side asks of the
+//! store goes through the typed calls here, each answered once what was queued before it is
+//! written and synced.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{info, warn};
 
 use crate::hub::HubFeed;
-use crate::storage::{StoreError, WalStore};
+use crate::storage::{StoreEnd, StoreError, StoreIdentity, WalStore};
 use crate::types::{Lsn, TimelineId};
 
 /// Chunks that may wait for the disk before the receiver stops reading the socket.
@@ -36,7 +44,7 @@ pub struct Positions {
     pub written: Lsn,
     /// End of the WAL that is synced and whose records all passed their checks.
     pub durable: Lsn,
-    /// The error that stopped the writer, if one did.
+    /// The error that failed the writer, until it is reopened.
     pub failed: Option<String>,
 }
 
@@ -52,13 +60,36 @@ impl Positions {
     }
 }
 
-enum Command {
-    Append { start: Lsn, data: Bytes },
-    Call(Box<dyn FnOnce(&mut WalStore) + Send>),
-    Attach(Arc<HubFeed>),
+/// Why a call on the writer failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WriterError {
+    /// The store refused or failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// An earlier store error failed the writer; it must be reopened.
+    #[error("the WAL store failed: {0}")]
+    Failed(String),
+    /// The writer thread is gone.
+    #[error("the WAL writer has stopped")]
+    Stopped,
 }
 
-/// A handle to the writer thread.
+type Reply<T> = oneshot::Sender<Result<T, WriterError>>;
+
+enum Command {
+    Append { start: Lsn, data: Bytes },
+    Sync(Reply<()>),
+    Identity(Reply<Option<StoreIdentity>>),
+    Initialize(StoreIdentity, Reply<()>),
+    End(Reply<Option<StoreEnd>>),
+    StartAt(TimelineId, Lsn, Reply<()>),
+    SwitchTimeline(TimelineId, Lsn, Reply<()>),
+    WriteHistory(TimelineId, Bytes, Reply<()>),
+    RemoveBefore(Lsn, Reply<usize>),
+    Reopen(Reply<()>),
+}
+
+/// A handle to the writer thread; clones share it.
 #[derive(Debug, Clone)]
 pub struct Writer {
     tx: mpsc::Sender<Command>,
@@ -73,8 +104,7 @@ impl std::fmt::Debug for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Command::Append { start, data } => write!(f, "Append({start}, {} bytes)", data.len()),
-            Command::Call(_) => f.write_str("Call"),
-            Command::Attach(_) => f.write_str("Attach"),
+            _ => f.write_str("Command"),
         }
     }
 }
@@ -86,67 +116,45 @@ impl AppendPermit<'_> {
     }
 }
 
-/// The writer thread has stopped.
-#[derive(Debug, thiserror::Error)]
-#[error("the WAL writer has stopped{}", .0.as_deref().map(|e| format!(": {e}")).unwrap_or_default())]
-pub struct WriterStopped(pub Option<String>);
-
 impl Writer {
-    /// Starts the thread, which owns `store` until it stops and publishes to `feed`, if
-    /// given, after every sync.
+    /// Opens (and so recovers) the store in `data_dir` and starts the thread that owns it,
+    /// publishing to `feed` after every sync.
     ///
     /// # Errors
-    /// The thread cannot be spawned.
-    pub fn spawn(store: WalStore, feed: Option<Arc<HubFeed>>) -> std::io::Result<Writer> {
+    /// The store cannot be opened, or the thread cannot be spawned.
+    pub fn open(data_dir: &Path, feed: Arc<HubFeed>) -> Result<Writer, WriterError> {
+        let store = open_store(data_dir)?;
         let (tx, rx) = mpsc::channel(QUEUE_CHUNKS);
-        let (ptx, prx) = watch::channel(Positions::of(&store, None));
+        let (positions, prx) = watch::channel(Positions::of(&store, None));
+        let mut state = WriterState {
+            store,
+            data_dir: data_dir.to_path_buf(),
+            unsynced: Vec::new(),
+            feed,
+            positions,
+            failed: None,
+        };
+        state.announce();
         thread::Builder::new()
             .name("wal-writer".into())
-            .spawn(move || run(store, feed, rx, &ptx))?;
+            .spawn(move || run(state, rx))
+            .map_err(|e| StoreError::Io {
+                op: "start the writer thread for",
+                path: data_dir.to_path_buf(),
+                source: e,
+            })?;
         Ok(Writer { tx, positions: prx })
     }
 
     /// Waits for room in the queue; the permit then queues one append without waiting.
     ///
     /// # Errors
-    /// The writer has stopped.
-    pub async fn reserve(&self) -> Result<AppendPermit<'_>, WriterStopped> {
+    /// [`WriterError::Stopped`].
+    pub async fn reserve(&self) -> Result<AppendPermit<'_>, WriterError> {
         match self.tx.reserve().await {
             Ok(permit) => Ok(AppendPermit(permit)),
-            Err(_) => Err(self.stopped()),
+            Err(_) => Err(WriterError::Stopped),
         }
-    }
-
-    /// Runs `f` on the store in the writer thread once everything queued before it is
-    /// written and synced, and publishes the positions afterwards.
-    ///
-    /// # Errors
-    /// The writer has stopped.
-    pub async fn call<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut WalStore) -> T + Send + 'static,
-    ) -> Result<T, WriterStopped> {
-        let (rtx, rrx) = oneshot::channel();
-        let job = Box::new(move |store: &mut WalStore| {
-            let _ = rtx.send(f(store));
-        });
-        self.tx
-            .send(Command::Call(job))
-            .await
-            .map_err(|_| self.stopped())?;
-        rrx.await.map_err(|_| self.stopped())
-    }
-
-    /// Hands the writer the hub's feed: from now on every durable end, with the chunks that
-    /// reached the disk, is published to the downstream senders.
-    ///
-    /// # Errors
-    /// The writer has stopped.
-    pub async fn attach(&self, feed: Arc<HubFeed>) -> Result<(), WriterStopped> {
-        self.tx
-            .send(Command::Attach(feed))
-            .await
-            .map_err(|_| self.stopped())
     }
 
     /// Watches the published positions.
@@ -154,86 +162,257 @@ impl Writer {
         self.positions.clone()
     }
 
-    fn stopped(&self) -> WriterStopped {
-        WriterStopped(self.positions.borrow().failed.clone())
+    /// Waits until everything queued is written and synced; the positions are published.
+    ///
+    /// # Errors
+    /// The store failed, or the thread is gone.
+    pub async fn sync(&self) -> Result<(), WriterError> {
+        self.ask(Command::Sync).await
     }
+
+    /// The store's identity, `None` before it is initialized.
+    ///
+    /// # Errors
+    /// As [`Writer::sync`].
+    pub async fn identity(&self) -> Result<Option<StoreIdentity>, WriterError> {
+        self.ask(Command::Identity).await
+    }
+
+    /// Records the identity on first use ([`WalStore::initialize`]).
+    ///
+    /// # Errors
+    /// As [`WalStore::initialize`], or the thread is gone.
+    pub async fn initialize(&self, identity: StoreIdentity) -> Result<(), WriterError> {
+        self.ask(|reply| Command::Initialize(identity, reply)).await
+    }
+
+    /// Where the stored WAL ends; `None` while it holds none.
+    ///
+    /// # Errors
+    /// As [`Writer::sync`].
+    pub async fn end(&self) -> Result<Option<StoreEnd>, WriterError> {
+        self.ask(Command::End).await
+    }
+
+    /// Starts an empty store ([`WalStore::start_at`]).
+    ///
+    /// # Errors
+    /// As [`WalStore::start_at`], or the thread is gone.
+    pub async fn start_at(&self, timeline: TimelineId, start: Lsn) -> Result<(), WriterError> {
+        self.ask(|reply| Command::StartAt(timeline, start, reply))
+            .await
+    }
+
+    /// Continues on a newer timeline ([`WalStore::switch_timeline`]).
+    ///
+    /// # Errors
+    /// As [`WalStore::switch_timeline`], or the thread is gone.
+    pub async fn switch_timeline(
+        &self,
+        timeline: TimelineId,
+        start: Lsn,
+    ) -> Result<(), WriterError> {
+        self.ask(|reply| Command::SwitchTimeline(timeline, start, reply))
+            .await
+    }
+
+    /// Stores a timeline history file durably; the hub serves it from then on.
+    ///
+    /// # Errors
+    /// As [`WalStore::write_history`], or the thread is gone.
+    pub async fn write_history(
+        &self,
+        timeline: TimelineId,
+        content: Bytes,
+    ) -> Result<(), WriterError> {
+        self.ask(|reply| Command::WriteHistory(timeline, content, reply))
+            .await
+    }
+
+    /// Removes the segments wholly below `lsn` and returns how many went.
+    ///
+    /// # Errors
+    /// As [`WalStore::remove_before`], or the thread is gone.
+    pub async fn remove_before(&self, lsn: Lsn) -> Result<usize, WriterError> {
+        self.ask(|reply| Command::RemoveBefore(lsn, reply)).await
+    }
+
+    /// After a store error: opens the store again, whose recovery finds the true end, and
+    /// clears the failure. Appends queued before are dropped.
+    ///
+    /// # Errors
+    /// The store cannot be opened again, or the thread is gone.
+    pub async fn reopen(&self) -> Result<(), WriterError> {
+        self.ask(Command::Reopen).await
+    }
+
+    /// Sends a command and waits for its answer.
+    async fn ask<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<T, WriterError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(command(reply))
+            .await
+            .map_err(|_| WriterError::Stopped)?;
+        answer.await.map_err(|_| WriterError::Stopped)?
+    }
+}
+
+fn open_store(data_dir: &Path) -> Result<WalStore, StoreError> {
+    let store = WalStore::open(data_dir)?;
+    if let Some(end) = store.end() {
+        info!(timeline = %end.timeline, durable = %end.durable, valid = %end.valid, "recovered stored WAL");
+    }
+    Ok(store)
 }
 
 /// Takes commands in batches: what is queued (up to [`SYNC_EVERY_CHUNKS`] appends) is
 /// appended, then synced once.
-fn run(
-    store: WalStore,
-    feed: Option<Arc<HubFeed>>,
-    mut rx: mpsc::Receiver<Command>,
-    ptx: &watch::Sender<Positions>,
-) {
-    let mut w = WriterState {
-        store,
-        unsynced: Vec::new(),
-        feed,
-    };
-    w.publish();
+fn run(mut w: WriterState, mut rx: mpsc::Receiver<Command>) {
     while let Some(first) = rx.blocking_recv() {
         let mut next = Some(first);
-        let mut outcome = Ok(());
         while let Some(cmd) = next.take() {
-            outcome = match cmd {
-                Command::Append { start, data } => {
-                    let appended = w.store.append(start, &data);
-                    w.unsynced.push((start, data));
-                    appended
-                }
-                Command::Call(f) => w.sync().map(|()| {
-                    f(&mut w.store);
-                    w.publish();
-                    ptx.send_replace(Positions::of(&w.store, None));
-                }),
-                Command::Attach(feed) => {
-                    w.feed = Some(feed);
-                    w.publish();
-                    Ok(())
-                }
-            };
-            if outcome.is_err() || w.unsynced.len() >= SYNC_EVERY_CHUNKS {
+            w.execute(cmd);
+            if w.failed.is_some() || w.unsynced.len() >= SYNC_EVERY_CHUNKS {
                 break;
             }
             next = rx.try_recv().ok();
         }
-        let failed = outcome.and_then(|()| w.sync()).err();
-        let stop = failed.is_some();
-        ptx.send_replace(Positions::of(&w.store, failed.map(|e| e.to_string())));
-        if stop {
-            return;
-        }
+        let _ = w.sync();
+        w.report();
     }
 }
 
-/// The store, the chunks appended since the last sync, and where to publish them.
+/// The store, where it lives, the chunks appended since the last sync, where to publish them,
+/// and the error that failed it.
 struct WriterState {
     store: WalStore,
+    data_dir: PathBuf,
     unsynced: Vec<(Lsn, Bytes)>,
-    feed: Option<Arc<HubFeed>>,
+    feed: Arc<HubFeed>,
+    positions: watch::Sender<Positions>,
+    failed: Option<String>,
 }
 
 impl WriterState {
-    /// Syncs what was appended, then hands it to the hub.
-    fn sync(&mut self) -> Result<(), StoreError> {
+    /// Runs one command. Anything but an append or a reopen first syncs what was appended,
+    /// so it sees (and answers after) every append queued before it.
+    fn execute(&mut self, cmd: Command) {
+        match cmd {
+            Command::Append { start, data } => {
+                if self.failed.is_none() {
+                    let appended = self.store.append(start, &data);
+                    self.unsynced.push((start, data));
+                    if let Err(e) = appended {
+                        self.fail(&e);
+                    }
+                }
+            }
+            Command::Reopen(reply) => {
+                let reopened = self.reopen();
+                self.report();
+                let _ = reply.send(reopened.map_err(WriterError::from));
+            }
+            Command::Sync(reply) => self.answer(reply, |_| Ok(())),
+            Command::Identity(reply) => self.answer(reply, |s| Ok(s.identity())),
+            Command::Initialize(id, reply) => self.answer_and_announce(reply, |s| s.initialize(id)),
+            Command::End(reply) => self.answer(reply, |s| Ok(s.end())),
+            Command::StartAt(tli, lsn, reply) => self.answer(reply, |s| s.start_at(tli, lsn)),
+            Command::SwitchTimeline(tli, lsn, reply) => {
+                self.answer(reply, |s| s.switch_timeline(tli, lsn));
+            }
+            Command::WriteHistory(tli, content, reply) => {
+                self.answer_and_announce(reply, |s| s.write_history(tli, &content));
+            }
+            Command::RemoveBefore(lsn, reply) => self.answer(reply, |s| s.remove_before(lsn)),
+        }
+    }
+
+    /// Syncs, runs `f` on the store, and answers with its outcome; the hub learns what
+    /// changed. An error of `f` is only answered (the store refused); an error of the sync
+    /// fails the writer.
+    fn answer<T>(
+        &mut self,
+        reply: Reply<T>,
+        f: impl FnOnce(&mut WalStore) -> Result<T, StoreError>,
+    ) {
+        let outcome = self.sync().and_then(|()| Ok(f(&mut self.store)?));
+        self.publish();
+        self.report();
+        let _ = reply.send(outcome);
+    }
+
+    /// [`Self::answer`] for a change the hub must hear about beyond the durable end: the
+    /// store's identity or its history files.
+    fn answer_and_announce<T>(
+        &mut self,
+        reply: Reply<T>,
+        f: impl FnOnce(&mut WalStore) -> Result<T, StoreError>,
+    ) {
+        let outcome = self.sync().and_then(|()| Ok(f(&mut self.store)?));
+        self.announce();
+        self.report();
+        let _ = reply.send(outcome);
+    }
+
+    /// Publishes the positions to the upstream side.
+    fn report(&self) {
+        self.positions
+            .send_replace(Positions::of(&self.store, self.failed.clone()));
+    }
+
+    fn fail(&mut self, e: &StoreError) {
+        if self.failed.is_none() {
+            warn!(error = %e, "the WAL store failed; it is opened again before streaming goes on");
+            self.failed = Some(e.to_string());
+        }
+        self.unsynced.clear();
+    }
+
+    fn reopen(&mut self) -> Result<(), StoreError> {
+        self.unsynced.clear();
+        self.store = open_store(&self.data_dir)?;
+        self.failed = None;
+        self.announce();
+        Ok(())
+    }
+
+    /// Syncs what was appended, then hands it to the hub; a sync error fails the writer.
+    fn sync(&mut self) -> Result<(), WriterError> {
+        if let Some(e) = &self.failed {
+            return Err(WriterError::Failed(e.clone()));
+        }
         if !self.unsynced.is_empty() {
-            self.store.flush()?;
+            if let Err(e) = self.store.flush() {
+                self.fail(&e);
+                return Err(e.into());
+            }
             self.publish();
         }
         Ok(())
     }
 
+    /// Tells the hub what the store is, after it was opened or its identity or histories
+    /// changed: its segment size, history files and durable end.
+    fn announce(&mut self) {
+        if let Some(id) = self.store.identity() {
+            self.feed.set_segment_size(id.segment_size);
+        }
+        match self.store.histories() {
+            Ok(histories) => self.feed.set_histories(histories),
+            Err(e) => warn!(error = %e, "could not read the timeline history files"),
+        }
+        self.publish();
+    }
+
     /// Publishes the durable end, with the chunks now on disk, to the hub.
     fn publish(&mut self) {
         let chunks = std::mem::take(&mut self.unsynced);
-        let (Some(feed), Some(end)) = (&self.feed, self.store.end()) else {
+        let Some(end) = self.store.end() else {
             return;
         };
         if let Some(next_xid) = self.store.validator().and_then(|v| v.next_xid()) {
-            feed.set_next_xid(next_xid);
+            self.feed.set_next_xid(next_xid);
         }
-        feed.publish(end.timeline, end.valid, chunks);
+        self.feed.publish(end.timeline, end.valid, chunks);
     }
 }

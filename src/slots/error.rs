@@ -3,26 +3,14 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use super::BackendPid;
-
-/// The hint PostgreSQL gives with an invalid slot name.
-const NAME_HINT: &str = "Replication slot names may only contain lower case letters, numbers, and the underscore character.";
+use crate::types::{BackendPid, SlotName, SqlState};
 
 /// What went wrong in the slot registry. `Display` is PostgreSQL's primary message.
 #[derive(Debug, thiserror::Error)]
 pub enum SlotError {
-    /// 42602: the name is empty.
-    #[error("replication slot name \"\" is too short")]
-    NameTooShort,
-    /// 42622: the name is 64 bytes or longer.
-    #[error("replication slot name \"{0}\" is too long")]
-    NameTooLong(String),
-    /// 42602: the name has a byte outside `[a-z0-9_]`.
-    #[error("replication slot name \"{0}\" contains invalid character")]
-    InvalidCharacter(String),
     /// 42710: a slot of that name exists.
     #[error("replication slot \"{0}\" already exists")]
-    AlreadyExists(String),
+    AlreadyExists(SlotName),
     /// 42704: no slot of that name.
     #[error("replication slot \"{0}\" does not exist")]
     DoesNotExist(String),
@@ -30,7 +18,7 @@ pub enum SlotError {
     #[error("replication slot \"{name}\" is active for PID {pid}")]
     Active {
         /// The slot.
-        name: String,
+        name: SlotName,
         /// The connection holding it.
         pid: BackendPid,
     },
@@ -73,23 +61,22 @@ pub enum SlotError {
 
 impl SlotError {
     /// The SQLSTATE PostgreSQL reports for this error.
-    pub fn sqlstate(&self) -> &'static str {
+    pub fn sqlstate(&self) -> SqlState {
         match self {
-            SlotError::NameTooShort | SlotError::InvalidCharacter(_) => "42602",
-            SlotError::NameTooLong(_) => "42622",
-            SlotError::AlreadyExists(_) => "42710",
-            SlotError::DoesNotExist(_) => "42704",
-            SlotError::Active { .. } => "55006",
-            SlotError::AllInUse | SlotError::TooManyOnDisk { .. } => "53400",
-            SlotError::Io { .. } => "58030",
-            SlotError::BadStateFile { .. } => "XX001",
+            SlotError::AlreadyExists(_) => SqlState::DUPLICATE_OBJECT,
+            SlotError::DoesNotExist(_) => SqlState::UNDEFINED_OBJECT,
+            SlotError::Active { .. } => SqlState::OBJECT_IN_USE,
+            SlotError::AllInUse | SlotError::TooManyOnDisk { .. } => {
+                SqlState::CONFIGURATION_LIMIT_EXCEEDED
+            }
+            SlotError::Io { .. } => SqlState::IO_ERROR,
+            SlotError::BadStateFile { .. } => SqlState::DATA_CORRUPTED,
         }
     }
 
     /// PostgreSQL's HINT for this error, if it gives one.
     pub fn hint(&self) -> Option<&'static str> {
         match self {
-            SlotError::InvalidCharacter(_) => Some(NAME_HINT),
             SlotError::AllInUse => Some("Free one or increase max_replication_slots."),
             SlotError::TooManyOnDisk { .. } => {
                 Some("Increase max_replication_slots and try again.")

@@ -2,8 +2,8 @@
 //! and `pg_receivewal` name in `primary_slot_name` / `--slot`.
 //!
 //! It mirrors PostgreSQL 15's `slot.c`, `slotfuncs.c` and the slot handling of `walsender.c`:
-//! - names are `[a-z0-9_]{1,63}` (`ReplicationSlotValidateName`), checked on create only; other
-//!   commands simply fail to find a bad name;
+//! - names are [`SlotName`](crate::types::SlotName)s, checked on create by the caller; other
+//!   commands look a name up as text and simply fail to find a bad one;
 //! - persistent slots survive restarts; temporary slots belong to the connection that created
 //!   them, are never written to disk and are dropped when that connection ends;
 //! - a slot is acquired by one connection at a time (`active_pid`), otherwise 55006;
@@ -14,8 +14,10 @@
 //!   (`InvalidateObsoleteReplicationSlots`): its `restart_lsn` becomes NULL, `invalidated_at`
 //!   keeps the old value, and it holds back nothing any more.
 //!
-//! The registry only keeps state; the caller decides what to retain, when to persist, and what
-//! the relay's current WAL positions are. It does no locking: the service wraps it in a mutex.
+//! The registry only keeps state, in memory; the caller decides what to retain, when to persist,
+//! and what the relay's current WAL positions are. It does no locking and no I/O after
+//! [`SlotRegistry::open`]: the service wraps it in a mutex and writes what it hands out through
+//! a [`SlotPersister`] on a blocking thread, never while holding that mutex.
 //!
 //! # Persistence
 //!
@@ -30,21 +32,23 @@
 //!   directories), so the file stays a few kilobytes and a rewrite costs the same fsyncs as a
 //!   per-slot file would.
 //!
-//! Creates, drops and invalidations are written at once; position updates only mark the
-//! registry dirty, and [`SlotRegistry::persist_if_dirty`] saves them when the caller decides
-//! (PostgreSQL saves slots at checkpoints). After a crash a `restart_lsn` may be older than the
-//! last one reported, which errs on the safe side.
+//! A create, a drop or an invalidation changes the registry at once and hands back a
+//! [`Pending`] change: a numbered [`SlotSnapshot`] of the persistent slots, which the caller
+//! writes before it reports the change, and [`SlotRegistry::undo`]es if the write fails.
+//! Position updates only mark the registry dirty, and [`SlotRegistry::take_dirty`] hands out a
+//! snapshot when the caller decides to save them (PostgreSQL saves slots at checkpoints). A
+//! [`SlotFile`] never replaces a newer snapshot with an older one, so writes may finish in any
+//! order. After a crash a `restart_lsn` may be older than the last one reported, which errs on
+//! the safe side.
 
 mod error;
-mod name;
+mod persist;
 mod registry;
 mod slot;
 mod state;
-mod xid;
 
 pub use error::SlotError;
-pub use name::{MAX_SLOT_NAME_LEN, validate_slot_name};
+pub use persist::{Pending, SlotFile, SlotPersister, SlotSnapshot};
 pub use registry::SlotRegistry;
-pub use slot::{BackendPid, Persistency, SlotInfo, XminHorizon};
+pub use slot::{Persistency, SlotInfo};
 pub use state::STATE_FILE;
-pub use xid::FullXid;

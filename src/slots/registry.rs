@@ -5,18 +5,17 @@
 //! (`ReplicationSlotRelease`) and is dropped with it (`ReplicationSlotCleanup`).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use crate::types::Lsn;
+use crate::types::{BackendPid, FullXid, Lsn, SlotName, XminHorizon};
 
+use super::persist::{Pending, SlotSnapshot, Undo};
 use super::state::{self, STATE_FILE, SlotData};
-use super::{
-    BackendPid, FullXid, Persistency, SlotError, SlotInfo, XminHorizon, validate_slot_name,
-};
+use super::{Persistency, SlotError, SlotInfo};
 
 /// One slot in memory.
 #[derive(Clone, Debug)]
-struct Slot {
+pub(super) struct Slot {
     temporary: bool,
     active: Option<BackendPid>,
     data: SlotData,
@@ -28,9 +27,9 @@ impl Slot {
         self.data.restart_lsn.is_none() && self.data.invalidated_at.is_some()
     }
 
-    fn info(&self, name: &str) -> SlotInfo {
+    fn info(&self, name: &SlotName) -> SlotInfo {
         SlotInfo {
-            name: name.to_owned(),
+            name: name.clone(),
             temporary: self.temporary,
             active_owner: self.active,
             restart_lsn: self.data.restart_lsn,
@@ -44,19 +43,20 @@ impl Slot {
 /// The relay's replication slots.
 #[derive(Debug)]
 pub struct SlotRegistry {
-    /// The directory holding the state file.
-    dir: PathBuf,
     /// `max_replication_slots`: persistent and temporary slots together.
     max_slots: usize,
-    slots: BTreeMap<String, Slot>,
-    /// Whether a persistent slot changed since the state file was last written.
+    slots: BTreeMap<SlotName, Slot>,
+    /// Whether a persistent slot changed since the last snapshot was handed out.
     dirty: bool,
+    /// The number of the last snapshot handed out.
+    version: u64,
 }
 
 impl SlotRegistry {
     /// Opens the registry kept in `data_dir` (created 0700 if missing), with room for
     /// `max_slots` slots. Persistent slots come back as last persisted, released; temporary
-    /// ones are gone. A temporary file left by an interrupted write is removed.
+    /// ones are gone. A temporary file left by an interrupted write is removed. Its state file
+    /// is then written through a [`super::SlotFile`] on the same directory.
     ///
     /// # Errors
     /// [`SlotError::Io`] if the directory or file cannot be read, [`SlotError::BadStateFile`]
@@ -83,30 +83,28 @@ impl SlotRegistry {
             })
             .collect();
         Ok(SlotRegistry {
-            dir: data_dir.to_path_buf(),
             max_slots,
             slots,
             dirty: false,
+            version: 0,
         })
     }
 
     /// Creates a slot, reserving WAL from `restart_lsn` when given (`RESERVE_WAL`: the caller
     /// passes what it still holds, such as the start of its oldest segment). A temporary slot
-    /// stays bound to its owner; a persistent one is released and written to disk at once.
+    /// stays bound to its owner and needs no write; a persistent one is released, and the
+    /// [`Pending`] change must be written before the slot is reported created.
     ///
     /// # Errors
-    /// The name errors of [`validate_slot_name`], [`SlotError::AlreadyExists`],
-    /// [`SlotError::AllInUse`], and [`SlotError::Io`] if the state file cannot be written (the
-    /// slot is then not created).
+    /// [`SlotError::AlreadyExists`], [`SlotError::AllInUse`].
     pub fn create(
         &mut self,
-        name: &str,
+        name: &SlotName,
         persistency: Persistency,
         restart_lsn: Option<Lsn>,
-    ) -> Result<(), SlotError> {
-        validate_slot_name(name)?;
+    ) -> Result<Option<Pending>, SlotError> {
         if self.slots.contains_key(name) {
-            return Err(SlotError::AlreadyExists(name.to_owned()));
+            return Err(SlotError::AlreadyExists(name.clone()));
         }
         if self.slots.len() >= self.max_slots {
             return Err(SlotError::AllInUse);
@@ -123,23 +121,47 @@ impl SlotRegistry {
                 ..SlotData::default()
             },
         };
-        let mut next = self.slots.clone();
-        next.insert(name.to_owned(), slot);
-        self.commit(next)
+        let persistent = !slot.temporary;
+        self.slots.insert(name.clone(), slot);
+        Ok(persistent.then(|| self.pending(Undo::Create(name.clone()))))
     }
 
-    /// Drops a slot on behalf of connection `by`, which may hold it itself. A persistent slot
-    /// is removed from disk at once. `DROP_REPLICATION_SLOT … WAIT` is the caller's loop: retry
-    /// while this fails with [`SlotError::Active`].
+    /// Drops a slot on behalf of connection `by`, which may hold it itself. Dropping a
+    /// persistent slot hands back a [`Pending`] change to write before reporting it.
+    /// `DROP_REPLICATION_SLOT … WAIT` is the caller's loop: retry while this fails with
+    /// [`SlotError::Active`].
     ///
     /// # Errors
-    /// [`SlotError::DoesNotExist`], [`SlotError::Active`] if another connection holds it, and
-    /// [`SlotError::Io`] if the state file cannot be written (the slot is then kept).
-    pub fn drop_slot(&mut self, name: &str, by: BackendPid) -> Result<(), SlotError> {
+    /// [`SlotError::DoesNotExist`], [`SlotError::Active`] if another connection holds it.
+    pub fn drop_slot(&mut self, name: &str, by: BackendPid) -> Result<Option<Pending>, SlotError> {
         self.check_usable(name, by)?;
-        let mut next = self.slots.clone();
-        next.remove(name);
-        self.commit(next)
+        let Some((name, slot)) = self.slots.remove_entry(name) else {
+            return Err(SlotError::DoesNotExist(name.to_owned()));
+        };
+        let persistent = !slot.temporary;
+        Ok(persistent.then(|| self.pending(Undo::Drop(name, slot))))
+    }
+
+    /// Takes back a change whose write failed: the slot created is gone, the slot dropped is
+    /// back, invalidated slots have their positions again. The registry is marked dirty, so the
+    /// next [`Self::take_dirty`] writes the state as it is now.
+    pub fn undo(&mut self, pending: Pending) {
+        match pending.undo {
+            Undo::Create(name) => {
+                self.slots.remove(&name);
+            }
+            Undo::Drop(name, slot) => {
+                self.slots.entry(name).or_insert(slot);
+            }
+            Undo::Invalidate(before) => {
+                for (name, data) in before {
+                    if let Some(slot) = self.slots.get_mut(&name) {
+                        slot.data = data;
+                    }
+                }
+            }
+        }
+        self.dirty = true;
     }
 
     /// Acquires a slot for connection `by` to stream from (`ReplicationSlotAcquire`); acquiring
@@ -167,7 +189,7 @@ impl SlotRegistry {
 
     /// Connection `by` has ended: releases every slot it holds and drops its temporary slots
     /// (`ReplicationSlotCleanup`). Returns the names of the temporary slots dropped.
-    pub fn release_owner(&mut self, by: BackendPid) -> Vec<String> {
+    pub fn release_owner(&mut self, by: BackendPid) -> Vec<SlotName> {
         let mut dropped = Vec::new();
         self.slots.retain(|name, slot| {
             if slot.active != Some(by) {
@@ -185,7 +207,7 @@ impl SlotRegistry {
 
     /// A standby status update reported `flush`: the slot's `restart_lsn` becomes `flush`,
     /// forwards or backwards, unless `flush` is 0 (`PhysicalConfirmReceivedLocation`). The
-    /// caller clamps `flush` to what it has sent. Saved by the next [`Self::persist_if_dirty`].
+    /// caller clamps `flush` to what it has sent. Saved with the next [`Self::take_dirty`].
     ///
     /// # Errors
     /// [`SlotError::DoesNotExist`].
@@ -200,15 +222,14 @@ impl SlotRegistry {
     /// Hot-standby feedback: each of `xmin` and `catalog_xmin` only moves forward, except
     /// that an invalid (`None`) value on either side replaces the other, so `None`/`None`
     /// releases both (`PhysicalReplicationSlotNewXmin`). The caller has already ignored values
-    /// not in the recent past. Saved by the next [`Self::persist_if_dirty`].
+    /// not in the recent past. Saved with the next [`Self::take_dirty`].
     ///
     /// # Errors
     /// [`SlotError::DoesNotExist`].
     pub fn hot_standby_feedback(
         &mut self,
         name: &str,
-        xmin: Option<FullXid>,
-        catalog_xmin: Option<FullXid>,
+        feedback: XminHorizon,
     ) -> Result<(), SlotError> {
         fn advance(stored: &mut Option<FullXid>, feedback: Option<FullXid>) {
             match (*stored, feedback) {
@@ -217,46 +238,43 @@ impl SlotRegistry {
             }
         }
         self.update(name, |d| {
-            advance(&mut d.xmin, xmin);
-            advance(&mut d.catalog_xmin, catalog_xmin);
+            advance(&mut d.xmin, feedback.xmin);
+            advance(&mut d.catalog_xmin, feedback.catalog_xmin);
         })
     }
 
     /// Invalidates every slot whose `restart_lsn` is below `oldest_kept`, the oldest WAL the
     /// retention limit keeps (`InvalidateObsoleteReplicationSlots`): its `restart_lsn` becomes
     /// `None` and `invalidated_at` keeps the old value, so it no longer holds back removal.
-    /// Returns the names invalidated; the caller ends the connections holding them.
-    ///
-    /// # Errors
-    /// [`SlotError::Io`] if the state file cannot be written; nothing is invalidated then.
-    pub fn invalidate_behind(&mut self, oldest_kept: Lsn) -> Result<Vec<String>, SlotError> {
-        let mut next = self.slots.clone();
+    /// Returns the names invalidated (the caller ends the connections holding them) and, if a
+    /// persistent slot was among them, the change to write.
+    pub fn invalidate_behind(&mut self, oldest_kept: Lsn) -> (Vec<SlotName>, Option<Pending>) {
         let mut lost = Vec::new();
-        for (name, slot) in &mut next {
+        let mut before = Vec::new();
+        for (name, slot) in &mut self.slots {
             if let Some(lsn) = slot.data.restart_lsn.filter(|l| *l < oldest_kept) {
+                if !slot.temporary {
+                    before.push((name.clone(), slot.data));
+                }
                 slot.data.restart_lsn = None;
                 slot.data.invalidated_at = Some(lsn);
                 lost.push(name.clone());
             }
         }
-        if !lost.is_empty() {
-            self.commit(next)?;
-        }
-        Ok(lost)
+        let pending = (!before.is_empty()).then(|| self.pending(Undo::Invalidate(before)));
+        (lost, pending)
     }
 
-    /// Writes the persistent slots if a position changed since the last write (PostgreSQL does
-    /// this at every checkpoint). Returns whether it wrote.
-    ///
-    /// # Errors
-    /// [`SlotError::Io`]; the registry stays dirty, so the next call tries again.
-    pub fn persist_if_dirty(&mut self) -> Result<bool, SlotError> {
-        if !self.dirty {
-            return Ok(false);
-        }
-        state::write(&self.dir, persistent(&self.slots))?;
-        self.dirty = false;
-        Ok(true)
+    /// A snapshot to write if a position changed since the last one was handed out (the
+    /// caller saves now and then, as PostgreSQL does at checkpoints). If writing it fails,
+    /// [`Self::mark_dirty`] makes the next call try again.
+    pub fn take_dirty(&mut self) -> Option<SlotSnapshot> {
+        self.dirty.then(|| self.snapshot())
+    }
+
+    /// Asks the next [`Self::take_dirty`] for a snapshot, after a write that failed.
+    pub fn mark_dirty(&mut self) {
+        self.dirty = true;
     }
 
     /// The oldest `restart_lsn` of any slot: WAL from there on must be kept
@@ -277,7 +295,7 @@ impl SlotRegistry {
 
     /// The slot called `name`, if any (`READ_REPLICATION_SLOT`; `active_owner` for `WAIT`).
     pub fn get(&self, name: &str) -> Option<SlotInfo> {
-        self.slots.get(name).map(|s| s.info(name))
+        self.slots.get_key_value(name).map(|(n, s)| s.info(n))
     }
 
     /// Every slot, by name.
@@ -287,13 +305,15 @@ impl SlotRegistry {
 
     /// Fails unless the slot exists and is free or held by `by`.
     fn check_usable(&self, name: &str, by: BackendPid) -> Result<(), SlotError> {
-        match self.slots.get(name).map(|s| s.active) {
+        match self.slots.get_key_value(name) {
             None => Err(SlotError::DoesNotExist(name.to_owned())),
-            Some(Some(pid)) if pid != by => Err(SlotError::Active {
-                name: name.to_owned(),
-                pid,
-            }),
-            Some(_) => Ok(()),
+            Some((name, slot)) => match slot.active {
+                Some(pid) if pid != by => Err(SlotError::Active {
+                    name: name.clone(),
+                    pid,
+                }),
+                _ => Ok(()),
+            },
         }
     }
 
@@ -310,31 +330,114 @@ impl SlotRegistry {
         Ok(())
     }
 
-    /// Makes `next` the registry's slots, writing the state file first if that changes the
-    /// persistent slots; on a write error nothing changes.
-    fn commit(&mut self, next: BTreeMap<String, Slot>) -> Result<(), SlotError> {
-        if !persistent(&next).eq(persistent(&self.slots)) {
-            state::write(&self.dir, persistent(&next))?;
-            self.dirty = false;
+    /// A change to write: the persistent slots now, which include every position moved so far.
+    fn pending(&mut self, undo: Undo) -> Pending {
+        Pending {
+            snapshot: self.snapshot(),
+            undo,
         }
-        self.slots = next;
-        Ok(())
     }
-}
 
-/// The persistent slots and what is saved of them.
-fn persistent(slots: &BTreeMap<String, Slot>) -> impl Iterator<Item = (&str, &SlotData)> {
-    slots
-        .iter()
-        .filter(|(_, s)| !s.temporary)
-        .map(|(name, s)| (name.as_str(), &s.data))
+    /// The persistent slots now, under a new number; nothing is dirty after it.
+    fn snapshot(&mut self) -> SlotSnapshot {
+        self.version += 1;
+        self.dirty = false;
+        SlotSnapshot {
+            version: self.version,
+            slots: self
+                .slots
+                .iter()
+                .filter(|(_, s)| !s.temporary)
+                .map(|(name, s)| (name.clone(), s.data))
+                .collect(),
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::slots::{SlotFile, SlotPersister};
     use std::fs;
+    use std::ops::{Deref, DerefMut};
     use tempfile::TempDir;
+
+    /// The registry with its state file, each change written as the service writes it: a
+    /// pending change is written, and undone when the write fails.
+    struct Reg {
+        r: SlotRegistry,
+        f: SlotFile,
+    }
+
+    impl Deref for Reg {
+        type Target = SlotRegistry;
+        fn deref(&self) -> &SlotRegistry {
+            &self.r
+        }
+    }
+
+    impl DerefMut for Reg {
+        fn deref_mut(&mut self) -> &mut SlotRegistry {
+            &mut self.r
+        }
+    }
+
+    impl Reg {
+        fn commit(&mut self, pending: Option<Pending>) -> Result<(), SlotError> {
+            let Some(p) = pending else { return Ok(()) };
+            self.f.write(p.snapshot()).inspect_err(|_| self.r.undo(p))
+        }
+
+        fn create(
+            &mut self,
+            name: &str,
+            p: Persistency,
+            lsn: Option<Lsn>,
+        ) -> Result<(), SlotError> {
+            let pending = self.r.create(&SlotName::new(name).unwrap(), p, lsn)?;
+            self.commit(pending)
+        }
+
+        fn drop_slot(&mut self, name: &str, by: BackendPid) -> Result<(), SlotError> {
+            let pending = self.r.drop_slot(name, by)?;
+            self.commit(pending)
+        }
+
+        fn invalidate_behind(&mut self, lsn: Lsn) -> Result<Vec<String>, SlotError> {
+            let (lost, pending) = self.r.invalidate_behind(lsn);
+            self.commit(pending)?;
+            Ok(lost.iter().map(ToString::to_string).collect())
+        }
+
+        fn persist_if_dirty(&mut self) -> Result<bool, SlotError> {
+            let Some(snapshot) = self.r.take_dirty() else {
+                return Ok(false);
+            };
+            self.f
+                .write(&snapshot)
+                .map(|()| true)
+                .inspect_err(|_| self.r.mark_dirty())
+        }
+
+        fn hot_standby_feedback(
+            &mut self,
+            name: &str,
+            xmin: Option<FullXid>,
+            catalog_xmin: Option<FullXid>,
+        ) -> Result<(), SlotError> {
+            self.r
+                .hot_standby_feedback(name, XminHorizon { xmin, catalog_xmin })
+        }
+
+        fn release_owner(&mut self, by: BackendPid) -> Vec<String> {
+            let dropped = self.r.release_owner(by);
+            dropped.iter().map(ToString::to_string).collect()
+        }
+
+        fn names(&self) -> Vec<String> {
+            self.r.list().iter().map(|s| s.name.to_string()).collect()
+        }
+    }
 
     const A: BackendPid = BackendPid(101);
     const B: BackendPid = BackendPid(202);
@@ -347,8 +450,15 @@ mod tests {
         FullXid::new(0, x)
     }
 
-    fn open(t: &TempDir, max: usize) -> SlotRegistry {
-        SlotRegistry::open(t.path(), max).unwrap()
+    fn open(t: &TempDir, max: usize) -> Reg {
+        open_at(t.path(), max)
+    }
+
+    fn open_at(dir: &Path, max: usize) -> Reg {
+        Reg {
+            r: SlotRegistry::open(dir, max).unwrap(),
+            f: SlotFile::new(dir),
+        }
     }
 
     fn restart(r: &SlotRegistry, name: &str) -> Option<Lsn> {
@@ -356,9 +466,13 @@ mod tests {
     }
 
     /// SQLSTATE and message of an error.
-    fn fails<T: std::fmt::Debug>(r: Result<T, SlotError>) -> (&'static str, String) {
+    fn fails<T: std::fmt::Debug>(r: Result<T, SlotError>) -> (String, String) {
         let e = r.unwrap_err();
-        (e.sqlstate(), e.to_string())
+        (e.sqlstate().to_string(), e.to_string())
+    }
+
+    fn error(code: &str, message: &str) -> (String, String) {
+        (code.to_owned(), message.to_owned())
     }
 
     #[test]
@@ -371,7 +485,7 @@ mod tests {
         assert_eq!(
             info,
             SlotInfo {
-                name: "d1".into(),
+                name: SlotName::new("d1").unwrap(),
                 temporary: false,
                 active_owner: None,
                 restart_lsn: Some(lsn("0/3000000")),
@@ -383,11 +497,11 @@ mod tests {
         assert!(!info.is_lost());
         assert_eq!(
             fails(r.create("d1", Persistency::Temporary { owner: A }, None)),
-            ("42710", "replication slot \"d1\" already exists".into())
+            error("42710", "replication slot \"d1\" already exists")
         );
         r.drop_slot("d1", A).unwrap();
         assert_eq!(r.get("d1"), None);
-        let missing = ("42704", "replication slot \"d1\" does not exist".to_owned());
+        let missing = error("42704", "replication slot \"d1\" does not exist");
         assert_eq!(fails(r.drop_slot("d1", A)), missing);
         assert_eq!(fails(r.acquire("d1", A)), missing);
         assert_eq!(fails(r.confirm_flush("d1", lsn("0/1"))), missing);
@@ -399,27 +513,17 @@ mod tests {
     }
 
     #[test]
-    fn bad_names_are_refused_and_touch_no_file() {
+    fn bad_names_find_nothing_and_touch_no_file() {
         let t = TempDir::new().unwrap();
         let data = t.path().join("data");
-        let mut r = SlotRegistry::open(&data, 10).unwrap();
+        let mut r = open_at(&data, 10);
         let long = "a".repeat(64);
-        for (name, code) in [
-            ("../../x", "42602"),
-            ("a/b", "42602"),
-            ("A", "42602"),
-            ("é", "42602"),
-            ("", "42602"),
-            (long.as_str(), "42622"),
-            ("/etc/passwd", "42602"),
-            ("..", "42602"),
-        ] {
-            for p in [Persistency::Persistent, Persistency::Temporary { owner: A }] {
-                assert_eq!(r.create(name, p, None).unwrap_err().sqlstate(), code);
-            }
-            // Other commands do not check names; they find no such slot, as in PostgreSQL.
+        for name in ["../../x", "a/b", "A", "é", "", &long, "/etc/passwd", ".."] {
+            // Only valid names can be created (SlotName); other commands do not check names:
+            // they find no such slot, as in PostgreSQL.
             assert_eq!(r.drop_slot(name, A).unwrap_err().sqlstate(), "42704");
             assert_eq!(r.acquire(name, A).unwrap_err().sqlstate(), "42704");
+            assert_eq!(r.get(name), None);
         }
         let entries = |dir: &Path| -> Vec<String> {
             fs::read_dir(dir)
@@ -448,9 +552,9 @@ mod tests {
         assert!(info.temporary);
         assert_eq!(info.active_owner, Some(A));
         assert_eq!(r.min_restart_lsn(), Some(lsn("0/2000000")));
-        let busy = (
+        let busy = error(
             "55006",
-            "replication slot \"pg_basebackup_101\" is active for PID 101".to_owned(),
+            "replication slot \"pg_basebackup_101\" is active for PID 101",
         );
         assert_eq!(fails(r.acquire("pg_basebackup_101", B)), busy);
         assert_eq!(fails(r.drop_slot("pg_basebackup_101", B)), busy);
@@ -468,8 +572,7 @@ mod tests {
         r.drop_slot("t2", A).unwrap();
         assert_eq!(r.release_owner(B), Vec::<String>::new());
         assert_eq!(r.release_owner(A), ["pg_basebackup_101"]);
-        let names: Vec<_> = r.list().into_iter().map(|s| s.name).collect();
-        assert_eq!(names, ["kept"]);
+        assert_eq!(r.names(), ["kept"]);
         assert_eq!(r.get("kept").unwrap().active_owner, None);
         assert_eq!(r.min_restart_lsn(), None);
     }
@@ -481,10 +584,7 @@ mod tests {
         r.create("d1", Persistency::Persistent, None).unwrap();
         r.acquire("d1", A).unwrap();
         r.acquire("d1", A).unwrap();
-        let busy = (
-            "55006",
-            "replication slot \"d1\" is active for PID 101".to_owned(),
-        );
+        let busy = error("55006", "replication slot \"d1\" is active for PID 101");
         assert_eq!(fails(r.acquire("d1", B)), busy);
         assert_eq!(fails(r.drop_slot("d1", B)), busy);
         // What `DROP_REPLICATION_SLOT … WAIT` watches.
@@ -511,7 +611,7 @@ mod tests {
             .unwrap();
         let err = r.create("c", Persistency::Persistent, None).unwrap_err();
         assert_eq!(
-            (err.sqlstate(), err.to_string().as_str(), err.hint()),
+            (err.sqlstate().code(), err.to_string().as_str(), err.hint()),
             (
                 "53400",
                 "all replication slots are in use",
@@ -718,8 +818,7 @@ mod tests {
         r.hot_standby_feedback("d1", xid(700), None).unwrap();
         // A crash now: the slot is as last persisted, older than reported (the safe side).
         let crashed = open(&t, 10);
-        let names: Vec<_> = crashed.list().into_iter().map(|s| s.name).collect();
-        assert_eq!(names, ["d1", "w1"]);
+        assert_eq!(crashed.names(), ["d1", "w1"]);
         let d1 = crashed.get("d1").unwrap();
         assert_eq!((d1.restart_lsn, d1.xmin), (Some(lsn("0/1000000")), None));
         assert!(r.persist_if_dirty().unwrap());
@@ -761,16 +860,19 @@ mod tests {
     fn a_failed_write_changes_nothing() {
         let t = TempDir::new().unwrap();
         let data = t.path().join("data");
-        let mut r = SlotRegistry::open(&data, 10).unwrap();
+        let mut r = open_at(&data, 10);
         r.create("d1", Persistency::Persistent, Some(lsn("0/1000000")))
             .unwrap();
         r.confirm_flush("d1", lsn("0/2000000")).unwrap();
         fs::remove_dir_all(&data).unwrap();
-        let io = |e: SlotError| (e.sqlstate(), matches!(e, SlotError::Io { .. }));
+        let io = |e: SlotError| (e.sqlstate().to_string(), matches!(e, SlotError::Io { .. }));
         let err = r.create("d2", Persistency::Persistent, None).unwrap_err();
-        assert_eq!(io(err), ("58030", true));
+        assert_eq!(io(err), ("58030".into(), true));
         assert_eq!(r.get("d2"), None);
-        assert_eq!(io(r.drop_slot("d1", A).unwrap_err()), ("58030", true));
+        assert_eq!(
+            io(r.drop_slot("d1", A).unwrap_err()),
+            ("58030".into(), true)
+        );
         assert_eq!(
             io(r.invalidate_behind(lsn("0/3000000")).unwrap_err()).0,
             "58030"
@@ -782,10 +884,34 @@ mod tests {
             .unwrap();
         fs::create_dir(&data).unwrap();
         assert!(r.persist_if_dirty().unwrap());
-        assert_eq!(restart(&open_at(&data), "d1"), Some(lsn("0/2000000")));
+        assert_eq!(restart(&open_at(&data, 10), "d1"), Some(lsn("0/2000000")));
     }
 
-    fn open_at(dir: &Path) -> SlotRegistry {
-        SlotRegistry::open(dir, 10).unwrap()
+    #[test]
+    fn an_older_snapshot_never_replaces_a_newer_one() {
+        let t = TempDir::new().unwrap();
+        let mut r = open(&t, 10);
+        let name = SlotName::new("d1").unwrap();
+        let first = r.r.create(&name, Persistency::Persistent, None).unwrap();
+        let second = r.r.drop_slot("d1", A).unwrap();
+        let (first, second) = (first.unwrap(), second.unwrap());
+        assert!(second.snapshot().version() > first.snapshot().version());
+        // The later write finishes first; the earlier one then changes nothing on disk.
+        r.f.write(second.snapshot()).unwrap();
+        r.f.write(first.snapshot()).unwrap();
+        assert!(open(&t, 10).list().is_empty());
+    }
+
+    #[test]
+    fn undo_takes_back_a_drop() {
+        let t = TempDir::new().unwrap();
+        let mut r = open(&t, 10);
+        r.create("d1", Persistency::Persistent, Some(lsn("0/1000000")))
+            .unwrap();
+        let pending = r.r.drop_slot("d1", A).unwrap().unwrap();
+        assert_eq!(r.get("d1"), None);
+        r.r.undo(pending);
+        assert_eq!(restart(&r, "d1"), Some(lsn("0/1000000")));
+        assert!(r.persist_if_dirty().unwrap(), "an undo is saved again");
     }
 }

@@ -1,21 +1,6 @@
 //! What callers see of a slot: who holds it, whether it is temporary, its positions.
 
-use std::fmt;
-
-use crate::types::Lsn;
-
-use super::FullXid;
-
-/// The process id the relay gave a connection in `BackendKeyData`; it names the connection
-/// that holds a slot (PostgreSQL's `active_pid`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct BackendPid(pub i32);
-
-impl fmt::Display for BackendPid {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
+use crate::types::{BackendPid, FullXid, Lsn, SlotName};
 
 /// Whether a slot outlives the connection that created it (`ReplicationSlotPersistency`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,7 +19,7 @@ pub enum Persistency {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SlotInfo {
     /// The slot name.
-    pub name: String,
+    pub name: SlotName,
     /// Whether it is a temporary slot.
     pub temporary: bool,
     /// The connection that has it acquired (`active_pid`); always the creator for a temporary
@@ -56,14 +41,4 @@ impl SlotInfo {
     pub fn is_lost(&self) -> bool {
         self.restart_lsn.is_none() && self.invalidated_at.is_some()
     }
-}
-
-/// The oldest transaction ids the slots' standbys still need, to forward upstream as
-/// hot-standby feedback (`ReplicationSlotsComputeRequiredXmin`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct XminHorizon {
-    /// The smallest `xmin`, `None` if no slot holds one.
-    pub xmin: Option<FullXid>,
-    /// The smallest `catalog_xmin`, `None` if no slot holds one.
-    pub catalog_xmin: Option<FullXid>,
 }

@@ -23,10 +23,10 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 
 use crate::statefile::{self, StateFormat};
-use crate::types::Lsn;
+use crate::types::{FullXid, Lsn, SlotName};
 
+use super::SlotError;
 use super::error::io_err;
-use super::{FullXid, SlotError, validate_slot_name};
 
 /// The state file's name inside the data directory.
 pub const STATE_FILE: &str = "slots.state";
@@ -54,7 +54,7 @@ pub(super) struct SlotData {
 
 /// Prepares `dir` (created 0700 if missing, a stale temporary file removed) and reads the slots
 /// recorded there; none when there is no state file.
-pub(super) fn open(dir: &Path) -> Result<BTreeMap<String, SlotData>, SlotError> {
+pub(super) fn open(dir: &Path) -> Result<BTreeMap<SlotName, SlotData>, SlotError> {
     DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -84,14 +84,14 @@ pub(super) fn open(dir: &Path) -> Result<BTreeMap<String, SlotData>, SlotError> 
 /// Replaces the state file in `dir` with `slots`, atomically and durably.
 pub(super) fn write<'a>(
     dir: &Path,
-    slots: impl Iterator<Item = (&'a str, &'a SlotData)>,
+    slots: impl Iterator<Item = (&'a SlotName, &'a SlotData)>,
 ) -> Result<(), SlotError> {
     statefile::replace(dir, STATE_FILE, render(slots).as_bytes())
         .map_err(io_err("write file", &dir.join(STATE_FILE)))
 }
 
 /// The state file's text for `slots`.
-fn render<'a>(slots: impl Iterator<Item = (&'a str, &'a SlotData)>) -> String {
+fn render<'a>(slots: impl Iterator<Item = (&'a SlotName, &'a SlotData)>) -> String {
     fn or_null(v: Option<impl Display>) -> String {
         v.map_or_else(|| "-".to_owned(), |v| v.to_string())
     }
@@ -108,26 +108,27 @@ fn render<'a>(slots: impl Iterator<Item = (&'a str, &'a SlotData)>) -> String {
     FORMAT.render(&body)
 }
 
-fn parse(text: &str) -> Result<BTreeMap<String, SlotData>, String> {
+fn parse(text: &str) -> Result<BTreeMap<SlotName, SlotData>, String> {
     let mut slots = BTreeMap::new();
     for (i, line) in FORMAT.parse(text)?.lines().enumerate() {
         let (name, data) = parse_slot(line).map_err(|e| format!("line {}: {e}", i + 3))?;
-        if slots.insert(name.to_owned(), data).is_some() {
+        if slots.contains_key(&name) {
             return Err(format!("slot \"{name}\" recorded twice"));
         }
+        slots.insert(name, data);
     }
     Ok(slots)
 }
 
 /// One `slot NAME key=value …` line.
-fn parse_slot(line: &str) -> Result<(&str, SlotData), String> {
+fn parse_slot(line: &str) -> Result<(SlotName, SlotData), String> {
     let mut words = line.split(' ');
     let name = words
         .next()
         .filter(|w| *w == "slot")
         .and(words.next())
         .ok_or("not a slot line")?;
-    validate_slot_name(name).map_err(|e| e.to_string())?;
+    let name = SlotName::new(name).map_err(|e| e.to_string())?;
     let mut field = |key: &str| {
         words
             .next()
@@ -167,7 +168,7 @@ mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
-    fn sample() -> BTreeMap<String, SlotData> {
+    fn sample() -> BTreeMap<SlotName, SlotData> {
         let d1 = SlotData {
             restart_lsn: Some(Lsn(0x300_0000)),
             xmin: FullXid::new(0, 748),
@@ -177,11 +178,12 @@ mod tests {
             invalidated_at: Some(Lsn(0x100_0000)),
             ..SlotData::default()
         };
-        BTreeMap::from([("d1".to_owned(), d1), ("w1".to_owned(), w1)])
+        let name = |n| SlotName::new(n).unwrap();
+        BTreeMap::from([(name("d1"), d1), (name("w1"), w1)])
     }
 
-    fn save(dir: &Path, slots: &BTreeMap<String, SlotData>) {
-        write(dir, slots.iter().map(|(n, d)| (n.as_str(), d))).unwrap();
+    fn save(dir: &Path, slots: &BTreeMap<SlotName, SlotData>) {
+        write(dir, slots.iter()).unwrap();
     }
 
     fn mode(p: &Path) -> u32 {
@@ -230,7 +232,7 @@ mod tests {
 
     #[test]
     fn refuses_damage_and_foreign_files() {
-        let good = render(sample().iter().map(|(n, d)| (n.as_str(), d)));
+        let good = render(sample().iter());
         let body = good.rsplit_once("crc32").unwrap().0;
         let mut cases: Vec<(Vec<u8>, &str)> = vec![
             (Vec::new(), "not a walrelay slot state file"),

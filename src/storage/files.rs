@@ -6,16 +6,20 @@
 //! `RemoveOldXlogFiles`: whole segments below a cut-off go, on every timeline. History files are
 //! written like `timeline.c:writeTimeLineHistoryFile`, through a temporary file and a rename.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io;
+use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
 
 use crate::types::{Lsn, SegmentName, SegmentNo, TimelineId, WalSegmentSize};
 
 use super::error::{StoreError, io_err};
 use super::layout::{self, SegmentFile};
 use super::{WalStore, fsutil};
+use crate::wal::{HISTORY_FILE_MAX_SIZE, history_file_name_parse};
 
 impl WalStore {
     fn segment_size(&self) -> Result<WalSegmentSize, StoreError> {
@@ -130,17 +134,32 @@ impl WalStore {
         fsutil::write_atomic(&self.wal_dir, &timeline.history_file_name(), content)
     }
 
-    /// The stored history file of `timeline`, or `None` if there is none.
+    /// Every stored history file, by timeline: what `TIMELINE_HISTORY` serves and what the
+    /// end of an older timeline is read from. Files larger than [`HISTORY_FILE_MAX_SIZE`] are
+    /// left out.
     ///
     /// # Errors
-    /// [`StoreError::Io`] for anything but a missing file.
-    pub fn read_history(&self, timeline: TimelineId) -> Result<Option<Vec<u8>>, StoreError> {
-        let path = self.wal_dir.join(timeline.history_file_name());
-        match fs::read(&path) {
-            Ok(bytes) => Ok(Some(bytes)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io_err("read", &path)(e)),
+    /// [`StoreError::Io`] if the directory or a file cannot be read.
+    pub fn histories(&self) -> Result<BTreeMap<TimelineId, Bytes>, StoreError> {
+        let mut found = BTreeMap::new();
+        let limit = HISTORY_FILE_MAX_SIZE as u64;
+        let dir = &self.wal_dir;
+        for entry in fs::read_dir(dir).map_err(io_err("read directory", dir))? {
+            let entry = entry.map_err(io_err("read directory", dir))?;
+            let name = entry.file_name();
+            let Some(timeline) = name.to_str().and_then(history_file_name_parse) else {
+                continue;
+            };
+            let path = entry.path();
+            let mut bytes = Vec::new();
+            File::open(&path)
+                .and_then(|f| f.take(limit + 1).read_to_end(&mut bytes))
+                .map_err(io_err("read", &path))?;
+            if bytes.len() as u64 <= limit {
+                found.insert(timeline, Bytes::from(bytes));
+            }
         }
+        Ok(found)
     }
 }
 
@@ -246,15 +265,16 @@ mod tests {
         let t = tempfile::TempDir::new().unwrap();
         let mut store = fixture::empty_store(t.path());
         let content = b"1\t0/A87FE0\tno recovery target specified\n";
-        assert_eq!(store.read_history(tli(2)).unwrap(), None);
+        assert!(store.histories().unwrap().is_empty());
         store.write_history(tli(2), content).unwrap();
-        assert_eq!(
-            store.read_history(tli(2)).unwrap().as_deref(),
-            Some(&content[..])
-        );
+        store.write_history(tli(3), b"x").unwrap();
+        std::fs::write(t.path().join("wal/0000000a.history"), b"lowercase").unwrap();
+        std::fs::write(t.path().join("wal/notes.history"), b"not a timeline").unwrap();
+        let found = store.histories().unwrap();
+        assert_eq!(found.keys().copied().collect::<Vec<_>>(), [tli(2), tli(3)]);
+        assert_eq!(found[&tli(2)], &content[..]);
         assert!(t.path().join("wal/00000002.history").exists());
         let err = store.write_history(TimelineId::ONE, content).unwrap_err();
         assert!(matches!(err, StoreError::BadTimeline { .. }), "{err}");
-        assert_eq!(store.read_history(TimelineId::ONE).unwrap(), None);
     }
 }

@@ -28,6 +28,7 @@ mod lock;
 mod reader;
 mod recovery;
 mod state;
+mod upstream_state;
 mod writer;
 
 use std::fs;
@@ -42,6 +43,7 @@ use crate::wal::WalValidator;
 pub use error::StoreError;
 pub use lock::{DataDirLock, LOCK_FILE};
 pub use reader::SegmentReader;
+pub use upstream_state::{UPSTREAM_STATE_FILE, load_upstream_info, save_upstream_info};
 
 use error::io_err;
 use writer::{Mark, Tail};

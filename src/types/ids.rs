@@ -119,6 +119,17 @@ impl PgTimestamp {
     }
 }
 
+/// The process id the relay gave a downstream connection in `BackendKeyData`; it names the
+/// connection that holds a slot (PostgreSQL's `active_pid`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BackendPid(pub i32);
+
+impl fmt::Display for BackendPid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

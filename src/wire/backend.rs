@@ -9,7 +9,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::error::WireError;
-use super::error_fields::ErrorFields;
+use super::error_fields::{ErrorFields, Severity};
 use super::frame::Frame;
 use super::reader::Reader;
 use super::writer::{put_count_i16, put_cstr, put_nullable_bytes, write_message};
@@ -215,8 +215,14 @@ impl BackendMessage {
             b'D' => return parse_data_row(&body),
             b'C' => BackendMessage::CommandComplete(r.cstr_utf8()?.to_owned()),
             b'I' => BackendMessage::EmptyQueryResponse,
-            b'E' => return ErrorFields::parse(&body, "ERROR").map(BackendMessage::ErrorResponse),
-            b'N' => return ErrorFields::parse(&body, "NOTICE").map(BackendMessage::NoticeResponse),
+            b'E' => {
+                return ErrorFields::parse(&body, Severity::Error)
+                    .map(BackendMessage::ErrorResponse);
+            }
+            b'N' => {
+                return ErrorFields::parse(&body, Severity::Notice)
+                    .map(BackendMessage::NoticeResponse);
+            }
             b'G' => BackendMessage::CopyInResponse(parse_copy_response(&mut r)?),
             b'H' => BackendMessage::CopyOutResponse(parse_copy_response(&mut r)?),
             b'W' => BackendMessage::CopyBothResponse(parse_copy_response(&mut r)?),
@@ -651,9 +657,8 @@ mod tests {
             Some(Bytes::new()),
             Some(Bytes::from_static(b"x")),
         ]));
-        let full = ErrorFields::new(
-            "FATAL",
-            "58P01",
+        let full = ErrorFields::fatal(
+            crate::types::SqlState::UNDEFINED_FILE,
             "requested WAL segment has already been removed",
         )
         .with_detail("d")

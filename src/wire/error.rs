@@ -7,6 +7,8 @@
 
 use std::fmt;
 
+use crate::types::SqlState;
+
 /// A malformed, oversized or unknown protocol message, or a value that cannot be encoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {
@@ -103,12 +105,14 @@ pub enum WireError {
 impl WireError {
     /// The SQLSTATE PostgreSQL reports for this fault: `08P01` (protocol_violation) for most,
     /// `22021` for bad text, `0A000` for an unsupported protocol, `54000` for an oversized message.
-    pub fn sqlstate(&self) -> &'static str {
+    pub fn sqlstate(&self) -> SqlState {
         match self {
-            WireError::InvalidUtf8 | WireError::EmbeddedNul { .. } => "22021",
-            WireError::UnsupportedProtocol { .. } => "0A000",
-            WireError::TooLong { .. } => "54000",
-            _ => "08P01",
+            WireError::InvalidUtf8 | WireError::EmbeddedNul { .. } => {
+                SqlState::CHARACTER_NOT_IN_REPERTOIRE
+            }
+            WireError::UnsupportedProtocol { .. } => SqlState::FEATURE_NOT_SUPPORTED,
+            WireError::TooLong { .. } => SqlState::PROGRAM_LIMIT_EXCEEDED,
+            _ => SqlState::PROTOCOL_VIOLATION,
         }
     }
 }

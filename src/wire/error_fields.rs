@@ -12,14 +12,77 @@ use bytes::{BufMut, BytesMut};
 use super::error::WireError;
 use super::reader::Reader;
 use super::writer::put_cstr;
+use crate::types::SqlState;
+
+/// The severity of an ErrorResponse or NoticeResponse (`elog.h`'s levels as the protocol
+/// spells them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Severity {
+    /// `ERROR`: the command failed, the session goes on.
+    Error,
+    /// `FATAL`: the session ends.
+    Fatal,
+    /// `PANIC`: the server stops.
+    Panic,
+    /// `WARNING`.
+    Warning,
+    /// `NOTICE`.
+    Notice,
+    /// `INFO`.
+    Info,
+    /// `LOG`.
+    Log,
+    /// `DEBUG`.
+    Debug,
+    /// Any other word a peer sent.
+    Other(String),
+}
+
+impl Severity {
+    /// The word on the wire.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Severity::Error => "ERROR",
+            Severity::Fatal => "FATAL",
+            Severity::Panic => "PANIC",
+            Severity::Warning => "WARNING",
+            Severity::Notice => "NOTICE",
+            Severity::Info => "INFO",
+            Severity::Log => "LOG",
+            Severity::Debug => "DEBUG",
+            Severity::Other(word) => word,
+        }
+    }
+
+    /// The severity a peer sent.
+    pub fn from_word(word: String) -> Severity {
+        match word.as_str() {
+            "ERROR" => Severity::Error,
+            "FATAL" => Severity::Fatal,
+            "PANIC" => Severity::Panic,
+            "WARNING" => Severity::Warning,
+            "NOTICE" => Severity::Notice,
+            "INFO" => Severity::Info,
+            "LOG" => Severity::Log,
+            "DEBUG" => Severity::Debug,
+            _ => Severity::Other(word),
+        }
+    }
+}
+
+impl fmt::Display for Severity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// The fields of an ErrorResponse or NoticeResponse that the relay keeps.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ErrorFields {
-    /// The severity (`V`, else `S`): ERROR, FATAL, PANIC, WARNING, NOTICE, ...
-    pub severity: String,
+    /// The severity (`V`, else `S`).
+    pub severity: Severity,
     /// The SQLSTATE (`C`); `XX000` when the server sent none.
-    pub code: String,
+    pub code: SqlState,
     /// The primary message (`M`); empty when the server sent none.
     pub message: String,
     /// The detail (`D`).
@@ -30,14 +93,29 @@ pub struct ErrorFields {
 
 impl ErrorFields {
     /// Fields with a severity, a SQLSTATE and a message.
-    pub fn new(severity: &str, code: &str, message: impl Into<String>) -> ErrorFields {
+    pub fn new(severity: Severity, code: SqlState, message: impl Into<String>) -> ErrorFields {
         ErrorFields {
-            severity: severity.to_owned(),
-            code: code.to_owned(),
+            severity,
+            code,
             message: message.into(),
             detail: None,
             hint: None,
         }
+    }
+
+    /// An `ERROR`: the command fails, the session goes on.
+    pub fn error(code: SqlState, message: impl Into<String>) -> ErrorFields {
+        ErrorFields::new(Severity::Error, code, message)
+    }
+
+    /// A `FATAL` error: the session ends.
+    pub fn fatal(code: SqlState, message: impl Into<String>) -> ErrorFields {
+        ErrorFields::new(Severity::Fatal, code, message)
+    }
+
+    /// A `NOTICE`.
+    pub fn notice(code: SqlState, message: impl Into<String>) -> ErrorFields {
+        ErrorFields::new(Severity::Notice, code, message)
     }
 
     /// The same fields with a DETAIL line.
@@ -52,10 +130,10 @@ impl ErrorFields {
         self
     }
 
-    pub(crate) fn parse(body: &[u8], default_severity: &str) -> Result<ErrorFields, WireError> {
+    pub(crate) fn parse(body: &[u8], default_severity: Severity) -> Result<ErrorFields, WireError> {
         let mut r = Reader::new(body);
         let (mut localized, mut severity) = (None, None);
-        let mut fields = ErrorFields::new(default_severity, "XX000", "");
+        let mut fields = ErrorFields::new(default_severity, SqlState::INTERNAL_ERROR, "");
         loop {
             let code = r.u8()?;
             if code == 0 {
@@ -65,7 +143,7 @@ impl ErrorFields {
             match code {
                 b'S' => localized = Some(value),
                 b'V' => severity = Some(value),
-                b'C' => fields.code = value,
+                b'C' => fields.code = SqlState::from_code(value),
                 b'M' => fields.message = value,
                 b'D' => fields.detail = Some(value),
                 b'H' => fields.hint = Some(value),
@@ -74,7 +152,7 @@ impl ErrorFields {
         }
         r.finish()?;
         if let Some(s) = severity.or(localized) {
-            fields.severity = s;
+            fields.severity = Severity::from_word(s);
         }
         Ok(fields)
     }
@@ -86,8 +164,8 @@ impl ErrorFields {
             .filter_map(|(c, v)| v.as_deref().map(|v| (*c, v)));
         let fields = [
             (b'S', self.severity.as_str()),
-            (b'V', &self.severity),
-            (b'C', &self.code),
+            (b'V', self.severity.as_str()),
+            (b'C', self.code.code()),
             (b'M', &self.message),
         ];
         for (code, value) in fields.into_iter().chain(present) {
@@ -124,7 +202,7 @@ mod tests {
     use super::*;
 
     fn parse(body: &[u8]) -> Result<ErrorFields, WireError> {
-        ErrorFields::parse(body, "ERROR")
+        ErrorFields::parse(body, Severity::Error)
     }
 
     fn body(wire: &[u8]) -> &[u8] {
@@ -134,9 +212,8 @@ mod tests {
     #[test]
     fn golden_errors_from_pg15() {
         let sql = include_bytes!("../../tests/data/wire/error_response_sql.bin");
-        let expected = ErrorFields::new(
-            "ERROR",
-            "0A000",
+        let expected = ErrorFields::error(
+            SqlState::FEATURE_NOT_SUPPORTED,
             "cannot execute SQL commands in WAL sender for physical replication",
         );
         assert_eq!(parse(body(sql)).unwrap(), expected);
@@ -147,9 +224,8 @@ mod tests {
             "S V C M come first"
         );
         let missing = include_bytes!("../../tests/data/wire/error_response_timeline_history.bin");
-        let expected = ErrorFields::new(
-            "ERROR",
-            "58P01",
+        let expected = ErrorFields::error(
+            SqlState::UNDEFINED_FILE,
             "could not open file \"pg_wal/00000001.history\": No such file or directory",
         );
         assert_eq!(parse(body(missing)).unwrap(), expected);
@@ -161,15 +237,17 @@ mod tests {
         );
         assert_eq!(fatal.code, WireError::UnknownFrontendTag(153).sqlstate());
         let notice = include_bytes!("../../tests/data/wire/notice_response_notice.bin");
-        let parsed = ErrorFields::parse(body(notice), "NOTICE").unwrap();
-        assert_eq!(parsed, ErrorFields::new("NOTICE", "00000", "hi"));
+        let parsed = ErrorFields::parse(body(notice), Severity::Notice).unwrap();
+        assert_eq!(
+            parsed,
+            ErrorFields::notice(SqlState::SUCCESSFUL_COMPLETION, "hi")
+        );
     }
 
     #[test]
     fn round_trip_with_detail_and_hint() {
-        let full = ErrorFields::new(
-            "FATAL",
-            "58P01",
+        let full = ErrorFields::fatal(
+            SqlState::UNDEFINED_FILE,
             "requested WAL segment has already been removed",
         )
         .with_detail("d")
@@ -182,17 +260,23 @@ mod tests {
     #[test]
     fn tolerates_missing_code_and_message() {
         let fields = parse(b"SERROR\0\0").unwrap();
-        assert_eq!(
-            (fields.code.as_str(), fields.message.as_str()),
-            ("XX000", "")
-        );
+        assert_eq!((fields.code.code(), fields.message.as_str()), ("XX000", ""));
         assert_eq!(fields.to_string(), "ERROR:  (no message)");
-        assert_eq!(parse(b"\0").unwrap().severity, "ERROR");
+        assert_eq!(parse(b"\0").unwrap().severity, Severity::Error);
         assert_eq!(
-            ErrorFields::parse(b"\0", "NOTICE").unwrap().severity,
-            "NOTICE"
+            ErrorFields::parse(b"\0", Severity::Notice)
+                .unwrap()
+                .severity,
+            Severity::Notice
         );
-        assert_eq!(parse(b"SFEHLER\0VERROR\0\0").unwrap().severity, "ERROR");
+        assert_eq!(
+            parse(b"SFEHLER\0VERROR\0\0").unwrap().severity,
+            Severity::Error
+        );
+        assert_eq!(
+            parse(b"SFEHLER\0\0").unwrap().severity,
+            Severity::Other("FEHLER".into())
+        );
         assert_eq!(parse(b"Mbad \xff\0\0").unwrap().message, "bad \u{fffd}");
         assert!(parse(b"SERROR").is_err());
         assert!(parse(b"").is_err());
@@ -201,9 +285,12 @@ mod tests {
 
     #[test]
     fn display_like_libpq() {
-        let e = ErrorFields::new("ERROR", "42704", "replication slot \"x\" does not exist")
-            .with_detail("More.")
-            .with_hint("Create it.");
+        let e = ErrorFields::error(
+            SqlState::UNDEFINED_OBJECT,
+            "replication slot \"x\" does not exist",
+        )
+        .with_detail("More.")
+        .with_hint("Create it.");
         assert_eq!(
             e.to_string(),
             "ERROR:  replication slot \"x\" does not exist\nDETAIL:  More.\nHINT:  Create it."

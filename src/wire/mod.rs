@@ -29,9 +29,9 @@ mod writer;
 pub mod fuzzing;
 
 pub use backend::{Authentication, BackendMessage, FieldDescription, TransactionStatus};
-pub use command::{ReplicationCommand, validate_slot_name};
+pub use command::ReplicationCommand;
 pub use error::WireError;
-pub use error_fields::ErrorFields;
+pub use error_fields::{ErrorFields, Severity};
 pub use frame::{Frame, frame_len, split_frame, split_startup_packet};
 pub use frontend::{FrontendMessage, SaslInitialResponse};
 pub use reader::Reader;

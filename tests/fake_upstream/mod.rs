@@ -20,7 +20,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Runtime;
 use tokio::task::JoinHandle;
-use walrelay::types::{Lsn, PgTimestamp};
+use walrelay::types::{Lsn, PgTimestamp, SqlState};
 use walrelay::wire::backend::{CopyResponse, INT4_OID, TEXT_OID};
 use walrelay::wire::{
     Authentication, BackendMessage, ClientCopyData, ErrorFields, FieldDescription, Frame,
@@ -715,8 +715,9 @@ pub fn history(file_name: &str, content: &[u8]) -> Bytes {
 /// An ErrorResponse, then ReadyForQuery.
 pub fn error(code: &str, text: &str) -> Bytes {
     let mut out = BytesMut::new();
-    out.put(message(BackendMessage::ErrorResponse(ErrorFields::new(
-        "ERROR", code, text,
+    out.put(message(BackendMessage::ErrorResponse(ErrorFields::error(
+        SqlState::from_code(code),
+        text,
     ))));
     out.put(message(BackendMessage::ReadyForQuery(
         TransactionStatus::Idle,

@@ -14,12 +14,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio_util::sync::CancellationToken;
-
-use walrelay::config::{Config, DEFAULT_WAL_KEEP_SIZE};
-use walrelay::service::downstream::StreamStatus;
-use walrelay::service::relay::{Relay, RelayError};
 use walrelay::types::Lsn;
+use walrelay::{Config, Relay, RelayError, StreamStatus};
 
 use crate::localpg::{Cluster, ClusterBuilder, LocalPgError, PgBinaries, StopMode, free_port};
 
@@ -85,10 +81,7 @@ pub async fn run(opts: DemoOptions) -> Result<(), DemoError> {
         scratch.path().join("relay"),
         relay_port,
     ))?;
-    let mut positions = relay.positions();
-    let downstreams = relay.downstreams();
-    let shutdown = CancellationToken::new();
-    let relay_task = tokio::spawn(relay.run(shutdown.clone()));
+    let relay = relay.spawn();
     let relay_conninfo = format!("host=127.0.0.1 port={relay_port} user=postgres");
     println!(
         "relay on 127.0.0.1:{relay_port}, storing WAL in {}",
@@ -129,8 +122,7 @@ pub async fn run(opts: DemoOptions) -> Result<(), DemoError> {
         // Downstream first, then the relay, then the primary: each is read after what it
         // feeds, so a row never shows a client ahead of the relay or the relay ahead of the
         // primary.
-        let streams = downstreams.streams();
-        let p = positions.borrow_and_update().clone();
+        let p = relay.status();
         history.record(p.durable);
         let flush = {
             let primary = Arc::clone(&primary);
@@ -146,8 +138,8 @@ pub async fn run(opts: DemoOptions) -> Result<(), DemoError> {
             p.durable,
             history.rate_mb_s()
         );
-        print_streams(&streams, p.durable, &history);
-        if let Some(failed) = p.failed {
+        print_streams(&p.streams, p.durable, &history);
+        if let Some(failed) = p.store_failure {
             println!("relay writer failed: {failed}");
         }
     }
@@ -155,11 +147,8 @@ pub async fn run(opts: DemoOptions) -> Result<(), DemoError> {
     stop_load.store(true, Ordering::Relaxed);
     let _ = load.await;
     drop(standbys);
-    shutdown.cancel();
-    let relayed = relay_task
-        .await
-        .map_err(|e| DemoError::Other(e.to_string()))?;
-    let final_positions = positions.borrow().clone();
+    let final_positions = relay.status();
+    let relayed = relay.shutdown().await;
     if let Ok(mut primary) = Arc::try_unwrap(primary) {
         primary.stop(StopMode::Fast)?;
     }
@@ -173,21 +162,9 @@ pub async fn run(opts: DemoOptions) -> Result<(), DemoError> {
 
 fn demo_config(primary: &Cluster, data_dir: PathBuf, port: u16) -> Config {
     Config {
-        upstream: primary.conninfo(),
-        data_dir,
-        upstream_slot: "walrelay".into(),
-        application_name: "walrelay".into(),
-        status_interval: Duration::from_secs(10),
-        receive_timeout: Duration::from_secs(60),
-        reconnect_min: Duration::from_millis(100),
         reconnect_max: Duration::from_secs(5),
         listen: Some(format!("127.0.0.1:{port}")),
-        max_wal_senders: 64,
-        max_replication_slots: 64,
-        sender_timeout: Duration::from_secs(60),
-        authentication_timeout: Duration::from_secs(60),
-        wal_keep_size: DEFAULT_WAL_KEEP_SIZE,
-        max_slot_wal_keep_size: None,
+        ..Config::new(primary.conninfo(), data_dir)
     }
 }
 
@@ -233,7 +210,7 @@ fn print_streams(streams: &[StreamStatus], durable: Lsn, history: &DurableHistor
         println!(
             "  {:<12} {:<16} {:>14} {:>14} {:>14} {:>12} {:>9}",
             s.application_name,
-            s.slot.as_deref().unwrap_or("-"),
+            s.slot.as_ref().map_or("-", |slot| slot.as_str()),
             s.sent.to_string(),
             s.client.flush.to_string(),
             replayed.to_string(),

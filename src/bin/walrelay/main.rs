@@ -16,8 +16,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
+use walrelay::Relay;
 use walrelay::cli::{Cli, Command};
-use walrelay::service::relay::{Relay, SHUTDOWN_GRACE};
 // `localpg` names the relay's types as `crate::types`, as it does inside the library.
 use walrelay::types;
 
@@ -78,7 +78,7 @@ fn main() -> ExitCode {
             }
         }
     });
-    runtime.shutdown_timeout(SHUTDOWN_GRACE);
+    runtime.shutdown_timeout(Relay::SHUTDOWN_GRACE);
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -99,9 +99,9 @@ async fn run(args: walrelay::cli::RunArgs) -> anyhow::Result<()> {
     }
     tracing::info!("received shutdown signal, stopping");
     shutdown.cancel();
-    match tokio::time::timeout(SHUTDOWN_GRACE, relay_task).await {
+    match tokio::time::timeout(Relay::SHUTDOWN_GRACE, relay_task).await {
         Ok(joined) => Ok(joined??),
-        Err(_) => anyhow::bail!("shutdown did not finish within {SHUTDOWN_GRACE:?}"),
+        Err(_) => anyhow::bail!("shutdown did not finish within {:?}", Relay::SHUTDOWN_GRACE),
     }
 }
 

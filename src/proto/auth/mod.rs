@@ -238,7 +238,7 @@ pub enum AuthAction {
 
 /// The connection authentication runs on.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Transport {
+pub enum Channel {
     /// Plain TCP (or a Unix socket).
     Plain,
     /// TLS is up.
@@ -289,7 +289,7 @@ pub struct ClientAuth {
     user: String,
     password: Option<Password>,
     channel_binding: ChannelBindingMode,
-    transport: Transport,
+    channel: Channel,
     state: State,
 }
 
@@ -299,13 +299,13 @@ impl ClientAuth {
         user: &str,
         password: Option<Password>,
         channel_binding: ChannelBindingMode,
-        transport: Transport,
+        channel: Channel,
     ) -> Self {
         ClientAuth {
             user: user.to_owned(),
             password,
             channel_binding,
-            transport,
+            channel,
             state: State::Start,
         }
     }
@@ -357,7 +357,7 @@ impl ClientAuth {
             }
             (State::Start, AuthRequest::Ok) | (State::PasswordSent, AuthRequest::Ok) => done(false),
             (State::Start, AuthRequest::CleartextPassword) => {
-                if self.transport == Transport::Plain {
+                if self.channel == Channel::Plain {
                     return Err(AuthError::CleartextWithoutTls);
                 }
                 send(AuthResponse::Password(self.password()?.as_bytes().to_vec()))
@@ -410,10 +410,10 @@ impl ClientAuth {
     fn start_scram(&self, mechanisms: &[&str]) -> Result<(State, AuthAction), AuthError> {
         let offers_plus = mechanisms.contains(&SCRAM_SHA_256_PLUS);
         let offers_plain = mechanisms.contains(&SCRAM_SHA_256);
-        let end_point = match &self.transport {
-            Transport::Plain if offers_plus => return Err(AuthError::PlusWithoutTls),
-            Transport::Plain => None,
-            Transport::Tls { server_end_point } => Some(server_end_point.as_ref()),
+        let end_point = match &self.channel {
+            Channel::Plain if offers_plus => return Err(AuthError::PlusWithoutTls),
+            Channel::Plain => None,
+            Channel::Tls { server_end_point } => Some(server_end_point.as_ref()),
         };
         let (mechanism, binding) = match (self.channel_binding, end_point) {
             (ChannelBindingMode::Prefer | ChannelBindingMode::Require, Some(Some(hash)))

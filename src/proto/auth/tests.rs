@@ -111,14 +111,14 @@ impl FakeServer {
     }
 }
 
-fn tls(hash: &[u8]) -> Transport {
-    Transport::Tls {
+fn tls(hash: &[u8]) -> Channel {
+    Channel::Tls {
         server_end_point: Some(hash.to_vec()),
     }
 }
 
-fn client(password: Option<&str>, cb: ChannelBindingMode, transport: Transport) -> ClientAuth {
-    ClientAuth::new("repl", password.map(Password::new), cb, transport)
+fn client(password: Option<&str>, cb: ChannelBindingMode, channel: Channel) -> ClientAuth {
+    ClientAuth::new("repl", password.map(Password::new), cb, channel)
 }
 
 fn sent(action: AuthAction) -> AuthResponse {
@@ -225,7 +225,7 @@ fn parse_requests() {
 
 #[test]
 fn trust() {
-    let mut auth = client(None, Prefer, Transport::Plain);
+    let mut auth = client(None, Prefer, Channel::Plain);
     assert_eq!(auth.handle(AuthRequest::Ok), Ok(AuthAction::Authenticated));
     assert!(!auth.channel_bound());
     let unexpected = auth.handle(AuthRequest::Ok).unwrap_err();
@@ -250,7 +250,7 @@ fn cleartext_only_over_tls() {
     response.encode(&mut buf).unwrap();
     assert_eq!(&buf[..], b"p\0\0\0\x0chunter2\0");
     assert_eq!(auth.handle(AuthRequest::Ok), Ok(AuthAction::Authenticated));
-    let mut auth = client(Some("hunter2"), Prefer, Transport::Plain);
+    let mut auth = client(Some("hunter2"), Prefer, Channel::Plain);
     assert_eq!(
         auth.handle(AuthRequest::CleartextPassword),
         Err(AuthError::CleartextWithoutTls)
@@ -270,7 +270,7 @@ fn md5() {
         "md5_user",
         Some(Password::new("password")),
         Prefer,
-        Transport::Plain,
+        Channel::Plain,
     );
     let salt = [0x2a, 0x3d, 0x8f, 0xe0];
     let response = sent(auth.handle(AuthRequest::Md5Password { salt }).unwrap());
@@ -304,14 +304,14 @@ fn missing_password() {
 
 #[test]
 fn scram_over_plain_tcp() {
-    let mut auth = client(Some("pencil"), Prefer, Transport::Plain);
+    let mut auth = client(Some("pencil"), Prefer, Channel::Plain);
     let mut server = FakeServer::new("pencil", b"");
     assert_eq!(scram_login(&mut auth, PLAIN, &mut server).unwrap(), "n,,");
     assert!(!auth.channel_bound());
     // libpq fails the same way: -PLUS without TLS means TLS was stripped.
-    let mut auth = client(Some("pencil"), Prefer, Transport::Plain);
+    let mut auth = client(Some("pencil"), Prefer, Channel::Plain);
     assert_eq!(scram_start(&mut auth, BOTH), Err(AuthError::PlusWithoutTls));
-    let mut auth = client(Some("pencil"), Require, Transport::Plain);
+    let mut auth = client(Some("pencil"), Require, Channel::Plain);
     assert_eq!(
         scram_start(&mut auth, PLAIN),
         Err(AuthError::ChannelBindingNotOffered)
@@ -353,7 +353,7 @@ fn scram_channel_binding_choices() {
         Err(AuthError::ChannelBindingNotOffered)
     );
     // TLS but no certificate hash: honest `n` under prefer, error under require.
-    let no_hash = || Transport::Tls {
+    let no_hash = || Channel::Tls {
         server_end_point: None,
     };
     let mut auth = client(Some("pencil"), Prefer, no_hash());
@@ -374,7 +374,7 @@ fn scram_channel_binding_choices() {
         Err(AuthError::NoSupportedMechanism)
     );
     for offered in [&[][..], &["SCRAM-SHA-1"], &["scram-sha-256"]] {
-        let mut auth = client(Some("pencil"), Prefer, Transport::Plain);
+        let mut auth = client(Some("pencil"), Prefer, Channel::Plain);
         assert_eq!(
             scram_start(&mut auth, offered),
             Err(AuthError::NoSupportedMechanism)
@@ -384,7 +384,7 @@ fn scram_channel_binding_choices() {
 
 /// Starts an exchange and feeds `server_first` (with `{n}` replaced by the client nonce).
 fn hostile_first(server_first: &str) -> AuthError {
-    let mut auth = client(Some("hunter2"), Prefer, Transport::Plain);
+    let mut auth = client(Some("hunter2"), Prefer, Channel::Plain);
     let (_, first) = scram_start(&mut auth, PLAIN).unwrap();
     let nonce = std::str::from_utf8(&first)
         .unwrap()
@@ -479,7 +479,7 @@ fn hostile_server_first() {
 
 /// Runs up to the client-final-message, then feeds `server_final`.
 fn hostile_final(server_final: &[u8]) -> AuthError {
-    let mut auth = client(Some("hunter2"), Prefer, Transport::Plain);
+    let mut auth = client(Some("hunter2"), Prefer, Channel::Plain);
     let mut server = FakeServer::new("hunter2", b"");
     let (_, first) = scram_start(&mut auth, PLAIN).unwrap();
     sent(
@@ -516,7 +516,7 @@ fn hostile_server_final() {
         AuthError::ScramTooLong(4097)
     ));
     // The wrong password on the client gives the server's e=, as PostgreSQL would.
-    let mut auth = client(Some("wrong"), Prefer, Transport::Plain);
+    let mut auth = client(Some("wrong"), Prefer, Channel::Plain);
     let mut server = FakeServer::new("right", b"");
     let e = scram_login(&mut auth, PLAIN, &mut server).unwrap_err();
     assert_eq!(e, AuthError::ServerError("invalid-proof".into()));
@@ -524,14 +524,14 @@ fn hostile_server_final() {
 
 #[test]
 fn out_of_order() {
-    let mut auth = client(Some("pw"), Prefer, Transport::Plain);
+    let mut auth = client(Some("pw"), Prefer, Channel::Plain);
     let e = auth.handle(AuthRequest::SaslContinue(b"r=x")).unwrap_err();
     assert_eq!(
         e.to_string(),
         "unexpected AuthenticationSASLContinue while waiting for the first authentication request"
     );
     // SASLFinal before SASLContinue.
-    let mut auth = client(Some("pw"), Prefer, Transport::Plain);
+    let mut auth = client(Some("pw"), Prefer, Channel::Plain);
     scram_start(&mut auth, PLAIN).unwrap();
     let e = auth.handle(AuthRequest::SaslFinal(b"v=AAAA")).unwrap_err();
     assert!(matches!(
@@ -543,7 +543,7 @@ fn out_of_order() {
     ));
     // AuthenticationOk before the server proved itself, at either step.
     for steps in [1, 2] {
-        let mut auth = client(Some("pw"), Prefer, Transport::Plain);
+        let mut auth = client(Some("pw"), Prefer, Channel::Plain);
         let mut server = FakeServer::new("pw", b"");
         let (_, first) = scram_start(&mut auth, PLAIN).unwrap();
         if steps == 2 {
@@ -566,13 +566,13 @@ fn out_of_order() {
         assert!(auth.handle(AuthRequest::Ok).is_err());
     }
     // A second AuthenticationSASL, and md5 in the middle of SCRAM.
-    let mut auth = client(Some("pw"), Prefer, Transport::Plain);
+    let mut auth = client(Some("pw"), Prefer, Channel::Plain);
     scram_start(&mut auth, PLAIN).unwrap();
     assert!(matches!(
         scram_start(&mut auth, PLAIN),
         Err(AuthError::Unexpected { .. })
     ));
-    let mut auth = client(Some("pw"), Prefer, Transport::Plain);
+    let mut auth = client(Some("pw"), Prefer, Channel::Plain);
     scram_start(&mut auth, PLAIN).unwrap();
     let e = auth.handle(AuthRequest::Md5Password { salt: [0; 4] });
     assert!(matches!(e, Err(AuthError::Unexpected { .. })));
@@ -580,7 +580,7 @@ fn out_of_order() {
 
 #[test]
 fn errors_and_messages_never_contain_the_password() {
-    let plain = || client(Some("hunter2"), Prefer, Transport::Plain);
+    let plain = || client(Some("hunter2"), Prefer, Channel::Plain);
     let mut errors = vec![
         plain().handle(AuthRequest::CleartextPassword).unwrap_err(),
         hostile_final(format!("v={}", b64(&[7; 32])).as_bytes()),

@@ -1,7 +1,8 @@
-//! The errors and notices of the replication command parser, and slot name validation,
-//! worded as PostgreSQL 15 words them (`repl_scanner.l`, `repl_gram.y`,
-//! `walsender.c:parseCreateReplSlotOptions`, `define.c:defGetBoolean`, `scansup.c`,
-//! `slot.c:ReplicationSlotValidateName`).
+//! The errors and notices of the replication command parser, worded as PostgreSQL 15 words
+//! them (`repl_scanner.l`, `repl_gram.y`, `walsender.c:parseCreateReplSlotOptions`,
+//! `define.c:defGetBoolean`, `scansup.c`).
+
+use crate::types::SqlState;
 
 /// Why a replication command was refused. The text is PostgreSQL's message and
 /// [`ParseError::sqlstate`] its SQLSTATE, so a server can answer with the same ErrorResponse.
@@ -48,12 +49,12 @@ pub enum ParseError {
 
 impl ParseError {
     /// The SQLSTATE PostgreSQL answers with.
-    pub fn sqlstate(&self) -> &'static str {
+    pub fn sqlstate(&self) -> SqlState {
         match self {
-            ParseError::OutOfRange(_) => "22003",
-            ParseError::UnrecognizedOption(_) => "XX000",
-            ParseError::UnrecognizedValue { .. } => "22023",
-            _ => "42601",
+            ParseError::OutOfRange(_) => SqlState::NUMERIC_VALUE_OUT_OF_RANGE,
+            ParseError::UnrecognizedOption(_) => SqlState::INTERNAL_ERROR,
+            ParseError::UnrecognizedValue { .. } => SqlState::INVALID_PARAMETER_VALUE,
+            _ => SqlState::SYNTAX_ERROR,
         }
     }
 }
@@ -73,104 +74,14 @@ pub enum Notice {
 
 impl Notice {
     /// The SQLSTATE of the NOTICE (`name_too_long`).
-    pub fn sqlstate(&self) -> &'static str {
-        "42622"
+    pub fn sqlstate(&self) -> SqlState {
+        SqlState::NAME_TOO_LONG
     }
-}
-
-/// Why a name cannot name a replication slot.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SlotNameError {
-    /// The name is empty.
-    #[error("replication slot name \"\" is too short")]
-    TooShort,
-    /// The name has 64 bytes or more.
-    #[error("replication slot name \"{0}\" is too long")]
-    TooLong(String),
-    /// The name has a character outside `[a-z0-9_]`.
-    #[error("replication slot name \"{0}\" contains invalid character")]
-    InvalidCharacter(String),
-}
-
-impl SlotNameError {
-    /// The SQLSTATE PostgreSQL answers with.
-    pub fn sqlstate(&self) -> &'static str {
-        match self {
-            SlotNameError::TooLong(_) => "42622",
-            SlotNameError::TooShort | SlotNameError::InvalidCharacter(_) => "42602",
-        }
-    }
-
-    /// The HINT PostgreSQL adds, if any.
-    pub fn hint(&self) -> Option<&'static str> {
-        match self {
-            SlotNameError::InvalidCharacter(_) => Some(
-                "Replication slot names may only contain lower case letters, numbers, and the underscore character.",
-            ),
-            SlotNameError::TooShort | SlotNameError::TooLong(_) => None,
-        }
-    }
-}
-
-/// Checks a slot name as `slot.c:ReplicationSlotValidateName` does, in its order: empty,
-/// then 64 bytes or more, then any character outside `[a-z0-9_]`.
-///
-/// The parser does not call this: PostgreSQL checks names when a command runs (after its
-/// options), and `DROP_REPLICATION_SLOT "Bad"` or `READ_REPLICATION_SLOT "Bad"` are not
-/// refused for their names.
-///
-/// # Errors
-///
-/// [`SlotNameError`], whose text, [`SlotNameError::sqlstate`] and [`SlotNameError::hint`]
-/// are PostgreSQL's.
-pub fn validate_slot_name(name: &str) -> Result<(), SlotNameError> {
-    if name.is_empty() {
-        return Err(SlotNameError::TooShort);
-    }
-    if name.len() > super::lexer::MAX_IDENTIFIER_LEN {
-        return Err(SlotNameError::TooLong(name.to_owned()));
-    }
-    let valid = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_';
-    if !name.bytes().all(valid) {
-        return Err(SlotNameError::InvalidCharacter(name.to_owned()));
-    }
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn slot_names_as_postgres_checks_them() {
-        // [obs] PG 15.18: `CREATE_REPLICATION_SLOT "../../etc" PHYSICAL` and `"Bad"` give
-        // 42602 "... contains invalid character" with this HINT; `""` gives 42602 "... is too
-        // short".
-        assert_eq!(validate_slot_name("pg_walreceiver_123"), Ok(()));
-        assert_eq!(validate_slot_name(&"a".repeat(63)), Ok(()));
-        for bad in ["../../etc", "Bad", "a-b", "é", "a b"] {
-            let err = validate_slot_name(bad).unwrap_err();
-            assert_eq!(err.sqlstate(), "42602");
-            assert_eq!(
-                err.to_string(),
-                format!("replication slot name \"{bad}\" contains invalid character")
-            );
-            assert_eq!(
-                err.hint(),
-                Some(
-                    "Replication slot names may only contain lower case letters, numbers, and the underscore character."
-                )
-            );
-        }
-        let short = validate_slot_name("").unwrap_err();
-        assert_eq!(
-            (short.sqlstate(), short.to_string().as_str(), short.hint()),
-            ("42602", "replication slot name \"\" is too short", None)
-        );
-        let long = validate_slot_name(&"A".repeat(64)).unwrap_err();
-        assert_eq!(long, SlotNameError::TooLong("A".repeat(64)));
-        assert_eq!(long.sqlstate(), "42622");
-    }
 
     #[test]
     fn sqlstates() {

@@ -42,7 +42,7 @@ mod tests;
 
 use std::str::FromStr;
 
-pub use error::{Notice, ParseError, SlotNameError, validate_slot_name};
+pub use error::{Notice, ParseError};
 
 use crate::types::{Lsn, TimelineId};
 
@@ -60,7 +60,7 @@ pub enum ReplicationCommand {
     /// `CREATE_REPLICATION_SLOT name [TEMPORARY] PHYSICAL|LOGICAL plugin [options]`, with the
     /// options already checked as `walsender.c:parseCreateReplSlotOptions` checks them.
     CreateReplicationSlot {
-        /// The slot name, not yet validated (see [`validate_slot_name`]).
+        /// The slot name, not yet validated (see [`crate::types::SlotName`]).
         name: String,
         /// Whether the slot lives only as long as the connection.
         temporary: bool,

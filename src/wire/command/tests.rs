@@ -18,7 +18,8 @@ fn ok(text: &str) -> ReplicationCommand {
 
 fn err(text: &str) -> (&'static str, String) {
     let e = text.parse::<ReplicationCommand>().unwrap_err();
-    (e.sqlstate(), e.to_string())
+    let code: &'static str = Box::leak(e.sqlstate().to_string().into_boxed_str());
+    (code, e.to_string())
 }
 
 fn syntax() -> (&'static str, String) {

@@ -8,13 +8,12 @@ use std::path::Path;
 
 use tracing::warn;
 
-use crate::service::downstream::UpstreamInfo;
-use crate::service::login::version_num;
+use super::StoreIdentity;
 use crate::statefile::{self, StateFormat};
-use crate::storage::StoreIdentity;
+use crate::types::UpstreamInfo;
 
 /// The file's name inside the data directory.
-pub const FILE: &str = "upstream.state";
+pub const UPSTREAM_STATE_FILE: &str = "upstream.state";
 
 const FORMAT: StateFormat = StateFormat {
     what: "walrelay upstream state",
@@ -24,44 +23,43 @@ const FORMAT: StateFormat = StateFormat {
 };
 
 /// What was saved, for a store of `identity`; `None` when nothing usable is there.
-pub fn load(data_dir: &Path, identity: StoreIdentity) -> Option<UpstreamInfo> {
-    let text = match FORMAT.read(&data_dir.join(FILE)) {
+pub fn load_upstream_info(data_dir: &Path, identity: StoreIdentity) -> Option<UpstreamInfo> {
+    let text = match FORMAT.read(&data_dir.join(UPSTREAM_STATE_FILE)) {
         Ok(text) => text?,
         Err(e) => {
-            warn!(error = %e, "ignoring {FILE}");
+            warn!(error = %e, "ignoring {UPSTREAM_STATE_FILE}");
             return None;
         }
     };
     let body = match FORMAT.parse(&text) {
         Ok(body) => body,
         Err(e) => {
-            warn!(error = %e, "ignoring {FILE}");
+            warn!(error = %e, "ignoring {UPSTREAM_STATE_FILE}");
             return None;
         }
     };
     let server_version = body
         .lines()
         .find_map(|l| l.strip_prefix("server_version "))?;
-    Some(UpstreamInfo {
-        system_id: identity.system_id,
-        segment_size: identity.segment_size,
-        server_version: server_version.to_owned(),
-        version_num: version_num(server_version),
-    })
+    Some(UpstreamInfo::new(
+        identity.system_id,
+        identity.segment_size,
+        server_version.to_owned(),
+    ))
 }
 
 /// Saves `info` durably.
 ///
 /// # Errors
 /// The I/O error.
-pub fn save(data_dir: &Path, info: &UpstreamInfo) -> std::io::Result<()> {
+pub fn save_upstream_info(data_dir: &Path, info: &UpstreamInfo) -> std::io::Result<()> {
     let version: String = info
         .server_version
         .chars()
         .filter(|c| !c.is_control())
         .collect();
     let text = FORMAT.render(&format!("server_version {version}\n"));
-    statefile::replace(data_dir, FILE, text.as_bytes())
+    statefile::replace(data_dir, UPSTREAM_STATE_FILE, text.as_bytes())
 }
 
 #[cfg(test)]
@@ -76,16 +74,16 @@ mod tests {
             system_id: SystemId(7),
             segment_size: WalSegmentSize::DEFAULT,
         };
-        assert_eq!(load(t.path(), identity), None);
+        assert_eq!(load_upstream_info(t.path(), identity), None);
         let info = UpstreamInfo {
             system_id: SystemId(7),
             segment_size: WalSegmentSize::DEFAULT,
             server_version: "15.18 (Debian 15.18-0+deb12u1)".into(),
             version_num: 150_018,
         };
-        save(t.path(), &info).unwrap();
-        assert_eq!(load(t.path(), identity), Some(info));
-        std::fs::write(t.path().join(FILE), b"garbage").unwrap();
-        assert_eq!(load(t.path(), identity), None);
+        save_upstream_info(t.path(), &info).unwrap();
+        assert_eq!(load_upstream_info(t.path(), identity), Some(info));
+        std::fs::write(t.path().join(UPSTREAM_STATE_FILE), b"garbage").unwrap();
+        assert_eq!(load_upstream_info(t.path(), identity), None);
     }
 }

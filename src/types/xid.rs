@@ -1,4 +1,5 @@
-//! Transaction ids with their epoch, as hot-standby feedback carries them.
+//! Transaction ids with their epoch, as hot-standby feedback carries them, and the horizon of
+//! the oldest ones a set of standbys still needs.
 //!
 //! A slot stores its `xmin`/`catalog_xmin` as PostgreSQL's `FullTransactionId` (`xid8`), so the
 //! relay can forward the minimum upstream with the right epoch (`'h'` messages send both halves).
@@ -48,6 +49,34 @@ impl FullXid {
     /// either side of it, the most that can be live at once.
     pub fn near(self, next: u64) -> bool {
         self.0.abs_diff(next) < 1 << 31
+    }
+}
+
+/// The oldest transaction ids standbys still need, to forward upstream as hot-standby feedback
+/// (`ReplicationSlotsComputeRequiredXmin`); `None` where nothing is held.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct XminHorizon {
+    /// The smallest `xmin`.
+    pub xmin: Option<FullXid>,
+    /// The smallest `catalog_xmin`.
+    pub catalog_xmin: Option<FullXid>,
+}
+
+impl XminHorizon {
+    /// The oldest of each over `horizons`.
+    pub fn oldest<'a>(horizons: impl IntoIterator<Item = &'a XminHorizon> + Clone) -> XminHorizon {
+        XminHorizon {
+            xmin: horizons.clone().into_iter().filter_map(|h| h.xmin).min(),
+            catalog_xmin: horizons.into_iter().filter_map(|h| h.catalog_xmin).min(),
+        }
+    }
+
+    /// Whether both ids are near `next` (see [`FullXid::near`]); an absent id always is.
+    pub fn near(&self, next: u64) -> bool {
+        [self.xmin, self.catalog_xmin]
+            .into_iter()
+            .flatten()
+            .all(|x| x.near(next))
     }
 }
 

@@ -10,44 +10,29 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::proto::auth::{
-    AuthAction, AuthError, AuthRequest, ClientAuth, Transport as AuthTransport,
-};
+use super::UpstreamError;
+use crate::proto::auth::{Channel, ClientAuth};
 use crate::proto::conninfo::{ConnInfo, Endpoint, Host, Password, SslMode};
 use crate::proto::pgpass::{self, PassfileKey};
-use crate::service::conn::{ConnError, Connection, Transport};
+use crate::proto::query::{EndOfTimeline, QueryResult};
+use crate::proto::upstream::{Event, ServerInfo, SessionError, UpstreamSession};
+use crate::service::conn::{ConnError, Connection, Socket};
 use crate::service::tls;
-use crate::wire::frame::{AUTH_FRAME_LIMIT, BACKEND_FRAME_LIMIT};
-use crate::wire::startup::{StartupMessage, StartupPacket};
-use crate::wire::{BackendMessage, ErrorFields, Frame, WireError};
+use crate::wire::WireError;
 
 /// How long a whole login may take when the connection string sets no `connect_timeout`.
 const DEFAULT_LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Most ParameterStatus and NoticeResponse messages accepted before ReadyForQuery.
-const MAX_STARTUP_MESSAGES: usize = 1000;
-
-/// What the server told about itself during the login.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ServerInfo {
-    /// `server_version` as reported, e.g. `15.18 (Debian 15.18-0+deb12u1)`.
-    pub server_version: String,
-    /// The same as a number, like libpq's `PQserverVersion` (150018).
-    pub version_num: u32,
-    /// The backend pid from BackendKeyData.
-    pub backend_pid: i32,
-}
-
 /// Why a login failed.
 #[derive(Debug, thiserror::Error)]
-pub enum LoginError {
+pub enum ConnectError {
     /// No host could be reached.
     #[error("could not connect to server at \"{host}\", port {port}: {source}")]
     Connect {
@@ -73,47 +58,66 @@ pub enum LoginError {
     /// TLS failed.
     #[error("SSL error: {0}")]
     Tls(String),
-    /// Authentication failed on the relay's side.
-    #[error("authentication failed: {0}")]
-    Auth(#[from] AuthError),
     /// The server refused the login.
     #[error("server refused the connection: {0}")]
-    Server(ErrorFields),
+    Refused(crate::wire::ErrorFields),
+    /// The login broke the protocol or failed authentication.
+    #[error(transparent)]
+    Session(SessionError),
     /// The connection failed.
-    #[error("{0}")]
+    #[error(transparent)]
     Conn(#[from] ConnError),
-    /// A malformed message.
-    #[error("{0}")]
-    Wire(#[from] WireError),
-    /// The server broke the startup protocol.
-    #[error("protocol violation during login: {0}")]
-    Protocol(String),
     /// Unix-socket connections cannot use TLS.
     #[error("sslmode \"{0}\" requires a TCP connection, but host is a socket directory")]
     SocketWithTls(&'static str),
+}
+
+impl From<SessionError> for ConnectError {
+    fn from(e: SessionError) -> Self {
+        match e {
+            SessionError::Server(fields) => ConnectError::Refused(fields),
+            other => ConnectError::Session(other),
+        }
+    }
+}
+
+impl From<WireError> for ConnectError {
+    fn from(e: WireError) -> Self {
+        ConnectError::Session(SessionError::Wire(e))
+    }
+}
+
+/// A logged-in connection, its session (idle, ready for commands) and what the server said.
+pub(crate) struct Upstream {
+    /// The socket, framed.
+    pub conn: Connection,
+    /// The session, idle.
+    pub session: UpstreamSession,
+    /// The server's version and pid.
+    pub server: ServerInfo,
 }
 
 /// Connects to the first host of `ci` that accepts the login, within its `connect_timeout`.
 ///
 /// # Errors
 /// The last host's error, a timeout, or shutdown.
-pub async fn connect(
+pub(crate) async fn connect(
     ci: &ConnInfo,
     application_name: &str,
     shutdown: &CancellationToken,
-) -> Result<(Connection, ServerInfo), LoginError> {
+) -> Result<Upstream, ConnectError> {
     let limit = ci.connect_timeout.unwrap_or(DEFAULT_LOGIN_TIMEOUT);
-    let mut last = LoginError::Timeout;
+    let mut last = ConnectError::Timeout;
     for endpoint in ci.hosts() {
         let attempt = tokio::time::timeout(limit, connect_endpoint(ci, endpoint, application_name));
         let outcome = tokio::select! {
-            () = shutdown.cancelled() => return Err(LoginError::Shutdown),
+            () = shutdown.cancelled() => return Err(ConnectError::Shutdown),
             outcome = attempt => outcome,
         };
         match outcome {
             Ok(Ok(done)) => return Ok(done),
             Ok(Err(e)) => last = e,
-            Err(_) => last = LoginError::Timeout,
+            Err(_) => last = ConnectError::Timeout,
         }
         debug!(host = %endpoint.pgpass_host(), port = endpoint.port, error = %last, "host failed");
     }
@@ -124,27 +128,27 @@ async fn connect_endpoint(
     ci: &ConnInfo,
     endpoint: &Endpoint,
     application_name: &str,
-) -> Result<(Connection, ServerInfo), LoginError> {
+) -> Result<Upstream, ConnectError> {
     let host = endpoint.pgpass_host();
     if let Some(Host::UnixSocket(dir)) = &endpoint.host {
         if matches!(
             ci.sslmode,
             SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull
         ) {
-            return Err(LoginError::SocketWithTls(ci.sslmode.as_str()));
+            return Err(ConnectError::SocketWithTls(ci.sslmode.as_str()));
         }
         let path = dir.join(format!(".s.PGSQL.{}", endpoint.port));
         let sock = UnixStream::connect(&path)
             .await
-            .map_err(|source| LoginError::Connect {
+            .map_err(|source| ConnectError::Connect {
                 host: host.clone(),
                 port: endpoint.port,
                 source,
             })?;
         return login(
             ci,
-            Transport::Unix(sock),
-            AuthTransport::Plain,
+            Socket::Unix(sock),
+            Channel::Plain,
             &host,
             endpoint.port,
             application_name,
@@ -156,35 +160,27 @@ async fn connect_endpoint(
         let plain = open_tcp(endpoint, &host).await?;
         match login(
             ci,
-            Transport::Plain(plain),
-            AuthTransport::Plain,
+            Socket::Plain(plain),
+            Channel::Plain,
             &host,
             endpoint.port,
             application_name,
         )
         .await
         {
-            Err(LoginError::Server(e)) => {
+            Err(ConnectError::Refused(e)) => {
                 warn!(error = %e, "plaintext login refused, retrying with SSL")
             }
             other => return other,
         }
     }
     let tcp = open_tcp(endpoint, &host).await?;
-    let (transport, auth_transport) = negotiate_tls(ci, tcp, &host).await?;
-    login(
-        ci,
-        transport,
-        auth_transport,
-        &host,
-        endpoint.port,
-        application_name,
-    )
-    .await
+    let (socket, channel) = negotiate_tls(ci, tcp, &host).await?;
+    login(ci, socket, channel, &host, endpoint.port, application_name).await
 }
 
-async fn open_tcp(endpoint: &Endpoint, host: &str) -> Result<TcpStream, LoginError> {
-    let err = |source| LoginError::Connect {
+async fn open_tcp(endpoint: &Endpoint, host: &str) -> Result<TcpStream, ConnectError> {
+    let err = |source| ConnectError::Connect {
         host: host.to_owned(),
         port: endpoint.port,
         source,
@@ -203,13 +199,13 @@ async fn negotiate_tls(
     ci: &ConnInfo,
     mut tcp: TcpStream,
     host: &str,
-) -> Result<(Transport, AuthTransport), LoginError> {
+) -> Result<(Socket, Channel), ConnectError> {
     let required = matches!(
         ci.sslmode,
         SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull
     );
     if matches!(ci.sslmode, SslMode::Disable) {
-        return Ok((Transport::Plain(tcp), AuthTransport::Plain));
+        return Ok((Socket::Plain(tcp), Channel::Plain));
     }
     let request = [0u8, 0, 0, 8, 0x04, 0xD2, 0x16, 0x2F];
     tcp.write_all(&request).await.map_err(ConnError::from)?;
@@ -217,16 +213,16 @@ async fn negotiate_tls(
     tcp.read_exact(&mut answer).await.map_err(ConnError::from)?;
     match answer {
         [b'S'] => {}
-        [b'N'] if !required => return Ok((Transport::Plain(tcp), AuthTransport::Plain)),
-        [b'N'] => return Err(LoginError::SslRefused),
-        [other] => return Err(LoginError::SslBadResponse(char::from(other))),
+        [b'N'] if !required => return Ok((Socket::Plain(tcp), Channel::Plain)),
+        [b'N'] => return Err(ConnectError::SslRefused),
+        [other] => return Err(ConnectError::SslBadResponse(char::from(other))),
     }
-    let config = tls::client_config(ci).map_err(|e| LoginError::Tls(e.to_string()))?;
-    let name = tls::server_name(host).map_err(|e| LoginError::Tls(e.to_string()))?;
+    let config = tls::client_config(ci).map_err(|e| ConnectError::Tls(e.to_string()))?;
+    let name = tls::server_name(host).map_err(|e| ConnectError::Tls(e.to_string()))?;
     let stream = tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(name, tcp)
         .await
-        .map_err(|e| LoginError::Tls(e.to_string()))?;
+        .map_err(|e| ConnectError::Tls(e.to_string()))?;
     let end_point = stream
         .get_ref()
         .1
@@ -234,23 +230,23 @@ async fn negotiate_tls(
         .and_then(|certs| certs.first())
         .and_then(|cert| tls::server_end_point_hash(cert.as_ref()));
     Ok((
-        Transport::Tls(Box::new(stream)),
-        AuthTransport::Tls {
+        Socket::Tls(Box::new(stream)),
+        Channel::Tls {
             server_end_point: end_point,
         },
     ))
 }
 
-/// StartupMessage, authentication, and the messages up to ReadyForQuery.
+/// StartupMessage, authentication, and the messages up to ReadyForQuery, through an
+/// [`UpstreamSession`].
 async fn login(
     ci: &ConnInfo,
-    transport: Transport,
-    auth_transport: AuthTransport,
+    socket: Socket,
+    channel: Channel,
     host: &str,
     port: u16,
     application_name: &str,
-) -> Result<(Connection, ServerInfo), LoginError> {
-    let mut conn = Connection::new(transport, AUTH_FRAME_LIMIT);
+) -> Result<Upstream, ConnectError> {
     let mut params = vec![
         ("user".to_owned(), ci.user.clone()),
         ("database".to_owned(), "replication".to_owned()),
@@ -261,71 +257,21 @@ async fn login(
     }
     let app = ci.application_name.as_deref().unwrap_or(application_name);
     params.push(("application_name".to_owned(), app.to_owned()));
-    StartupPacket::Startup(StartupMessage {
-        minor_version: 0,
-        params,
-    })
-    .write(conn.out())?;
-    conn.flush().await?;
     let password = password_for(ci, host, port);
-    let mut auth = ClientAuth::new(&ci.user, password, ci.channel_binding, auth_transport);
-    authenticate(&mut conn, &mut auth).await?;
-    let info = read_until_ready(&mut conn).await?;
-    conn.set_max_frame(BACKEND_FRAME_LIMIT);
-    Ok((conn, info))
-}
-
-async fn authenticate(conn: &mut Connection, auth: &mut ClientAuth) -> Result<(), LoginError> {
+    let auth = ClientAuth::new(&ci.user, password, ci.channel_binding, channel);
+    let mut session = UpstreamSession::new(params, auth)?;
+    let mut conn = Connection::new(socket);
     loop {
-        let frame: Frame = conn.recv().await?;
-        match frame.tag {
-            b'R' => match auth.handle(AuthRequest::parse(&frame.body)?)? {
-                AuthAction::Send(response) => {
-                    response.encode(conn.out())?;
-                    conn.flush().await?;
-                }
-                AuthAction::Wait => {}
-                AuthAction::Authenticated => return Ok(()),
-            },
-            _ => match BackendMessage::parse(frame)? {
-                BackendMessage::ErrorResponse(e) => return Err(LoginError::Server(e)),
-                BackendMessage::NoticeResponse(_) => {}
-                other => {
-                    return Err(LoginError::Protocol(format!(
-                        "expected authentication request, got message type '{}'",
-                        char::from(other.tag())
-                    )));
-                }
-            },
+        conn.send(session.take_output()).await?;
+        let frame = conn.recv(session.frame_limit()).await?;
+        if let Event::Ready(server) = session.message(frame, Instant::now())? {
+            return Ok(Upstream {
+                conn,
+                session,
+                server,
+            });
         }
     }
-}
-
-async fn read_until_ready(conn: &mut Connection) -> Result<ServerInfo, LoginError> {
-    let mut info = ServerInfo::default();
-    for _ in 0..MAX_STARTUP_MESSAGES {
-        match BackendMessage::parse(conn.recv().await?)? {
-            BackendMessage::ParameterStatus { name, value } => {
-                if name == "server_version" {
-                    info.version_num = version_num(&value);
-                    info.server_version = value;
-                }
-            }
-            BackendMessage::BackendKeyData { process_id, .. } => info.backend_pid = process_id,
-            BackendMessage::NoticeResponse(_) => {}
-            BackendMessage::ErrorResponse(e) => return Err(LoginError::Server(e)),
-            BackendMessage::ReadyForQuery(_) => return Ok(info),
-            other => {
-                return Err(LoginError::Protocol(format!(
-                    "unexpected message type '{}' before ReadyForQuery",
-                    char::from(other.tag())
-                )));
-            }
-        }
-    }
-    Err(LoginError::Protocol(
-        "too many messages before ReadyForQuery".into(),
-    ))
 }
 
 /// The password: from the connection string (or PGPASSWORD), else from the passfile.
@@ -351,35 +297,42 @@ fn password_for(ci: &ConnInfo, host: &str, port: u16) -> Option<Password> {
     pgpass::lookup(&text, &key)
 }
 
-/// `PQserverVersion` of a `server_version` string: "15.18 (Debian…)" → 150018, "9.6.3" → 90603.
-pub fn version_num(text: &str) -> u32 {
-    let mut parts = text
-        .split(|c: char| !c.is_ascii_digit())
-        .take_while(|p| !p.is_empty())
-        .map(|p| p.parse::<u32>().unwrap_or(0));
-    let major = parts.next().unwrap_or(0);
-    let minor = parts.next().unwrap_or(0);
-    if major >= 10 {
-        major.saturating_mul(10_000).saturating_add(minor)
-    } else {
-        let patch = parts.next().unwrap_or(0);
-        major
-            .saturating_mul(10_000)
-            .saturating_add(minor.saturating_mul(100))
-            .saturating_add(patch)
+impl Upstream {
+    /// Sends `sql` and reads its whole answer, within the reply timeout.
+    ///
+    /// # Errors
+    /// A connection failure, a malformed answer, or the server's error.
+    pub(crate) async fn query(&mut self, sql: &str) -> Result<QueryResult, UpstreamError> {
+        self.session.query(sql)?;
+        loop {
+            self.conn.send(self.session.take_output()).await?;
+            let frame = self.conn.recv_reply(self.session.frame_limit()).await?;
+            match self.session.message(frame, Instant::now())? {
+                Event::Result(result) => return Ok(result),
+                Event::Continue => {}
+                other => {
+                    let text = format!("unexpected answer to {sql}: {other:?}");
+                    return Err(SessionError::Protocol(text).into());
+                }
+            }
+        }
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::version_num;
-
-    #[test]
-    fn server_version_numbers() {
-        assert_eq!(version_num("15.18 (Debian 15.18-0+deb12u1)"), 150_018);
-        assert_eq!(version_num("17.2"), 170_002);
-        assert_eq!(version_num("18beta1"), 180_000);
-        assert_eq!(version_num("9.6.3"), 90_603);
-        assert_eq!(version_num("garbage"), 0);
+    /// The answer to `START_REPLICATION` up to copy mode: `None` once streaming, or the next
+    /// timeline when the server skipped copy mode.
+    pub(crate) async fn next_answer(&mut self) -> Result<Option<EndOfTimeline>, UpstreamError> {
+        loop {
+            self.conn.send(self.session.take_output()).await?;
+            let frame = self.conn.recv_reply(self.session.frame_limit()).await?;
+            match self.session.message(frame, Instant::now())? {
+                Event::Streaming => return Ok(None),
+                Event::TimelineEnded(next) => return Ok(Some(next)),
+                Event::Continue => {}
+                other => {
+                    let text = format!("unexpected answer to START_REPLICATION: {other:?}");
+                    return Err(SessionError::Protocol(text).into());
+                }
+            }
+        }
     }
 }

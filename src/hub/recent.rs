@@ -28,15 +28,15 @@ impl Chunk {
 }
 
 /// Contiguous chunks, oldest first.
-pub(super) struct Tail {
+pub(super) struct RecentWal {
     chunks: VecDeque<Chunk>,
     bytes: usize,
     capacity: usize,
 }
 
-impl fmt::Debug for Tail {
+impl fmt::Debug for RecentWal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Tail")
+        f.debug_struct("RecentWal")
             .field("start", &self.chunks.front().map(|c| c.start))
             .field("end", &self.end())
             .field("chunks", &self.chunks.len())
@@ -46,10 +46,10 @@ impl fmt::Debug for Tail {
     }
 }
 
-impl Tail {
+impl RecentWal {
     /// An empty cache keeping about `capacity` bytes (0 keeps nothing).
-    pub(super) fn new(capacity: usize) -> Tail {
-        Tail {
+    pub(super) fn new(capacity: usize) -> RecentWal {
+        RecentWal {
             chunks: VecDeque::new(),
             bytes: 0,
             capacity,
@@ -126,13 +126,13 @@ mod tests {
         Bytes::from(vec![fill; len])
     }
 
-    fn range(t: &Tail) -> Option<(Lsn, Lsn)> {
+    fn range(t: &RecentWal) -> Option<(Lsn, Lsn)> {
         Some((t.chunks.front()?.start, t.end()?))
     }
 
     #[test]
     fn slices_share_the_published_bytes() {
-        let mut t = Tail::new(1 << 20);
+        let mut t = RecentWal::new(1 << 20);
         let a = chunk(1000, 1);
         let b = chunk(500, 2);
         t.push(Lsn(10_000), a.clone());
@@ -149,7 +149,7 @@ mod tests {
 
     #[test]
     fn overlaps_are_trimmed_and_gaps_restart() {
-        let mut t = Tail::new(1 << 20);
+        let mut t = RecentWal::new(1 << 20);
         t.push(Lsn(100), chunk(100, 1));
         t.push(Lsn(150), chunk(100, 2));
         assert_eq!(range(&t), Some((Lsn(100), Lsn(250))));
@@ -172,7 +172,7 @@ mod tests {
     #[test]
     fn memory_stays_within_capacity_plus_one_chunk() {
         let capacity = 1 << 20;
-        let mut t = Tail::new(capacity);
+        let mut t = RecentWal::new(capacity);
         let mut at = Lsn(0x300_0000);
         let mut max_chunk = 0;
         for i in 0..500u64 {
@@ -192,7 +192,7 @@ mod tests {
 
     #[test]
     fn zero_capacity_keeps_nothing() {
-        let mut t = Tail::new(0);
+        let mut t = RecentWal::new(0);
         t.push(Lsn(0), chunk(10, 1));
         assert_eq!((range(&t), t.bytes()), (None, 0));
     }

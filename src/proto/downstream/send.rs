@@ -16,6 +16,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::proto::liveness::Liveness;
 use crate::types::{Lsn, PgTimestamp};
 use crate::wire::replication::{PrimaryKeepalive, StandbyStatusUpdate};
 
@@ -59,10 +60,8 @@ pub struct ClientPositions {
 /// The sending side of one stream.
 #[derive(Debug, Clone)]
 pub struct SendStream {
-    timeout: Duration,
     sent: Lsn,
-    last_receive: Instant,
-    waiting_for_ping: bool,
+    client: Liveness,
     positions: ClientPositions,
 }
 
@@ -71,10 +70,8 @@ impl SendStream {
     /// `timeout` is the sender timeout; zero disables it.
     pub fn new(start: Lsn, timeout: Duration, now: Instant) -> SendStream {
         SendStream {
-            timeout,
             sent: start,
-            last_receive: now,
-            waiting_for_ping: false,
+            client: Liveness::new(timeout, now),
             positions: ClientPositions::default(),
         }
     }
@@ -96,8 +93,7 @@ impl SendStream {
 
     /// Takes any message from the client: it proves the client is alive.
     pub fn on_client_message(&mut self, now: Instant) {
-        self.last_receive = now;
-        self.waiting_for_ping = false;
+        self.client.heard(now);
     }
 
     /// Takes a standby status update; `end` is the end of the WAL this server has. Positions
@@ -145,33 +141,22 @@ impl SendStream {
         }
     }
 
-    /// Whether a keepalive asking for a reply is due: the client has been silent for half the
-    /// timeout, and has not been asked since it last spoke.
-    pub fn ping_due(&self, now: Instant) -> bool {
-        !self.timeout.is_zero()
-            && !self.waiting_for_ping
-            && now.saturating_duration_since(self.last_receive) >= self.timeout / 2
+    /// The client's silence: when to ask it for a reply, when to drop it.
+    pub fn client(&mut self) -> &mut Liveness {
+        &mut self.client
     }
 
-    /// Records that the keepalive asking for a reply went out.
-    pub fn pinged(&mut self) {
-        self.waiting_for_ping = true;
+    /// When the client's silence next calls for a ping or the timeout.
+    pub fn client_deadline(&self) -> Option<Instant> {
+        self.client.deadline()
     }
 
-    /// Whether the client has been silent for the whole timeout and must be dropped.
-    pub fn timed_out(&self, now: Instant) -> bool {
-        !self.timeout.is_zero() && now.saturating_duration_since(self.last_receive) >= self.timeout
-    }
-
-    /// When the caller must look again even if nothing happens: the ping or the timeout.
-    pub fn next_deadline(&self) -> Option<Instant> {
-        if self.timeout.is_zero() {
-            None
-        } else if self.waiting_for_ping {
-            Some(self.last_receive + self.timeout)
-        } else {
-            Some(self.last_receive + self.timeout / 2)
-        }
+    /// Whether the client confirmed everything sent: its flush, or its write when it reports
+    /// no flush (`pg_receivewal` without a slot).
+    pub fn confirmed(&self) -> bool {
+        let p = self.positions;
+        let done = if p.flush.is_valid() { p.flush } else { p.write };
+        done >= self.sent
     }
 }
 
@@ -241,27 +226,27 @@ mod tests {
     }
 
     #[test]
-    fn keepalives_and_timeout() {
+    fn keepalives_carry_what_was_sent_and_silence_is_the_clients() {
         let t0 = Instant::now();
         let mut s = SendStream::new(Lsn(0x100), Duration::from_secs(10), t0);
-        assert_eq!(s.next_deadline(), Some(t0 + Duration::from_secs(5)));
-        assert!(!s.ping_due(t0 + Duration::from_secs(4)));
-        assert!(s.ping_due(t0 + Duration::from_secs(5)));
-        s.pinged();
-        assert!(
-            !s.ping_due(t0 + Duration::from_secs(6)),
-            "one ping per silence"
-        );
-        assert_eq!(s.next_deadline(), Some(t0 + Duration::from_secs(10)));
-        assert!(!s.timed_out(t0 + Duration::from_secs(9)));
-        assert!(s.timed_out(t0 + Duration::from_secs(10)));
-        s.on_client_message(t0 + Duration::from_secs(9));
-        assert!(!s.timed_out(t0 + Duration::from_secs(10)));
+        assert!(s.client().ping_due(t0 + Duration::from_secs(5)));
+        s.on_client_message(t0 + Duration::from_secs(4));
+        assert!(!s.client().ping_due(t0 + Duration::from_secs(5)));
         let k = s.keepalive(PgTimestamp(3), true);
         assert_eq!((k.end, k.reply_requested), (Lsn(0x100), true));
-        let off = SendStream::new(Lsn(0), Duration::ZERO, t0);
-        assert!(!off.timed_out(t0 + Duration::from_secs(1_000_000)));
-        assert!(!off.ping_due(t0 + Duration::from_secs(1_000_000)));
-        assert_eq!(off.next_deadline(), None);
+    }
+
+    #[test]
+    fn confirmed_is_flush_or_else_write() {
+        let t0 = Instant::now();
+        let mut s = SendStream::new(Lsn(0x100), Duration::ZERO, t0);
+        s.sent_to(Lsn(0x200));
+        assert!(!s.confirmed());
+        s.on_status(&status(0x200, 0, false), Lsn(0x200), t0)
+            .unwrap();
+        assert!(s.confirmed(), "no flush reported: the write counts");
+        s.on_status(&status(0x200, 0x180, false), Lsn(0x200), t0)
+            .unwrap();
+        assert!(!s.confirmed(), "a flush reported is what counts");
     }
 }

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use crate::proto::liveness::Liveness;
 use crate::types::{Lsn, PgTimestamp};
 use crate::wire::WireError;
 use crate::wire::replication::{ServerCopyData, StandbyStatusUpdate};
@@ -91,8 +92,7 @@ pub struct ReceiveStream {
     flushed: Lsn,
     reported: Option<(Lsn, Lsn)>,
     last_status: Instant,
-    last_receive: Instant,
-    pinged: bool,
+    server: Liveness,
 }
 
 impl ReceiveStream {
@@ -106,8 +106,7 @@ impl ReceiveStream {
             flushed: start,
             reported: None,
             last_status: now,
-            last_receive: now,
-            pinged: false,
+            server: Liveness::new(timing.receive_timeout, now),
         }
     }
 
@@ -126,8 +125,7 @@ impl ReceiveStream {
     /// # Errors
     /// A malformed message, or XLogData that is not contiguous with what came before.
     pub fn on_copy_data(&mut self, payload: Bytes, now: Instant) -> Result<Inbound, StreamError> {
-        self.last_receive = now;
-        self.pinged = false;
+        self.server.heard(now);
         match ServerCopyData::parse(payload)? {
             ServerCopyData::XLogData(x) => {
                 if x.start != self.next {
@@ -201,14 +199,12 @@ impl ReceiveStream {
     /// asked for a reply yet. A walsender that is told everything stays silent while it has
     /// no WAL to send, so the receiver asks, as a walreceiver does.
     pub fn ping_due(&self, now: Instant) -> bool {
-        !self.timing.receive_timeout.is_zero()
-            && !self.pinged
-            && now.saturating_duration_since(self.last_receive) >= self.timing.receive_timeout / 2
+        self.server.ping_due(now)
     }
 
     /// A status update that asks the server to answer at once; sent once per silence.
     pub fn ping(&mut self, now: Instant, wall: PgTimestamp) -> StandbyStatusUpdate {
-        self.pinged = true;
+        self.server.pinged();
         StandbyStatusUpdate {
             reply_requested: true,
             ..self.status(now, wall)
@@ -219,14 +215,7 @@ impl ReceiveStream {
     /// the ping at half the receive timeout, or the timeout itself, whichever is sooner.
     pub fn next_deadline(&self) -> Instant {
         let status = self.last_status + self.timing.status_interval;
-        let timeout = self.timing.receive_timeout;
-        if timeout.is_zero() {
-            status
-        } else if self.pinged {
-            status.min(self.last_receive + timeout)
-        } else {
-            status.min(self.last_receive + timeout / 2)
-        }
+        self.server.deadline().map_or(status, |d| d.min(status))
     }
 
     /// Fails once the server has been silent for the receive timeout.
@@ -234,9 +223,8 @@ impl ReceiveStream {
     /// # Errors
     /// [`StreamError::Timeout`].
     pub fn check_timeout(&self, now: Instant) -> Result<(), StreamError> {
-        let silent = now.saturating_duration_since(self.last_receive);
-        if !self.timing.receive_timeout.is_zero() && silent >= self.timing.receive_timeout {
-            return Err(StreamError::Timeout(silent));
+        if self.server.timed_out(now) {
+            return Err(StreamError::Timeout(self.server.silence(now)));
         }
         Ok(())
     }

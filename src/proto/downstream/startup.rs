@@ -1,0 +1,291 @@
+//! The start of a downstream connection, as `postmaster.c:ProcessStartupPacket` and
+//! `postinit.c` handle it for a physical walsender:
+//! - SSLRequest and GSSENCRequest are answered `N`; bytes sent ahead of that answer are
+//!   refused (08P01 "received unencrypted data after SSL request"), and a second request of
+//!   the same kind is an unsupported protocol;
+//! - a CancelRequest is closed silently (the relay has nothing to cancel), as is a first
+//!   packet whose length is out of range (PostgreSQL only logs it);
+//! - the StartupMessage: a user is required (28000), `replication` must be a Boolean that is
+//!   true (`database` is refused: logical replication is not relayed; other values are 22023);
+//!   a plain SQL connection gets PostgreSQL's "no pg_hba.conf entry" rejection;
+//! - authentication: trust for loopback clients, the "no pg_hba.conf entry" rejection for
+//!   everyone else;
+//! - until the relay has reached its upstream once it has no identity to report (57P03), and
+//!   beyond `max_wal_senders` there is no place (53300);
+//! - the greeting: NegotiateProtocolVersion when the client asked for a newer minor version or
+//!   `_pq_.` options, AuthenticationOk, the ParameterStatus values clients read (with the
+//!   upstream's `server_version`), BackendKeyData and ReadyForQuery.
+
+use std::net::IpAddr;
+
+use super::{
+    Action, Login, Outbox, Phase, RelayView, SenderClaim, SessionConfig, command::Pending, reply,
+};
+use crate::types::SqlState;
+use crate::wire::{
+    Authentication, BackendMessage, ErrorFields, StartupMessage, StartupPacket, WireError,
+};
+
+/// The protocol version PostgreSQL answers in NegotiateProtocolVersion: 3.0.
+const PROTOCOL_3_0: i32 = 196_608;
+
+/// Which encryption requests the client has already made.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct Startup {
+    ssl_done: bool,
+    gss_done: bool,
+}
+
+/// A login that passed its checks and waits for its place among `max_wal_senders`.
+#[derive(Debug)]
+pub(super) struct PendingLogin {
+    user: String,
+    application_name: String,
+    startup: StartupMessage,
+}
+
+impl Startup {
+    /// Takes one first packet.
+    pub(super) fn packet(
+        mut self,
+        io: &mut Outbox,
+        peer: IpAddr,
+        packet: Result<StartupPacket, WireError>,
+        buffered: bool,
+        view: &RelayView,
+    ) -> Phase {
+        let packet = match packet {
+            Ok(p) => p,
+            Err(e @ WireError::StartupLength { .. }) => {
+                // Only logged, as PostgreSQL does (COMMERROR).
+                tracing::debug!(error = %e, "connection closed during startup");
+                return io.close();
+            }
+            Err(e) => return io.fatal(&ErrorFields::fatal(e.sqlstate(), e.to_string())),
+        };
+        let repeated = match packet {
+            StartupPacket::SslRequest => std::mem::replace(&mut self.ssl_done, true),
+            StartupPacket::GssEncRequest => std::mem::replace(&mut self.gss_done, true),
+            StartupPacket::Cancel { .. } => return io.close(),
+            StartupPacket::Startup(message) => return check(io, peer, message, view),
+        };
+        if repeated {
+            let code = if self.ssl_done && !self.gss_done {
+                "1234.5679"
+            } else {
+                "1234.5680"
+            };
+            let text = format!("unsupported frontend protocol {code}: server supports 3.0 to 3.0");
+            return io.fatal(&ErrorFields::fatal(SqlState::PROTOCOL_VIOLATION, text));
+        }
+        io.out.extend_from_slice(b"N");
+        if buffered {
+            let text = "received unencrypted data after SSL request";
+            return io.fatal(&ErrorFields::fatal(SqlState::PROTOCOL_VIOLATION, text));
+        }
+        Phase::Startup(self)
+    }
+}
+
+/// The checks PostgreSQL makes between the StartupMessage and AuthenticationOk, up to the
+/// connection limit, which the caller answers.
+fn check(io: &mut Outbox, peer: IpAddr, startup: StartupMessage, view: &RelayView) -> Phase {
+    match refusal(peer, &startup, view) {
+        Err(fatal) => io.fatal(&fatal),
+        Ok(user) => {
+            let login = PendingLogin {
+                user: user.to_owned(),
+                application_name: printable(startup.get("application_name").unwrap_or("")),
+                startup,
+            };
+            io.act(Action::ClaimSender);
+            Phase::Waiting(Pending::Claim(Box::new(login)))
+        }
+    }
+}
+
+/// The user, or why the StartupMessage is refused.
+fn refusal<'a>(
+    peer: IpAddr,
+    startup: &'a StartupMessage,
+    view: &RelayView,
+) -> Result<&'a str, ErrorFields> {
+    let user = startup
+        .get("user")
+        .filter(|u| !u.is_empty())
+        .ok_or_else(|| {
+            ErrorFields::fatal(
+                SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+                "no PostgreSQL user name specified in startup packet",
+            )
+        })?;
+    match startup.get("replication") {
+        Some(v) if is_true(v) => {}
+        Some("database") => {
+            return Err(ErrorFields::fatal(
+                SqlState::FEATURE_NOT_SUPPORTED,
+                "logical replication connections (replication=database) are not supported by walrelay",
+            )
+            .with_hint("walrelay relays physical replication only."));
+        }
+        Some(v) if !is_false(v) => {
+            let text = format!(
+                "invalid value for parameter \"replication\": \"{}\"",
+                printable(v)
+            );
+            return Err(ErrorFields::fatal(SqlState::INVALID_PARAMETER_VALUE, text));
+        }
+        _ => {
+            let db = startup.get("database").unwrap_or(user);
+            return Err(no_hba_entry(peer, user, Some(db)));
+        }
+    }
+    if !peer.is_loopback() {
+        return Err(no_hba_entry(peer, user, None));
+    }
+    if view.upstream.is_none() {
+        return Err(ErrorFields::fatal(
+            SqlState::CANNOT_CONNECT_NOW,
+            "the database system is starting up",
+        )
+        .with_detail("walrelay has not reached its upstream server yet."));
+    }
+    Ok(user)
+}
+
+/// The answer to [`Action::ClaimSender`]: greet, or refuse with 53300.
+pub(super) fn logged_in(
+    io: &mut Outbox,
+    config: &SessionConfig,
+    login: PendingLogin,
+    claim: Option<SenderClaim>,
+    view: &RelayView,
+) -> (Phase, Option<Login>) {
+    let Some(claim) = claim else {
+        let text = format!(
+            "number of requested standby connections exceeds max_wal_senders (currently {})",
+            config.max_wal_senders
+        );
+        let fatal = ErrorFields::fatal(SqlState::TOO_MANY_CONNECTIONS, text);
+        return (io.fatal(&fatal), None);
+    };
+    let done = Login {
+        user: login.user,
+        application_name: login.application_name,
+        pid: claim.pid,
+    };
+    greet(io, &done, &login.startup, claim.cancel_key, view);
+    (Phase::Command, Some(done))
+}
+
+/// PostgreSQL's rejection when no `pg_hba.conf` line matches (`auth.c:ClientAuthentication`).
+fn no_hba_entry(peer: IpAddr, user: &str, database: Option<&str>) -> ErrorFields {
+    let user = printable(user);
+    let text = match database {
+        None => format!(
+            "no pg_hba.conf entry for replication connection from host \"{peer}\", user \"{user}\", no encryption"
+        ),
+        Some(db) => format!(
+            "no pg_hba.conf entry for host \"{peer}\", user \"{user}\", database \"{}\", no encryption",
+            printable(db)
+        ),
+    };
+    ErrorFields::fatal(SqlState::INVALID_AUTHORIZATION_SPECIFICATION, text)
+}
+
+/// AuthenticationOk, the ParameterStatus values clients read, BackendKeyData, ReadyForQuery.
+fn greet(
+    io: &mut Outbox,
+    login: &Login,
+    startup: &StartupMessage,
+    cancel_key: i32,
+    view: &RelayView,
+) {
+    let out = &mut io.out;
+    let options: Vec<String> = startup
+        .params
+        .iter()
+        .filter(|(n, _)| n.starts_with("_pq_."))
+        .map(|(n, _)| n.clone())
+        .collect();
+    if startup.minor_version > 0 || !options.is_empty() {
+        reply::message(
+            out,
+            &BackendMessage::NegotiateProtocolVersion {
+                newest_version: PROTOCOL_3_0,
+                unrecognized: options,
+            },
+        );
+    }
+    reply::message(out, &BackendMessage::Authentication(Authentication::Ok));
+    for (name, value) in parameters(login, view) {
+        let name = name.to_owned();
+        reply::message(out, &BackendMessage::ParameterStatus { name, value });
+    }
+    reply::message(
+        out,
+        &BackendMessage::BackendKeyData {
+            process_id: login.pid.0,
+            secret_key: cancel_key,
+        },
+    );
+    reply::ready(out);
+}
+
+/// The ParameterStatus values a PostgreSQL walsender reports, in its order, with the
+/// upstream's `server_version` (and, from 14 on, the two it added).
+fn parameters(login: &Login, view: &RelayView) -> Vec<(&'static str, String)> {
+    let (version, version_num) = view
+        .upstream
+        .as_deref()
+        .map(|u| (u.server_version.clone(), u.version_num))
+        .unwrap_or_default();
+    let mut params: Vec<(&str, String)> = vec![
+        ("application_name", login.application_name.clone()),
+        ("client_encoding", "SQL_ASCII".into()),
+        ("DateStyle", "ISO, MDY".into()),
+    ];
+    if version_num >= 140_000 {
+        params.push(("default_transaction_read_only", "off".into()));
+        params.push(("in_hot_standby", "off".into()));
+    }
+    params.extend([
+        ("integer_datetimes", "on".into()),
+        ("IntervalStyle", "postgres".into()),
+        ("is_superuser", "on".into()),
+        ("server_encoding", "SQL_ASCII".into()),
+        ("server_version", version),
+        ("session_authorization", login.user.clone()),
+        ("standard_conforming_strings", "on".into()),
+        ("TimeZone", "Etc/UTC".into()),
+    ]);
+    params
+}
+
+fn is_true(v: &str) -> bool {
+    matches!(
+        v.to_ascii_lowercase().as_str(),
+        "true" | "on" | "yes" | "1" | "t" | "y"
+    )
+}
+
+fn is_false(v: &str) -> bool {
+    matches!(
+        v.to_ascii_lowercase().as_str(),
+        "false" | "off" | "no" | "0" | "f" | "n"
+    )
+}
+
+/// Text made printable ASCII the way PostgreSQL cleans `application_name`
+/// (`pg_clean_ascii`): anything else becomes `?`.
+pub fn printable(text: &str) -> String {
+    text.bytes()
+        .map(|b| {
+            if (b' '..=b'~').contains(&b) {
+                char::from(b)
+            } else {
+                '?'
+            }
+        })
+        .collect()
+}

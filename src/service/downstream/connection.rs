@@ -1,0 +1,425 @@
+//! The I/O of one downstream connection around its sans-IO session: read what the session
+//! expects, feed it in, carry out its actions, send its output; while streaming, read WAL
+//! from the hub and write it as XLogData.
+//!
+//! Two rules of the socket live here rather than in the session, because they are about
+//! writes that do not complete: the authentication timeout covers the whole startup, and a
+//! stream whose writes make no progress for the sender timeout is dropped, as silence is.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+use super::context::{SenderPlace, ServerContext, StreamStatus};
+use crate::hub::ReadBuffer;
+use crate::proto::downstream::streaming::SendRange;
+use crate::proto::downstream::{
+    Action, DownstreamSession, Expect, FoundSlot, Now, SenderClaim, StreamStart,
+};
+use crate::service::conn::{ConnError, FrameReader, FrameWriter};
+use crate::slots::{Persistency, SlotError};
+use crate::storage::StoreError;
+use crate::types::{BackendPid, DurableEnd, Lsn, PgTimestamp, SqlState};
+use crate::wire::replication::XLogData;
+use crate::wire::{ErrorFields, WireError};
+
+/// How much WAL a sender that is behind takes and writes at once: eight XLogData messages.
+const BATCH_BYTES: u64 = 8 * crate::types::MAX_SEND_SIZE;
+
+/// The time now, on both clocks.
+pub(crate) fn now() -> Now {
+    Now {
+        at: Instant::now(),
+        wall: PgTimestamp::from_system_time(SystemTime::now()),
+    }
+}
+
+/// The ErrorResponse for a slot error, with PostgreSQL's SQLSTATE and hint.
+fn slot_refusal(e: &SlotError) -> ErrorFields {
+    let fields = ErrorFields::error(e.sqlstate(), e.to_string());
+    match e.hint() {
+        Some(h) => fields.with_hint(h),
+        None => fields,
+    }
+}
+
+/// The ErrorResponse for WAL that cannot be read.
+fn wal_refusal(e: &StoreError) -> ErrorFields {
+    match e {
+        StoreError::SegmentRemoved { file } => ErrorFields::error(
+            SqlState::UNDEFINED_FILE,
+            format!("requested WAL segment {file} has already been removed"),
+        ),
+        other => ErrorFields::error(SqlState::IO_ERROR, other.to_string()),
+    }
+}
+
+/// One connection: its two halves, its session, and what it holds of the relay.
+pub(crate) struct Connection<R, W> {
+    rd: FrameReader<R>,
+    wr: FrameWriter<W>,
+    session: DownstreamSession,
+    ctx: Arc<ServerContext>,
+    shutdown: CancellationToken,
+    place: Option<SenderPlace>,
+    stream: Option<StreamIo>,
+}
+
+/// What a stream needs between two sends: the durable end it last saw and its read buffer.
+struct StreamIo {
+    durable: watch::Receiver<DurableEnd>,
+    buffer: ReadBuffer,
+    /// Whether the session was told of the shutdown.
+    stopping: bool,
+}
+
+/// Whether the connection goes on.
+#[derive(Debug, PartialEq, Eq)]
+enum Flow {
+    Open,
+    Closed,
+}
+
+impl<R, W> Connection<R, W>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    /// A connection whose session has just begun.
+    pub(crate) fn new(
+        rd: FrameReader<R>,
+        wr: FrameWriter<W>,
+        session: DownstreamSession,
+        ctx: Arc<ServerContext>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Connection {
+            rd,
+            wr,
+            session,
+            ctx,
+            shutdown,
+            place: None,
+            stream: None,
+        }
+    }
+
+    /// Serves the connection until it ends.
+    pub(crate) async fn run(mut self) {
+        let limit = self.ctx.config.authentication_timeout;
+        match tokio::time::timeout(limit, self.log_in()).await {
+            Err(_) => {
+                debug!("closing connection that did not log in within the authentication timeout");
+                return;
+            }
+            Ok(Err(e)) => {
+                debug!(error = %e, "connection closed during startup");
+                return;
+            }
+            Ok(Ok(Flow::Closed)) => return,
+            Ok(Ok(Flow::Open)) => {}
+        }
+        if let Some(login) = self.session.login() {
+            let span = tracing::Span::current();
+            span.record("app", login.application_name.as_str());
+            span.record("pid", login.pid.0);
+            info!(user = %login.user, "replication connection authorized");
+        }
+        match self.serve().await {
+            Ok(()) => debug!("connection ended"),
+            Err(e) => info!(error = %e, "connection ended"),
+        }
+    }
+
+    /// First packets, until the session has logged in or closed.
+    async fn log_in(&mut self) -> Result<Flow, ConnError> {
+        while let Expect::StartupPacket(max) = self.session.expects() {
+            let packet = tokio::select! {
+                () = self.shutdown.cancelled() => return Ok(Flow::Closed),
+                packet = self.rd.startup_packet(max) => packet,
+            };
+            let packet = match packet {
+                Ok(p) => Ok(p),
+                Err(ConnError::Wire(e)) => Err(e),
+                Err(e) => return Err(e),
+            };
+            let view = self.ctx.view(self.ctx.hub.durable());
+            let buffered = self.rd.has_buffered();
+            self.session.startup_packet(packet, buffered, &view);
+            if self.act().await? == Flow::Closed {
+                return Ok(Flow::Closed);
+            }
+        }
+        Ok(Flow::Open)
+    }
+
+    /// Command mode and streaming, until the connection ends.
+    async fn serve(&mut self) -> Result<(), ConnError> {
+        loop {
+            let flow = match self.session.expects() {
+                Expect::Frame(max) if self.session.is_streaming() => self.stream_step(max).await?,
+                Expect::Frame(max) => self.command_step(max).await?,
+                Expect::StartupPacket(_) | Expect::Nothing => Flow::Closed,
+            };
+            if flow == Flow::Closed {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Waits for one message in command mode, or shutdown.
+    async fn command_step(&mut self, max: usize) -> Result<Flow, ConnError> {
+        tokio::select! {
+            () = self.shutdown.cancelled() => self.session.shutdown(now()),
+            frame = self.rd.frame(max) => self.on_frame(frame)?,
+        }
+        self.act().await
+    }
+
+    /// One step of a stream: send what there is, else wait for the client, new WAL, a
+    /// deadline or shutdown.
+    async fn stream_step(&mut self, max: usize) -> Result<Flow, ConnError> {
+        let Some(stream) = self.stream.as_mut() else {
+            return Ok(Flow::Closed);
+        };
+        let durable = *stream.durable.borrow_and_update();
+        let at = now();
+        if self.shutdown.is_cancelled() && !std::mem::replace(&mut stream.stopping, true) {
+            self.session.shutdown(at);
+        } else if self.session.deadline().is_some_and(|d| d <= at.at) {
+            self.session.tick(at);
+        }
+        let view = self.ctx.view(durable);
+        if let Some(range) = self.session.next_send(&view) {
+            self.send(range, at).await?;
+            // Take what the client sent meanwhile without waiting for more.
+            if let Ok(frame) = tokio::time::timeout(Duration::ZERO, self.rd.frame(max)).await {
+                self.on_frame(frame)?;
+            }
+            return self.act().await;
+        }
+        if self.act().await? == Flow::Closed {
+            return Ok(Flow::Closed);
+        }
+        let deadline = self.session.deadline().map(tokio::time::Instant::from_std);
+        let Some(stream) = self.stream.as_mut() else {
+            return Ok(Flow::Open);
+        };
+        let stopping = stream.stopping;
+        tokio::select! {
+            () = self.shutdown.cancelled(), if !stopping => {}
+            frame = self.rd.frame(max) => self.on_frame(frame)?,
+            changed = stream.durable.changed() => {
+                if changed.is_err() {
+                    return Ok(Flow::Closed);
+                }
+            }
+            () = sleep_until(deadline) => self.session.tick(now()),
+        }
+        self.act().await
+    }
+
+    /// Reads up to eight XLogData of WAL from the hub and writes them in one go.
+    async fn send(&mut self, range: SendRange, at: Now) -> Result<(), ConnError> {
+        let Some(stream) = self.stream.as_mut() else {
+            return Ok(());
+        };
+        let SendRange {
+            timeline,
+            from,
+            limit,
+        } = range;
+        let read = self
+            .ctx
+            .hub
+            .read_batch(timeline, from, limit, BATCH_BYTES, &mut stream.buffer)
+            .await;
+        let pieces = match read {
+            Ok(pieces) => pieces,
+            Err(e) => {
+                self.session.wal_unavailable(&wal_refusal(&e));
+                return Ok(());
+            }
+        };
+        if pieces.is_empty() {
+            return Ok(());
+        }
+        // Each piece is one XLogData; all of them go out in one vectored write.
+        let mut parts = Vec::with_capacity(pieces.len() * 2);
+        let mut end = from;
+        for piece in pieces {
+            let header = XLogData::frame_header(end, limit, at.wall, piece.len())?;
+            parts.push(Bytes::copy_from_slice(&header));
+            end = Lsn(end.0 + piece.len() as u64);
+            parts.push(piece);
+        }
+        self.write(parts).await?;
+        self.session.sent(end);
+        Ok(())
+    }
+
+    /// Feeds a message, or the error reading it, to the session. A closed or broken socket
+    /// ends the connection here.
+    fn on_frame(&mut self, frame: Result<crate::wire::Frame, ConnError>) -> Result<(), ConnError> {
+        let frame = match frame {
+            Ok(f) => Ok(f),
+            Err(ConnError::Wire(e)) => Err::<_, WireError>(e),
+            Err(e) => return Err(e),
+        };
+        let durable = match &self.stream {
+            Some(s) => *s.durable.borrow(),
+            None => self.ctx.hub.durable(),
+        };
+        let view = self.ctx.view(durable);
+        self.session.frame(frame, now(), &view);
+        Ok(())
+    }
+
+    /// Carries out the session's actions, feeding back their answers, then sends its output.
+    async fn act(&mut self) -> Result<Flow, ConnError> {
+        while let Some(action) = self.session.poll_action() {
+            if let Action::Close = action {
+                let out = self.session.take_output();
+                self.wr.out().extend_from_slice(&out);
+                self.wr.close().await;
+                return Ok(Flow::Closed);
+            }
+            self.carry_out(action).await?;
+        }
+        if self.session.has_output() {
+            let out = self.session.take_output();
+            self.wr.out().extend_from_slice(&out);
+            self.write(Vec::new()).await?;
+        }
+        Ok(Flow::Open)
+    }
+
+    /// One action other than closing.
+    async fn carry_out(&mut self, action: Action) -> Result<(), ConnError> {
+        let pid = self.place.as_ref().map_or(BackendPid(0), |p| p.pid);
+        let view = || self.ctx.view(self.ctx.hub.durable());
+        match action {
+            Action::ClaimSender => {
+                self.place = self.ctx.claim_sender();
+                let claim = self.place.as_ref().map(|p| SenderClaim {
+                    pid: p.pid,
+                    cancel_key: p.cancel_key,
+                });
+                self.session.claimed(claim, &view());
+            }
+            Action::ReadSlot(name) => {
+                let found = self.ctx.slots().get(name.as_str()).map(|s| FoundSlot {
+                    restart_lsn: s.restart_lsn,
+                });
+                self.session.slot_read(found, &view());
+            }
+            Action::CreateSlot {
+                name,
+                temporary,
+                reserve,
+            } => {
+                let persistency = if temporary {
+                    Persistency::Temporary { owner: pid }
+                } else {
+                    Persistency::Persistent
+                };
+                let created = self.ctx.create_slot(&name, persistency, reserve).await;
+                self.session
+                    .slot_done(created.map_err(|e| slot_refusal(&e)), now());
+            }
+            Action::DropSlot { name, wait } => {
+                let Some(dropped) = self.ctx.drop_slot(&name, pid, wait, &self.shutdown).await
+                else {
+                    return Err(ConnError::Closed);
+                };
+                self.session
+                    .slot_done(dropped.map_err(|e| slot_refusal(&e)), now());
+            }
+            Action::AcquireSlot(name) => {
+                let acquired = self.ctx.slots().acquire(&name, pid);
+                self.session
+                    .slot_done(acquired.map_err(|e| slot_refusal(&e)), now());
+            }
+            other => self.record(other, pid),
+        }
+        Ok(())
+    }
+
+    /// The actions that only tell the relay where a stream is.
+    fn record(&mut self, action: Action, pid: BackendPid) {
+        match action {
+            Action::BeginStream(StreamStart {
+                slot,
+                timeline,
+                start,
+            }) => {
+                let application_name = self
+                    .session
+                    .login()
+                    .map(|l| l.application_name.clone())
+                    .unwrap_or_default();
+                self.ctx.begin_stream(StreamStatus {
+                    pid,
+                    application_name,
+                    slot,
+                    timeline,
+                    sent: start,
+                    client: Default::default(),
+                });
+                self.stream = Some(StreamIo {
+                    durable: self.ctx.hub.subscribe(),
+                    buffer: ReadBuffer::default(),
+                    stopping: false,
+                });
+            }
+            Action::Progress { sent, client } => self.ctx.update_stream(pid, sent, client),
+            Action::ConfirmFlush { slot, flush } => {
+                let _ = self.ctx.slots().confirm_flush(&slot, flush);
+            }
+            Action::Feedback { slot, horizon } => {
+                self.ctx.set_feedback(pid, slot.as_deref(), horizon);
+            }
+            Action::EndStream { slot } => {
+                self.ctx.forget_stream(pid);
+                if let Some(name) = slot {
+                    self.ctx.slots().release(&name, pid);
+                }
+                self.stream = None;
+            }
+            Action::ClaimSender
+            | Action::ReadSlot(_)
+            | Action::CreateSlot { .. }
+            | Action::DropSlot { .. }
+            | Action::AcquireSlot(_)
+            | Action::Close => {}
+        }
+    }
+
+    /// Sends what is buffered, then `parts`. While streaming, a client that does not read for
+    /// the sender timeout is dropped.
+    async fn write(&mut self, parts: Vec<Bytes>) -> Result<(), ConnError> {
+        let timeout = self.ctx.config.sender_timeout;
+        if self.stream.is_none() || timeout.is_zero() {
+            return self.wr.flush_parts(parts).await;
+        }
+        match tokio::time::timeout(timeout, self.wr.flush_parts(parts)).await {
+            Ok(r) => r,
+            Err(_) => {
+                info!("terminating walsender process: the client has not read for {timeout:?}");
+                Err(ConnError::Timeout(timeout))
+            }
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}

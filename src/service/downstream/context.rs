@@ -1,0 +1,316 @@
+//! What every downstream connection shares: the upstream's identity, the hub, the slot
+//! registry and its state file, the connection limit, and the list of streams.
+//!
+//! The registry sits behind a mutex that is only ever held for in-memory work: a slot change
+//! that must reach the disk is written on a blocking thread, from a snapshot taken under the
+//! lock, and undone if the write fails. A stalled disk therefore stalls only the command that
+//! waits for its slot file, never the status updates of other streams.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use crate::hub::Hub;
+use crate::proto::downstream::{ClientPositions, RelayView, SessionConfig};
+use crate::slots::{Pending, Persistency, SlotError, SlotPersister, SlotRegistry};
+use crate::types::{BackendPid, DurableEnd, Lsn, SlotName, TimelineId, UpstreamInfo, XminHorizon};
+
+/// How long a stream waits at shutdown for its client to confirm what it was sent.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(2);
+
+/// How often `DROP_REPLICATION_SLOT … WAIT` looks whether the slot is free.
+const DROP_WAIT_POLL: Duration = Duration::from_millis(100);
+
+/// Limits and timeouts of the downstream side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DownstreamConfig {
+    /// Most concurrent replication connections (`max_wal_senders`).
+    pub max_wal_senders: usize,
+    /// Drop a streaming client silent this long (`wal_sender_timeout`); zero disables.
+    pub sender_timeout: Duration,
+    /// Close a connection that has not logged in after this long (`authentication_timeout`).
+    pub authentication_timeout: Duration,
+}
+
+/// One streaming downstream, as `pg_stat_replication` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamStatus {
+    /// The connection's pid.
+    pub pid: BackendPid,
+    /// Its `application_name`.
+    pub application_name: String,
+    /// The slot it streams from, if any.
+    pub slot: Option<SlotName>,
+    /// The timeline it streams.
+    pub timeline: TimelineId,
+    /// The end of what was sent to it.
+    pub sent: Lsn,
+    /// What it last reported.
+    pub client: ClientPositions,
+}
+
+/// What the connected streams report: where each one is, and its hot-standby feedback.
+#[derive(Debug, Default)]
+struct Live {
+    streams: BTreeMap<BackendPid, StreamStatus>,
+    feedback: BTreeMap<BackendPid, XminHorizon>,
+}
+
+/// What every downstream connection shares.
+pub(crate) struct ServerContext {
+    pub(crate) config: DownstreamConfig,
+    upstream: watch::Receiver<Option<Arc<UpstreamInfo>>>,
+    pub(crate) hub: Hub,
+    slots: Mutex<SlotRegistry>,
+    slot_file: Arc<dyn SlotPersister>,
+    next_pid: AtomicI32,
+    senders: AtomicUsize,
+    cancel_seed: i32,
+    live: Mutex<Live>,
+    horizon: watch::Sender<XminHorizon>,
+}
+
+impl std::fmt::Debug for ServerContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerContext")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Locks a mutex; a panic elsewhere leaves the data usable (it is plain data).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl ServerContext {
+    /// Everything the connections share. `horizon` receives the oldest xmin the streams hold.
+    pub(crate) fn new(
+        config: DownstreamConfig,
+        upstream: watch::Receiver<Option<Arc<UpstreamInfo>>>,
+        hub: Hub,
+        slots: SlotRegistry,
+        slot_file: Arc<dyn SlotPersister>,
+        horizon: watch::Sender<XminHorizon>,
+    ) -> ServerContext {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        ServerContext {
+            config,
+            upstream,
+            hub,
+            slots: Mutex::new(slots),
+            slot_file,
+            next_pid: AtomicI32::new(
+                i32::try_from(std::process::id() % 1_000_000).unwrap_or(1) * 1000 + 1,
+            ),
+            senders: AtomicUsize::new(0),
+            cancel_seed: i32::from_ne_bytes(seed.to_ne_bytes()),
+            live: Mutex::new(Live::default()),
+            horizon,
+        }
+    }
+
+    /// What a session needs to know of the relay, with `durable` as the end to serve.
+    pub(crate) fn view(&self, durable: DurableEnd) -> RelayView {
+        RelayView {
+            upstream: self.upstream.borrow().clone(),
+            durable,
+            histories: self.hub.histories(),
+            next_xid: self.hub.next_xid(),
+        }
+    }
+
+    /// The upstream's identity as it becomes known.
+    pub(crate) fn upstream_known(&self) -> watch::Receiver<Option<Arc<UpstreamInfo>>> {
+        self.upstream.clone()
+    }
+
+    /// The limits a session answers with.
+    pub(crate) fn session_config(&self) -> SessionConfig {
+        SessionConfig {
+            max_wal_senders: self.config.max_wal_senders,
+            sender_timeout: self.config.sender_timeout,
+            shutdown_wait: SHUTDOWN_WAIT,
+        }
+    }
+
+    /// The registry, for in-memory work only.
+    pub(crate) fn slots(&self) -> MutexGuard<'_, SlotRegistry> {
+        lock(&self.slots)
+    }
+
+    /// Takes one of `max_wal_senders` places; `None` when all are taken.
+    pub(crate) fn claim_sender(self: &Arc<Self>) -> Option<SenderPlace> {
+        let max = self.config.max_wal_senders;
+        self.senders
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()?;
+        let pid = BackendPid(self.next_pid.fetch_add(1, Ordering::Relaxed));
+        Some(SenderPlace {
+            ctx: Arc::clone(self),
+            pid,
+            cancel_key: self.cancel_seed ^ pid.0,
+        })
+    }
+
+    /// Creates a slot; a persistent one is on disk before this returns.
+    pub(crate) async fn create_slot(
+        &self,
+        name: &SlotName,
+        persistency: Persistency,
+        reserve: Option<Lsn>,
+    ) -> Result<(), SlotError> {
+        let pending = self.slots().create(name, persistency, reserve)?;
+        self.write(pending).await
+    }
+
+    /// Drops a slot on behalf of `pid`, durably; with `wait`, waits while another connection
+    /// holds it. `None` when shutdown came first.
+    pub(crate) async fn drop_slot(
+        &self,
+        name: &str,
+        pid: BackendPid,
+        wait: bool,
+        shutdown: &CancellationToken,
+    ) -> Option<Result<(), SlotError>> {
+        loop {
+            let dropped = self.slots().drop_slot(name, pid);
+            match dropped {
+                Err(SlotError::Active { .. }) if wait => {}
+                Err(e) => return Some(Err(e)),
+                Ok(pending) => return Some(self.write(pending).await),
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return None,
+                () = tokio::time::sleep(DROP_WAIT_POLL) => {}
+            }
+        }
+    }
+
+    /// Invalidates the slots behind `floor` durably; returns their names.
+    pub(crate) async fn invalidate_slots_behind(
+        &self,
+        floor: Lsn,
+    ) -> Result<Vec<SlotName>, SlotError> {
+        let (lost, pending) = self.slots().invalidate_behind(floor);
+        self.write(pending).await.map(|()| lost)
+    }
+
+    /// Writes the slot positions that moved since the last write, if any.
+    pub(crate) async fn save_slots(&self) -> Result<(), SlotError> {
+        let Some(snapshot) = self.slots().take_dirty() else {
+            return Ok(());
+        };
+        let file = Arc::clone(&self.slot_file);
+        let written = tokio::task::spawn_blocking(move || file.write(&snapshot))
+            .await
+            .unwrap_or_else(|e| Err(blocking_failed(e)));
+        if written.is_err() {
+            self.slots().mark_dirty();
+        }
+        written
+    }
+
+    /// Writes a pending change off the runtime's threads, and undoes it if that fails.
+    async fn write(&self, pending: Option<Pending>) -> Result<(), SlotError> {
+        let Some(pending) = pending else {
+            return Ok(());
+        };
+        let snapshot = pending.snapshot().clone();
+        let file = Arc::clone(&self.slot_file);
+        let written = tokio::task::spawn_blocking(move || file.write(&snapshot))
+            .await
+            .unwrap_or_else(|e| Err(blocking_failed(e)));
+        if written.is_err() {
+            self.slots().undo(pending);
+        }
+        written
+    }
+
+    /// Records a stream that starts; retention keeps what connected streams still read.
+    pub(crate) fn begin_stream(&self, status: StreamStatus) {
+        lock(&self.live).streams.insert(status.pid, status);
+    }
+
+    /// Records how far a stream has been sent and what its client last reported.
+    pub(crate) fn update_stream(&self, pid: BackendPid, sent: Lsn, client: ClientPositions) {
+        if let Some(s) = lock(&self.live).streams.get_mut(&pid) {
+            s.sent = sent;
+            s.client = client;
+        }
+    }
+
+    /// The connected streams.
+    pub(crate) fn streams(&self) -> Vec<StreamStatus> {
+        lock(&self.live).streams.values().cloned().collect()
+    }
+
+    /// The oldest cursor of the connected streams.
+    pub(crate) fn oldest_cursor(&self) -> Option<Lsn> {
+        lock(&self.live).streams.values().map(|s| s.sent).min()
+    }
+
+    /// Records a stream's hot-standby feedback, for its slot and for the horizon the relay
+    /// reports upstream.
+    pub(crate) fn set_feedback(&self, pid: BackendPid, slot: Option<&str>, feedback: XminHorizon) {
+        let mut live = lock(&self.live);
+        live.feedback.insert(pid, feedback);
+        self.horizon
+            .send_replace(XminHorizon::oldest(live.feedback.values()));
+        drop(live);
+        if let Some(name) = slot {
+            let _ = self.slots().hot_standby_feedback(name, feedback);
+        }
+    }
+
+    /// Forgets a stream that ended: its cursor no longer holds WAL and its feedback no longer
+    /// holds back the upstream.
+    pub(crate) fn forget_stream(&self, pid: BackendPid) {
+        let mut live = lock(&self.live);
+        live.streams.remove(&pid);
+        if live.feedback.remove(&pid).is_some() {
+            self.horizon
+                .send_replace(XminHorizon::oldest(live.feedback.values()));
+        }
+    }
+}
+
+fn blocking_failed(e: tokio::task::JoinError) -> SlotError {
+    SlotError::Io {
+        op: "write",
+        path: crate::slots::STATE_FILE.into(),
+        source: std::io::Error::other(e),
+    }
+}
+
+/// One of the `max_wal_senders` places, held for the life of a connection. Dropping it frees
+/// the place, forgets the connection's stream, and releases its slots and drops its temporary
+/// ones, as `ReplicationSlotCleanup` does.
+#[derive(Debug)]
+pub(crate) struct SenderPlace {
+    ctx: Arc<ServerContext>,
+    /// The pid reported in BackendKeyData.
+    pub(crate) pid: BackendPid,
+    /// The secret reported with it (the relay has nothing to cancel; it is only unique-ish).
+    pub(crate) cancel_key: i32,
+}
+
+impl Drop for SenderPlace {
+    fn drop(&mut self) {
+        self.ctx.forget_stream(self.pid);
+        let dropped = self.ctx.slots().release_owner(self.pid);
+        if !dropped.is_empty() {
+            debug!(slots = ?dropped, "dropped temporary slots");
+        }
+        self.ctx.senders.fetch_sub(1, Ordering::AcqRel);
+    }
+}

@@ -1,0 +1,188 @@
+//! The upstream side of the relay: connect to the primary, check who it is, keep the relay's
+//! slot there, and stream WAL into the store, reconnecting with capped exponential backoff.
+//!
+//! What happens on each connection mirrors a walreceiver (`walreceiver.c:WalReceiverMain`)
+//! and `pg_receivewal` (`receivelog.c`): `IDENTIFY_SYSTEM`, `SHOW wal_segment_size`,
+//! `TIMELINE_HISTORY` for newer timelines, the slot, then `START_REPLICATION SLOT … PHYSICAL`
+//! from the store's durable end. A server with another system identifier or segment size than
+//! the data directory holds is refused before anything from it is stored. The messages
+//! themselves are the sans-IO [`crate::proto::upstream`] session's business:
+//! - `connect`: sockets, TLS and the login;
+//! - `commands`: the replication commands before streaming, and where streaming starts;
+//! - `stream`: one `START_REPLICATION` stream into the store.
+
+mod commands;
+pub(crate) mod connect;
+mod stream;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, error, info, info_span, warn};
+
+use crate::proto::conninfo::ConnInfo;
+use crate::proto::upstream::{SessionError, StreamTiming};
+use crate::service::conn::ConnError;
+use crate::service::writer::{Writer, WriterError};
+use crate::types::{SqlState, TimelineId, UpstreamInfo, WalSegmentSize, XminHorizon};
+
+pub use connect::ConnectError;
+
+/// Settings of the upstream connection.
+#[derive(Debug, Clone)]
+pub struct UpstreamSettings {
+    /// The parsed connection string.
+    pub conninfo: ConnInfo,
+    /// The relay's slot on the upstream.
+    pub slot: String,
+    /// The application_name used unless the connection string sets one.
+    pub application_name: String,
+    /// Status interval and receive timeout.
+    pub timing: StreamTiming,
+    /// First reconnect delay.
+    pub reconnect_min: Duration,
+    /// Longest reconnect delay.
+    pub reconnect_max: Duration,
+}
+
+/// Why an upstream connection ended.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// Connecting or logging in failed.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// The connection failed.
+    #[error(transparent)]
+    Conn(#[from] ConnError),
+    /// The server refused, broke the protocol, or ended the stream.
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    /// The store refused or failed.
+    #[error(transparent)]
+    Writer(#[from] WriterError),
+    /// The upstream is another database system than the one stored.
+    #[error(
+        "database system identifier differs between the upstream and the relay: the upstream has {upstream}, the data directory holds {stored}"
+    )]
+    SystemIdMismatch {
+        /// What the upstream reported.
+        upstream: String,
+        /// What the store holds.
+        stored: String,
+    },
+    /// The upstream has another segment size than the one stored.
+    #[error(
+        "WAL segment size differs: the upstream has {upstream}, the data directory holds {stored}"
+    )]
+    SegmentSizeMismatch {
+        /// What the upstream reported.
+        upstream: WalSegmentSize,
+        /// What the store holds.
+        stored: WalSegmentSize,
+    },
+    /// The upstream's timeline is behind the relay's.
+    #[error("highest timeline {upstream} of the upstream is behind the relay's timeline {relay}")]
+    TimelineBehind {
+        /// The upstream's timeline.
+        upstream: TimelineId,
+        /// The relay's.
+        relay: TimelineId,
+    },
+    /// The relay's timeline is not in the upstream's history.
+    #[error(
+        "the relay's timeline {relay} is not in the history of the upstream's timeline {upstream}: the relay holds WAL of an abandoned branch"
+    )]
+    ForkedAway {
+        /// The upstream's timeline.
+        upstream: TimelineId,
+        /// The relay's.
+        relay: TimelineId,
+    },
+}
+
+impl UpstreamError {
+    /// The SQLSTATE of the server's error, if the server sent one.
+    pub fn sqlstate(&self) -> Option<&SqlState> {
+        match self {
+            UpstreamError::Session(e) => e.server_sqlstate(),
+            _ => None,
+        }
+    }
+}
+
+/// What the upstream side shares with the rest of the relay.
+#[derive(Debug)]
+pub(crate) struct Links {
+    /// Where the upstream's identity is published for the downstream side.
+    pub info: watch::Sender<Option<Arc<UpstreamInfo>>>,
+    /// The oldest xmin the downstreams report, forwarded upstream as hot-standby feedback.
+    pub feedback: watch::Receiver<XminHorizon>,
+}
+
+/// Streams from the upstream into the store until `shutdown` fires, reconnecting on errors
+/// with exponential backoff between `reconnect_min` and `reconnect_max`. After a store error
+/// the writer is reopened (and so recovers) before the next attempt.
+///
+/// # Errors
+/// Only what cannot be retried: the store cannot be reopened.
+pub(crate) async fn run(
+    settings: UpstreamSettings,
+    writer: Writer,
+    links: Links,
+    shutdown: CancellationToken,
+) -> Result<(), UpstreamError> {
+    let mut delay = settings.reconnect_min;
+    let mut attempt: u64 = 0;
+    let peer = settings
+        .conninfo
+        .hosts()
+        .iter()
+        .map(|e| format!("{}:{}", e.pgpass_host(), e.port))
+        .collect::<Vec<_>>()
+        .join(",");
+    loop {
+        attempt += 1;
+        let span = info_span!("upstream", peer = %peer, attempt, slot = %settings.slot);
+        let started = Instant::now();
+        let outcome = stream::connect_and_stream(&settings, &writer, &links, &shutdown)
+            .instrument(span)
+            .await;
+        if let Err(e) = outcome {
+            if shutdown.is_cancelled() {
+                return Ok(());
+            }
+            log_end(&e);
+            if writer.positions().borrow().failed.is_some() {
+                writer.reopen().await?;
+            }
+        } else {
+            return Ok(());
+        }
+        if started.elapsed() > settings.reconnect_max {
+            delay = settings.reconnect_min;
+        }
+        info!(
+            delay_ms = delay.as_millis() as u64,
+            "reconnecting to upstream"
+        );
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            () = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(settings.reconnect_max);
+    }
+}
+
+/// Logs why a connection ended, once, at the level it deserves.
+fn log_end(e: &UpstreamError) {
+    if matches!(e, UpstreamError::Session(SessionError::StreamEnded(_))) {
+        info!(reason = %e, "upstream connection ended");
+    } else if e.sqlstate() == Some(&SqlState::UNDEFINED_FILE) {
+        error!(error = %e, "the upstream no longer has the WAL the relay needs next; the relay will not skip over it. Restore the missing segments upstream, or move this data directory aside and start the relay afresh");
+    } else {
+        let sqlstate = e.sqlstate().map(SqlState::code).unwrap_or("");
+        warn!(error = %e, sqlstate, "upstream connection ended");
+    }
+}
