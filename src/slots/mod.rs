@@ -48,7 +48,7 @@ mod slot;
 mod state;
 
 pub use error::SlotError;
-pub use persist::{Pending, SlotFile, SlotPersister, SlotSnapshot};
-pub use registry::SlotRegistry;
+pub use persist::{SlotFile, SlotPersister, SlotSnapshot};
+pub use registry::{Pending, SlotRegistry};
 pub use slot::{Persistency, SlotInfo};
 pub use state::STATE_FILE;

@@ -1,5 +1,5 @@
-//! Getting the persistent slots to disk without holding the registry: numbered snapshots, a
-//! pending change that can be undone, and the state file that keeps the newest snapshot.
+//! Getting the persistent slots to disk without holding the registry: numbered snapshots, and
+//! the state file that keeps the newest one.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
@@ -21,33 +21,6 @@ impl SlotSnapshot {
     pub fn version(&self) -> u64 {
         self.version
     }
-}
-
-/// A change the registry made in memory that must reach the disk before it is reported: write
-/// [`Pending::snapshot`], and on failure give it back to [`super::SlotRegistry::undo`].
-#[derive(Debug)]
-#[must_use = "a pending slot change must be written, or undone"]
-pub struct Pending {
-    pub(super) snapshot: SlotSnapshot,
-    pub(super) undo: Undo,
-}
-
-impl Pending {
-    /// What to write.
-    pub fn snapshot(&self) -> &SlotSnapshot {
-        &self.snapshot
-    }
-}
-
-/// How to take a change back.
-#[derive(Debug)]
-pub(super) enum Undo {
-    /// Remove the slot created.
-    Create(SlotName),
-    /// Put back the slot dropped.
-    Drop(SlotName, super::registry::Slot),
-    /// Give these slots back their data from before the invalidation.
-    Invalidate(Vec<(SlotName, SlotData)>),
 }
 
 /// Where snapshots go. The relay's is [`SlotFile`]; a test can stand in a slow or failing disk.

@@ -9,13 +9,13 @@ use std::path::Path;
 
 use crate::types::{BackendPid, FullXid, Lsn, SlotName, XminHorizon};
 
-use super::persist::{Pending, SlotSnapshot, Undo};
+use super::persist::SlotSnapshot;
 use super::state::{self, STATE_FILE, SlotData};
 use super::{Persistency, SlotError, SlotInfo};
 
 /// One slot in memory.
 #[derive(Clone, Debug)]
-pub(super) struct Slot {
+struct Slot {
     temporary: bool,
     active: Option<BackendPid>,
     data: SlotData,
@@ -38,6 +38,33 @@ impl Slot {
             catalog_xmin: self.data.catalog_xmin,
         }
     }
+}
+
+/// A change the registry made in memory that must reach the disk before it is reported: write
+/// [`Pending::snapshot`], and on failure give it back to [`SlotRegistry::undo`].
+#[derive(Debug)]
+#[must_use = "a pending slot change must be written, or undone"]
+pub struct Pending {
+    snapshot: SlotSnapshot,
+    undo: Undo,
+}
+
+impl Pending {
+    /// What to write.
+    pub fn snapshot(&self) -> &SlotSnapshot {
+        &self.snapshot
+    }
+}
+
+/// How to take a change back.
+#[derive(Debug)]
+enum Undo {
+    /// Remove the slot created.
+    Create(SlotName),
+    /// Put back the slot dropped.
+    Drop(SlotName, Slot),
+    /// Give these slots back their data from before the invalidation.
+    Invalidate(Vec<(SlotName, SlotData)>),
 }
 
 /// The relay's replication slots.

@@ -10,29 +10,13 @@
 
 use bytes::Bytes;
 
-use super::reply::{self, Column, ColumnType};
-use super::startup::PendingLogin;
+use super::reply::{self, Column, ColumnType, failed, ready, starting_up};
 use super::streaming::{self, Request};
-use super::{Action, FoundSlot, Now, Outbox, Phase, RelayView, SessionConfig};
+use super::{Action, FoundSlot, Now, Outbox, Pending, Phase, RelayView, SessionConfig};
 use crate::types::{Lsn, SlotName, SqlState, TimelineId, UpstreamInfo};
 use crate::wire::command::{ReplicationCommand, SlotKind};
 use crate::wire::frontend::FrontendMessage;
 use crate::wire::{ErrorFields, Frame};
-
-/// An action whose answer the session waits for.
-#[derive(Debug)]
-pub(super) enum Pending {
-    /// A login waits for its place.
-    Claim(Box<PendingLogin>),
-    /// `READ_REPLICATION_SLOT`.
-    ReadSlot,
-    /// `CREATE_REPLICATION_SLOT`.
-    CreateSlot(SlotName),
-    /// `DROP_REPLICATION_SLOT`.
-    DropSlot,
-    /// `START_REPLICATION SLOT`: the slot is being acquired.
-    Acquire(Box<streaming::Checked>),
-}
 
 /// Takes one message in command mode.
 pub(super) fn frame(
@@ -46,11 +30,11 @@ pub(super) fn frame(
     match FrontendMessage::parse(frame) {
         Ok(FrontendMessage::Query(text)) => return execute(io, config, &text, now, view),
         Ok(FrontendMessage::Terminate) => return io.close(),
-        Ok(FrontendMessage::Sync) => reply::ready(out),
+        Ok(FrontendMessage::Sync) => reply::ready_for_query(out),
         Ok(FrontendMessage::Extended { .. }) => {
             let text = "extended query protocol not supported in a replication connection";
             reply::error(out, &ErrorFields::error(SqlState::PROTOCOL_VIOLATION, text));
-            reply::ready(out);
+            reply::ready_for_query(out);
         }
         Ok(
             FrontendMessage::CopyData(_) | FrontendMessage::CopyDone | FrontendMessage::CopyFail(_),
@@ -130,29 +114,9 @@ fn execute(
     }
 }
 
-/// An ERROR, then ReadyForQuery: the command failed, the session goes on.
-pub(super) fn failed(io: &mut Outbox, e: &ErrorFields) -> Phase {
-    reply::error(&mut io.out, e);
-    ready(io)
-}
-
-/// ReadyForQuery: back to command mode.
-pub(super) fn ready(io: &mut Outbox) -> Phase {
-    reply::ready(&mut io.out);
-    Phase::Command
-}
-
 /// The upstream's identity, or the error for commands that need it before it is known.
 fn upstream(view: &RelayView) -> Result<&UpstreamInfo, ErrorFields> {
     view.upstream.as_deref().ok_or_else(starting_up)
-}
-
-/// What commands that need the upstream's identity answer before it is known.
-pub(super) fn starting_up() -> ErrorFields {
-    ErrorFields::error(
-        SqlState::CANNOT_CONNECT_NOW,
-        "the database system is starting up",
-    )
 }
 
 /// `IDENTIFY_SYSTEM`: the upstream's system id, the relay's timeline and durable end.

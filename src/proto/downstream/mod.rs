@@ -48,7 +48,6 @@ use crate::wire::{ErrorFields, Frame, StartupPacket, WireError};
 
 pub use send::{AheadOfServer, ClientPositions, Reply, SendStream};
 
-use command::Pending;
 use startup::Startup;
 use streaming::Streaming;
 
@@ -189,6 +188,21 @@ pub enum Action {
     },
     /// Send what is in the output, then close the connection.
     Close,
+}
+
+/// An action whose answer the session waits for.
+#[derive(Debug)]
+enum Pending {
+    /// A login waits for its place.
+    Claim(Box<startup::PendingLogin>),
+    /// `READ_REPLICATION_SLOT`.
+    ReadSlot,
+    /// `CREATE_REPLICATION_SLOT`.
+    CreateSlot(SlotName),
+    /// `DROP_REPLICATION_SLOT`.
+    DropSlot,
+    /// `START_REPLICATION SLOT`: the slot is being acquired.
+    Acquire(Box<streaming::Checked>),
 }
 
 /// What the caller should read next.

@@ -6,6 +6,8 @@
 
 use bytes::{Bytes, BytesMut};
 
+use super::{Outbox, Phase};
+use crate::types::SqlState;
 use crate::wire::backend::{INT4_OID, INT8_OID, TEXT_OID};
 use crate::wire::{BackendMessage, ErrorFields, FieldDescription, TransactionStatus};
 
@@ -77,11 +79,31 @@ pub(super) fn notice(out: &mut BytesMut, n: ErrorFields) {
 }
 
 /// ReadyForQuery, idle.
-pub(super) fn ready(out: &mut BytesMut) {
+pub(super) fn ready_for_query(out: &mut BytesMut) {
     put(out, &BackendMessage::ReadyForQuery(TransactionStatus::Idle));
 }
 
 /// Any other message.
 pub(super) fn message(out: &mut BytesMut, message: &BackendMessage) {
     put(out, message);
+}
+
+/// An ERROR, then ReadyForQuery: the command failed, the session goes on.
+pub(super) fn failed(io: &mut Outbox, e: &ErrorFields) -> Phase {
+    error(&mut io.out, e);
+    ready(io)
+}
+
+/// ReadyForQuery: back to command mode.
+pub(super) fn ready(io: &mut Outbox) -> Phase {
+    ready_for_query(&mut io.out);
+    Phase::Command
+}
+
+/// What commands that need the upstream's identity answer before it is known.
+pub(super) fn starting_up() -> ErrorFields {
+    ErrorFields::error(
+        SqlState::CANNOT_CONNECT_NOW,
+        "the database system is starting up",
+    )
 }

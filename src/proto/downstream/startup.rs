@@ -18,9 +18,7 @@
 
 use std::net::IpAddr;
 
-use super::{
-    Action, Login, Outbox, Phase, RelayView, SenderClaim, SessionConfig, command::Pending, reply,
-};
+use super::{Action, Login, Outbox, Pending, Phase, RelayView, SenderClaim, SessionConfig, reply};
 use crate::types::SqlState;
 use crate::wire::{
     Authentication, BackendMessage, ErrorFields, StartupMessage, StartupPacket, WireError,
@@ -229,7 +227,7 @@ fn greet(
             secret_key: cancel_key,
         },
     );
-    reply::ready(out);
+    reply::ready_for_query(out);
 }
 
 /// The ParameterStatus values a PostgreSQL walsender reports, in its order, with the

@@ -24,10 +24,9 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use tracing::{debug, info};
 
-use super::command::{self, Pending};
-use super::reply::{self, Column, ColumnType};
+use super::reply::{self, Column, ColumnType, failed, ready, starting_up};
 use super::send::SendStream;
-use super::{Action, Now, Outbox, Phase, RelayView, SessionConfig, StreamStart};
+use super::{Action, Now, Outbox, Pending, Phase, RelayView, SessionConfig, StreamStart};
 use crate::types::{FullXid, Lsn, SlotName, SqlState, TimelineId, XminHorizon};
 use crate::wal::TimelineHistory;
 use crate::wire::backend::CopyResponse;
@@ -95,7 +94,7 @@ pub(super) fn start(
 ) -> Phase {
     let checked = match check(request, view) {
         Ok(c) => c,
-        Err(e) => return command::failed(io, &e),
+        Err(e) => return failed(io, &e),
     };
     match checked.request.slot.clone() {
         Some(name) => {
@@ -116,14 +115,14 @@ pub(super) fn acquired(
 ) -> Phase {
     match outcome {
         Ok(()) => begin(io, config, checked, now),
-        Err(e) => command::failed(io, &e),
+        Err(e) => failed(io, &e),
     }
 }
 
 /// The checks before CopyBothResponse that need no slot.
 fn check(request: Request, view: &RelayView) -> Result<Checked, ErrorFields> {
     if view.upstream.is_none() {
-        return Err(command::starting_up());
+        return Err(starting_up());
     }
     let current = view.timeline();
     let timeline = request.timeline.unwrap_or(current);
@@ -183,7 +182,7 @@ fn begin(io: &mut Outbox, config: &SessionConfig, checked: Checked, now: Now) ->
         next_timeline_result(&mut io.out, h);
         reply::complete(&mut io.out, "START_REPLICATION");
         io.act(Action::EndStream { slot: request.slot });
-        return command::ready(io);
+        return ready(io);
     }
     reply::message(
         &mut io.out,
@@ -279,7 +278,7 @@ impl Streaming {
     /// The WAL could not be read: the stream ends with `error`, and command mode goes on.
     pub(super) fn fail(&self, io: &mut Outbox, error: &ErrorFields) -> Phase {
         io.act(Action::EndStream { slot: self.slot() });
-        command::failed(io, error)
+        failed(io, error)
     }
 
     /// Pings and the sender timeout; the end of the wait at shutdown.
@@ -452,6 +451,6 @@ impl Streaming {
             }
         }
         reply::complete(&mut io.out, "START_REPLICATION");
-        command::ready(io)
+        ready(io)
     }
 }
