@@ -97,14 +97,14 @@ impl ReplicationClient {
         Ok(segment_size_from_show(&result).map_err(SessionError::from)?)
     }
 
-    /// `START_REPLICATION SLOT slot PHYSICAL start TIMELINE timeline`: the WAL from `start`.
+    /// `START_REPLICATION [SLOT slot] PHYSICAL start TIMELINE timeline`: the WAL from `start`.
     ///
     /// # Errors
     /// The server refused (no such slot, WAL removed, timeline not in its history), or the
     /// timeline ends exactly at `start`.
     pub async fn start_replication(
         mut self,
-        slot: &str,
+        slot: Option<&str>,
         timeline: TimelineId,
         start: Lsn,
         timing: StreamTiming,

@@ -23,7 +23,7 @@ mod wal_stream;
 mod writer;
 
 pub use downstream::StreamStatus;
-pub use relay::{Relay, RelayError, RelayHandle};
+pub use relay::{Relay, RelayBuilder, RelayError, RelayHandle};
 pub use status::{RelayMonitor, RelayStatus};
 pub use upstream::{ConnectError, UpstreamError};
 pub use wal_stream::{WalChunk, WalStream};

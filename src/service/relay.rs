@@ -67,6 +67,9 @@ pub enum RelayError {
     /// The relay's task ended abnormally.
     #[error("the relay's task ended abnormally: {0}")]
     Task(#[from] tokio::task::JoinError),
+    /// A setting is invalid.
+    #[error(transparent)]
+    SlotName(#[from] crate::types::SlotNameError),
 }
 
 impl From<UpstreamError> for RelayError {
@@ -97,6 +100,61 @@ pub struct Relay {
     downstream: Option<Downstream>,
 }
 
+/// Builds a [`Relay`]: where it streams from and stores WAL, whether it serves, and its
+/// settings, each with the default `walrelay run` has.
+///
+/// ```no_run
+/// # async fn example() -> Result<(), walrelay::RelayError> {
+/// let relay = walrelay::Relay::builder("host=db1 user=walrelay", "/var/lib/walrelay")
+///     .listen("127.0.0.1:5433")
+///     .upstream_slot("relay_1")?
+///     .open()?;
+/// let handle = relay.spawn();
+/// println!("{:?}", handle.status());
+/// handle.shutdown().await
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct RelayBuilder {
+    config: Config,
+}
+
+impl RelayBuilder {
+    /// Serves downstream clients on `address` (`HOST:PORT`; port 0 picks a free one).
+    pub fn listen(mut self, address: impl Into<String>) -> RelayBuilder {
+        self.config.listen = Some(address.into());
+        self
+    }
+
+    /// The relay's physical slot on the upstream (default `walrelay`).
+    ///
+    /// # Errors
+    /// A name PostgreSQL would refuse.
+    pub fn upstream_slot(mut self, name: &str) -> Result<RelayBuilder, RelayError> {
+        self.config.upstream_slot = crate::types::SlotName::new(name)?;
+        Ok(self)
+    }
+
+    /// Any other setting, on the [`Config`] itself.
+    pub fn configure(mut self, f: impl FnOnce(&mut Config)) -> RelayBuilder {
+        f(&mut self.config);
+        self
+    }
+
+    /// The configuration so far.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Opens the relay: see [`Relay::open`].
+    ///
+    /// # Errors
+    /// As [`Relay::open`].
+    pub fn open(self) -> Result<Relay, RelayError> {
+        Relay::open(&self.config)
+    }
+}
+
 /// A relay running on the tokio runtime, from [`Relay::spawn`].
 #[derive(Debug)]
 pub struct RelayHandle {
@@ -109,6 +167,14 @@ pub struct RelayHandle {
 impl Relay {
     /// How long shutdown may take before a program gives up waiting.
     pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+    /// A relay streaming from `upstream` (a libpq connection string) into `data_dir`, with
+    /// every other setting at its default and no listener.
+    pub fn builder(upstream: impl Into<String>, data_dir: impl Into<PathBuf>) -> RelayBuilder {
+        RelayBuilder {
+            config: Config::new(upstream, data_dir),
+        }
+    }
 
     /// Takes the data directory's lock, opens (and recovers) the store and starts its writer,
     /// opens the slot registry and binds the listen address if there is one.

@@ -212,19 +212,20 @@ impl UpstreamSession {
         Ok(())
     }
 
-    /// Sends `START_REPLICATION SLOT slot PHYSICAL start TIMELINE timeline`.
+    /// Sends `START_REPLICATION [SLOT slot] PHYSICAL start TIMELINE timeline`.
     ///
     /// # Errors
     /// As [`Self::query`].
     pub fn start_replication(
         &mut self,
-        slot: &str,
+        slot: Option<&str>,
         timeline: TimelineId,
         start: Lsn,
         timing: StreamTiming,
         now: Instant,
     ) -> Result<(), SessionError> {
-        let sql = format!("START_REPLICATION SLOT \"{slot}\" PHYSICAL {start} TIMELINE {timeline}");
+        let slot = slot.map(|s| format!("SLOT \"{s}\" ")).unwrap_or_default();
+        let sql = format!("START_REPLICATION {slot}PHYSICAL {start} TIMELINE {timeline}");
         self.query(&sql)?;
         self.phase = Phase::StartingStream { timeline, start };
         self.stream = Some(ReceiveStream::new(start, timing, now));

@@ -91,7 +91,7 @@ fn streaming() -> UpstreamSession {
         receive_timeout: Duration::from_secs(30),
     };
     s.start_replication(
-        "walrelay",
+        Some("walrelay"),
         TimelineId::ONE,
         Lsn(0x100_0000),
         timing,
@@ -356,7 +356,7 @@ fn start_replication_answered_without_copy_mode() {
     let mut s = logged_in();
     let timing = StreamTiming::default();
     s.start_replication(
-        "walrelay",
+        Some("walrelay"),
         TimelineId::ONE,
         Lsn(0x100_0000),
         timing,
@@ -371,7 +371,7 @@ fn start_replication_answered_without_copy_mode() {
     );
     let mut s = logged_in();
     s.start_replication(
-        "walrelay",
+        Some("walrelay"),
         TimelineId::ONE,
         Lsn(0x100_0000),
         timing,

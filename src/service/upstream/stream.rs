@@ -100,7 +100,7 @@ async fn stream(
     let (timeline, start) = (point.timeline, point.start);
     let (slot, timing) = (&settings.slot, settings.timing);
     up.session
-        .start_replication(slot, timeline, start, timing, Instant::now())?;
+        .start_replication(Some(slot), timeline, start, timing, Instant::now())?;
     if let Some(next) = up.next_answer().await? {
         // The timeline ends exactly where streaming would start.
         return Ok(StreamEnd::Timeline(next));
