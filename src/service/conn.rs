@@ -84,13 +84,13 @@ impl AsyncWrite for Socket {
 #[derive(Debug, thiserror::Error)]
 pub enum ConnError {
     /// A socket error.
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] io::Error),
     /// The peer closed the connection.
     #[error("server closed the connection unexpectedly")]
     Closed,
     /// The peer sent a malformed message.
-    #[error("{0}")]
+    #[error(transparent)]
     Wire(#[from] WireError),
     /// The peer did not answer a command in time.
     #[error("timed out after {0:?} without progress")]

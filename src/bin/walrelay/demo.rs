@@ -37,10 +37,10 @@ pub struct DemoOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
     /// Starting or driving PostgreSQL failed.
-    #[error("{0}")]
+    #[error(transparent)]
     LocalPg(#[from] LocalPgError),
     /// The relay failed.
-    #[error("{0}")]
+    #[error(transparent)]
     Relay(#[from] RelayError),
     /// Anything else.
     #[error("{0}")]
