@@ -46,3 +46,6 @@ pub(crate) async fn serve(
     let span = info_span!("downstream", peer = %peer, app = tracing::field::Empty, pid = tracing::field::Empty);
     connection.run().instrument(span).await;
 }
+
+#[cfg(test)]
+mod tests;
