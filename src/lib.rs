@@ -56,7 +56,7 @@ pub use service::{
 /// that stream WAL from a server themselves.
 #[cfg(feature = "runtime")]
 pub mod client {
-    pub use crate::service::client::{ClientError, ReplicationClient, ReplicationStream};
+    pub use crate::service::client::{ReplicationClient, ReplicationStream};
     pub use crate::service::tls;
 }
 #[cfg(feature = "runtime")]

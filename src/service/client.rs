@@ -14,30 +14,14 @@ use std::time::{Instant, SystemTime};
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
-use super::conn::{ConnError, DEFAULT_REPLY_TIMEOUT};
+use super::conn::DEFAULT_REPLY_TIMEOUT;
 use super::relay::process_env;
-use super::upstream::connect::{self, ConnectError, Upstream};
-use crate::proto::conninfo::{ConnInfo, ConnInfoError};
+use super::upstream::UpstreamError;
+use super::upstream::connect::{self, Upstream};
+use crate::proto::conninfo::ConnInfo;
 use crate::proto::query::{IdentifySystem, QueryResult, segment_size_from_show};
 use crate::proto::upstream::{Event, SessionError, StreamTiming};
 use crate::types::{Lsn, PgTimestamp, TimelineId, WalSegmentSize};
-
-/// Why the client failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    /// The connection string is invalid.
-    #[error("invalid connection string: {0}")]
-    ConnInfo(#[from] ConnInfoError),
-    /// Connecting or logging in failed.
-    #[error(transparent)]
-    Connect(#[from] ConnectError),
-    /// The connection failed.
-    #[error(transparent)]
-    Conn(#[from] ConnError),
-    /// The server refused, broke the protocol, or ended the stream.
-    #[error(transparent)]
-    Session(#[from] SessionError),
-}
 
 /// A logged-in replication connection.
 pub struct ReplicationClient {
@@ -58,7 +42,7 @@ impl ReplicationClient {
     ///
     /// # Errors
     /// A bad connection string, or the login failed on every host.
-    pub async fn connect(conninfo: &str) -> Result<ReplicationClient, ClientError> {
+    pub async fn connect(conninfo: &str) -> Result<ReplicationClient, UpstreamError> {
         let info = ConnInfo::parse(conninfo, &process_env())?;
         let never = CancellationToken::new();
         let mut up = connect::connect(&info, "walrelay", &never).await?;
@@ -75,15 +59,15 @@ impl ReplicationClient {
     ///
     /// # Errors
     /// The server's error, a malformed answer, or a broken connection.
-    pub async fn query(&mut self, sql: &str) -> Result<QueryResult, ClientError> {
-        self.up.query(sql).await.map_err(from_upstream)
+    pub async fn query(&mut self, sql: &str) -> Result<QueryResult, UpstreamError> {
+        self.up.query(sql).await
     }
 
     /// `IDENTIFY_SYSTEM`.
     ///
     /// # Errors
     /// As [`Self::query`], or an answer that is not a valid row.
-    pub async fn identify_system(&mut self) -> Result<IdentifySystem, ClientError> {
+    pub async fn identify_system(&mut self) -> Result<IdentifySystem, UpstreamError> {
         let result = self.query("IDENTIFY_SYSTEM").await?;
         Ok(IdentifySystem::from_result(&result).map_err(SessionError::from)?)
     }
@@ -92,7 +76,7 @@ impl ReplicationClient {
     ///
     /// # Errors
     /// As [`Self::query`], or a size PostgreSQL does not allow.
-    pub async fn segment_size(&mut self) -> Result<WalSegmentSize, ClientError> {
+    pub async fn segment_size(&mut self) -> Result<WalSegmentSize, UpstreamError> {
         let result = self.query("SHOW wal_segment_size").await?;
         Ok(segment_size_from_show(&result).map_err(SessionError::from)?)
     }
@@ -108,11 +92,11 @@ impl ReplicationClient {
         timeline: TimelineId,
         start: Lsn,
         timing: StreamTiming,
-    ) -> Result<ReplicationStream, ClientError> {
+    ) -> Result<ReplicationStream, UpstreamError> {
         self.up
             .session
             .start_replication(slot, timeline, start, timing, Instant::now())?;
-        match self.up.next_answer().await.map_err(from_upstream)? {
+        match self.up.next_answer().await? {
             None => Ok(ReplicationStream {
                 up: self.up,
                 written: start,
@@ -150,7 +134,7 @@ impl ReplicationStream {
     /// # Errors
     /// A broken stream: a gap, a malformed message, a server silent for the receive timeout,
     /// the server's error.
-    pub async fn next(&mut self) -> Result<Option<(Lsn, Bytes)>, ClientError> {
+    pub async fn next(&mut self) -> Result<Option<(Lsn, Bytes)>, UpstreamError> {
         loop {
             let wall = PgTimestamp::from_system_time(SystemTime::now());
             let (written, confirmed) = (self.written, self.confirmed);
@@ -184,16 +168,6 @@ impl ReplicationStream {
     /// the next status update).
     pub fn confirm(&mut self, lsn: Lsn) {
         self.confirmed = self.confirmed.max(lsn.min(self.written));
-    }
-}
-
-fn from_upstream(e: super::upstream::UpstreamError) -> ClientError {
-    use super::upstream::UpstreamError as U;
-    match e {
-        U::Connect(e) => e.into(),
-        U::Conn(e) => e.into(),
-        U::Session(e) => e.into(),
-        other => SessionError::Protocol(other.to_string()).into(),
     }
 }
 

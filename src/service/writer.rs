@@ -312,44 +312,40 @@ impl WriterState {
                 self.report();
                 let _ = reply.send(reopened.map_err(WriterError::from));
             }
-            Command::Sync(reply) => self.answer(reply, |_| Ok(())),
-            Command::Identity(reply) => self.answer(reply, |s| Ok(s.identity())),
-            Command::Initialize(id, reply) => self.answer_and_announce(reply, |s| s.initialize(id)),
-            Command::End(reply) => self.answer(reply, |s| Ok(s.end())),
-            Command::StartAt(tli, lsn, reply) => self.answer(reply, |s| s.start_at(tli, lsn)),
+            Command::Sync(reply) => self.answer(reply, false, |_| Ok(())),
+            Command::Identity(reply) => self.answer(reply, false, |s| Ok(s.identity())),
+            Command::Initialize(id, reply) => self.answer(reply, true, |s| s.initialize(id)),
+            Command::End(reply) => self.answer(reply, false, |s| Ok(s.end())),
+            Command::StartAt(tli, lsn, reply) => {
+                self.answer(reply, false, |s| s.start_at(tli, lsn))
+            }
             Command::SwitchTimeline(tli, lsn, reply) => {
-                self.answer(reply, |s| s.switch_timeline(tli, lsn));
+                self.answer(reply, false, |s| s.switch_timeline(tli, lsn));
             }
             Command::WriteHistory(tli, content, reply) => {
-                self.answer_and_announce(reply, |s| s.write_history(tli, &content));
+                self.answer(reply, true, |s| s.write_history(tli, &content));
             }
-            Command::RemoveBefore(lsn, reply) => self.answer(reply, |s| s.remove_before(lsn)),
+            Command::RemoveBefore(lsn, reply) => {
+                self.answer(reply, false, |s| s.remove_before(lsn))
+            }
         }
     }
 
     /// Syncs, runs `f` on the store, and answers with its outcome; the hub learns what
-    /// changed. An error of `f` is only answered (the store refused); an error of the sync
-    /// fails the writer.
+    /// changed (with `announce`, also the store's identity and history files). An error of
+    /// `f` is only answered (the store refused); an error of the sync fails the writer.
     fn answer<T>(
         &mut self,
         reply: Reply<T>,
+        announce: bool,
         f: impl FnOnce(&mut WalStore) -> Result<T, StoreError>,
     ) {
         let outcome = self.sync().and_then(|()| Ok(f(&mut self.store)?));
-        self.publish();
-        self.report();
-        let _ = reply.send(outcome);
-    }
-
-    /// [`Self::answer`] for a change the hub must hear about beyond the durable end: the
-    /// store's identity or its history files.
-    fn answer_and_announce<T>(
-        &mut self,
-        reply: Reply<T>,
-        f: impl FnOnce(&mut WalStore) -> Result<T, StoreError>,
-    ) {
-        let outcome = self.sync().and_then(|()| Ok(f(&mut self.store)?));
-        self.announce();
+        if announce {
+            self.announce();
+        } else {
+            self.publish();
+        }
         self.report();
         let _ = reply.send(outcome);
     }

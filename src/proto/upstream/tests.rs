@@ -84,7 +84,8 @@ fn wal(start: u64, n: usize) -> BackendMessage {
     }))
 }
 
-fn streaming() -> UpstreamSession {
+/// A logged-in session that has sent START_REPLICATION from 0/1000000 on slot `walrelay`.
+fn starting() -> UpstreamSession {
     let mut s = logged_in();
     let timing = StreamTiming {
         status_interval: Duration::from_secs(10),
@@ -98,7 +99,13 @@ fn streaming() -> UpstreamSession {
         Instant::now(),
     )
     .unwrap();
-    s.take_output();
+    let sent = s.take_output();
+    assert!(sent.ends_with(b"START_REPLICATION SLOT \"walrelay\" PHYSICAL 0/1000000 TIMELINE 1\0"));
+    s
+}
+
+fn streaming() -> UpstreamSession {
+    let mut s = starting();
     let copy_both = BackendMessage::CopyBothResponse(CopyResponse::default());
     assert_eq!(feed(&mut s, &[copy_both]).unwrap(), [Event::Streaming]);
     s
@@ -353,31 +360,14 @@ fn what_ends_a_stream() {
 
 #[test]
 fn start_replication_answered_without_copy_mode() {
-    let mut s = logged_in();
-    let timing = StreamTiming::default();
-    s.start_replication(
-        Some("walrelay"),
-        TimelineId::ONE,
-        Lsn(0x100_0000),
-        timing,
-        Instant::now(),
-    )
-    .unwrap();
+    let mut s = starting();
     let out = BackendMessage::CopyOutResponse(CopyResponse::default());
     let err = feed(&mut s, &[out]).unwrap_err();
     assert_eq!(
         err.to_string(),
         "protocol violation: expected CopyBothResponse, got message type 'H'"
     );
-    let mut s = logged_in();
-    s.start_replication(
-        Some("walrelay"),
-        TimelineId::ONE,
-        Lsn(0x100_0000),
-        timing,
-        Instant::now(),
-    )
-    .unwrap();
+    let mut s = starting();
     let e = ErrorFields::error(
         SqlState::UNDEFINED_OBJECT,
         "replication slot \"walrelay\" does not exist",

@@ -50,6 +50,9 @@ pub struct UpstreamSettings {
 /// Why an upstream connection ended.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
+    /// The connection string is invalid.
+    #[error("invalid connection string: {0}")]
+    ConnInfo(#[from] crate::proto::conninfo::ConnInfoError),
     /// Connecting or logging in failed.
     #[error(transparent)]
     Connect(#[from] ConnectError),
