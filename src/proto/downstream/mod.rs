@@ -20,7 +20,7 @@
 //!   of a historic timeline, and the end of the stream at shutdown (`WalSndLoop`,
 //!   `ProcessRepliesIfAny`, `WalSndDone`);
 //! - [`send`]: the position and silence bookkeeping of one stream;
-//! - [`reply`]: encoding answers into the output.
+//! - `reply`: encoding answers into the output.
 
 pub mod command;
 mod reply;
