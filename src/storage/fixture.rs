@@ -6,8 +6,7 @@
 //!
 //! Built only for tests: the parent declares this module under `#[cfg(test)]`.
 
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::path::Path;
 
 use crate::types::{Lsn, SegmentName, SegmentNo, SystemId, TimelineId, WalSegmentSize};
 use crate::wal::WalValidator;
@@ -39,10 +38,6 @@ pub(crate) fn tli(n: u32) -> TimelineId {
     TimelineId::new(n).unwrap()
 }
 
-fn source_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/wal")
-}
-
 /// The file name of fixture segment `segno` on `timeline`.
 pub(crate) fn name(timeline: u32, segno: u64) -> String {
     SegmentName {
@@ -54,14 +49,7 @@ pub(crate) fn name(timeline: u32, segno: u64) -> String {
 
 /// All fixture WAL, from [`start`] to [`end`].
 pub(crate) fn wal() -> &'static [u8] {
-    static WAL: OnceLock<Vec<u8>> = OnceLock::new();
-    WAL.get_or_init(|| {
-        let mut all = Vec::new();
-        for segno in FIRST..FIRST + COUNT {
-            all.extend(std::fs::read(source_dir().join(name(1, segno))).unwrap());
-        }
-        all
-    })
+    crate::wal::testdata::all()
 }
 
 /// The fixture bytes in `[from, to)`.

@@ -15,7 +15,7 @@ mod validator;
 pub mod fuzzing;
 
 #[cfg(test)]
-mod testdata;
+pub(crate) mod testdata;
 #[cfg(test)]
 mod validator_tests;
 

@@ -200,11 +200,7 @@ mod tests {
 
     #[test]
     fn crc_matches_captured_segment() {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/data/wal/000000010000000000000007"
-        );
-        let seg = std::fs::read(path).unwrap();
+        let seg = crate::wal::testdata::segment(7);
         let rec = &seg[0x28..0x28 + 30];
         let h = RecordHeader::parse(&header_of(rec));
         assert_eq!(record_crc(rec), Some(h.crc));
