@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::hub::Hub;
+use crate::hub::{Hub, HubFeed};
 use crate::proto::conninfo::{ConnInfo, ConnInfoError, Env};
 use crate::proto::upstream::StreamTiming;
 use crate::service::downstream::{DownstreamConfig, ServerContext};
@@ -94,6 +94,8 @@ pub struct Relay {
     settings: UpstreamSettings,
     data_dir: PathBuf,
     hub: Hub,
+    /// The hub's feed outlives the writer thread: streams end with the relay, not before.
+    feed: Arc<HubFeed>,
     writer: Writer,
     info: watch::Sender<Option<Arc<UpstreamInfo>>>,
     horizon: watch::Receiver<XminHorizon>,
@@ -197,7 +199,8 @@ impl Relay {
         };
         let lock = DataDirLock::acquire(&config.data_dir)?;
         let (hub, feed) = Hub::new(config.data_dir.join("wal"), TAIL_CACHE_BYTES);
-        let writer = Writer::open(&config.data_dir, Arc::new(feed))?;
+        let feed = Arc::new(feed);
+        let writer = Writer::open(&config.data_dir, Arc::clone(&feed))?;
         let (info, info_rx) = watch::channel(None);
         let (horizon_tx, horizon) = watch::channel(XminHorizon::default());
         let downstream = match &config.listen {
@@ -230,6 +233,7 @@ impl Relay {
             settings,
             data_dir: config.data_dir.clone(),
             hub,
+            feed,
             writer,
             info,
             horizon,
@@ -301,6 +305,7 @@ impl Relay {
             }
         };
         let (up, (), ()) = tokio::join!(upstream, downstream, save_info);
+        drop(self.feed);
         up?;
         info!("relay stopped");
         Ok(())
