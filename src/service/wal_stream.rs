@@ -21,7 +21,8 @@ use crate::wal::TimelineHistory;
 /// Bytes read from the hub at once.
 const BATCH_BYTES: u64 = 8 * crate::types::MAX_SEND_SIZE;
 
-/// A piece of durable WAL.
+/// A piece of durable WAL. Like walsender's `XLogData` ([`crate::hub`] cuts both), it never
+/// crosses a segment end: the last chunk of each segment ends exactly at the segment's end.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WalChunk {
     /// The timeline it belongs to.
