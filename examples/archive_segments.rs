@@ -34,11 +34,11 @@ async fn main() -> Result<()> {
 }
 
 async fn archive_wal(relay: &RelayHandle, archive: &Path, stop_at: Lsn) -> Result<()> {
-    // Start at the segment of the relay's first durable end: on a first run, where its WAL starts.
+    // Start where the relay's stored WAL begins, once it has some.
     let (size, start) = loop {
         let s = relay.status();
-        if let Some(up) = s.upstream.filter(|_| s.timeline.is_some()) {
-            break (up.segment_size, up.segment_size.segment_start(s.durable));
+        if let (Some(up), Some(oldest)) = (s.upstream, s.oldest) {
+            break (up.segment_size, oldest);
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     };

@@ -37,9 +37,9 @@ async fn main() -> Result<()> {
     if let Some(address) = relay.listen_addr() {
         println!("serving standbys on {address}");
     }
-    // The monitor outlives the handle, which `shutdown` consumes.
-    let monitor = relay.monitor();
     let handle = relay.spawn();
+    // The monitor outlives the handle, which `shutdown` consumes.
+    let monitor = handle.monitor();
 
     let stop = tokio::time::sleep(seconds.map_or(Duration::MAX, Duration::from_secs));
     let ctrl_c = tokio::signal::ctrl_c();

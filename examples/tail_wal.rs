@@ -16,9 +16,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use walrelay::client::ReplicationClient;
-use walrelay::proto::query::IdentifySystem;
-use walrelay::proto::upstream::StreamTiming;
+use walrelay::client::{IdentifySystem, ReplicationClient, StreamTiming};
 use walrelay::types::Lsn;
 use walrelay::wal::{WalCheckConfig, WalValidator};
 
@@ -72,6 +70,7 @@ async fn main() -> Result<()> {
         received += data.len() as u64;
         println!("received {at}..{end}, records end at {valid_end}");
     }
+    stream.close().await?;
     println!("last record boundary {}", validator.valid_end());
     Ok(())
 }

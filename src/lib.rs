@@ -80,6 +80,8 @@ pub use service::{
 /// that stream WAL from a server themselves.
 #[cfg(feature = "runtime")]
 pub mod client {
+    pub use crate::proto::query::{IdentifySystem, QueryResult};
+    pub use crate::proto::upstream::StreamTiming;
     pub use crate::service::client::{ReplicationClient, ReplicationStream};
     pub use crate::service::tls;
 }

@@ -169,6 +169,21 @@ impl ReplicationStream {
     pub fn confirm(&mut self, lsn: Lsn) {
         self.confirmed = self.confirmed.max(lsn.min(self.written));
     }
+
+    /// Ends the stream as a walreceiver does: a last status update with what was received
+    /// and confirmed, then Terminate, then the close.
+    ///
+    /// # Errors
+    /// The connection broke.
+    pub async fn close(mut self) -> Result<(), UpstreamError> {
+        let wall = PgTimestamp::from_system_time(SystemTime::now());
+        self.up
+            .session
+            .terminate(self.written, self.confirmed, Instant::now(), wall);
+        self.up.conn.send(self.up.session.take_output()).await?;
+        self.up.conn.shutdown().await;
+        Ok(())
+    }
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -30,7 +31,7 @@ use crate::slots::{SlotError, SlotFile, SlotRegistry};
 use crate::storage::{
     DataDirLock, StoreError, UPSTREAM_STATE_FILE, load_upstream_info, save_upstream_info,
 };
-use crate::types::{Lsn, UpstreamInfo, XminHorizon};
+use crate::types::{Lsn, TimelineId, UpstreamInfo, XminHorizon};
 
 /// How much recent WAL the hub keeps in memory for senders that keep up.
 const TAIL_CACHE_BYTES: usize = 4 << 20;
@@ -268,6 +269,13 @@ impl Relay {
         WalStream::new(self.hub.clone(), start)
     }
 
+    /// The history file of `timeline` as the relay stores it (what `TIMELINE_HISTORY` serves
+    /// and an archive needs beside the segments of a new timeline); `None` for timeline 1 or
+    /// one the relay has not seen.
+    pub fn timeline_history(&self, timeline: TimelineId) -> Option<Bytes> {
+        self.hub.histories().get(&timeline).cloned()
+    }
+
     /// Runs the relay on the current tokio runtime until [`RelayHandle::shutdown`].
     pub fn spawn(self) -> RelayHandle {
         let monitor = self.monitor();
@@ -318,9 +326,25 @@ impl RelayHandle {
         self.monitor.status()
     }
 
+    /// A view of the relay's state that outlives the handle.
+    pub fn monitor(&self) -> RelayMonitor {
+        self.monitor.clone()
+    }
+
     /// See [`Relay::wal_stream`].
     pub fn wal_stream(&self, start: Lsn) -> WalStream {
         WalStream::new(self.hub.clone(), start)
+    }
+
+    /// See [`Relay::timeline_history`].
+    pub fn timeline_history(&self, timeline: TimelineId) -> Option<Bytes> {
+        self.hub.histories().get(&timeline).cloned()
+    }
+
+    /// Whether the relay stopped on its own: only a failure that retrying cannot fix stops
+    /// it; [`RelayHandle::shutdown`] then says which.
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
     }
 
     /// Stops the relay as SIGTERM does, and waits for it.

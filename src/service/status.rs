@@ -22,6 +22,8 @@ pub struct RelayStatus {
     /// The end of the WAL synced and checked: what is reported upstream as flushed and what
     /// downstreams are served.
     pub durable: Lsn,
+    /// Where the stored WAL begins (retention moves it on); `None` before any is stored.
+    pub oldest: Option<Lsn>,
     /// Why the store failed, until it is opened again.
     pub store_failure: Option<String>,
     /// The downstreams streaming now.
@@ -64,6 +66,7 @@ impl RelayMonitor {
             timeline: p.timeline,
             written: p.written,
             durable: p.durable,
+            oldest: p.oldest,
             store_failure: p.failed,
             streams,
             slots,

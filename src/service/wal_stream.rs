@@ -147,3 +147,73 @@ impl WalStream {
             .ok_or_else(not_in_history)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{SegmentName, SegmentNo, WalSegmentSize};
+
+    const SIZE: u32 = 1 << 20;
+
+    fn tli(n: u32) -> TimelineId {
+        TimelineId::new(n).unwrap()
+    }
+
+    /// Stores `data` at `start` (within segment 3) on `timeline` as its `.partial` file.
+    fn store(dir: &std::path::Path, timeline: u32, data: &[u8]) {
+        let size = WalSegmentSize::new(SIZE).unwrap();
+        let name = SegmentName {
+            timeline: tli(timeline),
+            segno: SegmentNo(3),
+        }
+        .file_name(size);
+        std::fs::write(dir.join(format!("{name}.partial")), data).unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_stream_follows_the_relay_onto_a_new_timeline() {
+        let t = tempfile::TempDir::new().unwrap();
+        let (hub, feed) = Hub::new(t.path().to_path_buf(), 0);
+        feed.set_segment_size(WalSegmentSize::new(SIZE).unwrap());
+        let old: Vec<u8> = (0..0x100u32).map(|i| i as u8).collect();
+        store(t.path(), 1, &old);
+        feed.publish(tli(1), Lsn(0x30_0100), []);
+        let mut stream = WalStream::new(hub, Lsn(0x30_0000));
+        let first = stream.next().await.unwrap().unwrap();
+        assert_eq!((first.timeline, first.start), (tli(1), Lsn(0x30_0000)));
+        assert_eq!(first.data, old);
+        // The relay followed a promotion at 0/300080: timeline 2 starts over at its segment.
+        let new: Vec<u8> = (0..0x200u32).map(|i| (i as u8) ^ 0xFF).collect();
+        store(t.path(), 2, &new);
+        let history = Bytes::from_static(b"1\t0/300080\tno recovery target specified\n");
+        feed.set_histories([(tli(2), history)].into());
+        feed.publish(tli(2), Lsn(0x30_0200), []);
+        let second = stream.next().await.unwrap().unwrap();
+        assert_eq!((second.timeline, second.start), (tli(2), Lsn(0x30_0000)));
+        assert_eq!(second.data, new);
+        assert_eq!(stream.position(), (Some(tli(2)), Lsn(0x30_0200)));
+    }
+
+    #[tokio::test]
+    async fn a_timeline_not_in_the_history_is_an_error() {
+        let t = tempfile::TempDir::new().unwrap();
+        let (hub, feed) = Hub::new(t.path().to_path_buf(), 0);
+        feed.set_segment_size(WalSegmentSize::new(SIZE).unwrap());
+        store(t.path(), 1, &[1; 16]);
+        feed.publish(tli(1), Lsn(0x30_0010), []);
+        let mut stream = WalStream::new(hub, Lsn(0x30_0000));
+        stream.next().await.unwrap().unwrap();
+        feed.publish(tli(3), Lsn(0x30_0010), []);
+        let err = stream.next().await.unwrap().unwrap_err();
+        assert!(matches!(err, StoreError::BadTimeline { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn the_stream_ends_with_the_relay() {
+        let t = tempfile::TempDir::new().unwrap();
+        let (hub, feed) = Hub::new(t.path().to_path_buf(), 0);
+        let mut stream = WalStream::new(hub, Lsn(0x30_0000));
+        drop(feed);
+        assert!(stream.next().await.is_none());
+    }
+}

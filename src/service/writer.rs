@@ -44,6 +44,8 @@ pub struct Positions {
     pub written: Lsn,
     /// End of the WAL that is synced and whose records all passed their checks.
     pub durable: Lsn,
+    /// The oldest WAL stored: the start of the oldest segment file.
+    pub oldest: Option<Lsn>,
     /// The error that failed the writer, until it is reopened.
     pub failed: Option<String>,
 }
@@ -55,6 +57,7 @@ impl Positions {
             timeline: end.map(|e| e.timeline),
             written: store.write_end().unwrap_or_default(),
             durable: end.map(|e| e.valid).unwrap_or_default(),
+            oldest: store.oldest(),
             failed,
         }
     }
