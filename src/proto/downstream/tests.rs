@@ -2,6 +2,8 @@
 //! for a downstream client, checked byte for byte against the messages PostgreSQL 15 sends in
 //! the same case (ACCEPTANCE.md §2.1, §2.3, §2.4; the integration tests send the same inputs
 //! to the running relay).
+//!
+//! Built only for tests: the parent declares this module under `#[cfg(test)]`.
 
 mod commands;
 mod startup;

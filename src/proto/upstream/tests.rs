@@ -1,5 +1,7 @@
 //! The upstream session driven in memory: what the relay does with each message a server
 //! sends, at login, in command mode and while streaming.
+//!
+//! Built only for tests: the parent declares this module under `#[cfg(test)]`.
 
 use std::time::{Duration, Instant};
 

@@ -1,5 +1,7 @@
 //! The connection driver over in-memory sockets: status updates keep flowing while the slot
 //! file is being synced on a disk that stalls.
+//!
+//! Built only for tests: the parent declares this module under `#[cfg(test)]`.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::mpsc as std_mpsc;

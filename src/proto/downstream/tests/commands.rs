@@ -1,4 +1,6 @@
 //! §2.3: command mode.
+//!
+//! Built only for tests: the parent declares this module under `#[cfg(test)]`.
 
 use super::*;
 use crate::wire::backend::{INT4_OID, INT8_OID, TEXT_OID};

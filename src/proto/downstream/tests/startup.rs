@@ -1,4 +1,6 @@
 //! §2.1: first packets, the StartupMessage, login and greeting.
+//!
+//! Built only for tests: the parent declares this module under `#[cfg(test)]`.
 
 use super::*;
 

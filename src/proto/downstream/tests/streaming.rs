@@ -1,4 +1,6 @@
 //! `START_REPLICATION` and §2.4: the streaming phase.
+//!
+//! Built only for tests: the parent declares this module under `#[cfg(test)]`.
 
 use super::*;
 use crate::types::FullXid;
