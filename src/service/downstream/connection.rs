@@ -358,6 +358,9 @@ where
                 timeline,
                 start,
             }) => {
+                if let Some(name) = &slot {
+                    tracing::Span::current().record("slot", name.as_str());
+                }
                 let application_name = self
                     .session
                     .login()

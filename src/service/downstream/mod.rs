@@ -43,7 +43,13 @@ pub(crate) async fn serve(
         ctx,
         shutdown,
     );
-    let span = info_span!("downstream", peer = %peer, app = tracing::field::Empty, pid = tracing::field::Empty);
+    let span = info_span!(
+        "downstream",
+        peer = %peer,
+        app = tracing::field::Empty,
+        pid = tracing::field::Empty,
+        slot = tracing::field::Empty
+    );
     connection.run().instrument(span).await;
 }
 
