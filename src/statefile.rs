@@ -131,6 +131,16 @@ fn step(op: &str, path: &Path, e: io::Error) -> io::Error {
     io::Error::new(e.kind(), format!("{op} \"{}\": {e}", path.display()))
 }
 
+/// A file's text for `covered` (everything before the `crc32` line) with a correct checksum
+/// line: how tests make files that are damaged only where they choose.
+#[cfg(test)]
+pub(crate) fn seal(covered: &str) -> String {
+    format!(
+        "{covered}crc32 {:08x}\n",
+        crc32fast::hash(covered.as_bytes())
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,6 +159,36 @@ mod tests {
         assert!(text.starts_with("walrelay test\nversion 1\na 1\nb 2\ncrc32 "));
         assert_eq!(F.parse(&text), Ok("a 1\nb 2\n"));
         assert_eq!(F.parse(&F.render("")), Ok(""));
+    }
+
+    #[test]
+    fn damaged_and_foreign_files_are_refused_as_every_state_file_refuses_them() {
+        let good = F.render("a 1\n");
+        let body = good.rsplit_once("crc32").unwrap().0;
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (Vec::new(), "not a walrelay test file"),
+            (b"PG_VERSION 15\n".to_vec(), "not a walrelay test file"),
+            (vec![0xFF; 40], "not text"),
+            (vec![b'x'; (F.max_len + 1) as usize], "larger than"),
+            (good.replace("a 1", "a 2").into_bytes(), "checksum"),
+            (good.replace("crc32 ", "crc33 ").into_bytes(), "crc32"),
+            (good.trim_end().as_bytes().to_vec(), "truncated"),
+            (format!("{}\n", F.magic).into_bytes(), "truncated"),
+            (
+                seal(&body.replace("version 1", "version 2")).into_bytes(),
+                "unsupported format version",
+            ),
+        ];
+        for (bytes, why) in cases {
+            let t = tempfile::TempDir::new().unwrap();
+            let path = t.path().join("s");
+            fs::write(&path, &bytes).unwrap();
+            let text = match F.read(&path) {
+                Err(e) => e.to_string(),
+                Ok(text) => F.parse(&text.unwrap()).unwrap_err(),
+            };
+            assert!(text.contains(why), "{text} lacks {why}");
+        }
     }
 
     #[test]

@@ -166,6 +166,7 @@ fn parse_slot(line: &str) -> Result<(SlotName, SlotData), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::statefile::seal;
     use std::os::unix::fs::PermissionsExt;
 
     fn sample() -> BTreeMap<SlotName, SlotData> {
@@ -225,33 +226,21 @@ mod tests {
         assert!(!t.path().join("slots.state.tmp").exists());
     }
 
-    /// `body` (everything before the `crc32` line) with a correct checksum line.
-    fn sealed(body: &str) -> Vec<u8> {
-        format!("{body}crc32 {:08x}\n", crc32fast::hash(body.as_bytes())).into_bytes()
-    }
-
     #[test]
     fn refuses_damage_and_foreign_files() {
+        // What every state file refuses is tested in `statefile`; here, that a refusal names
+        // the file and is XX001, and what only a slot line can get wrong.
         let good = render(sample().iter());
         let body = good.rsplit_once("crc32").unwrap().0;
         let mut cases: Vec<(Vec<u8>, &str)> = vec![
             (Vec::new(), "not a walrelay slot state file"),
-            (
-                b"PG_VERSION 15\n".to_vec(),
-                "not a walrelay slot state file",
-            ),
-            (vec![0xFF; 40], "not text"),
             (vec![b'x'; (FORMAT.max_len + 1) as usize], "larger than"),
             (
                 good.replace("0/3000000", "0/3000001").into_bytes(),
                 "checksum",
             ),
-            (good.replace("crc32 ", "crc33 ").into_bytes(), "crc32"),
-            (good.trim_end().as_bytes().to_vec(), "truncated"),
-            (format!("{}\n", FORMAT.magic).into_bytes(), "truncated"),
         ];
         for (from, to, why) in [
-            ("version 1", "version 2", "unsupported format version"),
             ("slot d1", "slot ../d1", "contains invalid character"),
             ("slot d1", "slot D1", "contains invalid character"),
             ("slot w1", "slot d1", "recorded twice"),
@@ -266,7 +255,7 @@ mod tests {
                 "unexpected words",
             ),
         ] {
-            cases.push((sealed(&body.replacen(from, to, 1)), why));
+            cases.push((seal(&body.replacen(from, to, 1)).into_bytes(), why));
         }
         for (bytes, why) in cases {
             let t = tempfile::TempDir::new().unwrap();

@@ -1,20 +1,17 @@
-//! Reading stored WAL, retention, and timeline history files.
+//! Retention and timeline history files (reading stored WAL is `reader.rs`'s).
 //!
-//! Reads mirror walsender's `XLogRead`: a position maps to `(timeline, segment, offset)` and is
-//! read with `pread` from the complete file or else the `.partial`; a missing file is
-//! PostgreSQL's "requested WAL segment … has already been removed". Retention mirrors
-//! `RemoveOldXlogFiles`: whole segments below a cut-off go, on every timeline. History files are
-//! written like `timeline.c:writeTimeLineHistoryFile`, through a temporary file and a rename.
+//! Retention mirrors `RemoveOldXlogFiles`: whole segments below a cut-off go, on every
+//! timeline. History files are written like `timeline.c:writeTimeLineHistoryFile`, through a
+//! temporary file and a rename.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::{self, Read};
-use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::io::Read;
+use std::path::Path;
 
 use bytes::Bytes;
 
-use crate::types::{Lsn, SegmentName, SegmentNo, TimelineId, WalSegmentSize};
+use crate::types::{Lsn, SegmentNo, TimelineId, WalSegmentSize};
 
 use super::error::{StoreError, io_err};
 use super::layout::{self, SegmentFile};
@@ -26,55 +23,6 @@ impl WalStore {
         self.identity
             .map(|id| id.segment_size)
             .ok_or(StoreError::NotInitialized)
-    }
-
-    /// Reads stored WAL of `timeline` at `lsn` into `buf` and returns how many bytes were read,
-    /// possibly across segments. On the current timeline it reads only below the durable end;
-    /// on older timelines up to the end of their files. Returns 0 at the end.
-    ///
-    /// # Errors
-    /// [`StoreError::SegmentRemoved`] if the segment holding `lsn` is not stored,
-    /// [`StoreError::NotInitialized`], [`StoreError::Io`].
-    pub fn read_at(
-        &self,
-        timeline: TimelineId,
-        lsn: Lsn,
-        buf: &mut [u8],
-    ) -> Result<usize, StoreError> {
-        let size = self.segment_size()?;
-        let limit = match &self.tail {
-            Some(t) if t.timeline() == timeline => t.durable().end,
-            _ => Lsn::MAX,
-        };
-        let mut done = 0;
-        while let Some(pos) = lsn
-            .checked_add(done as u64)
-            .filter(|&p| p < limit && done < buf.len())
-        {
-            let name = SegmentName {
-                timeline,
-                segno: size.segment_of(pos),
-            };
-            let Some((file, path)) = open_segment(&self.wal_dir, name, size)? else {
-                if done > 0 {
-                    break;
-                }
-                let file = name.file_name(size);
-                return Err(StoreError::SegmentRemoved { file });
-            };
-            let offset = u64::from(size.offset_in_segment(pos));
-            let want = (size.bytes_u64() - offset).min(limit.saturating_distance(pos));
-            let end = buf.len().min(done.saturating_add(want as usize));
-            let Some(dst) = buf.get_mut(done..end) else {
-                break;
-            };
-            let n = read_full(&file, dst, offset, &path)?;
-            done += n;
-            if done < end {
-                break;
-            }
-        }
-        Ok(done)
     }
 
     /// The oldest stored position: the start of the oldest segment file of any timeline (or
@@ -163,37 +111,6 @@ impl WalStore {
     }
 }
 
-/// Opens the complete file of `name`, or else its `.partial`; `None` if neither exists.
-fn open_segment(
-    dir: &Path,
-    name: SegmentName,
-    size: WalSegmentSize,
-) -> Result<Option<(File, PathBuf)>, StoreError> {
-    for partial in [false, true] {
-        let path = layout::segment_path(dir, name, size, partial);
-        match File::open(&path) {
-            Ok(f) => return Ok(Some((f, path))),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_err("open", &path)(e)),
-        }
-    }
-    Ok(None)
-}
-
-/// `pread`s until `buf` is full or the file ends; returns the bytes read.
-fn read_full(file: &File, buf: &mut [u8], offset: u64, path: &Path) -> Result<usize, StoreError> {
-    let mut done = 0;
-    while let Some(rest) = buf.get_mut(done..).filter(|r| !r.is_empty()) {
-        match file.read_at(rest, offset + done as u64) {
-            Ok(0) => break,
-            Ok(n) => done += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(io_err("read", path)(e)),
-        }
-    }
-    Ok(done)
-}
-
 fn remove(dir: &Path, f: SegmentFile, size: WalSegmentSize) -> Result<(), StoreError> {
     let path = layout::segment_path(dir, f.name, size, f.partial);
     fs::remove_file(&path).map_err(io_err("remove", &path))
@@ -201,40 +118,8 @@ fn remove(dir: &Path, f: SegmentFile, size: WalSegmentSize) -> Result<(), StoreE
 
 #[cfg(test)]
 mod tests {
-    use super::super::fixture::{self, SEG, bytes, name, start, tli};
+    use super::super::fixture::{self, name, start, tli};
     use super::*;
-
-    #[test]
-    fn reads_durable_wal_across_segments() {
-        let t = tempfile::TempDir::new().unwrap();
-        let mut store = fixture::store_upto(t.path(), Lsn(0x90_4000), 100_000);
-        let mut buf = vec![0; 3 * SEG as usize];
-        let n = store.read_at(tli(1), Lsn(0x70_1000), &mut buf).unwrap();
-        assert_eq!(&buf[..n], bytes(Lsn(0x70_1000), Lsn(0x90_4000)));
-        let n = store
-            .read_at(tli(1), Lsn(0x7F_F000), &mut buf[..0x2000])
-            .unwrap();
-        assert_eq!(&buf[..n], bytes(Lsn(0x7F_F000), Lsn(0x80_1000)));
-        // Appended but not flushed: not readable yet.
-        store
-            .append(Lsn(0x90_4000), bytes(Lsn(0x90_4000), Lsn(0x90_8000)))
-            .unwrap();
-        assert_eq!(store.read_at(tli(1), Lsn(0x90_4000), &mut buf).unwrap(), 0);
-        store.flush().unwrap();
-        assert_eq!(
-            store.read_at(tli(1), Lsn(0x90_4000), &mut buf).unwrap(),
-            0x4000
-        );
-        let err = store.read_at(tli(1), Lsn(0x60_0000), &mut buf).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            format!(
-                "requested WAL segment {} has already been removed",
-                name(1, 6)
-            )
-        );
-        assert!(store.read_at(tli(3), Lsn(0x70_0000), &mut buf).is_err());
-    }
 
     #[test]
     fn removes_whole_segments_below_a_position() {
@@ -250,8 +135,9 @@ mod tests {
         assert_eq!(store.oldest(), Some(Lsn(0x90_0000)));
         assert!(t.path().join("wal").join(name(1, 9)).exists());
         let mut buf = [0; 16];
+        let reader = super::super::SegmentReader::new(t.path().join("wal"), fixture::size());
         assert!(matches!(
-            store.read_at(tli(1), Lsn(0x80_0000), &mut buf),
+            reader.read_at(tli(1), Lsn(0x80_0000), &mut buf),
             Err(StoreError::SegmentRemoved { .. })
         ));
         drop(store);
