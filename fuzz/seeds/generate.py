@@ -120,6 +120,31 @@ def recovery():
     write("recovery", "no_state", b"\x01" + entry(0x01, 0, seg7[:8192]))
 
 
+def downstream_session():
+    # A choices byte (bit 0: client off loopback, bit 1: upstream unknown, bit 2: the relay is
+    # on timeline 2, bit 3: the upstream's xids are known, bits 4-7: how actions are answered),
+    # then what a client sends.
+    def msg(tag, body):
+        return tag + struct.pack("!I", len(body) + 4) + body
+
+    def query(text):
+        return msg(b"Q", text.encode() + b"\0")
+
+    login = wire("startup_message")
+    status = msg(b"d", b"r" + struct.pack("!QQQqB", 0x3000100, 0x3000100, 0, 0, 1))
+    feedback = msg(b"d", b"h" + struct.pack("!qIIII", 0, 748, 0, 0, 0))
+    commands = b"".join(query(q) for q in [
+        "IDENTIFY_SYSTEM", "SHOW wal_segment_size", "TIMELINE_HISTORY 2",
+        "READ_REPLICATION_SLOT s", "CREATE_REPLICATION_SLOT s PHYSICAL RESERVE_WAL",
+        "DROP_REPLICATION_SLOT s WAIT", "SELECT 1",
+    ])
+    stream = query("START_REPLICATION SLOT s PHYSICAL 0/3000000 TIMELINE 1") + status + feedback
+    write("downstream_session", "commands", b"\x00" + login + commands)
+    write("downstream_session", "stream", b"\x0c" + login + stream + msg(b"c", b""))
+    write("downstream_session", "ssl_first", b"\x00" + struct.pack("!II", 8, 80877103) + login)
+    write("downstream_session", "refused", b"\x01" + login + commands)
+
+
 def main():
     framed("backend_framer", BACKEND, [
         "authentication_ok", "parameter_status", "backend_key_data", "ready_for_query",
@@ -133,6 +158,7 @@ def main():
     history()
     wal_validator()
     recovery()
+    downstream_session()
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@
 //! - `reply`: encoding answers into the output.
 
 pub mod command;
+#[cfg(any(fuzzing, test))]
+pub mod fuzzing;
 mod reply;
 pub mod send;
 pub mod startup;
