@@ -81,6 +81,29 @@ pub struct RunArgs {
     /// [default: -1].
     #[arg(long, value_name = "SIZE", allow_hyphen_values = true)]
     pub max_slot_wal_keep_size: Option<String>,
+    /// Certificate chain (PEM) of the downstream port; with it, clients may use TLS.
+    #[arg(long, value_name = "FILE")]
+    pub ssl_cert_file: Option<PathBuf>,
+    /// Private key (PEM) of that certificate; refused when group or others may read it.
+    #[arg(long, value_name = "FILE")]
+    pub ssl_key_file: Option<PathBuf>,
+    /// Certificate authorities (PEM) that client certificates are checked against.
+    #[arg(long, value_name = "FILE")]
+    pub ssl_ca_file: Option<PathBuf>,
+    /// Lowest TLS version accepted: TLSv1.2 or TLSv1.3 [default: TLSv1.2].
+    #[arg(long, value_name = "VERSION")]
+    pub ssl_min_protocol_version: Option<String>,
+    /// Access rules in pg_hba.conf format. Without it, loopback clients are trusted and all
+    /// others refused.
+    #[arg(long, value_name = "FILE")]
+    pub hba_file: Option<PathBuf>,
+    /// Users and their secrets, one "name secret" per line, each secret as PostgreSQL stores
+    /// it in pg_authid.rolpassword (SCRAM-SHA-256$… or md5…); see `walrelay passwd`.
+    #[arg(long, value_name = "FILE")]
+    pub auth_file: Option<PathBuf>,
+    /// User name maps in pg_ident.conf format, for map= options of the rules.
+    #[arg(long, value_name = "FILE")]
+    pub ident_file: Option<PathBuf>,
     /// TOML file with any of the settings above.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -112,6 +135,13 @@ impl RunArgs {
             authentication_timeout: self.authentication_timeout,
             wal_keep_size: self.wal_keep_size,
             max_slot_wal_keep_size: self.max_slot_wal_keep_size,
+            ssl_cert_file: self.ssl_cert_file,
+            ssl_key_file: self.ssl_key_file,
+            ssl_ca_file: self.ssl_ca_file,
+            ssl_min_protocol_version: self.ssl_min_protocol_version,
+            hba_file: self.hba_file,
+            auth_file: self.auth_file,
+            ident_file: self.ident_file,
         };
         Ok(flags.or(file))
     }

@@ -45,6 +45,50 @@ pub struct Config {
     pub wal_keep_size: u64,
     /// The most WAL slots may hold, in bytes; `None` for no limit.
     pub max_slot_wal_keep_size: Option<u64>,
+    /// Who may connect downstream and how: TLS files and access rules.
+    pub access: AccessFiles,
+}
+
+/// The files that decide who may connect downstream and how, read at start and again on
+/// SIGHUP.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AccessFiles {
+    /// The certificate chain of the downstream port (PEM); with it, TLS is offered.
+    pub ssl_cert_file: Option<PathBuf>,
+    /// Its private key (PEM), readable by its owner only.
+    pub ssl_key_file: Option<PathBuf>,
+    /// Certificate authorities client certificates are checked against (PEM).
+    pub ssl_ca_file: Option<PathBuf>,
+    /// The lowest TLS version accepted.
+    pub ssl_min_protocol_version: TlsVersion,
+    /// Access rules in `pg_hba.conf` format; without, loopback is trusted and all else refused.
+    pub hba_file: Option<PathBuf>,
+    /// One line per user: `name secret`, the secret as `pg_authid.rolpassword` holds it.
+    pub auth_file: Option<PathBuf>,
+    /// User name maps in `pg_ident.conf` format, for `map=` options.
+    pub ident_file: Option<PathBuf>,
+}
+
+/// A TLS protocol version, as `ssl_min_protocol_version` names it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TlsVersion {
+    /// `TLSv1.2`, PostgreSQL's default.
+    #[default]
+    Tls12,
+    /// `TLSv1.3`.
+    Tls13,
+}
+
+impl TlsVersion {
+    /// Reads PostgreSQL's spelling; versions below 1.2 are refused, as the relay does not
+    /// speak them.
+    pub fn parse(text: &str) -> Option<TlsVersion> {
+        match text {
+            "TLSv1.2" => Some(TlsVersion::Tls12),
+            "TLSv1.3" => Some(TlsVersion::Tls13),
+            _ => None,
+        }
+    }
 }
 
 impl std::fmt::Debug for Config {
@@ -65,6 +109,7 @@ impl std::fmt::Debug for Config {
             .field("authentication_timeout", &self.authentication_timeout)
             .field("wal_keep_size", &self.wal_keep_size)
             .field("max_slot_wal_keep_size", &self.max_slot_wal_keep_size)
+            .field("access", &self.access)
             .finish()
     }
 }
@@ -103,6 +148,20 @@ pub struct Settings {
     pub wal_keep_size: Option<String>,
     /// See [`Config::max_slot_wal_keep_size`].
     pub max_slot_wal_keep_size: Option<String>,
+    /// See [`AccessFiles::ssl_cert_file`].
+    pub ssl_cert_file: Option<PathBuf>,
+    /// See [`AccessFiles::ssl_key_file`].
+    pub ssl_key_file: Option<PathBuf>,
+    /// See [`AccessFiles::ssl_ca_file`].
+    pub ssl_ca_file: Option<PathBuf>,
+    /// See [`AccessFiles::ssl_min_protocol_version`].
+    pub ssl_min_protocol_version: Option<String>,
+    /// See [`AccessFiles::hba_file`].
+    pub hba_file: Option<PathBuf>,
+    /// See [`AccessFiles::auth_file`].
+    pub auth_file: Option<PathBuf>,
+    /// See [`AccessFiles::ident_file`].
+    pub ident_file: Option<PathBuf>,
 }
 
 /// A configuration that cannot be used.
@@ -187,6 +246,15 @@ impl Settings {
             max_slot_wal_keep_size: self
                 .max_slot_wal_keep_size
                 .or(fallback.max_slot_wal_keep_size),
+            ssl_cert_file: self.ssl_cert_file.or(fallback.ssl_cert_file),
+            ssl_key_file: self.ssl_key_file.or(fallback.ssl_key_file),
+            ssl_ca_file: self.ssl_ca_file.or(fallback.ssl_ca_file),
+            ssl_min_protocol_version: self
+                .ssl_min_protocol_version
+                .or(fallback.ssl_min_protocol_version),
+            hba_file: self.hba_file.or(fallback.hba_file),
+            auth_file: self.auth_file.or(fallback.auth_file),
+            ident_file: self.ident_file.or(fallback.ident_file),
         }
     }
 
@@ -227,7 +295,25 @@ impl Settings {
                 why: "replication slot names may only contain lower case letters, numbers, and the underscore character, and have at most 63 characters",
             })?,
         };
+        let access = AccessFiles {
+            ssl_min_protocol_version: match self.ssl_min_protocol_version {
+                None => TlsVersion::default(),
+                Some(v) => TlsVersion::parse(&v).ok_or(ConfigError::Invalid {
+                    name: "ssl_min_protocol_version",
+                    value: v.chars().take(64).collect(),
+                    why: "expected TLSv1.2 or TLSv1.3",
+                })?,
+            },
+            ssl_cert_file: self.ssl_cert_file,
+            ssl_key_file: self.ssl_key_file,
+            ssl_ca_file: self.ssl_ca_file,
+            hba_file: self.hba_file,
+            auth_file: self.auth_file,
+            ident_file: self.ident_file,
+        };
+        access.check()?;
         let config = Config {
+            access,
             upstream_slot,
             application_name: self
                 .application_name
@@ -287,7 +373,44 @@ impl Config {
             authentication_timeout: Duration::from_secs(60),
             wal_keep_size: DEFAULT_WAL_KEEP_SIZE,
             max_slot_wal_keep_size: None,
+            access: AccessFiles::default(),
         }
+    }
+}
+
+impl AccessFiles {
+    /// A certificate needs its key, and client certificates need a certificate of the port's.
+    fn check(&self) -> Result<(), ConfigError> {
+        let pair = |name, value: &Option<PathBuf>, why| {
+            value.as_ref().map_or(Ok(()), |v| {
+                Err(ConfigError::Invalid {
+                    name,
+                    value: v.display().to_string().chars().take(64).collect(),
+                    why,
+                })
+            })
+        };
+        match (&self.ssl_cert_file, &self.ssl_key_file) {
+            (Some(_), None) => pair(
+                "ssl_cert_file",
+                &self.ssl_cert_file,
+                "ssl_key_file must be given with it",
+            )?,
+            (None, Some(_)) => pair(
+                "ssl_key_file",
+                &self.ssl_key_file,
+                "ssl_cert_file must be given with it",
+            )?,
+            _ => {}
+        }
+        if self.ssl_cert_file.is_none() {
+            pair(
+                "ssl_ca_file",
+                &self.ssl_ca_file,
+                "client certificates need ssl_cert_file and ssl_key_file",
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -417,5 +540,42 @@ mod tests {
             ..base()
         };
         assert!(s.into_config().is_err());
+    }
+
+    #[test]
+    fn access_files_come_in_working_sets() {
+        let base = || Settings {
+            upstream: Some("x".into()),
+            data_dir: Some("/d".into()),
+            ..Settings::default()
+        };
+        let c = base().into_config().unwrap();
+        assert_eq!(c.access, AccessFiles::default());
+        let file = Settings::from_toml(
+            "upstream = \"x\"\ndata_dir = \"/d\"\nssl_cert_file = \"c.pem\"\nssl_key_file = \"k.pem\"\nssl_ca_file = \"ca.pem\"\nssl_min_protocol_version = \"TLSv1.3\"\nhba_file = \"hba.conf\"\nauth_file = \"users\"\nident_file = \"ident.conf\"\n",
+        )
+        .unwrap();
+        let a = file.into_config().unwrap().access;
+        assert_eq!(a.ssl_cert_file, Some(PathBuf::from("c.pem")));
+        assert_eq!(a.ssl_min_protocol_version, TlsVersion::Tls13);
+        assert_eq!(a.hba_file, Some(PathBuf::from("hba.conf")));
+        assert_eq!(a.ident_file, Some(PathBuf::from("ident.conf")));
+        for (cert, key, ca, version) in [
+            (Some("c"), None, None, None),
+            (None, Some("k"), None, None),
+            (None, None, Some("ca"), None),
+            (Some("c"), Some("k"), None, Some("TLSv1.1")),
+            (Some("c"), Some("k"), None, Some("tls1.3")),
+        ] {
+            let s = Settings {
+                ssl_cert_file: cert.map(PathBuf::from),
+                ssl_key_file: key.map(PathBuf::from),
+                ssl_ca_file: ca.map(PathBuf::from),
+                ssl_min_protocol_version: version.map(String::from),
+                ..base()
+            };
+            let e = s.into_config().unwrap_err();
+            assert!(matches!(e, ConfigError::Invalid { .. }), "{e}");
+        }
     }
 }

@@ -72,8 +72,8 @@ mod service;
 pub use config::Config;
 #[cfg(feature = "runtime")]
 pub use service::{
-    ConnectError, Relay, RelayBuilder, RelayError, RelayHandle, RelayMonitor, RelayStatus,
-    StreamStatus, UpstreamError, WalChunk, WalStream, WriterError,
+    AccessError, ConnectError, Relay, RelayBuilder, RelayError, RelayHandle, RelayMonitor,
+    RelayStatus, Reloader, StreamStatus, UpstreamError, WalChunk, WalStream, WriterError,
 };
 
 /// A physical replication client of PostgreSQL: the one the relay uses upstream, for programs

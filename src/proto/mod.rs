@@ -6,6 +6,7 @@
 //!   replication commands and their results, the received stream;
 //! - [`liveness`]: the silence rule both ends of a stream follow;
 //! - [`auth`]: the client side of PostgreSQL authentication (SCRAM, MD5, cleartext);
+//! - [`certificate`]: the channel-binding hash and common name of an X.509 certificate;
 //! - [`conninfo`] and [`pgpass`]: libpq connection strings, the `PG*` environment and
 //!   `.pgpass`;
 //! - [`query`]: the results of the replication commands the relay sends upstream, checked.
@@ -14,6 +15,7 @@
 //! and send what comes out.
 
 pub mod auth;
+pub mod certificate;
 pub mod conninfo;
 pub mod downstream;
 pub mod liveness;

@@ -204,6 +204,32 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         !self.buf.is_empty() || self.long.is_some()
     }
 
+    /// The first byte not yet taken, waiting for one if none is buffered; it stays buffered.
+    ///
+    /// # Errors
+    /// A socket error or end of stream.
+    pub async fn first_byte(&mut self) -> Result<u8, ConnError> {
+        loop {
+            if let Some(&b) = self.buf.first() {
+                return Ok(b);
+            }
+            self.fill(STARTUP_READ_CHUNK).await?;
+        }
+    }
+
+    /// The reading half back, with the bytes read from it and not yet taken.
+    pub fn into_parts(self) -> (R, BytesMut) {
+        // A long message started with what the buffer held; the buffer is empty until it ends.
+        let read = match self.long {
+            Some((_, mut long)) => {
+                long.extend_from_slice(&self.buf);
+                long
+            }
+            None => self.buf,
+        };
+        (self.io, read)
+    }
+
     /// The next first packet (SSLRequest, GSSENCRequest, CancelRequest, StartupMessage).
     ///
     /// # Errors
@@ -320,6 +346,11 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
             io,
             out: BytesMut::new(),
         }
+    }
+
+    /// The writing half back; what is buffered and not flushed is dropped.
+    pub fn into_inner(self) -> W {
+        self.io
     }
 
     /// The buffer to encode messages into; [`FrameWriter::flush`] sends it.

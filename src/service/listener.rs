@@ -28,6 +28,7 @@ pub(crate) async fn serve(
         };
         match accepted {
             Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
                 tasks.spawn(downstream::serve(
                     stream,
                     peer,

@@ -22,8 +22,8 @@ mod upstream;
 mod wal_stream;
 mod writer;
 
-pub use downstream::StreamStatus;
-pub use relay::{Relay, RelayBuilder, RelayError, RelayHandle};
+pub use downstream::{AccessError, StreamStatus};
+pub use relay::{Relay, RelayBuilder, RelayError, RelayHandle, Reloader};
 pub use status::{RelayMonitor, RelayStatus};
 pub use upstream::{ConnectError, UpstreamError};
 pub use wal_stream::{WalChunk, WalStream};

@@ -20,7 +20,7 @@ use crate::config::Config;
 use crate::hub::{Hub, HubFeed};
 use crate::proto::conninfo::{ConnInfo, ConnInfoError, Env};
 use crate::proto::upstream::StreamTiming;
-use crate::service::downstream::{DownstreamConfig, ServerContext};
+use crate::service::downstream::{Access, AccessError, DownstreamConfig, Reload, ServerContext};
 use crate::service::listener;
 use crate::service::retention::{self, RetentionPolicy};
 use crate::service::status::{RelayMonitor, RelayStatus};
@@ -71,6 +71,9 @@ pub enum RelayError {
     /// A setting is invalid.
     #[error(transparent)]
     SlotName(#[from] crate::types::SlotNameError),
+    /// The certificate or an access file cannot be used.
+    #[error(transparent)]
+    Access(#[from] AccessError),
 }
 
 impl From<UpstreamError> for RelayError {
@@ -85,6 +88,28 @@ struct Downstream {
     listener: std::net::TcpListener,
     ctx: Arc<ServerContext>,
     retention: RetentionPolicy,
+    reload: Reload,
+}
+
+/// Reads the relay's certificate and access files again, as SIGHUP does to `walrelay run`.
+#[derive(Debug, Clone, Default)]
+pub struct Reloader {
+    target: Option<(Reload, Arc<ServerContext>)>,
+}
+
+impl Reloader {
+    /// Reads the certificate, key, CA, hba, auth and ident files again; the connections that
+    /// come next use them, and those already connected keep what they came with. A relay
+    /// that does not listen has nothing to read.
+    ///
+    /// # Errors
+    /// A file that cannot be read or parsed: it is logged, and the relay keeps what it had.
+    pub fn reload(&self) -> Result<(), AccessError> {
+        match &self.target {
+            Some((reload, ctx)) => reload.apply(ctx),
+            None => Ok(()),
+        }
+    }
 }
 
 /// A relay that has opened its store and is ready to stream.
@@ -162,6 +187,7 @@ impl RelayBuilder {
 #[derive(Debug)]
 pub struct RelayHandle {
     monitor: RelayMonitor,
+    reloader: Reloader,
     hub: Hub,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<Result<(), RelayError>>,
@@ -218,6 +244,7 @@ impl Relay {
                     SlotRegistry::open(&config.data_dir, config.max_replication_slots)?,
                     Arc::new(SlotFile::new(&config.data_dir)),
                     horizon_tx,
+                    Access::load(&config.access)?,
                 );
                 Some(Downstream {
                     listener: bind(address)?,
@@ -225,6 +252,9 @@ impl Relay {
                     retention: RetentionPolicy {
                         wal_keep_size: config.wal_keep_size,
                         max_slot_wal_keep_size: config.max_slot_wal_keep_size,
+                    },
+                    reload: Reload {
+                        files: config.access.clone(),
                     },
                 })
             }
@@ -247,6 +277,16 @@ impl Relay {
         self.downstream
             .as_ref()
             .and_then(|d| d.listener.local_addr().ok())
+    }
+
+    /// What reads the certificate and access files again while the relay runs.
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            target: self
+                .downstream
+                .as_ref()
+                .map(|d| (d.reload.clone(), Arc::clone(&d.ctx))),
+        }
     }
 
     /// A view of the relay's state that outlives [`Relay::run`].
@@ -279,11 +319,13 @@ impl Relay {
     /// Runs the relay on the current tokio runtime until [`RelayHandle::shutdown`].
     pub fn spawn(self) -> RelayHandle {
         let monitor = self.monitor();
+        let reloader = self.reloader();
         let hub = self.hub.clone();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(self.run(shutdown.clone()));
         RelayHandle {
             monitor,
+            reloader,
             hub,
             shutdown,
             task,
@@ -324,6 +366,11 @@ impl RelayHandle {
     /// The relay's state now.
     pub fn status(&self) -> RelayStatus {
         self.monitor.status()
+    }
+
+    /// See [`Relay::reloader`].
+    pub fn reloader(&self) -> Reloader {
+        self.reloader.clone()
     }
 
     /// A view of the relay's state that outlives the handle.

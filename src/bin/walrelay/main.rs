@@ -107,11 +107,12 @@ fn report(e: &anyhow::Error) -> String {
 async fn run(args: walrelay::cli::RunArgs) -> anyhow::Result<()> {
     let config = args.settings()?.into_config()?;
     let relay = Relay::open(&config).context("could not start the relay")?;
+    let reloader = relay.reloader();
     let shutdown = CancellationToken::new();
     let mut relay_task = tokio::spawn(relay.run(shutdown.clone()));
     tokio::select! {
         joined = &mut relay_task => return Ok(joined??),
-        signalled = wait_for_signal() => signalled?,
+        signalled = wait_for_signal(&reloader) => signalled?,
     }
     tracing::info!("received shutdown signal, stopping");
     shutdown.cancel();
@@ -121,15 +122,23 @@ async fn run(args: walrelay::cli::RunArgs) -> anyhow::Result<()> {
     }
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
+/// Waits for SIGTERM or SIGINT; on SIGHUP, reads the certificate and access files again.
+async fn wait_for_signal(reloader: &walrelay::Reloader) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            _ = hup.recv() => {
+                tracing::info!("received SIGHUP, reloading configuration files");
+                // A failure is logged where it is found, and the old files stay in force.
+                let _ = reloader.reload();
+            }
+        }
     }
-    Ok(())
 }
 
 /// Logs go to stderr, filtered by `WALRELAY_LOG` (tracing's `EnvFilter` syntax) or

@@ -33,6 +33,7 @@ pub fn fuzz_session(data: &[u8]) {
         max_wal_senders: 2,
         sender_timeout: Duration::from_secs(10),
         shutdown_wait: Duration::from_secs(2),
+        tls: false,
     };
     let view = view(choices);
     let mut s = DownstreamSession::new(config, peer);

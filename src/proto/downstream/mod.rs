@@ -83,6 +83,20 @@ pub struct SessionConfig {
     pub sender_timeout: Duration,
     /// How long a stream waits at shutdown for its client to confirm what it was sent.
     pub shutdown_wait: Duration,
+    /// Whether the port has a certificate: SSLRequest is answered `S` and a TLS ClientHello
+    /// is taken.
+    pub tls: bool,
+}
+
+/// What the handshake established, as [`DownstreamSession::tls_started`] reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsSession {
+    /// The `tls-server-end-point` hash of the server's certificate, for SCRAM-SHA-256-PLUS;
+    /// `None` when its signature algorithm has none.
+    pub certificate_hash: Option<Vec<u8>>,
+    /// The client's certificate, verified against the CA file, if it sent one: its subject's
+    /// common name, if it has one.
+    pub client_certificate: Option<Option<String>>,
 }
 
 /// The time, twice: a monotonic instant for timers, the wall clock for message timestamps.
@@ -188,6 +202,13 @@ pub enum Action {
         /// The slot it had acquired.
         slot: Option<String>,
     },
+    /// Send what is in the output (an SSLRequest's `S`), then run the TLS handshake as the
+    /// server; `direct` when the client opened with a ClientHello. Answer with
+    /// [`DownstreamSession::tls_started`], or close the connection when it fails.
+    StartTls {
+        /// No SSLRequest came first: ALPN `postgresql` is required.
+        direct: bool,
+    },
     /// Send what is in the output, then close the connection.
     Close,
 }
@@ -205,6 +226,8 @@ enum Pending {
     DropSlot,
     /// `START_REPLICATION SLOT`: the slot is being acquired.
     Acquire(Box<streaming::Checked>),
+    /// The TLS handshake runs.
+    Tls(Box<Startup>),
 }
 
 /// What the caller should read next.
@@ -339,8 +362,32 @@ impl DownstreamSession {
         view: &RelayView,
     ) {
         self.phase = match self.take_phase() {
-            Phase::Startup(s) => s.packet(&mut self.io, self.peer, packet, buffered, view),
+            Phase::Startup(s) => s.packet(
+                &mut self.io,
+                &self.config,
+                self.peer,
+                packet,
+                buffered,
+                view,
+            ),
             other => self.out_of_order(other, "a first packet"),
+        };
+    }
+
+    /// The first bytes are a TLS record (a ClientHello), not a packet length: PostgreSQL 17's
+    /// direct TLS. With a certificate, [`Action::StartTls`] follows; without one, the close.
+    pub fn direct_tls(&mut self) {
+        self.phase = match self.take_phase() {
+            Phase::Startup(s) => s.direct_tls(&mut self.io, &self.config),
+            other => self.out_of_order(other, "a TLS handshake"),
+        };
+    }
+
+    /// Answers [`Action::StartTls`]: the handshake succeeded, and first packets go on over it.
+    pub fn tls_started(&mut self, tls: TlsSession) {
+        self.phase = match self.take_phase() {
+            Phase::Waiting(Pending::Tls(s)) => s.tls_started(tls),
+            other => self.out_of_order(other, "a TLS session"),
         };
     }
 
@@ -372,7 +419,10 @@ impl DownstreamSession {
     pub fn slot_done(&mut self, outcome: Result<(), ErrorFields>, now: Now) {
         self.phase = match self.take_phase() {
             Phase::Waiting(pending)
-                if !matches!(pending, Pending::Claim(_) | Pending::ReadSlot) =>
+                if !matches!(
+                    pending,
+                    Pending::Claim(_) | Pending::ReadSlot | Pending::Tls(_)
+                ) =>
             {
                 command::slot_done(&mut self.io, &self.config, pending, outcome, now)
             }

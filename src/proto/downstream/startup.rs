@@ -18,7 +18,9 @@
 
 use std::net::IpAddr;
 
-use super::{Action, Login, Outbox, Pending, Phase, RelayView, SenderClaim, SessionConfig, reply};
+use super::{
+    Action, Login, Outbox, Pending, Phase, RelayView, SenderClaim, SessionConfig, TlsSession, reply,
+};
 use crate::types::SqlState;
 use crate::wire::{
     Authentication, BackendMessage, ErrorFields, StartupMessage, StartupPacket, WireError,
@@ -27,11 +29,12 @@ use crate::wire::{
 /// The protocol version PostgreSQL answers in NegotiateProtocolVersion: 3.0.
 const PROTOCOL_3_0: i32 = 196_608;
 
-/// Which encryption requests the client has already made.
-#[derive(Debug, Default, Clone, Copy)]
+/// Which encryption requests the client has already made, and the TLS session if one runs.
+#[derive(Debug, Default, Clone)]
 pub(super) struct Startup {
     ssl_done: bool,
     gss_done: bool,
+    tls: Option<TlsSession>,
 }
 
 /// A login that passed its checks and waits for its place among `max_wal_senders`.
@@ -43,10 +46,13 @@ pub(super) struct PendingLogin {
 }
 
 impl Startup {
-    /// Takes one first packet.
+    /// Takes one first packet. An SSLRequest is answered `S` when `tls` (a certificate is
+    /// configured) and `N` otherwise; a GSSENCRequest always `N`. As in `ProcessStartupPacket`,
+    /// each may come once, and a GSSENCRequest only before TLS is accepted.
     pub(super) fn packet(
         mut self,
         io: &mut Outbox,
+        config: &SessionConfig,
         peer: IpAddr,
         packet: Result<StartupPacket, WireError>,
         buffered: bool,
@@ -61,26 +67,58 @@ impl Startup {
             }
             Err(e) => return io.fatal(&ErrorFields::fatal(e.sqlstate(), e.to_string())),
         };
-        let repeated = match packet {
-            StartupPacket::SslRequest => std::mem::replace(&mut self.ssl_done, true),
-            StartupPacket::GssEncRequest => std::mem::replace(&mut self.gss_done, true),
+        let (allowed, code, accept) = match packet {
+            StartupPacket::SslRequest => (!self.ssl_done, "1234.5679", config.tls),
+            StartupPacket::GssEncRequest => (!self.gss_done, "1234.5680", false),
             StartupPacket::Cancel { .. } => return io.close(),
             StartupPacket::Startup(message) => return check(io, peer, message, view),
         };
-        if repeated {
-            let code = if self.ssl_done && !self.gss_done {
-                "1234.5679"
-            } else {
-                "1234.5680"
-            };
+        if !allowed {
             let text = format!("unsupported frontend protocol {code}: server supports 3.0 to 3.0");
             return io.fatal(&ErrorFields::fatal(SqlState::PROTOCOL_VIOLATION, text));
         }
-        io.out.extend_from_slice(b"N");
+        io.out.extend_from_slice(if accept { b"S" } else { b"N" });
         if buffered {
-            let text = "received unencrypted data after SSL request";
-            return io.fatal(&ErrorFields::fatal(SqlState::PROTOCOL_VIOLATION, text));
+            // Bytes that came before the answer were not encrypted, and may have been
+            // injected: they are never read as part of the session.
+            let e = ErrorFields::fatal(
+                SqlState::PROTOCOL_VIOLATION,
+                "received unencrypted data after SSL request",
+            )
+            .with_detail("This could be either a client-software bug or evidence of an attempted man-in-the-middle attack.");
+            return io.fatal(&e);
         }
+        if code == "1234.5679" {
+            self.ssl_done = true;
+            self.gss_done |= accept;
+        } else {
+            self.gss_done = true;
+        }
+        if accept {
+            io.act(Action::StartTls { direct: false });
+            return Phase::Waiting(Pending::Tls(Box::new(self)));
+        }
+        Phase::Startup(self)
+    }
+
+    /// The client opened with a TLS ClientHello (PostgreSQL 17's `sslnegotiation=direct`).
+    pub(super) fn direct_tls(self, io: &mut Outbox, config: &SessionConfig) -> Phase {
+        if !config.tls || self.ssl_done {
+            // Without a certificate these bytes are only an impossible length, as they are to
+            // a server without TLS: closed without an answer.
+            return io.close();
+        }
+        io.act(Action::StartTls { direct: true });
+        Phase::Waiting(Pending::Tls(Box::new(Startup {
+            ssl_done: true,
+            gss_done: true,
+            tls: None,
+        })))
+    }
+
+    /// The handshake succeeded: first packets go on, encrypted.
+    pub(super) fn tls_started(mut self, tls: TlsSession) -> Phase {
+        self.tls = Some(tls);
         Phase::Startup(self)
     }
 }

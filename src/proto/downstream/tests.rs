@@ -30,6 +30,7 @@ fn config() -> SessionConfig {
         max_wal_senders: 3,
         sender_timeout: SENDER_TIMEOUT,
         shutdown_wait: Duration::from_secs(2),
+        tls: false,
     }
 }
 

@@ -10,18 +10,21 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
+use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
+use super::DOWNSTREAM_READ_CHUNK;
 use super::context::{SenderPlace, ServerContext, StreamStatus};
+use super::transport::{Replay, Transport};
 use crate::hub::ReadBuffer;
 use crate::proto::downstream::streaming::SendRange;
 use crate::proto::downstream::{
     Action, DownstreamSession, Expect, FoundSlot, Now, SenderClaim, StreamStart,
 };
 use crate::service::conn::{ConnError, FrameReader, FrameWriter};
+use crate::service::tls::server::ServerTls;
 use crate::slots::{Persistency, SlotError};
 use crate::storage::StoreError;
 use crate::types::{BackendPid, DurableEnd, Lsn, PgTimestamp, SqlState};
@@ -59,15 +62,26 @@ fn wal_refusal(e: &StoreError) -> ErrorFields {
     }
 }
 
+/// The first byte of a TLS handshake record: a client that opens with a ClientHello.
+const TLS_HANDSHAKE: u8 = 0x16;
+
 /// One connection: its two halves, its session, and what it holds of the relay.
-pub(crate) struct Connection<R, W> {
-    rd: FrameReader<R>,
-    wr: FrameWriter<W>,
+pub(crate) struct Connection<T: Transport> {
+    rd: FrameReader<T::Read>,
+    wr: FrameWriter<T::Write>,
     session: DownstreamSession,
     ctx: Arc<ServerContext>,
+    /// The certificate the port had when the connection came.
+    tls: Option<ServerTls>,
     shutdown: CancellationToken,
     place: Option<SenderPlace>,
     stream: Option<StreamIo>,
+}
+
+/// A connection that has logged in, over the stream it came on or over TLS.
+enum LoggedIn<T: Transport> {
+    Plain(Connection<T>),
+    Tls(Connection<TlsStream<Replay<T>>>),
 }
 
 /// What a stream needs between two sends: the durable end it last saw and its read buffer.
@@ -82,27 +96,29 @@ struct StreamIo {
 #[derive(Debug, PartialEq, Eq)]
 enum Flow {
     Open,
+    /// The session asked for the TLS handshake.
+    Tls {
+        direct: bool,
+    },
     Closed,
 }
 
-impl<R, W> Connection<R, W>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    /// A connection whose session has just begun.
+impl<T: Transport> Connection<T> {
+    /// A connection whose session has just begun; `tls` is the port's certificate, if any.
     pub(crate) fn new(
-        rd: FrameReader<R>,
-        wr: FrameWriter<W>,
+        stream: T,
         session: DownstreamSession,
         ctx: Arc<ServerContext>,
+        tls: Option<ServerTls>,
         shutdown: CancellationToken,
     ) -> Self {
+        let (rd, wr) = stream.halves();
         Connection {
-            rd,
-            wr,
+            rd: FrameReader::new(rd, DOWNSTREAM_READ_CHUNK),
+            wr: FrameWriter::new(wr),
             session,
             ctx,
+            tls,
             shutdown,
             place: None,
             stream: None,
@@ -110,20 +126,86 @@ where
     }
 
     /// Serves the connection until it ends.
-    pub(crate) async fn run(mut self) {
+    pub(crate) async fn run(self) {
         let limit = self.ctx.config.authentication_timeout;
-        match tokio::time::timeout(limit, self.log_in()).await {
+        match tokio::time::timeout(limit, self.start()).await {
             Err(_) => {
                 debug!("closing connection that did not log in within the authentication timeout");
-                return;
             }
-            Ok(Err(e)) => {
-                debug!(error = %e, "connection closed during startup");
-                return;
-            }
-            Ok(Ok(Flow::Closed)) => return,
-            Ok(Ok(Flow::Open)) => {}
+            Ok(None) => {}
+            Ok(Some(LoggedIn::Plain(conn))) => conn.logged_in().await,
+            Ok(Some(LoggedIn::Tls(conn))) => conn.logged_in().await,
         }
+    }
+
+    /// The startup, with a TLS handshake if the session asks for one; `None` when the
+    /// connection closed before it logged in.
+    async fn start(mut self) -> Option<LoggedIn<T>> {
+        match self.log_in().await {
+            Ok(Flow::Open) => Some(LoggedIn::Plain(self)),
+            Ok(Flow::Closed) => None,
+            Ok(Flow::Tls { direct }) => {
+                let mut tls = self.start_tls(direct).await?;
+                match tls.log_in().await {
+                    Ok(Flow::Open) => Some(LoggedIn::Tls(tls)),
+                    Ok(Flow::Closed | Flow::Tls { .. }) => None,
+                    Err(e) => {
+                        debug!(error = %e, "connection closed during startup");
+                        None
+                    }
+                }
+            }
+            Err(e) => {
+                debug!(error = %e, "connection closed during startup");
+                None
+            }
+        }
+    }
+
+    /// The TLS handshake, as the server, over the same socket; `direct` when the client
+    /// opened with it. What was read of the ClientHello is replayed to it.
+    async fn start_tls(self, direct: bool) -> Option<Connection<TlsStream<Replay<T>>>> {
+        let Connection {
+            rd,
+            wr,
+            mut session,
+            ctx,
+            tls,
+            shutdown,
+            place,
+            stream,
+        } = self;
+        let (rd, read) = rd.into_parts();
+        let socket = T::whole(rd, wr.into_inner())?;
+        let config = tls?;
+        let handshake = tokio::select! {
+            () = shutdown.cancelled() => return None,
+            handshake = config.accept(Replay::new(read, socket), direct) => handshake,
+        };
+        match handshake {
+            Ok((socket, established)) => {
+                session.tls_started(established);
+                let (rd, wr) = socket.halves();
+                Some(Connection {
+                    rd: FrameReader::new(rd, DOWNSTREAM_READ_CHUNK),
+                    wr: FrameWriter::new(wr),
+                    session,
+                    ctx,
+                    tls: Some(config),
+                    shutdown,
+                    place,
+                    stream,
+                })
+            }
+            Err(e) => {
+                info!(error = %e, "could not accept SSL connection");
+                None
+            }
+        }
+    }
+
+    /// Command mode and streaming, after the login.
+    async fn logged_in(mut self) {
         if let Some(login) = self.session.login() {
             let span = tracing::Span::current();
             span.record("app", login.application_name.as_str());
@@ -136,9 +218,20 @@ where
         }
     }
 
-    /// First packets, until the session has logged in or closed.
+    /// First packets, until the session has logged in, closed, or asked for TLS.
     async fn log_in(&mut self) -> Result<Flow, ConnError> {
         while let Expect::StartupPacket(max) = self.session.expects() {
+            let first = tokio::select! {
+                () = self.shutdown.cancelled() => return Ok(Flow::Closed),
+                first = self.rd.first_byte() => first?,
+            };
+            if first == TLS_HANDSHAKE {
+                self.session.direct_tls();
+                match self.act().await? {
+                    Flow::Open => continue,
+                    other => return Ok(other),
+                }
+            }
             let packet = tokio::select! {
                 () = self.shutdown.cancelled() => return Ok(Flow::Closed),
                 packet = self.rd.startup_packet(max) => packet,
@@ -151,8 +244,9 @@ where
             let view = self.ctx.view(self.ctx.hub.durable());
             let buffered = self.rd.has_buffered();
             self.session.startup_packet(packet, buffered, &view);
-            if self.act().await? == Flow::Closed {
-                return Ok(Flow::Closed);
+            match self.act().await? {
+                Flow::Open => {}
+                other => return Ok(other),
             }
         }
         Ok(Flow::Open)
@@ -166,7 +260,7 @@ where
                 Expect::Frame(max) => self.command_step(max).await?,
                 Expect::StartupPacket(_) | Expect::Nothing => Flow::Closed,
             };
-            if flow == Flow::Closed {
+            if flow != Flow::Open {
                 return Ok(());
             }
         }
@@ -203,7 +297,7 @@ where
             }
             return self.act().await;
         }
-        if self.act().await? == Flow::Closed {
+        if self.act().await? != Flow::Open {
             return Ok(Flow::Closed);
         }
         let deadline = self.session.deadline().map(tokio::time::Instant::from_std);
@@ -288,6 +382,13 @@ where
                 self.wr.out().extend_from_slice(&out);
                 self.wr.close().await;
                 return Ok(Flow::Closed);
+            }
+            if let Action::StartTls { direct } = action {
+                // The `S` goes out in the clear; the handshake follows.
+                let out = self.session.take_output();
+                self.wr.out().extend_from_slice(&out);
+                self.wr.flush().await?;
+                return Ok(Flow::Tls { direct });
             }
             self.carry_out(action).await?;
         }
@@ -399,6 +500,7 @@ where
             | Action::CreateSlot { .. }
             | Action::DropSlot { .. }
             | Action::AcquireSlot(_)
+            | Action::StartTls { .. }
             | Action::Close => {}
         }
     }

@@ -8,13 +8,14 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use super::access::Access;
 use crate::hub::Hub;
 use crate::proto::downstream::{ClientPositions, RelayView, SessionConfig};
 use crate::slots::{Pending, Persistency, SlotError, SlotPersister, SlotRegistry};
@@ -73,6 +74,7 @@ pub(crate) struct ServerContext {
     cancel_seed: i32,
     live: Mutex<Live>,
     horizon: watch::Sender<XminHorizon>,
+    access: RwLock<Arc<Access>>,
 }
 
 impl std::fmt::Debug for ServerContext {
@@ -97,6 +99,7 @@ impl ServerContext {
         slots: SlotRegistry,
         slot_file: Arc<dyn SlotPersister>,
         horizon: watch::Sender<XminHorizon>,
+        access: Access,
     ) -> ServerContext {
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -114,6 +117,7 @@ impl ServerContext {
             cancel_seed: i32::from_ne_bytes(seed.to_ne_bytes()),
             live: Mutex::new(Live::default()),
             horizon,
+            access: RwLock::new(Arc::new(access)),
         }
     }
 
@@ -132,13 +136,24 @@ impl ServerContext {
         self.upstream.clone()
     }
 
-    /// The limits a session answers with.
-    pub(crate) fn session_config(&self) -> SessionConfig {
+    /// The limits a session answers with, under `access`.
+    pub(crate) fn session_config(&self, access: &Access) -> SessionConfig {
         SessionConfig {
             max_wal_senders: self.config.max_wal_senders,
             sender_timeout: self.config.sender_timeout,
             shutdown_wait: SHUTDOWN_WAIT,
+            tls: access.tls.is_some(),
         }
+    }
+
+    /// The certificate and rules a new connection uses.
+    pub(crate) fn access(&self) -> Arc<Access> {
+        Arc::clone(&self.access.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Replaces the certificate and rules for the connections that come next.
+    pub(crate) fn set_access(&self, access: Access) {
+        *self.access.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(access);
     }
 
     /// The registry, for in-memory work only.

@@ -7,42 +7,40 @@
 //!   registry and its file, the connection limit, the list of streams);
 //! - `connection`: the I/O of one connection around its session.
 
+mod access;
 mod connection;
 mod context;
+mod transport;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info_span};
 
 use crate::proto::downstream::DownstreamSession;
-use crate::service::conn::{FrameReader, FrameWriter};
 
+pub use access::AccessError;
+pub(crate) use access::{Access, Reload};
 pub(crate) use context::ServerContext;
 pub use context::{DownstreamConfig, StreamStatus};
+pub(crate) use transport::Transport;
 
 /// Bytes asked of a downstream socket per read: clients send short messages.
 const DOWNSTREAM_READ_CHUNK: usize = 16 * 1024;
 
-/// Serves one downstream connection until it ends or `shutdown` fires.
-pub(crate) async fn serve(
-    stream: TcpStream,
+/// Serves one downstream connection until it ends or `shutdown` fires. It uses the
+/// certificate and rules the port has as it comes, to its end.
+pub(crate) async fn serve<T: Transport>(
+    stream: T,
     peer: SocketAddr,
     ctx: Arc<ServerContext>,
     shutdown: CancellationToken,
 ) {
-    let _ = stream.set_nodelay(true);
-    let (rd, wr) = stream.into_split();
-    let session = DownstreamSession::new(ctx.session_config(), peer.ip());
-    let connection = connection::Connection::new(
-        FrameReader::new(rd, DOWNSTREAM_READ_CHUNK),
-        FrameWriter::new(wr),
-        session,
-        ctx,
-        shutdown,
-    );
+    let access = ctx.access();
+    let session = DownstreamSession::new(ctx.session_config(&access), peer.ip());
+    let connection =
+        connection::Connection::new(stream, session, ctx, access.tls.clone(), shutdown);
     let span = info_span!(
         "downstream",
         peer = %peer,

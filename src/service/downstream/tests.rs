@@ -13,11 +13,12 @@ use tokio::io::{AsyncWriteExt, DuplexStream, ReadHalf, WriteHalf};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::access::Access;
 use super::connection::Connection;
 use super::context::{DownstreamConfig, ServerContext};
 use crate::hub::Hub;
 use crate::proto::downstream::DownstreamSession;
-use crate::service::conn::{FrameReader, FrameWriter};
+use crate::service::conn::FrameReader;
 use crate::slots::{Persistency, SlotError, SlotFile, SlotPersister, SlotRegistry, SlotSnapshot};
 use crate::types::{
     Lsn, PgTimestamp, SlotName, SystemId, TimelineId, UpstreamInfo, WalSegmentSize,
@@ -123,7 +124,15 @@ fn relay(dir: &std::path::Path) -> Relay {
         authentication_timeout: Duration::from_secs(60),
     };
     let persister: Arc<dyn SlotPersister> = Arc::clone(&disk) as _;
-    let ctx = ServerContext::new(config, info_rx, hub, registry, persister, horizon);
+    let ctx = ServerContext::new(
+        config,
+        info_rx,
+        hub,
+        registry,
+        persister,
+        horizon,
+        Access::default(),
+    );
     Relay {
         _feed: feed,
         ctx: Arc::new(ctx),
@@ -224,13 +233,15 @@ async fn status_updates_flow_while_the_slot_file_syncs_on_a_stalled_disk() {
     } = relay(t.path());
     let _release = ReleaseOnDrop(Arc::clone(&disk));
     let (ours, theirs) = tokio::io::duplex(1 << 16);
-    let (rd, wr) = tokio::io::split(theirs);
-    let session = DownstreamSession::new(ctx.session_config(), IpAddr::V4(Ipv4Addr::LOCALHOST));
+    let session = DownstreamSession::new(
+        ctx.session_config(&Access::default()),
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+    );
     let conn = Connection::new(
-        FrameReader::new(rd, 8192),
-        FrameWriter::new(wr),
+        theirs,
         session,
         Arc::clone(&ctx),
+        None,
         CancellationToken::new(),
     );
     let served = tokio::spawn(conn.run());

@@ -271,9 +271,14 @@ fn bytes_sent_ahead_of_the_ssl_answer_are_refused() {
         let mut s = fresh();
         s.startup_packet(Ok(request), true, &view());
         let mut expected = b"N".to_vec();
-        expected.extend(wire(&[fatal(
-            SqlState::PROTOCOL_VIOLATION,
-            "received unencrypted data after SSL request",
+        expected.extend(wire(&[BackendMessage::ErrorResponse(
+            ErrorFields::fatal(
+                SqlState::PROTOCOL_VIOLATION,
+                "received unencrypted data after SSL request",
+            )
+            .with_detail(
+                "This could be either a client-software bug or evidence of an attempted man-in-the-middle attack.",
+            ),
         )]));
         assert_eq!(out(&mut s), expected);
         assert_eq!(actions(&mut s), [Action::Close]);
@@ -328,6 +333,111 @@ fn shutdown_during_startup_closes_silently() {
 fn answers_fed_out_of_order_end_the_session() {
     let mut s = fresh();
     s.slot_read(None, &view());
+    assert_eq!(actions(&mut s), [Action::Close]);
+    assert!(s.is_closed());
+}
+
+fn with_tls() -> DownstreamSession {
+    let config = SessionConfig {
+        tls: true,
+        ..config()
+    };
+    DownstreamSession::new(config, loopback())
+}
+
+fn established() -> TlsSession {
+    TlsSession {
+        certificate_hash: Some(vec![7; 32]),
+        client_certificate: None,
+    }
+}
+
+#[test]
+fn with_a_certificate_ssl_is_answered_s_and_the_handshake_follows() {
+    let mut s = with_tls();
+    s.startup_packet(Ok(StartupPacket::SslRequest), false, &view());
+    assert_eq!(out(&mut s), b"S");
+    assert_eq!(actions(&mut s), [Action::StartTls { direct: false }]);
+    assert_eq!(s.expects(), Expect::Nothing);
+    s.tls_started(established());
+    assert_eq!(s.expects(), Expect::StartupPacket(MAX_STARTUP_PACKET_LEN));
+    log_in(&mut s, startup(LOGIN));
+    assert_eq!(out(&mut s), wire(&greeting("postgres", "d1")));
+}
+
+#[test]
+fn over_tls_neither_request_may_come_again() {
+    for (request, code) in [
+        (StartupPacket::SslRequest, "1234.5679"),
+        (StartupPacket::GssEncRequest, "1234.5680"),
+    ] {
+        let mut s = with_tls();
+        s.startup_packet(Ok(StartupPacket::SslRequest), false, &view());
+        out(&mut s);
+        actions(&mut s);
+        s.tls_started(established());
+        s.startup_packet(Ok(request), false, &view());
+        let text = format!("unsupported frontend protocol {code}: server supports 3.0 to 3.0");
+        assert_eq!(
+            out(&mut s),
+            wire(&[fatal(SqlState::PROTOCOL_VIOLATION, &text)])
+        );
+        assert_eq!(actions(&mut s), [Action::Close]);
+    }
+}
+
+#[test]
+fn gss_refused_then_ssl_accepted() {
+    let mut s = with_tls();
+    s.startup_packet(Ok(StartupPacket::GssEncRequest), false, &view());
+    assert_eq!(out(&mut s), b"N");
+    s.startup_packet(Ok(StartupPacket::SslRequest), false, &view());
+    assert_eq!(out(&mut s), b"S");
+    assert_eq!(actions(&mut s), [Action::StartTls { direct: false }]);
+}
+
+#[test]
+fn bytes_ahead_of_an_s_are_refused_without_a_handshake() {
+    let mut s = with_tls();
+    s.startup_packet(Ok(StartupPacket::SslRequest), true, &view());
+    let got = out(&mut s);
+    assert_eq!(got.first(), Some(&b'S'));
+    assert!(String::from_utf8_lossy(&got).contains("received unencrypted data after SSL request"));
+    assert_eq!(actions(&mut s), [Action::Close]);
+}
+
+#[test]
+fn a_client_hello_first_is_direct_tls_only_with_a_certificate() {
+    let mut s = with_tls();
+    s.direct_tls();
+    assert!(out(&mut s).is_empty());
+    assert_eq!(actions(&mut s), [Action::StartTls { direct: true }]);
+    s.tls_started(established());
+    // Direct TLS stands for the SSLRequest: neither request may follow.
+    s.startup_packet(Ok(StartupPacket::SslRequest), false, &view());
+    assert_eq!(actions(&mut s), [Action::Close]);
+
+    let mut s = fresh();
+    s.direct_tls();
+    assert!(out(&mut s).is_empty());
+    assert_eq!(actions(&mut s), [Action::Close]);
+
+    // Inside TLS, a ClientHello is only a bad length.
+    let mut s = with_tls();
+    s.startup_packet(Ok(StartupPacket::GssEncRequest), false, &view());
+    out(&mut s);
+    s.startup_packet(Ok(StartupPacket::SslRequest), false, &view());
+    out(&mut s);
+    actions(&mut s);
+    s.tls_started(established());
+    s.direct_tls();
+    assert_eq!(actions(&mut s), [Action::Close]);
+}
+
+#[test]
+fn a_tls_session_is_only_taken_while_the_handshake_runs() {
+    let mut s = with_tls();
+    s.tls_started(established());
     assert_eq!(actions(&mut s), [Action::Close]);
     assert!(s.is_closed());
 }

@@ -26,7 +26,6 @@ use rustls::server::ParsedCertificate;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use sha2::{Digest, Sha224, Sha256, Sha384, Sha512};
 
 use crate::proto::conninfo::{ConnInfo, SslMode};
 
@@ -103,81 +102,6 @@ pub fn client_config(info: &ConnInfo) -> Result<ClientConfig, TlsError> {
 /// [`TlsError::ServerName`] for a string that is neither.
 pub fn server_name(host: &str) -> Result<ServerName<'static>, TlsError> {
     ServerName::try_from(host.to_owned()).map_err(|_| TlsError::ServerName(host.to_owned()))
-}
-
-/// The `tls-server-end-point` channel-binding data (RFC 5929) for a server certificate: its
-/// DER hashed with the digest of its own signature algorithm, MD5 and SHA-1 becoming SHA-256.
-///
-/// `None` when the DER cannot be walked or the algorithm has no single digest (Ed25519,
-/// RSASSA-PSS), as PostgreSQL's `be_tls_get_certificate_hash` also refuses them; SCRAM then
-/// runs without channel binding.
-pub fn server_end_point_hash(cert_der: &[u8]) -> Option<Vec<u8>> {
-    let oid = signature_algorithm_oid(cert_der)?;
-    let (_, digest) = END_POINT_DIGESTS.iter().find(|(known, _)| *known == oid)?;
-    Some(match digest {
-        EndPointDigest::Sha224 => Sha224::digest(cert_der).to_vec(),
-        EndPointDigest::Sha256 => Sha256::digest(cert_der).to_vec(),
-        EndPointDigest::Sha384 => Sha384::digest(cert_der).to_vec(),
-        EndPointDigest::Sha512 => Sha512::digest(cert_der).to_vec(),
-    })
-}
-
-enum EndPointDigest {
-    Sha224,
-    Sha256,
-    Sha384,
-    Sha512,
-}
-
-/// Signature algorithm OIDs (DER contents) and the digest RFC 5929 picks for each.
-#[rustfmt::skip]
-const END_POINT_DIGESTS: &[(&[u8], EndPointDigest)] = &[
-    // md5WithRSAEncryption, sha1WithRSAEncryption: upgraded to SHA-256.
-    (&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x04], EndPointDigest::Sha256),
-    (&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x05], EndPointDigest::Sha256),
-    (&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0b], EndPointDigest::Sha256),
-    (&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0c], EndPointDigest::Sha384),
-    (&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0d], EndPointDigest::Sha512),
-    (&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0e], EndPointDigest::Sha224),
-    // ecdsa-with-SHA1 (upgraded), then ecdsa-with-SHA224/256/384/512.
-    (&[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x01], EndPointDigest::Sha256),
-    (&[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x01], EndPointDigest::Sha224),
-    (&[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02], EndPointDigest::Sha256),
-    (&[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x03], EndPointDigest::Sha384),
-    (&[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x04], EndPointDigest::Sha512),
-    // dsa-with-sha1 (upgraded), dsa-with-sha256.
-    (&[0x2a, 0x86, 0x48, 0xce, 0x38, 0x04, 0x03], EndPointDigest::Sha256),
-    (&[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x03, 0x02], EndPointDigest::Sha256),
-];
-
-/// `Certificate ::= SEQUENCE { tbsCertificate, signatureAlgorithm SEQUENCE { OID, … }, … }`.
-fn signature_algorithm_oid(cert: &[u8]) -> Option<&[u8]> {
-    let (certificate, _) = der_element(cert, 0x30)?;
-    let (_tbs, after_tbs) = der_element(certificate, 0x30)?;
-    let (algorithm, _) = der_element(after_tbs, 0x30)?;
-    let (oid, _) = der_element(algorithm, 0x06)?;
-    Some(oid)
-}
-
-/// One DER element with `tag`: its contents and what follows it.
-fn der_element(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
-    let (&found, rest) = input.split_first()?;
-    let (&first, rest) = rest.split_first()?;
-    if found != tag {
-        return None;
-    }
-    let (len, rest) = match first {
-        0..=0x7f => (usize::from(first), rest),
-        0x81..=0x84 => {
-            let (bytes, rest) = rest.split_at_checked(usize::from(first & 0x7f))?;
-            (
-                bytes.iter().fold(0, |len, b| (len << 8) | usize::from(*b)),
-                rest,
-            )
-        }
-        _ => return None,
-    };
-    rest.split_at_checked(len)
 }
 
 /// The trust anchors, or `None` when nothing is to be checked (libpq: no root file and a
@@ -303,8 +227,10 @@ impl ServerCertVerifier for LibpqVerifier {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::certificate::server_end_point_hash;
     use crate::proto::conninfo::Env;
     use rustls::{CertificateError, Connection, Error, ServerConfig, ServerConnection};
+    use sha2::{Digest, Sha256, Sha384, Sha512};
 
     const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/tls");
 
