@@ -120,6 +120,8 @@ struct RunAs {
 pub struct PgBinaries {
     dir: PathBuf,
     run_as: Option<RunAs>,
+    /// A network namespace every tool runs in (`nsenter --net`), if any.
+    netns: Option<PathBuf>,
 }
 
 impl PgBinaries {
@@ -166,7 +168,21 @@ impl PgBinaries {
         } else {
             None
         };
-        Ok(PgBinaries { dir, run_as })
+        Ok(PgBinaries {
+            dir,
+            run_as,
+            netns: None,
+        })
+    }
+
+    /// The same binaries, each run inside the network namespace whose handle is `netns`
+    /// (`/run/netns/NAME`, as `ip netns add` makes it), through `nsenter`: servers started
+    /// with them listen, and clients connect, from that namespace.
+    pub fn in_netns(&self, netns: impl Into<PathBuf>) -> PgBinaries {
+        PgBinaries {
+            netns: Some(netns.into()),
+            ..self.clone()
+        }
     }
 
     /// The `bin` directory.
@@ -195,7 +211,23 @@ impl PgBinaries {
     /// `/dev/null`, the temporary directory as working directory, and the `postgres` user when
     /// this process is root and `tool` is one of [`PG_USER_TOOLS`].
     pub fn command(&self, tool: &str) -> Command {
-        let mut cmd = Command::new(self.path(tool));
+        let user = self
+            .run_as
+            .as_ref()
+            .filter(|_| PG_USER_TOOLS.contains(&tool));
+        let mut cmd = match &self.netns {
+            None => Command::new(self.path(tool)),
+            Some(netns) => {
+                // nsenter enters as root, then becomes the tool's user before it execs it.
+                let mut cmd = Command::new("nsenter");
+                cmd.arg(format!("--net={}", netns.display()));
+                if let Some(user) = user {
+                    cmd.args(["-S", &user.uid.to_string(), "-G", &user.gid.to_string()]);
+                }
+                cmd.arg("--").arg(self.path(tool));
+                cmd
+            }
+        };
         for (key, _) in std::env::vars_os() {
             if key.to_string_lossy().starts_with("PG") {
                 cmd.env_remove(key);
@@ -204,12 +236,11 @@ impl PgBinaries {
         cmd.env("LC_ALL", "C")
             .current_dir(std::env::temp_dir())
             .stdin(Stdio::null());
-        if let Some(user) = self
-            .run_as
-            .as_ref()
-            .filter(|_| PG_USER_TOOLS.contains(&tool))
-        {
-            cmd.uid(user.uid).gid(user.gid).env("HOME", &user.home);
+        if let Some(user) = user {
+            if self.netns.is_none() {
+                cmd.uid(user.uid).gid(user.gid);
+            }
+            cmd.env("HOME", &user.home);
         }
         cmd
     }
@@ -661,6 +692,7 @@ mod tests {
         let bins = PgBinaries {
             dir: PathBuf::from("/nonexistent"),
             run_as: None,
+            netns: None,
         };
         let tmp = std::env::temp_dir();
         let a = bins.scratch_dir(&tmp, "t").unwrap();

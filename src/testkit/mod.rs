@@ -1,5 +1,6 @@
-//! The test harness: real PostgreSQL clusters on loopback ([`localpg`]) and a TCP proxy that
-//! injects network faults ([`faultproxy`]).
+//! The test harness: real PostgreSQL clusters on loopback ([`localpg`]), a TCP proxy that
+//! injects network faults ([`faultproxy`]), and network namespaces that clients connect from
+//! ([`netns`]).
 //!
 //! It is for the integration tests, benches and examples, and `walrelay demo` compiles
 //! [`localpg`] into the binary; it is never on the relay's running path. It is built only
@@ -8,3 +9,4 @@
 
 pub mod faultproxy;
 pub mod localpg;
+pub mod netns;

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use walrelay::testkit::localpg::{Cluster, ClusterBuilder, PgBinaries, wait_until};
 use walrelay::types::{Lsn, SegmentName, WalSegmentSize};
 
+pub mod certs;
 pub mod slow_link;
 
 /// A primary in `dir` with `segment_mb` MB segments and archiving on, started.
