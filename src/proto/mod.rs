@@ -6,6 +6,7 @@
 //!   replication commands and their results, the received stream;
 //! - [`liveness`]: the silence rule both ends of a stream follow;
 //! - [`auth`]: the client side of PostgreSQL authentication (SCRAM, MD5, cleartext);
+//! - [`access`]: who may connect downstream: `pg_hba.conf` rules and `pg_ident.conf` maps;
 //! - [`conninfo`] and [`pgpass`]: libpq connection strings, the `PG*` environment and
 //!   `.pgpass`;
 //! - [`query`]: the results of the replication commands the relay sends upstream, checked.
@@ -13,6 +14,7 @@
 //! Nothing here reads a socket, a file or the clock: callers pass what arrived and the time,
 //! and send what comes out.
 
+pub mod access;
 pub mod auth;
 pub mod conninfo;
 pub mod downstream;
