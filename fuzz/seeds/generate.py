@@ -145,6 +145,36 @@ def downstream_session():
     write("downstream_session", "refused", b"\x01" + login + commands)
 
 
+def access():
+    # Text, parsed both as a pg_hba.conf and as a pg_ident.conf; included files do not exist.
+    write("access", "pg_hba", b"""\
+# TYPE  DATABASE        USER            ADDRESS                 METHOD
+local   replication     all                                     trust
+host    replication     replicator      127.0.0.1/32            trust
+host    replication     replicator      ::1/128                 trust
+hostssl replication     replicator      10.0.0.0/8              scram-sha-256
+hostssl replication     "all",standby   fe80::/10               cert map=certs clientname=CN
+hostnossl replication   replicator      192.168.0.0 255.255.0.0 md5
+host    replication     all             samenet                 password
+hostssl replication     all             samehost                md5 clientcert=verify-ca
+hostgssenc replication  all             all                     reject
+host    all             all             0.0.0.0/0               reject
+""")
+    write("access", "pg_ident", b"""\
+# MAPNAME       SYSTEM-USERNAME         PG-USERNAME
+certs           standby-a.example.com   replicator
+certs           "Standby B"             replicator
+certs           standby-c.example.com   "all"
+""")
+    write("access", "continued_and_quoted",
+          b"host replication \"say \"\"hi\"\"\",b, c \\\r\n  10.0.0.0/8 \\\n"
+          b"  scram-sha-256 # a comment, \"quoted\"\n"
+          b"include_if_exists optional.conf\n")
+    write("access", "refused",
+          b"host replication +admins all trust\nhost replication all db.example.com md5\n"
+          b"host replication all all ldap ldapserver=x\nmap /^(.*)$ \\1\n")
+
+
 def main():
     framed("backend_framer", BACKEND, [
         "authentication_ok", "parameter_status", "backend_key_data", "ready_for_query",
@@ -159,6 +189,7 @@ def main():
     wal_validator()
     recovery()
     downstream_session()
+    access()
 
 
 if __name__ == "__main__":

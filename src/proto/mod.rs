@@ -6,7 +6,8 @@
 //!   replication commands and their results, the received stream;
 //! - [`liveness`]: the silence rule both ends of a stream follow;
 //! - [`auth`]: the client side of PostgreSQL authentication (SCRAM, MD5, cleartext);
-//! - [`certificate`]: the channel-binding hash and common name of an X.509 certificate;
+//! - [`certificate`]: the channel-binding hash, serial and common name of an X.509 certificate;
+//! - [`access`]: who may connect downstream: `pg_hba.conf` rules and `pg_ident.conf` maps;
 //! - [`conninfo`] and [`pgpass`]: libpq connection strings, the `PG*` environment and
 //!   `.pgpass`;
 //! - [`query`]: the results of the replication commands the relay sends upstream, checked.
@@ -14,6 +15,7 @@
 //! Nothing here reads a socket, a file or the clock: callers pass what arrived and the time,
 //! and send what comes out.
 
+pub mod access;
 pub mod auth;
 pub mod certificate;
 pub mod conninfo;
