@@ -28,6 +28,21 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Start a throwaway local primary, relay from it under a write load, and show progress.
     Demo(DemoArgs),
+    /// Read a password (from the terminal with echo off, or one line of standard input) and
+    /// print a line for the --auth-file: the user and a SCRAM-SHA-256 verifier, as
+    /// PostgreSQL stores it in pg_authid.rolpassword.
+    Passwd(PasswdArgs),
+}
+
+/// Arguments of `walrelay passwd`.
+#[derive(Debug, Args)]
+pub struct PasswdArgs {
+    /// The user the line is for.
+    #[arg(value_name = "USER")]
+    pub user: String,
+    /// PBKDF2 iterations of the verifier (PostgreSQL's scram_iterations) [default: 4096].
+    #[arg(long, value_name = "N", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=i32::MAX as i64))]
+    pub iterations: u32,
 }
 
 /// Flags of `walrelay run`. Each can also be set in the `--config` file under the same name

@@ -20,7 +20,9 @@ use crate::config::Config;
 use crate::hub::{Hub, HubFeed};
 use crate::proto::conninfo::{ConnInfo, ConnInfoError, Env};
 use crate::proto::upstream::StreamTiming;
-use crate::service::downstream::{Access, AccessError, DownstreamConfig, Reload, ServerContext};
+use crate::service::downstream::{
+    Access, AccessError, DownstreamConfig, Reload, ServerContext, mock_nonce,
+};
 use crate::service::listener;
 use crate::service::retention::{self, RetentionPolicy};
 use crate::service::status::{RelayMonitor, RelayStatus};
@@ -233,6 +235,7 @@ impl Relay {
         let downstream = match &config.listen {
             None => None,
             Some(address) => {
+                let mock_nonce = mock_nonce(&config.data_dir)?;
                 let ctx = ServerContext::new(
                     DownstreamConfig {
                         max_wal_senders: config.max_wal_senders,
@@ -244,7 +247,7 @@ impl Relay {
                     SlotRegistry::open(&config.data_dir, config.max_replication_slots)?,
                     Arc::new(SlotFile::new(&config.data_dir)),
                     horizon_tx,
-                    Access::load(&config.access)?,
+                    Access::load(&config.access, mock_nonce)?,
                 );
                 Some(Downstream {
                     listener: bind(address)?,
@@ -255,6 +258,7 @@ impl Relay {
                     },
                     reload: Reload {
                         files: config.access.clone(),
+                        mock_nonce,
                     },
                 })
             }

@@ -62,6 +62,8 @@ codes! {
     INTERNAL_ERROR = "XX000";
     /// XX001, `data_corrupted`.
     DATA_CORRUPTED = "XX001";
+    /// F0000, `config_file_error`.
+    CONFIG_FILE_ERROR = "F0000";
 }
 
 impl SqlState {

@@ -22,6 +22,7 @@ use walrelay::cli::{Cli, Command};
 use walrelay::types;
 
 mod demo;
+mod passwd;
 // The library's `testkit::localpg`, compiled into the binary for `walrelay demo` so that the
 // library does not have to export it: one copy of the source, two crates. The demo uses only
 // part of it.
@@ -51,7 +52,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo prints its own progress table; only warnings interrupt it.
     init_logging(match cli.command {
-        Command::Demo(_) => "warn",
+        Command::Demo(_) | Command::Passwd(_) => "warn",
         Command::Run(_) => "info",
     });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -67,6 +68,7 @@ fn main() -> ExitCode {
     let outcome = runtime.block_on(async {
         match cli.command {
             Command::Run(args) => run(*args).await,
+            Command::Passwd(args) => passwd::run(&args.user, args.iterations),
             Command::Demo(args) => {
                 let opts = demo::DemoOptions {
                     segment_size_mb: args.segment_size_mb,

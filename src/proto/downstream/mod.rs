@@ -22,6 +22,7 @@
 //! - [`send`]: the position and silence bookkeeping of one stream;
 //! - `reply`: encoding answers into the output.
 
+pub mod authenticate;
 pub mod command;
 #[cfg(any(fuzzing, test))]
 pub mod fuzzing;
@@ -34,7 +35,6 @@ pub mod streaming;
 mod tests;
 
 use std::collections::{BTreeMap, VecDeque};
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -48,7 +48,10 @@ use crate::types::{
 use crate::wire::frame::{COMMAND_FRAME_LIMIT, MAX_STARTUP_PACKET_LEN, SMALL_FRAME_LIMIT};
 use crate::wire::{ErrorFields, Frame, StartupPacket, WireError};
 
+pub use authenticate::{AccessPolicy, Authenticated, Peer};
 pub use send::{AheadOfServer, ClientPositions, Reply, SendStream};
+
+use crate::proto::auth::server::SERVER_NONCE_LEN;
 
 use startup::Startup;
 use streaming::Streaming;
@@ -117,6 +120,8 @@ pub struct Login {
     pub application_name: String,
     /// The pid reported in BackendKeyData; it names temporary slots.
     pub pid: BackendPid,
+    /// How the user authenticated.
+    pub how: Authenticated,
 }
 
 /// A place among `max_wal_senders`, as [`Action::ClaimSender`] is answered.
@@ -250,6 +255,8 @@ enum Phase {
     Command,
     /// An action must be answered before the session goes on.
     Waiting(Pending),
+    /// An authentication exchange waits for the client.
+    Authenticating(Box<authenticate::Exchange>),
     /// `START_REPLICATION` is streaming.
     Streaming(Box<Streaming>),
     /// The connection is to be closed.
@@ -276,6 +283,12 @@ impl Outbox {
         self.close()
     }
 
+    /// Sends `e` and closes, for a refusal its caller has logged.
+    fn refuse(&mut self, e: &ErrorFields) -> Phase {
+        reply::error(&mut self.out, e);
+        self.close()
+    }
+
     /// Closes after what is in the output.
     fn close(&mut self) -> Phase {
         self.act(Action::Close);
@@ -287,18 +300,28 @@ impl Outbox {
 #[derive(Debug)]
 pub struct DownstreamSession {
     config: SessionConfig,
-    peer: IpAddr,
+    peer: Peer,
+    policy: Arc<AccessPolicy>,
+    nonce: [u8; SERVER_NONCE_LEN],
     phase: Phase,
     login: Option<Login>,
     io: Outbox,
 }
 
 impl DownstreamSession {
-    /// A session for a client connecting from `peer`.
-    pub fn new(config: SessionConfig, peer: IpAddr) -> DownstreamSession {
+    /// A session for a client connecting from `peer`, let in by `policy`; `nonce` is fresh
+    /// random bytes for its authentication exchange (SCRAM's server nonce, MD5's salt).
+    pub fn new(
+        config: SessionConfig,
+        peer: Peer,
+        policy: Arc<AccessPolicy>,
+        nonce: [u8; SERVER_NONCE_LEN],
+    ) -> DownstreamSession {
         DownstreamSession {
             config,
             peer,
+            policy,
+            nonce,
             phase: Phase::Startup(Startup::default()),
             login: None,
             io: Outbox::default(),
@@ -309,6 +332,7 @@ impl DownstreamSession {
     pub fn expects(&self) -> Expect {
         match &self.phase {
             Phase::Startup(_) => Expect::StartupPacket(MAX_STARTUP_PACKET_LEN),
+            Phase::Authenticating(a) => Expect::Frame(a.frame_limit()),
             Phase::Command => Expect::Frame(COMMAND_FRAME_LIMIT),
             Phase::Streaming(_) => Expect::Frame(SMALL_FRAME_LIMIT),
             Phase::Waiting(_) | Phase::Closed => Expect::Nothing,
@@ -362,14 +386,15 @@ impl DownstreamSession {
         view: &RelayView,
     ) {
         self.phase = match self.take_phase() {
-            Phase::Startup(s) => s.packet(
-                &mut self.io,
-                &self.config,
-                self.peer,
-                packet,
-                buffered,
-                view,
-            ),
+            Phase::Startup(s) => {
+                let client = authenticate::Client {
+                    peer: self.peer,
+                    tls: None,
+                    policy: &self.policy,
+                    nonce: self.nonce,
+                };
+                s.packet(&mut self.io, &self.config, client, packet, buffered, view)
+            }
             other => self.out_of_order(other, "a first packet"),
         };
     }
@@ -432,6 +457,13 @@ impl DownstreamSession {
 
     /// Takes a typed message, or the error reading it, in command mode or while streaming.
     pub fn frame(&mut self, frame: Result<Frame, WireError>, now: Now, view: &RelayView) {
+        if let Phase::Authenticating(_) = self.phase {
+            self.phase = match self.take_phase() {
+                Phase::Authenticating(a) => authenticate::frame(&mut self.io, a, frame),
+                other => other,
+            };
+            return;
+        }
         let frame = match frame {
             Ok(frame) => frame,
             Err(e) => {
@@ -485,7 +517,7 @@ impl DownstreamSession {
     /// gets FATAL 57P01, a stream asks its client to confirm what it was sent, then ends.
     pub fn shutdown(&mut self, now: Now) {
         self.phase = match self.take_phase() {
-            Phase::Startup(_) | Phase::Waiting(_) => self.io.close(),
+            Phase::Startup(_) | Phase::Authenticating(_) | Phase::Waiting(_) => self.io.close(),
             Phase::Command => self.io.fatal(&ErrorFields::fatal(
                 SqlState::ADMIN_SHUTDOWN,
                 "terminating connection due to administrator command",

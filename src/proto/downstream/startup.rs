@@ -16,11 +16,8 @@
 //!   `_pq_.` options, AuthenticationOk, the ParameterStatus values clients read (with the
 //!   upstream's `server_version`), BackendKeyData and ReadyForQuery.
 
-use std::net::IpAddr;
-
-use super::{
-    Action, Login, Outbox, Pending, Phase, RelayView, SenderClaim, SessionConfig, TlsSession, reply,
-};
+use super::authenticate::{self, Authenticated, Client};
+use super::{Action, Login, Outbox, Pending, Phase, RelayView, SenderClaim, SessionConfig, TlsSession, reply};
 use crate::types::SqlState;
 use crate::wire::{
     Authentication, BackendMessage, ErrorFields, StartupMessage, StartupPacket, WireError,
@@ -37,12 +34,29 @@ pub(super) struct Startup {
     tls: Option<TlsSession>,
 }
 
-/// A login that passed its checks and waits for its place among `max_wal_senders`.
+/// A login that passed its checks: it authenticates, then waits for its place among
+/// `max_wal_senders`.
 #[derive(Debug)]
 pub(super) struct PendingLogin {
     user: String,
     application_name: String,
     startup: StartupMessage,
+    how: Option<Authenticated>,
+}
+
+impl PendingLogin {
+    /// The user name of the StartupMessage.
+    pub(super) fn user(&self) -> &str {
+        &self.user
+    }
+
+    /// The login, authenticated as `how`.
+    pub(super) fn authenticated(self, how: Authenticated) -> PendingLogin {
+        PendingLogin {
+            how: Some(how),
+            ..self
+        }
+    }
 }
 
 impl Startup {
@@ -53,7 +67,7 @@ impl Startup {
         mut self,
         io: &mut Outbox,
         config: &SessionConfig,
-        peer: IpAddr,
+        client: Client<'_>,
         packet: Result<StartupPacket, WireError>,
         buffered: bool,
         view: &RelayView,
@@ -71,7 +85,13 @@ impl Startup {
             StartupPacket::SslRequest => (!self.ssl_done, "1234.5679", config.tls),
             StartupPacket::GssEncRequest => (!self.gss_done, "1234.5680", false),
             StartupPacket::Cancel { .. } => return io.close(),
-            StartupPacket::Startup(message) => return check(io, peer, message, view),
+            StartupPacket::Startup(message) => {
+                let client = Client {
+                    tls: self.tls.as_ref(),
+                    ..client
+                };
+                return check(io, &client, message, view);
+            }
         };
         if !allowed {
             let text = format!("unsupported frontend protocol {code}: server supports 3.0 to 3.0");
@@ -123,26 +143,25 @@ impl Startup {
     }
 }
 
-/// The checks PostgreSQL makes between the StartupMessage and AuthenticationOk, up to the
-/// connection limit, which the caller answers.
-fn check(io: &mut Outbox, peer: IpAddr, startup: StartupMessage, view: &RelayView) -> Phase {
-    match refusal(peer, &startup, view) {
+/// The checks PostgreSQL makes of the StartupMessage, then authentication.
+fn check(io: &mut Outbox, client: &Client<'_>, startup: StartupMessage, view: &RelayView) -> Phase {
+    match refusal(client, &startup, view) {
         Err(fatal) => io.fatal(&fatal),
         Ok(user) => {
             let login = PendingLogin {
                 user: user.to_owned(),
                 application_name: printable(startup.get("application_name").unwrap_or("")),
                 startup,
+                how: None,
             };
-            io.act(Action::ClaimSender);
-            Phase::Waiting(Pending::Claim(Box::new(login)))
+            authenticate::begin(io, client, login)
         }
     }
 }
 
 /// The user, or why the StartupMessage is refused.
 fn refusal<'a>(
-    peer: IpAddr,
+    client: &Client<'_>,
     startup: &'a StartupMessage,
     view: &RelayView,
 ) -> Result<&'a str, ErrorFields> {
@@ -173,11 +192,8 @@ fn refusal<'a>(
         }
         _ => {
             let db = startup.get("database").unwrap_or(user);
-            return Err(no_hba_entry(peer, user, Some(db)));
+            return Err(no_hba_entry_for_database(client, user, db));
         }
-    }
-    if !peer.is_loopback() {
-        return Err(no_hba_entry(peer, user, None));
     }
     if view.upstream.is_none() {
         return Err(ErrorFields::fatal(
@@ -209,23 +225,29 @@ pub(super) fn logged_in(
         user: login.user,
         application_name: login.application_name,
         pid: claim.pid,
+        how: login.how.unwrap_or(Authenticated {
+            method: "trust",
+            rule: None,
+            identity: None,
+        }),
     };
     greet(io, &done, &login.startup, claim.cancel_key, view);
     (Phase::Command, Some(done))
 }
 
-/// PostgreSQL's rejection when no `pg_hba.conf` line matches (`auth.c:ClientAuthentication`).
-fn no_hba_entry(peer: IpAddr, user: &str, database: Option<&str>) -> ErrorFields {
-    let user = printable(user);
-    let text = match database {
-        None => format!(
-            "no pg_hba.conf entry for replication connection from host \"{peer}\", user \"{user}\", no encryption"
-        ),
-        Some(db) => format!(
-            "no pg_hba.conf entry for host \"{peer}\", user \"{user}\", database \"{}\", no encryption",
-            printable(db)
-        ),
+/// PostgreSQL's rejection of a connection to a database (`auth.c:ClientAuthentication`): the
+/// relay serves no database, so no rule lets one in.
+fn no_hba_entry_for_database(client: &Client<'_>, user: &str, database: &str) -> ErrorFields {
+    let encryption = match client.tls {
+        Some(_) => "SSL encryption",
+        None => "no encryption",
     };
+    let text = format!(
+        "no pg_hba.conf entry for host \"{}\", user \"{}\", database \"{}\", {encryption}",
+        client.peer,
+        printable(user),
+        printable(database)
+    );
     ErrorFields::fatal(SqlState::INVALID_AUTHORIZATION_SPECIFICATION, text)
 }
 

@@ -18,10 +18,10 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info_span};
 
-use crate::proto::downstream::DownstreamSession;
+use crate::proto::downstream::{DownstreamSession, Peer};
 
 pub use access::AccessError;
-pub(crate) use access::{Access, Reload};
+pub(crate) use access::{Access, Reload, mock_nonce};
 pub(crate) use context::ServerContext;
 pub use context::{DownstreamConfig, StreamStatus};
 pub(crate) use transport::Transport;
@@ -37,8 +37,16 @@ pub(crate) async fn serve<T: Transport>(
     ctx: Arc<ServerContext>,
     shutdown: CancellationToken,
 ) {
+    let Some(nonce) = access::connection_nonce() else {
+        return;
+    };
     let access = ctx.access();
-    let session = DownstreamSession::new(ctx.session_config(&access), peer.ip());
+    let session = DownstreamSession::new(
+        ctx.session_config(&access),
+        Peer::Tcp(peer.ip()),
+        std::sync::Arc::clone(&access.policy),
+        nonce,
+    );
     let connection =
         connection::Connection::new(stream, session, ctx, access.tls.clone(), shutdown);
     let span = info_span!(

@@ -277,6 +277,13 @@ impl Cluster {
         &self.bins
     }
 
+    /// Runs the cluster, from its next start, and its queries with `bins`: the same binaries
+    /// inside a network namespace ([`PgBinaries::in_netns`]), for a standby on "another
+    /// machine".
+    pub fn set_bins(&mut self, bins: PgBinaries) {
+        self.bins = bins;
+    }
+
     /// The directory holding `data/`, `archive/`, `server.log` and the socket.
     pub fn root_dir(&self) -> &Path {
         self.dir.path()
