@@ -5,6 +5,9 @@ tests/data/ (real PostgreSQL 15 frames and WAL) and a few hand-written text form
 The wire targets read their first byte as the chunk size in which the rest is delivered.
 Run from anywhere: python3 fuzz/seeds/generate.py
 """
+import base64
+import hashlib
+import hmac
 import struct
 from pathlib import Path
 
@@ -173,6 +176,57 @@ certs           standby-c.example.com   "all"
     write("access", "refused",
           b"host replication +admins all trust\nhost replication all db.example.com md5\n"
           b"host replication all all ldap ldapserver=x\nmap /^(.*)$ \\1\n")
+def scram_server():
+    # A split byte (the length of the client-first-message), a choices byte (bits 0-1: plain,
+    # TLS, TLS with a certificate hash; bit 2: unknown user; bit 3: MD5 secret; bit 4:
+    # SCRAM-SHA-256-PLUS; bit 5: an invalid mechanism), the client-first-message, then the
+    # client-final-message: real exchanges for the constants of src/proto/auth/fuzzing.rs.
+    password, user, salt, iterations = b"fuzz-password", b"fuzz", b"fuzz-salt-16byte", 16
+    server_nonce = base64.b64encode(bytes([7] * 18))
+    mock_salt = hashlib.sha256(user + bytes([0x42] * 32)).digest()[:16]
+    cert_hash = bytes([0xAB] * 32)
+
+    def mac(key, data):
+        return hmac.new(key, data, hashlib.sha256).digest()
+
+    def exchange(choices, gs2, pw=password, mocked=False, tamper=lambda m: m):
+        nonce = b"fyko+d2lbbFgONRv9qkxdawL"
+        first = gs2 + b"n=,r=" + nonce
+        server_first = b"r=%s%s,s=%s,i=%d" % (
+            nonce, server_nonce, base64.b64encode(mock_salt if mocked else salt),
+            4096 if mocked else iterations)
+        binding = gs2 + (cert_hash if gs2.startswith(b"p=") else b"")
+        without_proof = b"c=" + base64.b64encode(binding) + b",r=" + nonce + server_nonce
+        salted = hashlib.pbkdf2_hmac("sha256", pw, mock_salt if mocked else salt,
+                                     4096 if mocked else iterations)
+        client_key = mac(salted, b"Client Key")
+        auth = first[len(gs2):] + b"," + server_first + b"," + without_proof
+        signature = mac(hashlib.sha256(client_key).digest(), auth)
+        proof = bytes(a ^ b for a, b in zip(client_key, signature))
+        last = tamper(without_proof + b",p=" + base64.b64encode(proof))
+        return bytes([len(first), choices]) + first + last
+
+    plus = b"p=tls-server-end-point,,"
+    write("scram_server", "plain", exchange(0x00, b"n,,"))
+    write("scram_server", "tls_without_hash_y", exchange(0x01, b"y,,"))
+    write("scram_server", "tls_n", exchange(0x02, b"n,,"))
+    write("scram_server", "plus", exchange(0x12, plus))
+    write("scram_server", "wrong_password", exchange(0x00, b"n,,", pw=b"wrong"))
+    write("scram_server", "unknown_user", exchange(0x04, b"n,,", mocked=True))
+    write("scram_server", "md5_secret", exchange(0x08, b"n,,", mocked=True))
+    write("scram_server", "invalid_mechanism", exchange(0x20, b"n,,"))
+    write("scram_server", "tls_y_refused", exchange(0x02, b"y,,"))
+    write("scram_server", "authzid", exchange(0x00, b"n,a=fuzz,"))
+    write("scram_server", "extensions", exchange(
+        0x00, b"n,,", tamper=lambda m: m.replace(b",p=", b",x=1,p=")))
+    write("scram_server", "nonce_mismatch", exchange(
+        0x00, b"n,,", tamper=lambda m: m.replace(b",p=", b"x,p=", 1)))
+    write("scram_server", "garbage_after_proof", exchange(
+        0x00, b"n,,", tamper=lambda m: m + b",x=1"))
+    write("scram_server", "auth_file",
+          b"# users\nfuzz SCRAM-SHA-256$16:ZnV6ei1zYWx0LTE2Ynl0ZQ==$"
+          b"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n"
+          b"\"old user\" md54d45974e13472b5a0be3533de4666414\n")
 
 
 def main():
@@ -190,6 +244,7 @@ def main():
     recovery()
     downstream_session()
     access()
+    scram_server()
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@
 //! - [`upstream`]: the relay as a client of its upstream server, as a walreceiver is: login,
 //!   replication commands and their results, the received stream;
 //! - [`liveness`]: the silence rule both ends of a stream follow;
-//! - [`auth`]: the client side of PostgreSQL authentication (SCRAM, MD5, cleartext);
+//! - [`auth`]: PostgreSQL authentication: the client side (SCRAM, MD5, cleartext) and the
+//!   server side for the relay's own clients (secrets and the auth file, SCRAM, MD5, cleartext);
 //! - [`certificate`]: the channel-binding hash, serial and common name of an X.509 certificate;
 //! - [`access`]: who may connect downstream: `pg_hba.conf` rules and `pg_ident.conf` maps;
 //! - [`conninfo`] and [`pgpass`]: libpq connection strings, the `PG*` environment and

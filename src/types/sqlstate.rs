@@ -32,6 +32,8 @@ codes! {
     INVALID_PARAMETER_VALUE = "22023";
     /// 28000, `invalid_authorization_specification`.
     INVALID_AUTHORIZATION_SPECIFICATION = "28000";
+    /// 28P01, `invalid_password`.
+    INVALID_PASSWORD = "28P01";
     /// 42601, `syntax_error`.
     SYNTAX_ERROR = "42601";
     /// 42602, `invalid_name`.

@@ -16,8 +16,8 @@ pub fn run(user: &str, iterations: u32) -> anyhow::Result<()> {
     let password = if std::io::stdin().is_terminal() {
         let first = rpassword::prompt_password(format!("Enter password for user \"{user}\": "))
             .context("could not read the password")?;
-        let again =
-            rpassword::prompt_password("Enter it again: ").context("could not read the password")?;
+        let again = rpassword::prompt_password("Enter it again: ")
+            .context("could not read the password")?;
         if first != again {
             bail!("Passwords didn't match.");
         }

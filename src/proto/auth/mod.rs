@@ -1,5 +1,10 @@
-//! The client side of PostgreSQL authentication as a sans-IO state machine.
+//! PostgreSQL authentication, both sides, as sans-IO code.
 //!
+//! The server side, for clients of the relay, is in submodules: [`secret`] (stored secrets
+//! and the auth file), [`server`] (SCRAM-SHA-256 and -PLUS, `auth-scram.c`) and [`password`]
+//! (the `md5` and `password` methods, `auth.c` and `crypt.c`).
+//!
+//! The client side, for the relay's own logins upstream, is this module:
 //! [`ClientAuth`] takes each authentication request the server sends (`'R'` messages,
 //! decoded by [`AuthRequest::parse`]) and says what to answer ([`AuthAction`]). It mirrors
 //! libpq's `fe-auth.c` and `fe-auth-scram.c`: the same mechanism choice and channel-binding
@@ -24,6 +29,21 @@ use postgres_protocol::authentication::sasl::{
 use postgres_protocol::message::frontend;
 
 use crate::proto::conninfo::{ChannelBindingMode, Password};
+
+mod common;
+mod failure;
+#[cfg(any(fuzzing, test))]
+pub mod fuzzing;
+mod messages;
+pub mod password;
+pub mod secret;
+pub mod server;
+
+pub use password::{
+    check_cleartext_password, check_md5_response, md5_challenge_response_ok, md5_rule_uses_md5,
+};
+pub use secret::{AuthFile, AuthFileError, ScramSecret, Secret, SecretError, SecretKind};
+pub use server::{AuthFailure, ScramServer, ServerChannel, check_mechanism, mechanisms, mock_salt};
 
 /// The largest iteration count accepted in a SCRAM server-first-message.
 ///
@@ -530,5 +550,13 @@ fn is_base64(s: &str) -> bool {
         && body.bytes().all(alphabet)
 }
 
+#[cfg(test)]
+mod messages_tests;
+#[cfg(test)]
+mod password_tests;
+#[cfg(test)]
+mod secret_tests;
+#[cfg(test)]
+mod server_tests;
 #[cfg(test)]
 mod tests;

@@ -30,7 +30,7 @@ use crate::proto::access::{LocalNetwork, Transport};
 use crate::proto::auth::server::{MOCK_NONCE_LEN, SERVER_NONCE_LEN};
 use crate::proto::auth::{
     AuthFailure, AuthFile, ScramServer, ServerChannel, check_cleartext_password,
-    check_md5_response, check_mechanism, mechanisms, md5_rule_uses_md5,
+    check_md5_response, check_mechanism, md5_rule_uses_md5, mechanisms,
 };
 use crate::types::SqlState;
 use crate::wire::{Authentication, BackendMessage, ErrorFields, Frame, WireError};
@@ -80,6 +80,12 @@ pub enum Peer {
     Tcp(IpAddr),
     /// Over the Unix-domain socket.
     Local,
+}
+
+impl From<IpAddr> for Peer {
+    fn from(ip: IpAddr) -> Peer {
+        Peer::Tcp(ip)
+    }
 }
 
 impl std::fmt::Display for Peer {
@@ -179,7 +185,13 @@ pub(super) fn begin(io: &mut Outbox, client: &Client<'_>, login: PendingLogin) -
             return authenticated(io, login, how);
         }
         let e = no_hba_entry(client.peer, &user, encryption);
-        return refuse(io, &e, &user, None, "no rules given, and only loopback is trusted");
+        return refuse(
+            io,
+            &e,
+            &user,
+            None,
+            "no rules given, and only loopback is trusted",
+        );
     };
     let transport = match client.peer {
         Peer::Local => Transport::Local,
@@ -209,7 +221,13 @@ pub(super) fn begin(io: &mut Outbox, client: &Client<'_>, login: PendingLogin) -
                 SqlState::CONFIG_FILE_ERROR,
                 "client certificates can only be checked if a root certificate store is available",
             );
-            return refuse(io, &e, &user, Some(&rule), "no CA file to check certificates");
+            return refuse(
+                io,
+                &e,
+                &user,
+                Some(&rule),
+                "no CA file to check certificates",
+            );
         }
         if certificate.is_none() {
             let e = ErrorFields::fatal(
@@ -255,9 +273,7 @@ pub(super) fn begin(io: &mut Outbox, client: &Client<'_>, login: PendingLogin) -
         }
         AuthMethod::Md5 if md5_rule_uses_md5(secret) => {
             let mut salt = [0u8; 4];
-            salt.iter_mut()
-                .zip(client.nonce)
-                .for_each(|(s, n)| *s = n);
+            salt.iter_mut().zip(client.nonce).for_each(|(s, n)| *s = n);
             send(io, Authentication::Md5Password { salt });
             Step::Md5 { salt }
         }
@@ -328,7 +344,13 @@ pub(super) fn frame(
             SqlState::PROTOCOL_VIOLATION,
             format!("expected {what} response, got message type {}", frame.tag),
         );
-        return refuse(io, &e, &user, Some(&exchange.rule), "not an authentication message");
+        return refuse(
+            io,
+            &e,
+            &user,
+            Some(&exchange.rule),
+            "not an authentication message",
+        );
     }
     let outcome = match &mut exchange.step {
         Step::Sasl {

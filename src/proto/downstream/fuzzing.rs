@@ -2,7 +2,7 @@
 //! only calls it.
 //!
 //! The input is a client's byte stream, preceded by one byte of choices (the client's address,
-//! how the relay answers the session's actions). The session is driven as the service drives
+//! how the relay answers the session's actions, whether rules ask for SCRAM). The session is driven as the service drives
 //! it: first packets while it wants them, then frames, every action answered, WAL "sent" up to
 //! what it asks for, the clock moving on; at the end, shutdown. Properties: no panic; what the
 //! session sends after the login always splits into well-formed backend messages; nothing is
@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 
 use super::*;
+use crate::proto::access::HbaFile;
+use crate::proto::auth::{AuthFile, Secret};
 use crate::types::{SystemId, WalSegmentSize};
 use crate::wire::BackendMessage;
 use crate::wire::frame::{split_frame, split_startup_packet};
@@ -36,7 +38,7 @@ pub fn fuzz_session(data: &[u8]) {
         tls: false,
     };
     let view = view(choices);
-    let mut s = DownstreamSession::new(config, peer);
+    let mut s = DownstreamSession::new(config, peer.into(), policy(choices), [7; 18]);
     let mut input = BytesMut::from(stream);
     let t0 = Instant::now();
     for step in 0..10_000u64 {
@@ -118,6 +120,20 @@ fn view(choices: u8) -> RelayView {
         histories: Arc::new(tli2.map(|t| (t, history)).into_iter().collect()),
         next_xid: (choices & 8 != 0).then_some((5 << 32) | 1000),
     }
+}
+
+/// With bit 7, rules that ask everyone for SCRAM, and one user with a secret; else none
+/// (loopback trusted).
+fn policy(choices: u8) -> Arc<AccessPolicy> {
+    let mut policy = AccessPolicy::default();
+    if choices & 0x80 != 0 {
+        let rules = "host replication all all scram-sha-256\n";
+        policy.hba = HbaFile::parse(rules, "fuzz", &mut |_| Err(String::new())).ok();
+        let secret = Secret::scram_from_password("fuzz-password", [1; 16], 16);
+        let users = format!("postgres {secret}\n");
+        policy.users = AuthFile::parse(&users, std::path::Path::new("fuzz")).unwrap_or_default();
+    }
+    Arc::new(policy)
 }
 
 /// Answers what the session asks; the answers depend on `choices` and the step.

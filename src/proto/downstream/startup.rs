@@ -17,7 +17,9 @@
 //!   upstream's `server_version`), BackendKeyData and ReadyForQuery.
 
 use super::authenticate::{self, Authenticated, Client};
-use super::{Action, Login, Outbox, Pending, Phase, RelayView, SenderClaim, SessionConfig, TlsSession, reply};
+use super::{
+    Action, Login, Outbox, Pending, Phase, RelayView, SenderClaim, SessionConfig, TlsSession, reply,
+};
 use crate::types::SqlState;
 use crate::wire::{
     Authentication, BackendMessage, ErrorFields, StartupMessage, StartupPacket, WireError,

@@ -70,6 +70,14 @@ fn loopback() -> IpAddr {
     IpAddr::V4(Ipv4Addr::LOCALHOST)
 }
 
+/// The nonce every test session gets.
+const NONCE: [u8; 18] = [9; 18];
+
+/// A session for a client at `peer`, without rules (loopback trusted).
+fn session(config: SessionConfig, peer: IpAddr) -> DownstreamSession {
+    DownstreamSession::new(config, peer.into(), Arc::default(), NONCE)
+}
+
 /// The bytes of `messages`, as the session must send them.
 fn wire(messages: &[BackendMessage]) -> Vec<u8> {
     let mut out = BytesMut::new();
@@ -159,7 +167,7 @@ const LOGIN: &[(&str, &str)] = &[
 
 /// A session that has logged in as `LOGIN`, its greeting taken.
 fn logged_in() -> DownstreamSession {
-    let mut s = DownstreamSession::new(config(), loopback());
+    let mut s = session(config(), loopback());
     s.startup_packet(Ok(startup(LOGIN)), false, &view());
     assert_eq!(actions(&mut s), [Action::ClaimSender]);
     s.claimed(

@@ -152,7 +152,8 @@ impl Access {
         for added in new_rules.iter().filter(|r| !old_rules.contains(r)) {
             changes.push(format!("rule added: {added}"));
         }
-        let users = |p: &AccessPolicy| -> Vec<String> { p.users.users().map(String::from).collect() };
+        let users =
+            |p: &AccessPolicy| -> Vec<String> { p.users.users().map(String::from).collect() };
         let (old_users, new_users) = (users(&self.policy), users(&new.policy));
         for gone in old_users.iter().filter(|u| !new_users.contains(u)) {
             changes.push(format!("user removed: {gone}"));

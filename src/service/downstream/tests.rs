@@ -17,7 +17,7 @@ use super::access::Access;
 use super::connection::Connection;
 use super::context::{DownstreamConfig, ServerContext};
 use crate::hub::Hub;
-use crate::proto::downstream::DownstreamSession;
+use crate::proto::downstream::{DownstreamSession, Peer};
 use crate::service::conn::FrameReader;
 use crate::slots::{Persistency, SlotError, SlotFile, SlotPersister, SlotRegistry, SlotSnapshot};
 use crate::types::{
@@ -235,7 +235,9 @@ async fn status_updates_flow_while_the_slot_file_syncs_on_a_stalled_disk() {
     let (ours, theirs) = tokio::io::duplex(1 << 16);
     let session = DownstreamSession::new(
         ctx.session_config(&Access::default()),
-        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        Peer::Tcp(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        Arc::default(),
+        [3; 18],
     );
     let conn = Connection::new(
         theirs,

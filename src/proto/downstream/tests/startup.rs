@@ -5,7 +5,7 @@
 use super::*;
 
 fn fresh() -> DownstreamSession {
-    DownstreamSession::new(config(), loopback())
+    session(config(), loopback())
 }
 
 /// The only answer is one FATAL error, then the close.
@@ -106,7 +106,7 @@ fn startup_message_checks_in_postgres_order() {
 
 #[test]
 fn only_loopback_clients_are_trusted() {
-    let mut s = DownstreamSession::new(config(), "10.1.2.3".parse().unwrap());
+    let mut s = session(config(), "10.1.2.3".parse().unwrap());
     s.startup_packet(Ok(startup(LOGIN)), false, &view());
     let text = "no pg_hba.conf entry for replication connection from host \"10.1.2.3\", user \"postgres\", no encryption";
     assert_eq!(
@@ -114,7 +114,7 @@ fn only_loopback_clients_are_trusted() {
         wire(&[fatal(SqlState::INVALID_AUTHORIZATION_SPECIFICATION, text)])
     );
     assert_eq!(actions(&mut s), [Action::Close]);
-    let mut v6 = DownstreamSession::new(config(), "::1".parse().unwrap());
+    let mut v6 = session(config(), "::1".parse().unwrap());
     v6.startup_packet(Ok(startup(LOGIN)), false, &view());
     assert_eq!(actions(&mut v6), [Action::ClaimSender]);
 }
@@ -342,7 +342,7 @@ fn with_tls() -> DownstreamSession {
         tls: true,
         ..config()
     };
-    DownstreamSession::new(config, loopback())
+    session(config, loopback())
 }
 
 fn established() -> TlsSession {
