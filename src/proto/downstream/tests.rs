@@ -5,6 +5,7 @@
 //!
 //! Built only for tests: the parent declares this module under `#[cfg(test)]`.
 
+mod authenticate;
 mod commands;
 mod startup;
 mod streaming;

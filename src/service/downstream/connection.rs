@@ -184,6 +184,15 @@ impl<T: Transport> Connection<T> {
         };
         match handshake {
             Ok((socket, established)) => {
+                let (_, tls) = socket.get_ref();
+                let ssl = format!(
+                    "{} {}",
+                    tls.protocol_version()
+                        .map_or("-", |v| v.as_str().unwrap_or("-")),
+                    tls.negotiated_cipher_suite()
+                        .map_or("-", |s| s.suite().as_str().unwrap_or("-"))
+                );
+                tracing::Span::current().record("ssl", ssl.as_str());
                 session.tls_started(established);
                 let (rd, wr) = socket.halves();
                 Some(Connection {
@@ -210,7 +219,13 @@ impl<T: Transport> Connection<T> {
             let span = tracing::Span::current();
             span.record("app", login.application_name.as_str());
             span.record("pid", login.pid.0);
-            info!(user = %login.user, "replication connection authorized");
+            info!(
+                user = %login.user,
+                method = login.how.method,
+                rule = login.how.rule.as_deref().unwrap_or("-"),
+                identity = login.how.identity.as_deref().unwrap_or("-"),
+                "replication connection authorized"
+            );
         }
         match self.serve().await {
             Ok(()) => debug!("connection ended"),

@@ -52,6 +52,7 @@ pub(crate) async fn serve<T: Transport>(
     let span = info_span!(
         "downstream",
         peer = %peer,
+        ssl = tracing::field::Empty,
         app = tracing::field::Empty,
         pid = tracing::field::Empty,
         slot = tracing::field::Empty
