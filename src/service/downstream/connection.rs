@@ -235,7 +235,23 @@ impl<T: Transport> Connection<T> {
 
     /// First packets, until the session has logged in, closed, or asked for TLS.
     async fn log_in(&mut self) -> Result<Flow, ConnError> {
-        while let Expect::StartupPacket(max) = self.session.expects() {
+        loop {
+            let max = match self.session.expects() {
+                Expect::StartupPacket(max) => max,
+                Expect::Frame(max) if self.session.login().is_none() => {
+                    // The authentication exchange.
+                    let frame = tokio::select! {
+                        () = self.shutdown.cancelled() => return Ok(Flow::Closed),
+                        frame = self.rd.frame(max) => frame,
+                    };
+                    self.on_frame(frame)?;
+                    match self.act().await? {
+                        Flow::Open => continue,
+                        other => return Ok(other),
+                    }
+                }
+                Expect::Frame(_) | Expect::Nothing => return Ok(Flow::Open),
+            };
             let first = tokio::select! {
                 () = self.shutdown.cancelled() => return Ok(Flow::Closed),
                 first = self.rd.first_byte() => first?,
@@ -264,7 +280,6 @@ impl<T: Transport> Connection<T> {
                 other => return Ok(other),
             }
         }
-        Ok(Flow::Open)
     }
 
     /// Command mode and streaming, until the connection ends.
