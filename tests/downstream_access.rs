@@ -95,6 +95,7 @@ fn rules(ns: &NetNs) -> String {
 hostssl    replication  alice,mallory      {from}  scram-sha-256
 hostssl    replication  bob                {from}  md5
 hostssl    replication  certuser           {from}  cert
+hostssl    replication  backup             {from}  cert map=certs
 hostssl    replication  carol              {from}  password
 hostnossl  replication  erin,plainonly     {from}  scram-sha-256
 hostssl    replication  sslonly            {from}  scram-sha-256
@@ -133,6 +134,12 @@ fn site(label: &str) -> Option<Site> {
     fs::set_permissions(&users_file, fs::Permissions::from_mode(0o600)).unwrap();
     let hba = dir.path().join("relay_hba.conf");
     fs::write(&hba, rules(&ns)).unwrap();
+    let ident = dir.path().join("relay_ident.conf");
+    fs::write(
+        &ident,
+        "# MAP  SYSTEM-USERNAME  PG-USERNAME\ncerts  certuser  backup\n",
+    )
+    .unwrap();
     let port = free_port().unwrap();
     let flags: Vec<String> = [
         "--listen".into(),
@@ -147,6 +154,8 @@ fn site(label: &str) -> Option<Site> {
         hba.display().to_string(),
         "--auth-file".into(),
         users_file.display().to_string(),
+        "--ident-file".into(),
+        ident.display().to_string(),
     ]
     .into();
     let relay = start_relay(&primary, dir.path(), &flags);
@@ -241,6 +250,11 @@ fn clients_on_another_network_log_in_as_the_rules_say() {
             "cert",
         ),
         (
+            "a client certificate mapped to the user by the ident file",
+            format!("user=backup {verified} {}", cert(&client)),
+            "cert",
+        ),
+        (
             "SCRAM without TLS where the rule is hostnossl",
             format!("user=erin password={ERIN} sslmode=disable"),
             "scram-sha-256",
@@ -309,6 +323,11 @@ fn clients_on_another_network_log_in_as_the_rules_say() {
             "a certificate whose CN is another user",
             format!("user=certuser {verified} {}", cert(&alice_cert)),
             "FATAL:  certificate authentication failed for user \"certuser\"".to_owned(),
+        ),
+        (
+            "a certificate the ident file does not map to the user",
+            format!("user=backup {verified} {}", cert(&alice_cert)),
+            "FATAL:  certificate authentication failed for user \"backup\"".to_owned(),
         ),
         (
             "an expired client certificate",
