@@ -77,6 +77,10 @@ pub struct RunArgs {
     /// Listen for downstream replication connections (standbys, pg_receivewal) on HOST:PORT.
     #[arg(long, value_name = "HOST:PORT")]
     pub listen: Option<String>,
+    /// Also listen on a Unix-domain socket in DIR, named .s.PGSQL.PORT after the port of
+    /// --listen, as PostgreSQL's unix_socket_directories (clients connect with host=DIR).
+    #[arg(long, value_name = "DIR")]
+    pub unix_socket_dir: Option<PathBuf>,
     /// Most concurrent downstream replication connections [default: 64].
     #[arg(long, value_name = "N")]
     pub max_wal_senders: Option<usize>,
@@ -144,6 +148,7 @@ impl RunArgs {
             reconnect_min: self.reconnect_min,
             reconnect_max: self.reconnect_max,
             listen: self.listen,
+            unix_socket_dir: self.unix_socket_dir,
             max_wal_senders: self.max_wal_senders,
             max_replication_slots: self.max_replication_slots,
             sender_timeout: self.sender_timeout,

@@ -33,6 +33,9 @@ pub struct Config {
     pub reconnect_max: Duration,
     /// Where to listen for downstream replication connections (`HOST:PORT`); none when absent.
     pub listen: Option<String>,
+    /// A directory for a Unix-domain socket `.s.PGSQL.PORT` (the port of `listen`), as
+    /// `unix_socket_directories`; none when absent.
+    pub unix_socket_dir: Option<PathBuf>,
     /// Most concurrent downstream replication connections.
     pub max_wal_senders: usize,
     /// Most relay-owned replication slots.
@@ -103,6 +106,7 @@ impl std::fmt::Debug for Config {
             .field("reconnect_min", &self.reconnect_min)
             .field("reconnect_max", &self.reconnect_max)
             .field("listen", &self.listen)
+            .field("unix_socket_dir", &self.unix_socket_dir)
             .field("max_wal_senders", &self.max_wal_senders)
             .field("max_replication_slots", &self.max_replication_slots)
             .field("sender_timeout", &self.sender_timeout)
@@ -136,6 +140,8 @@ pub struct Settings {
     pub reconnect_max: Option<String>,
     /// See [`Config::listen`].
     pub listen: Option<String>,
+    /// See [`Config::unix_socket_dir`].
+    pub unix_socket_dir: Option<PathBuf>,
     /// See [`Config::max_wal_senders`].
     pub max_wal_senders: Option<usize>,
     /// See [`Config::max_replication_slots`].
@@ -234,6 +240,7 @@ impl Settings {
             reconnect_min: self.reconnect_min.or(fallback.reconnect_min),
             reconnect_max: self.reconnect_max.or(fallback.reconnect_max),
             listen: self.listen.or(fallback.listen),
+            unix_socket_dir: self.unix_socket_dir.or(fallback.unix_socket_dir),
             max_wal_senders: self.max_wal_senders.or(fallback.max_wal_senders),
             max_replication_slots: self
                 .max_replication_slots
@@ -323,6 +330,7 @@ impl Settings {
             reconnect_min: duration("reconnect_min", self.reconnect_min, d.reconnect_min)?,
             reconnect_max: duration("reconnect_max", self.reconnect_max, d.reconnect_max)?,
             listen: self.listen,
+            unix_socket_dir: self.unix_socket_dir,
             max_wal_senders: self.max_wal_senders.unwrap_or(d.max_wal_senders),
             max_replication_slots: self
                 .max_replication_slots
@@ -342,6 +350,15 @@ impl Settings {
             )?,
             ..d
         };
+        if config.listen.is_none()
+            && let Some(dir) = &config.unix_socket_dir
+        {
+            return Err(ConfigError::Invalid {
+                name: "unix_socket_dir",
+                value: dir.display().to_string().chars().take(64).collect(),
+                why: "needs listen: the socket is named after its port",
+            });
+        }
         if config.status_interval.is_zero() {
             return Err(ConfigError::Invalid {
                 name: "status_interval",
@@ -367,6 +384,7 @@ impl Config {
             reconnect_min: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(30),
             listen: None,
+            unix_socket_dir: None,
             max_wal_senders: 64,
             max_replication_slots: 64,
             sender_timeout: Duration::from_secs(60),

@@ -578,3 +578,82 @@ fn sighup_rotates_the_certificate_and_adds_rules_without_dropping_streams() {
     let still: Vec<String> = standbys.iter().map(receiver_pid).collect();
     assert_eq!(pids, still);
 }
+
+/// `--unix-socket-dir`: `local` rules decide, the host is `[local]` in refusals, and the
+/// socket file goes with the relay.
+#[test]
+fn unix_socket_clients_follow_local_rules() {
+    let Some(bins) = require_postgres() else {
+        return;
+    };
+    let dir = scratch(&bins, "unixsock");
+    let primary = archiving_primary(&bins, dir.path(), 1);
+    let alice = primary_secret(&primary, "alice", ALICE, "scram-sha-256");
+    let users = dir.path().join("users");
+    fs::write(&users, format!("alice {alice}\n")).unwrap();
+    fs::set_permissions(&users, fs::Permissions::from_mode(0o600)).unwrap();
+    let hba = dir.path().join("hba.conf");
+    fs::write(
+        &hba,
+        "local replication alice scram-sha-256\nlocal replication all reject\n",
+    )
+    .unwrap();
+    let sockets = dir.path().join("sockets");
+    fs::create_dir(&sockets).unwrap();
+    let port = free_port().unwrap();
+    let flags = [
+        "--listen".to_owned(),
+        format!("127.0.0.1:{port}"),
+        "--unix-socket-dir".to_owned(),
+        sockets.display().to_string(),
+        "--hba-file".to_owned(),
+        hba.display().to_string(),
+        "--auth-file".to_owned(),
+        users.display().to_string(),
+    ];
+    let mut relay = start_relay(&primary, dir.path(), &flags);
+    let socket = sockets.join(format!(".s.PGSQL.{port}"));
+    assert!(socket.exists());
+    let local = |user: &str, password: &str| {
+        bins.psql(
+            &format!(
+                "host={} port={port} user={user} password={password} replication=1",
+                sockets.display()
+            ),
+            "IDENTIFY_SYSTEM",
+        )
+        .map_err(|e| e.to_string())
+    };
+    let out = local("alice", ALICE).unwrap();
+    assert!(
+        out.starts_with(&primary.system_id().unwrap().to_string()),
+        "{out}"
+    );
+    let e = local("alice", "wrong").unwrap_err();
+    assert!(
+        e.contains("password authentication failed for user \"alice\""),
+        "{e}"
+    );
+    let e = local("bob", "x").unwrap_err();
+    assert!(
+        e.contains(
+            "pg_hba.conf rejects replication connection for host \"[local]\", user \"bob\", no encryption"
+        ),
+        "{e}"
+    );
+    // Over TCP no rule matches.
+    let e = bins
+        .psql(
+            &format!("host=127.0.0.1 port={port} user=alice password={ALICE} replication=1"),
+            "IDENTIFY_SYSTEM",
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("no pg_hba.conf entry for replication connection from host \"127.0.0.1\""),
+        "{e}"
+    );
+    relay.signal("TERM");
+    assert!(relay.wait_exit(Duration::from_secs(20)).is_some());
+    assert!(!socket.exists(), "the socket file outlived the relay");
+}

@@ -23,7 +23,7 @@ use crate::proto::upstream::StreamTiming;
 use crate::service::downstream::{
     Access, AccessError, DownstreamConfig, Reload, ServerContext, mock_nonce,
 };
-use crate::service::listener;
+use crate::service::listener::{self, BoundUnixSocket};
 use crate::service::retention::{self, RetentionPolicy};
 use crate::service::status::{RelayMonitor, RelayStatus};
 use crate::service::upstream::{self, Links, UpstreamError, UpstreamSettings};
@@ -88,6 +88,7 @@ impl From<UpstreamError> for RelayError {
 #[derive(Debug)]
 struct Downstream {
     listener: std::net::TcpListener,
+    unix: Option<BoundUnixSocket>,
     ctx: Arc<ServerContext>,
     retention: RetentionPolicy,
     reload: Reload,
@@ -249,8 +250,22 @@ impl Relay {
                     horizon_tx,
                     Access::load(&config.access, mock_nonce)?,
                 );
+                let listener = bind(address)?;
+                let unix = match &config.unix_socket_dir {
+                    None => None,
+                    Some(dir) => {
+                        let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+                        Some(BoundUnixSocket::bind(dir, port).map_err(|source| {
+                            RelayError::Listen {
+                                address: dir.display().to_string(),
+                                source,
+                            }
+                        })?)
+                    }
+                };
                 Some(Downstream {
-                    listener: bind(address)?,
+                    listener,
+                    unix,
                     ctx: Arc::new(ctx),
                     retention: RetentionPolicy {
                         wal_keep_size: config.wal_keep_size,
@@ -460,9 +475,16 @@ async fn serve(d: Downstream, writer: Writer, shutdown: CancellationToken) {
             return;
         }
     };
+    let unix = match d.unix.map(BoundUnixSocket::serve).transpose() {
+        Ok(unix) => unix,
+        Err(e) => {
+            warn!(error = %e, "could not serve the Unix-domain socket");
+            return;
+        }
+    };
     let ctx = d.ctx;
     tokio::join!(
-        listener::serve(listener, Arc::clone(&ctx), shutdown.clone()),
+        listener::serve(listener, unix, Arc::clone(&ctx), shutdown.clone()),
         save_slots(Arc::clone(&ctx), shutdown.clone()),
         retention::run(Arc::clone(&ctx), writer, d.retention, shutdown)
     );

@@ -17,7 +17,7 @@ use tracing::debug;
 
 use super::access::Access;
 use crate::hub::Hub;
-use crate::proto::downstream::{ClientPositions, RelayView, SessionConfig};
+use crate::proto::downstream::{ClientPositions, Peer, RelayView, SessionConfig};
 use crate::slots::{Pending, Persistency, SlotError, SlotPersister, SlotRegistry};
 use crate::types::{BackendPid, DurableEnd, Lsn, SlotName, TimelineId, UpstreamInfo, XminHorizon};
 
@@ -136,13 +136,15 @@ impl ServerContext {
         self.upstream.clone()
     }
 
-    /// The limits a session answers with, under `access`.
-    pub(crate) fn session_config(&self, access: &Access) -> SessionConfig {
+    /// The limits a session answers with, under `access`, for a client at `peer`: TLS is
+    /// offered over TCP when there is a certificate, never over the Unix socket (as in
+    /// PostgreSQL).
+    pub(crate) fn session_config(&self, access: &Access, peer: Peer) -> SessionConfig {
         SessionConfig {
             max_wal_senders: self.config.max_wal_senders,
             sender_timeout: self.config.sender_timeout,
             shutdown_wait: SHUTDOWN_WAIT,
-            tls: access.tls.is_some(),
+            tls: access.tls.is_some() && peer != Peer::Local,
         }
     }
 

@@ -12,7 +12,6 @@ mod connection;
 mod context;
 mod transport;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
@@ -33,7 +32,8 @@ const DOWNSTREAM_READ_CHUNK: usize = 16 * 1024;
 /// certificate and rules the port has as it comes, to its end.
 pub(crate) async fn serve<T: Transport>(
     stream: T,
-    peer: SocketAddr,
+    peer: Peer,
+    label: String,
     ctx: Arc<ServerContext>,
     shutdown: CancellationToken,
 ) {
@@ -42,8 +42,8 @@ pub(crate) async fn serve<T: Transport>(
     };
     let access = ctx.access();
     let session = DownstreamSession::new(
-        ctx.session_config(&access),
-        Peer::Tcp(peer.ip()),
+        ctx.session_config(&access, peer),
+        peer,
         std::sync::Arc::clone(&access.policy),
         nonce,
     );
@@ -51,7 +51,7 @@ pub(crate) async fn serve<T: Transport>(
         connection::Connection::new(stream, session, ctx, access.tls.clone(), shutdown);
     let span = info_span!(
         "downstream",
-        peer = %peer,
+        peer = %label,
         ssl = tracing::field::Empty,
         app = tracing::field::Empty,
         pid = tracing::field::Empty,

@@ -234,7 +234,10 @@ async fn status_updates_flow_while_the_slot_file_syncs_on_a_stalled_disk() {
     let _release = ReleaseOnDrop(Arc::clone(&disk));
     let (ours, theirs) = tokio::io::duplex(1 << 16);
     let session = DownstreamSession::new(
-        ctx.session_config(&Access::default()),
+        ctx.session_config(
+            &Access::default(),
+            Peer::Tcp(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        ),
         Peer::Tcp(IpAddr::V4(Ipv4Addr::LOCALHOST)),
         Arc::default(),
         [3; 18],
