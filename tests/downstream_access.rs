@@ -39,7 +39,6 @@ const ERIN: &str = "erin-pw";
 
 /// A primary, certificates, users, rules, a namespace, and the relay serving them.
 struct Site {
-    bins: PgBinaries,
     /// The same binaries, run inside the namespace.
     remote: PgBinaries,
     ns: NetNs,
@@ -160,7 +159,6 @@ fn site(label: &str) -> Option<Site> {
     .into();
     let relay = start_relay(&primary, dir.path(), &flags);
     Some(Site {
-        bins,
         remote,
         ns,
         dir,
