@@ -63,6 +63,20 @@ impl ReplicationClient {
         self.up.query(sql).await
     }
 
+    /// Says goodbye (Terminate) and closes the connection.
+    ///
+    /// # Errors
+    /// The connection broke.
+    pub async fn close(mut self) -> Result<(), UpstreamError> {
+        let mut out = bytes::BytesMut::new();
+        crate::wire::frontend::FrontendMessage::Terminate
+            .write(&mut out)
+            .map_err(SessionError::from)?;
+        self.up.conn.send(out).await?;
+        self.up.conn.shutdown().await;
+        Ok(())
+    }
+
     /// `IDENTIFY_SYSTEM`.
     ///
     /// # Errors
