@@ -249,8 +249,7 @@ pub(super) fn begin(io: &mut Outbox, client: &Client<'_>, login: PendingLogin) -
                 SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
                 format!(
                     "pg_hba.conf rejects replication connection for host \"{}\", user \"{}\", {encryption}",
-                    client.peer,
-                    super::startup::printable(&user)
+                    client.peer, user
                 ),
             );
             return refuse(io, &e, &user, Some(&rule), "the rule rejects");
@@ -261,7 +260,7 @@ pub(super) fn begin(io: &mut Outbox, client: &Client<'_>, login: PendingLogin) -
                 format!(
                     "pg_hba.conf rejects replication connection for host \"{}\", user \"{}\", {encryption}",
                     client.peer,
-                    super::startup::printable(&user)
+                    user
                 ),
             )
             .with_detail("walrelay accepts password authentication only over SSL encryption.");
@@ -322,27 +321,18 @@ pub(super) fn frame(
     frame: Result<Frame, WireError>,
 ) -> Phase {
     let user = exchange.login.user().to_owned();
-    let frame = match frame {
-        Ok(f) => f,
-        Err(e @ WireError::FrameLength { .. }) if matches!(exchange.step, Step::Sasl { .. }) => {
-            // `CheckSASLAuth` fails the login when the message cannot be read.
-            info!(error = %e, "closing connection");
-            let failure = AuthFailure::password_failed(&user, None);
-            return failed(io, &failure, &user, &exchange.rule);
-        }
-        Err(e) => {
-            info!(error = %e, "closing connection");
-            return io.close();
-        }
+    let in_sasl = matches!(exchange.step, Step::Sasl { .. });
+    // The type byte is read before the length (`pq_getbyte`, then `pq_getmessage`).
+    let tag = match &frame {
+        Ok(f) => f.tag,
+        Err(WireError::FrameLength { tag, .. }) => *tag,
+        Err(_) => b'p',
     };
-    if frame.tag != b'p' {
-        let what = match exchange.step {
-            Step::Sasl { .. } => "SASL",
-            Step::Md5 { .. } | Step::Password => "password",
-        };
+    if tag != b'p' {
+        let what = if in_sasl { "SASL" } else { "password" };
         let e = ErrorFields::fatal(
             SqlState::PROTOCOL_VIOLATION,
-            format!("expected {what} response, got message type {}", frame.tag),
+            format!("expected {what} response, got message type {tag}"),
         );
         return refuse(
             io,
@@ -352,6 +342,20 @@ pub(super) fn frame(
             "not an authentication message",
         );
     }
+    let frame = match frame {
+        Ok(f) => f,
+        Err(e) if in_sasl => {
+            // `CheckSASLAuth` fails the login when the message cannot be read.
+            info!(error = %e, "closing connection");
+            let failure = AuthFailure::password_failed(&user, None);
+            return failed(io, &failure, &user, &exchange.rule);
+        }
+        Err(e) => {
+            // `recv_password_packet`: end of file, no answer.
+            info!(error = %e, "closing connection");
+            return io.close();
+        }
+    };
     let outcome = match &mut exchange.step {
         Step::Sasl {
             server,
@@ -491,7 +495,6 @@ fn finish(
 
 /// `auth_failed`'s message for a method whose check failed.
 fn auth_failed(method: AuthMethod, user: &str) -> ErrorFields {
-    let user = super::startup::printable(user);
     match method {
         AuthMethod::Trust => ErrorFields::fatal(
             SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
@@ -540,7 +543,7 @@ fn refuse(
     info!(
         user = %super::startup::printable(user),
         sqlstate = %e.code,
-        error = %e.message,
+        error = %super::startup::printable(&e.message),
         reason,
         rule = rule.as_deref().unwrap_or("-"),
         "connection refused"
@@ -553,8 +556,7 @@ pub(super) fn no_hba_entry(peer: Peer, user: &str, encryption: &str) -> ErrorFie
     ErrorFields::fatal(
         SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
         format!(
-            "no pg_hba.conf entry for replication connection from host \"{peer}\", user \"{}\", {encryption}",
-            super::startup::printable(user)
+            "no pg_hba.conf entry for replication connection from host \"{peer}\", user \"{user}\", {encryption}"
         ),
     )
 }

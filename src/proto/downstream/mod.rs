@@ -278,7 +278,9 @@ impl Outbox {
 
     /// Sends `e` and closes: the one way a session ends with an error.
     fn fatal(&mut self, e: &ErrorFields) -> Phase {
-        info!(sqlstate = %e.code, error = %e.message, "closing connection");
+        // The message may quote what the client sent: logged printable only.
+        let error = startup::printable(&e.message);
+        info!(sqlstate = %e.code, %error, "closing connection");
         reply::error(&mut self.out, e);
         self.close()
     }

@@ -246,9 +246,7 @@ fn no_hba_entry_for_database(client: &Client<'_>, user: &str, database: &str) ->
     };
     let text = format!(
         "no pg_hba.conf entry for host \"{}\", user \"{}\", database \"{}\", {encryption}",
-        client.peer,
-        printable(user),
-        printable(database)
+        client.peer, user, database
     );
     ErrorFields::fatal(SqlState::INVALID_AUTHORIZATION_SPECIFICATION, text)
 }

@@ -1670,8 +1670,6 @@ fn a_frame_too_long_for_a_password_closes_silently() {
 /// before `pq_getmessage`), so the length of a message that is not `p` is never looked at:
 /// the refusal names its type.
 #[test]
-#[ignore = "BUG: during SASL, a non-`p` message with a length out of range gets 28P01 \
-            instead of 08P01 naming its type (authenticate.rs `frame`, the `Err(FrameLength)` arm)"]
 fn a_sasl_frame_too_long_of_another_type_is_refused_by_its_type() {
     let p = alice_and_bob(SCRAM_RULES);
     let mut s = connect(&p, remote(), None, "alice");
@@ -1693,8 +1691,6 @@ fn a_sasl_frame_too_long_of_another_type_is_refused_by_its_type() {
 
 /// As above, for the password methods.
 #[test]
-#[ignore = "BUG: awaiting a password, a non-`p` message with a length out of range closes \
-            silently instead of 08P01 naming its type (authenticate.rs `frame`, `Err(e) => io.close()`)"]
 fn a_password_frame_too_long_of_another_type_is_refused_by_its_type() {
     let p = alice_and_bob(MD5_RULES);
     let mut s = connect(&p, remote(), None, "bob");
@@ -1919,8 +1915,6 @@ host replication all 10.0.0.0/8 reject
 }
 
 #[test]
-#[ignore = "BUG: user names are made printable in the rule refusals and the trust/cert failures, \
-            but not in the password failures; PostgreSQL sends `port->user_name` as is in all"]
 fn user_names_are_reported_as_sent() {
     // `ClientAuthentication` (uaImplicitReject, uaReject) and `auth_failed` format
     // `port->user_name` unchanged.
