@@ -97,7 +97,8 @@ impl Startup {
         };
         if !allowed {
             let text = format!("unsupported frontend protocol {code}: server supports 3.0 to 3.0");
-            return io.fatal(&ErrorFields::fatal(SqlState::PROTOCOL_VIOLATION, text));
+            // Not taken as a request, the code falls to the protocol version check.
+            return io.fatal(&ErrorFields::fatal(SqlState::FEATURE_NOT_SUPPORTED, text));
         }
         io.out.extend_from_slice(if accept { b"S" } else { b"N" });
         if buffered {

@@ -294,7 +294,7 @@ fn a_second_request_of_a_kind_is_an_unsupported_protocol() {
     let text = "unsupported frontend protocol 1234.5679: server supports 3.0 to 3.0";
     assert_eq!(
         out(&mut s),
-        wire(&[fatal(SqlState::PROTOCOL_VIOLATION, text)])
+        wire(&[fatal(SqlState::FEATURE_NOT_SUPPORTED, text)])
     );
     let mut s = fresh();
     for request in [StartupPacket::GssEncRequest, StartupPacket::SslRequest] {
@@ -305,7 +305,7 @@ fn a_second_request_of_a_kind_is_an_unsupported_protocol() {
     let text = "unsupported frontend protocol 1234.5680: server supports 3.0 to 3.0";
     assert_eq!(
         out(&mut s),
-        wire(&[fatal(SqlState::PROTOCOL_VIOLATION, text)])
+        wire(&[fatal(SqlState::FEATURE_NOT_SUPPORTED, text)])
     );
 }
 
@@ -380,7 +380,7 @@ fn over_tls_neither_request_may_come_again() {
         let text = format!("unsupported frontend protocol {code}: server supports 3.0 to 3.0");
         assert_eq!(
             out(&mut s),
-            wire(&[fatal(SqlState::PROTOCOL_VIOLATION, &text)])
+            wire(&[fatal(SqlState::FEATURE_NOT_SUPPORTED, &text)])
         );
         assert_eq!(actions(&mut s), [Action::Close]);
     }
