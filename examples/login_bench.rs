@@ -10,10 +10,11 @@
 //! again, for `--seconds`. Clients and server share the machine's cores, so the figure is what
 //! one machine does with both sides, the same for both servers.
 //!
-//! Memory: `--hold` connections are opened and kept (1) after the TLS handshake, before the
-//! StartupMessage, then (2) after a full login and `IDENTIFY_SYSTEM`; the figure is the growth
-//! of the server's summed PSS (`/proc/PID/smaps_rollup`, over the process tree: a PostgreSQL
-//! backend per connection, one relay process) divided by the number of connections.
+//! Memory: `--hold` connections are opened and kept after the TLS handshake, before the
+//! StartupMessage, then, with those still open, `--hold` more after a full login and
+//! `IDENTIFY_SYSTEM`; each figure is the growth of the server's summed PSS
+//! (`/proc/PID/smaps_rollup`, over the process tree: a PostgreSQL backend per connection, one
+//! relay process) its connections caused, divided by their number.
 //!
 //! ```text
 //! cargo build --release
@@ -91,7 +92,7 @@ fn run(args: &Args, bins: &PgBinaries, base: &Path) -> Result<(Figures, Figures)
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let max = (args.hold + args.clients + 10).to_string();
+    let max = (2 * args.hold + args.clients + 10).to_string();
     let mut primary = ClusterBuilder::new(bins.clone(), base)
         .config("ssl", "on")
         .config("ssl_cert_file", "server.crt")
@@ -256,10 +257,11 @@ async fn measure(args: &Args, server: u32, port: u16) -> Result<Figures> {
         handshaken.push(tls_only(port).await?);
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let before_login = tree_pss(server).saturating_sub(idle) as f64 / args.hold as f64;
-    drop(handshaken);
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let idle = tree_pss(server);
+    let handshaken_pss = tree_pss(server);
+    let before_login = handshaken_pss.saturating_sub(idle) as f64 / args.hold as f64;
+    // The handshaken connections stay open, so that the logins below cannot reuse their
+    // memory: each figure is what its connections added.
+    let idle = handshaken_pss;
     let mut logged_in = Vec::new();
     for _ in 0..args.hold {
         logged_in.push(login(&conninfo).await?);
@@ -269,6 +271,7 @@ async fn measure(args: &Args, server: u32, port: u16) -> Result<Figures> {
     for c in logged_in {
         let _ = c.close().await;
     }
+    drop(handshaken);
     Ok(Figures {
         logins: count.load(Ordering::Relaxed),
         secs,
@@ -280,7 +283,7 @@ async fn measure(args: &Args, server: u32, port: u16) -> Result<Figures> {
 
 /// A connection that has sent an SSLRequest and finished the TLS handshake, and nothing more.
 async fn tls_only(port: u16) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
-    let info = ConnInfo::parse("sslmode=require", &Env::default())?;
+    let info = ConnInfo::parse("sslmode=require", &Env::default().with_os_user("bench"))?;
     let config = client_config(&info)?;
     let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
     tcp.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]).await?;
