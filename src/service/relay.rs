@@ -109,7 +109,7 @@ impl Reloader {
     /// A file that cannot be read or parsed: it is logged, and the relay keeps what it had.
     pub fn reload(&self) -> Result<(), AccessError> {
         match &self.target {
-            Some((reload, ctx)) => reload.apply(ctx),
+            Some((reload, ctx)) => ctx.reload(reload),
             None => Ok(()),
         }
     }

@@ -403,8 +403,10 @@ impl WriterState {
         self.publish();
     }
 
-    /// Publishes the durable end, with the chunks now on disk, to the hub.
+    /// Publishes the durable end, with the chunks now on disk, to the hub; the positions first,
+    /// so that what the relay reports as durable is never behind what it serves.
     fn publish(&mut self) {
+        self.report();
         let chunks = std::mem::take(&mut self.unsynced);
         let Some(end) = self.store.end() else {
             return;

@@ -23,8 +23,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tracing::info;
 
-use super::startup::PendingLogin;
-use super::{Action, Outbox, Pending, Phase, TlsSession, reply};
+use super::{Action, Outbox, Pending, PendingLogin, Phase, TlsSession, reply};
 use crate::proto::access::{AuthMethod, ClientCertMode, HbaFile, HbaRequest, HbaRule, IdentFile};
 use crate::proto::access::{LocalNetwork, Transport};
 use crate::proto::auth::server::{MOCK_NONCE_LEN, SERVER_NONCE_LEN};
@@ -541,9 +540,9 @@ fn refuse(
 ) -> Phase {
     let rule = rule.map(HbaRule::describe);
     info!(
-        user = %super::startup::printable(user),
+        user = %reply::printable(user),
         sqlstate = %e.code,
-        error = %super::startup::printable(&e.message),
+        error = %reply::printable(&e.message),
         reason,
         rule = rule.as_deref().unwrap_or("-"),
         "connection refused"

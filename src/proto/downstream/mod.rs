@@ -46,7 +46,7 @@ use crate::types::{
     XminHorizon,
 };
 use crate::wire::frame::{COMMAND_FRAME_LIMIT, MAX_STARTUP_PACKET_LEN, SMALL_FRAME_LIMIT};
-use crate::wire::{ErrorFields, Frame, StartupPacket, WireError};
+use crate::wire::{ErrorFields, Frame, StartupMessage, StartupPacket, WireError};
 
 pub use authenticate::{AccessPolicy, Authenticated, Peer};
 pub use send::{AheadOfServer, ClientPositions, Reply, SendStream};
@@ -218,11 +218,36 @@ pub enum Action {
     Close,
 }
 
+/// A login that passed its checks: it authenticates, then waits for its place among
+/// `max_wal_senders`.
+#[derive(Debug)]
+struct PendingLogin {
+    user: String,
+    application_name: String,
+    startup: StartupMessage,
+    how: Option<Authenticated>,
+}
+
+impl PendingLogin {
+    /// The user name of the StartupMessage.
+    pub(super) fn user(&self) -> &str {
+        &self.user
+    }
+
+    /// The login, authenticated as `how`.
+    pub(super) fn authenticated(self, how: Authenticated) -> PendingLogin {
+        PendingLogin {
+            how: Some(how),
+            ..self
+        }
+    }
+}
+
 /// An action whose answer the session waits for.
 #[derive(Debug)]
 enum Pending {
     /// A login waits for its place.
-    Claim(Box<startup::PendingLogin>),
+    Claim(Box<PendingLogin>),
     /// `READ_REPLICATION_SLOT`.
     ReadSlot,
     /// `CREATE_REPLICATION_SLOT`.
@@ -279,7 +304,7 @@ impl Outbox {
     /// Sends `e` and closes: the one way a session ends with an error.
     fn fatal(&mut self, e: &ErrorFields) -> Phase {
         // The message may quote what the client sent: logged printable only.
-        let error = startup::printable(&e.message);
+        let error = reply::printable(&e.message);
         info!(sqlstate = %e.code, %error, "closing connection");
         reply::error(&mut self.out, e);
         self.close()

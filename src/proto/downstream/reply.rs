@@ -107,3 +107,17 @@ pub(super) fn starting_up() -> ErrorFields {
         "the database system is starting up",
     )
 }
+
+/// Text made printable ASCII the way PostgreSQL cleans `application_name`
+/// (`pg_clean_ascii`): anything else becomes `?`.
+pub(super) fn printable(text: &str) -> String {
+    text.bytes()
+        .map(|b| {
+            if (b' '..=b'~').contains(&b) {
+                char::from(b)
+            } else {
+                '?'
+            }
+        })
+        .collect()
+}

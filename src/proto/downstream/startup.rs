@@ -17,8 +17,10 @@
 //!   upstream's `server_version`), BackendKeyData and ReadyForQuery.
 
 use super::authenticate::{self, Authenticated, Client};
+use super::reply::printable;
 use super::{
-    Action, Login, Outbox, Pending, Phase, RelayView, SenderClaim, SessionConfig, TlsSession, reply,
+    Action, Login, Outbox, Pending, PendingLogin, Phase, RelayView, SenderClaim, SessionConfig,
+    TlsSession, reply,
 };
 use crate::types::SqlState;
 use crate::wire::{
@@ -34,31 +36,6 @@ pub(super) struct Startup {
     ssl_done: bool,
     gss_done: bool,
     tls: Option<TlsSession>,
-}
-
-/// A login that passed its checks: it authenticates, then waits for its place among
-/// `max_wal_senders`.
-#[derive(Debug)]
-pub(super) struct PendingLogin {
-    user: String,
-    application_name: String,
-    startup: StartupMessage,
-    how: Option<Authenticated>,
-}
-
-impl PendingLogin {
-    /// The user name of the StartupMessage.
-    pub(super) fn user(&self) -> &str {
-        &self.user
-    }
-
-    /// The login, authenticated as `how`.
-    pub(super) fn authenticated(self, how: Authenticated) -> PendingLogin {
-        PendingLogin {
-            how: Some(how),
-            ..self
-        }
-    }
 }
 
 impl Startup {
@@ -333,18 +310,4 @@ fn is_false(v: &str) -> bool {
         v.to_ascii_lowercase().as_str(),
         "false" | "off" | "no" | "0" | "f" | "n"
     )
-}
-
-/// Text made printable ASCII the way PostgreSQL cleans `application_name`
-/// (`pg_clean_ascii`): anything else becomes `?`.
-pub fn printable(text: &str) -> String {
-    text.bytes()
-        .map(|b| {
-            if (b' '..=b'~').contains(&b) {
-                char::from(b)
-            } else {
-                '?'
-            }
-        })
-        .collect()
 }

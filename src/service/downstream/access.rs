@@ -9,7 +9,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use tracing::{info, warn};
+use tracing::warn;
 
 use crate::config::AccessFiles;
 use crate::proto::access::{HbaError, HbaFile, IdentFile, LocalNetwork};
@@ -193,35 +193,11 @@ impl Access {
     }
 }
 
-/// Reads the access files again for the connections that come next.
+/// What the access files are read from, again on reload ([`super::ServerContext::reload`]).
 #[derive(Debug, Clone)]
 pub(crate) struct Reload {
     pub(crate) files: AccessFiles,
     pub(crate) mock_nonce: [u8; MOCK_NONCE_LEN],
-}
-
-impl Reload {
-    /// Reads the files again and logs what changed; on an error, logs it and keeps the old.
-    pub(crate) fn apply(&self, ctx: &super::ServerContext) -> Result<(), AccessError> {
-        match Access::load(&self.files, self.mock_nonce) {
-            Err(e) => {
-                warn!(error = %e, "configuration files not reloaded: the current certificate and rules stay in force");
-                Err(e)
-            }
-            Ok(new) => {
-                let old = ctx.access();
-                let changes = old.changes(&new);
-                ctx.set_access(new);
-                if changes.is_empty() {
-                    info!("configuration files reloaded: nothing changed");
-                }
-                for change in changes {
-                    info!(%change, "configuration files reloaded");
-                }
-                Ok(())
-            }
-        }
-    }
 }
 
 fn read(path: &Path) -> Result<String, AccessError> {

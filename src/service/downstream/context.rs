@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::debug;
+use tracing::{debug, info, warn};
 
-use super::access::Access;
+use super::access::{Access, AccessError, Reload};
 use crate::hub::Hub;
 use crate::proto::downstream::{ClientPositions, Peer, RelayView, SessionConfig};
 use crate::slots::{Pending, Persistency, SlotError, SlotPersister, SlotRegistry};
@@ -153,9 +153,25 @@ impl ServerContext {
         Arc::clone(&self.access.read().unwrap_or_else(PoisonError::into_inner))
     }
 
-    /// Replaces the certificate and rules for the connections that come next.
-    pub(crate) fn set_access(&self, access: Access) {
-        *self.access.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(access);
+    /// Reads the access files again for the connections that come next, and logs what
+    /// changed; on an error, logs it and keeps what there was.
+    pub(crate) fn reload(&self, reload: &Reload) -> Result<(), AccessError> {
+        let new = match Access::load(&reload.files, reload.mock_nonce) {
+            Ok(new) => new,
+            Err(e) => {
+                warn!(error = %e, "configuration files not reloaded: the current certificate and rules stay in force");
+                return Err(e);
+            }
+        };
+        let changes = self.access().changes(&new);
+        *self.access.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(new);
+        if changes.is_empty() {
+            info!("configuration files reloaded: nothing changed");
+        }
+        for change in changes {
+            info!(%change, "configuration files reloaded");
+        }
+        Ok(())
     }
 
     /// The registry, for in-memory work only.
