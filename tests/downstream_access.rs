@@ -368,6 +368,45 @@ fn clients_on_another_network_log_in_as_the_rules_say() {
     }
     assert!(!log.contains(ALICE) && !log.contains(CAROL) && !log.contains("SCRAM-SHA-256$"));
 
+    // H2 and H14 over TLS: SQL, logical replication and bad slot names get PostgreSQL's
+    // answers, and no file appears for a name that tries to leave the slot directory.
+    let alice = format!("user=alice password={ALICE} {verified}");
+    let sql = s
+        .remote
+        .psql(&s.remote_conninfo(&alice), "SELECT 1")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        sql.contains("cannot execute SQL commands in WAL sender for physical replication"),
+        "{sql}"
+    );
+    let logical = s
+        .remote
+        .psql(
+            &s.remote_conninfo(&alice).replace("replication=1", "replication=database"),
+            "IDENTIFY_SYSTEM",
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(logical.contains("replication=database"), "{logical}");
+    for (name, expected) in [
+        ("../../x", "contains invalid character"),
+        ("a/b", "contains invalid character"),
+        ("A", "contains invalid character"),
+        ("", "is too short"),
+    ] {
+        let e = s
+            .remote
+            .psql(
+                &s.remote_conninfo(&alice),
+                &format!("CREATE_REPLICATION_SLOT \"{name}\" PHYSICAL"),
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(expected), "{name:?}: {e}");
+    }
+    assert!(!s.dir.path().join("x").exists() && !Path::new("/tmp/x").exists());
+
     // pg_receivewal from the other network, verify-full and SCRAM with channel binding.
     let wal = s.dir.path().join("received");
     fs::create_dir(&wal).unwrap();
