@@ -383,7 +383,8 @@ fn clients_on_another_network_log_in_as_the_rules_say() {
     let logical = s
         .remote
         .psql(
-            &s.remote_conninfo(&alice).replace("replication=1", "replication=database"),
+            &s.remote_conninfo(&alice)
+                .replace("replication=1", "replication=database"),
             "IDENTIFY_SYSTEM",
         )
         .unwrap_err()

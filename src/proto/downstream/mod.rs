@@ -8,13 +8,14 @@
 //! and by queueing [`Action`]s for what it cannot do itself: take a connection place, read,
 //! create, drop or acquire a slot, register a stream and its progress, close. An action that
 //! has an answer is answered through the matching method ([`DownstreamSession::claimed`],
-//! [`DownstreamSession::slot_read`], [`DownstreamSession::slot_done`]) before anything else
-//! is fed. While streaming, [`DownstreamSession::next_send`] says which WAL to send and
+//! [`DownstreamSession::slot_read`], [`DownstreamSession::slot_done`],
+//! [`DownstreamSession::tls_started`]) before anything else is fed. While streaming, [`DownstreamSession::next_send`] says which WAL to send and
 //! [`DownstreamSession::sent`] records that it went out; [`DownstreamSession::deadline`] says
 //! when to call [`DownstreamSession::tick`].
 //!
-//! - [`startup`]: SSLRequest, GSSENCRequest, CancelRequest, the StartupMessage checks, the
-//!   connection limit, authentication and the greeting (`postmaster.c`, `postinit.c`);
+//! - [`startup`]: SSLRequest (and TLS), GSSENCRequest, CancelRequest, the StartupMessage
+//!   checks, the connection limit and the greeting (`postmaster.c`, `postinit.c`);
+//! - [`authenticate`]: the access rules and the authentication exchanges (`auth.c`);
 //! - [`command`]: the replication commands, answered as `walsender.c` answers them;
 //! - [`streaming`]: `START_REPLICATION`, client messages while streaming, keepalives, the end
 //!   of a historic timeline, and the end of the stream at shutdown (`WalSndLoop`,

@@ -1,17 +1,19 @@
 //! The start of a downstream connection, as `postmaster.c:ProcessStartupPacket` and
 //! `postinit.c` handle it for a physical walsender:
-//! - SSLRequest and GSSENCRequest are answered `N`; bytes sent ahead of that answer are
-//!   refused (08P01 "received unencrypted data after SSL request"), and a second request of
-//!   the same kind is an unsupported protocol;
+//! - SSLRequest is answered `S` when the port has a certificate ([`Action::StartTls`] follows)
+//!   and `N` otherwise; GSSENCRequest always `N`. Bytes sent ahead of that answer are refused
+//!   (08P01 "received unencrypted data after SSL request"), and a request that may not come
+//!   again (a second of a kind, either one over TLS) falls to the protocol version check
+//!   (0A000 "unsupported frontend protocol 1234.5679 …");
+//! - a TLS ClientHello as the first bytes is PostgreSQL 17's direct TLS;
 //! - a CancelRequest is closed silently (the relay has nothing to cancel), as is a first
 //!   packet whose length is out of range (PostgreSQL only logs it);
 //! - the StartupMessage: a user is required (28000), `replication` must be a Boolean that is
 //!   true (`database` is refused: logical replication is not relayed; other values are 22023);
 //!   a plain SQL connection gets PostgreSQL's "no pg_hba.conf entry" rejection;
-//! - authentication: trust for loopback clients, the "no pg_hba.conf entry" rejection for
-//!   everyone else;
-//! - until the relay has reached its upstream once it has no identity to report (57P03), and
-//!   beyond `max_wal_senders` there is no place (53300);
+//! - until the relay has reached its upstream once it has no identity to report (57P03);
+//! - then [`super::authenticate`] decides who gets in, and beyond `max_wal_senders` there is
+//!   no place (53300);
 //! - the greeting: NegotiateProtocolVersion when the client asked for a newer minor version or
 //!   `_pq_.` options, AuthenticationOk, the ParameterStatus values clients read (with the
 //!   upstream's `server_version`), BackendKeyData and ReadyForQuery.

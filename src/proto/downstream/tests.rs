@@ -182,3 +182,36 @@ fn logged_in() -> DownstreamSession {
     assert_eq!(s.expects(), Expect::Frame(COMMAND_FRAME_LIMIT));
     s
 }
+
+/// What a PostgreSQL 15 walsender sends from AuthenticationOk on, for `user` and `app`.
+fn greeting(user: &str, app: &str) -> Vec<BackendMessage> {
+    let mut m = vec![BackendMessage::Authentication(
+        crate::wire::Authentication::Ok,
+    )];
+    for (name, value) in [
+        ("application_name", app),
+        ("client_encoding", "SQL_ASCII"),
+        ("DateStyle", "ISO, MDY"),
+        ("default_transaction_read_only", "off"),
+        ("in_hot_standby", "off"),
+        ("integer_datetimes", "on"),
+        ("IntervalStyle", "postgres"),
+        ("is_superuser", "on"),
+        ("server_encoding", "SQL_ASCII"),
+        ("server_version", "15.18 (Debian 15.18-0+deb12u1)"),
+        ("session_authorization", user),
+        ("standard_conforming_strings", "on"),
+        ("TimeZone", "Etc/UTC"),
+    ] {
+        m.push(BackendMessage::ParameterStatus {
+            name: name.into(),
+            value: value.into(),
+        });
+    }
+    m.push(BackendMessage::BackendKeyData {
+        process_id: PID.0,
+        secret_key: CANCEL_KEY,
+    });
+    m.push(ready());
+    m
+}

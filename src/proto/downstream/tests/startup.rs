@@ -151,39 +151,6 @@ fn beyond_max_wal_senders_gets_53300() {
     assert_eq!(s.login(), None);
 }
 
-/// What a PG 15 walsender sends after AuthenticationOk, for `LOGIN`.
-fn greeting(user: &str, app: &str) -> Vec<BackendMessage> {
-    let mut m = vec![BackendMessage::Authentication(
-        crate::wire::Authentication::Ok,
-    )];
-    for (name, value) in [
-        ("application_name", app),
-        ("client_encoding", "SQL_ASCII"),
-        ("DateStyle", "ISO, MDY"),
-        ("default_transaction_read_only", "off"),
-        ("in_hot_standby", "off"),
-        ("integer_datetimes", "on"),
-        ("IntervalStyle", "postgres"),
-        ("is_superuser", "on"),
-        ("server_encoding", "SQL_ASCII"),
-        ("server_version", "15.18 (Debian 15.18-0+deb12u1)"),
-        ("session_authorization", user),
-        ("standard_conforming_strings", "on"),
-        ("TimeZone", "Etc/UTC"),
-    ] {
-        m.push(BackendMessage::ParameterStatus {
-            name: name.into(),
-            value: value.into(),
-        });
-    }
-    m.push(BackendMessage::BackendKeyData {
-        process_id: PID.0,
-        secret_key: CANCEL_KEY,
-    });
-    m.push(ready());
-    m
-}
-
 fn log_in(s: &mut DownstreamSession, packet: StartupPacket) {
     s.startup_packet(Ok(packet), false, &view());
     assert_eq!(actions(s), [Action::ClaimSender]);
