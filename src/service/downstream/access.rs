@@ -290,3 +290,48 @@ pub(crate) fn connection_nonce<const N: usize>() -> Option<[u8; N]> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn access(rules: &str, users: &str) -> Access {
+        let hba = HbaFile::parse(rules, "hba.conf", &mut |_| Err(String::new())).unwrap();
+        let policy = AccessPolicy {
+            hba: Some(hba),
+            users: AuthFile::parse(users, Path::new("users")).unwrap(),
+            ..AccessPolicy::default()
+        };
+        Access {
+            tls: None,
+            policy: Arc::new(policy),
+        }
+    }
+
+    #[test]
+    fn a_reload_names_what_changed_and_no_secret() {
+        let a = "SCRAM-SHA-256$4096:c2FsdHNhbHRzYWx0c2FsdA==$OuTqPhNEm2pgBOKlg5fOUOnKqdqLe3GPctgjAI5hDTI=:1Dbr5U7lT7vvpkS/4ttVWcbfZDOxQxRfKDWDn30QpyU=";
+        let b = "md5a3556571e93b0d20722ba62be61e8c2d";
+        let old = access(
+            "host replication alice 10.0.0.0/8 scram-sha-256\nhost replication all 127.0.0.1/32 trust\n",
+            &format!("alice {a}\nbob {b}\n"),
+        );
+        let new = access(
+            "host replication alice 10.0.0.0/8 scram-sha-256\nhostssl replication carol 10.0.0.0/8 cert\n",
+            &format!("alice {b}\ncarol {a}\n"),
+        );
+        let changes = old.changes(&new);
+        assert_eq!(changes.len(), 5, "{changes:#?}");
+        assert!(changes[0].starts_with("rule removed: ") && changes[0].contains("127.0.0.1/32"));
+        assert!(changes[1].starts_with("rule added: ") && changes[1].contains("carol"));
+        assert_eq!(changes[2], "user removed: bob");
+        assert_eq!(changes[3], "user added: carol");
+        assert_eq!(changes[4], "secrets changed: 1 user(s)");
+        assert!(
+            changes
+                .iter()
+                .all(|c| !c.contains("SCRAM") && !c.contains("md5a"))
+        );
+        assert!(old.changes(&old).is_empty());
+    }
+}
