@@ -119,6 +119,9 @@ struct RunAs {
 #[derive(Clone, Debug)]
 pub struct PgBinaries {
     dir: PathBuf,
+    /// Where the tools `dir` lacks come from (a server-only build gets PostgreSQL 15's
+    /// client tools, which speak to servers of every major).
+    clients: Option<PathBuf>,
     run_as: Option<RunAs>,
     /// A network namespace every tool runs in (`nsenter --net`), if any.
     netns: Option<PathBuf>,
@@ -170,6 +173,7 @@ impl PgBinaries {
         };
         Ok(PgBinaries {
             dir,
+            clients: None,
             run_as,
             netns: None,
         })
@@ -190,9 +194,37 @@ impl PgBinaries {
         &self.dir
     }
 
+    /// The server build of PostgreSQL `major`, with `clients`' tools for what it lacks:
+    /// `PG_BIN_<major>` if set, else the cache `scripts/fetch-postgres` fills
+    /// (`$WALRELAY_PG_CACHE`, or `walrelay-postgres` in the temporary directory).
+    ///
+    /// # Errors
+    /// [`LocalPgError::NotFound`] when neither holds a `postgres` binary.
+    pub fn for_major(major: u32, clients: &PgBinaries) -> Result<PgBinaries> {
+        let dir = std::env::var_os(format!("PG_BIN_{major}"))
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| pg_cache().join(major.to_string()).join("bin"));
+        if !dir.join("postgres").is_file() {
+            return Err(LocalPgError::NotFound(format!(
+                "PostgreSQL {major}: no postgres in {} (run scripts/fetch-postgres {major}, or set PG_BIN_{major})",
+                dir.display()
+            )));
+        }
+        Ok(PgBinaries {
+            dir,
+            clients: Some(clients.dir.clone()),
+            ..clients.clone()
+        })
+    }
+
     /// The path of one tool, such as `pg_waldump`.
     pub fn path(&self, tool: &str) -> PathBuf {
-        self.dir.join(tool)
+        let own = self.dir.join(tool);
+        match &self.clients {
+            Some(clients) if !own.is_file() => clients.join(tool),
+            _ => own,
+        }
     }
 
     /// The major version, from `postgres --version` (`postgres (PostgreSQL) 15.18` is 15).
@@ -339,6 +371,14 @@ impl PgBinaries {
 }
 
 /// The highest `/usr/lib/postgresql/*/bin` holding a `postgres` binary (Debian's layout).
+/// Where `scripts/fetch-postgres` keeps the builds of other majors.
+pub fn pg_cache() -> PathBuf {
+    std::env::var_os("WALRELAY_PG_CACHE")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("walrelay-postgres"))
+}
+
 fn highest_packaged_bindir() -> Option<PathBuf> {
     let version_key = |name: &str| -> Option<(u32, u32)> {
         let (major, minor) = name.split_once('.').unwrap_or((name, "0"));
@@ -402,6 +442,30 @@ fn passwd_entry(passwd: &str, user: &str) -> Option<RunAs> {
 #[allow(clippy::panic)] // failing the calling test is this function's purpose under CI
 pub fn require_postgres() -> Option<PgBinaries> {
     match PgBinaries::find() {
+        Ok(bins) => Some(bins),
+        Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("CI=true but {e}")
+        }
+        Err(e) => {
+            eprintln!("SKIP: {e}");
+            None
+        }
+    }
+}
+
+/// The binaries of PostgreSQL `major` for a test, with PostgreSQL 15's client tools (the
+/// installed ones for 15 itself); `None`, after a message, when they are missing, so the test
+/// can return early.
+///
+/// # Panics
+/// When they are missing and `CI` is `true`.
+#[allow(clippy::panic)] // failing the calling test is this function's purpose under CI
+pub fn require_major(major: u32) -> Option<PgBinaries> {
+    let clients = require_postgres()?;
+    if clients.version().ok() == Some(major) {
+        return Some(clients);
+    }
+    match PgBinaries::for_major(major, &clients) {
         Ok(bins) => Some(bins),
         Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => {
             panic!("CI=true but {e}")
@@ -691,6 +755,7 @@ mod tests {
     fn scratch_dirs_are_unique_and_removed() {
         let bins = PgBinaries {
             dir: PathBuf::from("/nonexistent"),
+            clients: None,
             run_as: None,
             netns: None,
         };

@@ -7,6 +7,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
 use super::{LocalPgError, PgBinaries, Result, ScratchDir, free_port, io_err, run, send_signal};
@@ -512,6 +513,55 @@ impl Cluster {
             "--no-sync",
         ]);
         run(&mut cmd)?;
+        self.bins.write_file(&data.join("standby.signal"), "")?;
+        let mut settings = self.settings.clone();
+        settings.retain(|(key, _)| !key.starts_with("archive_"));
+        set(&mut settings, "hot_standby", "on");
+        set(&mut settings, "primary_conninfo", primary_conninfo);
+        if let Some(slot) = slot {
+            set(&mut settings, "primary_slot_name", slot);
+        }
+        let standby = Cluster {
+            bins: self.bins.clone(),
+            dir,
+            port: free_port()?,
+            settings,
+            pid: None,
+        };
+        standby.write_settings()?;
+        Ok(standby)
+    }
+
+    /// A standby made the way PostgreSQL allows without `pg_basebackup` (which a server-only
+    /// build lacks, and which refuses servers newer than itself): a copy of this server's
+    /// data directory, taken while it is cleanly stopped, that streams from
+    /// `primary_conninfo` with `primary_slot_name = slot` and starts where the copy ends.
+    /// This server is stopped (`fast`, a shutdown checkpoint) and started again; the standby
+    /// is returned stopped, archiving off.
+    ///
+    /// # Errors
+    /// When this server cannot be stopped or started, or the copy fails.
+    pub fn cold_standby(&mut self, primary_conninfo: &str, slot: Option<&str>) -> Result<Cluster> {
+        let running = self.pid.is_some();
+        if running {
+            self.stop(StopMode::Fast)?;
+        }
+        let copied = self.copy_stopped(primary_conninfo, slot);
+        if running {
+            self.start()?;
+        }
+        copied
+    }
+
+    fn copy_stopped(&self, primary_conninfo: &str, slot: Option<&str>) -> Result<Cluster> {
+        let parent = self.dir.path().parent().unwrap_or(Path::new("/"));
+        let dir = self.bins.scratch_dir(parent, "standby")?;
+        let data = dir.path().join("data");
+        // `cp -a` keeps the owner, modes and links the server requires of its directory.
+        run(Command::new("cp").arg("-a").arg(self.data_dir()).arg(&data))?;
+        for leftover in ["postmaster.pid", "postmaster.opts"] {
+            let _ = fs::remove_file(data.join(leftover));
+        }
         self.bins.write_file(&data.join("standby.signal"), "")?;
         let mut settings = self.settings.clone();
         settings.retain(|(key, _)| !key.starts_with("archive_"));

@@ -1,0 +1,354 @@
+//! Every PostgreSQL major from 12 to 18 on both sides of the relay, at 16 MB and 1 MB segments:
+//! a primary of that major, the relay (given the primary and a second standby of it as its
+//! upstream hosts), and a hot standby of the same major streaming from the relay on a relay
+//! slot with `hot_standby_feedback`. Standbys are cold copies of the cleanly stopped primary
+//! (the server-only builds of other majors have no `pg_basebackup`, and PostgreSQL 15's refuses
+//! newer servers); client tools are PostgreSQL 15's.
+//!
+//! For each, under a write load with DDL, `VACUUM` and `pg_switch_wal()`:
+//! - the standby behind the relay replays to the primary's end and holds the same data;
+//! - the relay's completed segments are byte-identical to the primary's archived copies;
+//! - the primary's slot for the relay gets an xmin from the standby's feedback;
+//! - the relay answers `IDENTIFY_SYSTEM`, `SHOW`, `TIMELINE_HISTORY`, `READ_REPLICATION_SLOT`
+//!   (15 and later) and `CREATE_REPLICATION_SLOT` in both syntaxes as that major does;
+//! - after the primary stops and the second standby is promoted, the relay and the standby
+//!   behind it follow onto timeline 2, and the relay's history file is byte-identical to the
+//!   promoted server's.
+//!
+//! The other majors' servers come from `scripts/fetch-postgres` (or `PG_BIN_<major>`); under
+//! `CI=true` a missing one fails its test. Each step's time goes to the test's output.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod support;
+
+use std::fs;
+use std::time::{Duration, Instant};
+
+use support::*;
+use walrelay::testkit::localpg::{
+    Cluster, ClusterBuilder, PgBinaries, StopMode, free_port, require_major, wait_until,
+};
+
+macro_rules! majors {
+    ($($major:literal => $sixteen:ident, $one:ident;)*) => {
+        $(
+            #[test]
+            fn $sixteen() {
+                matrix($major, 16);
+            }
+
+            #[test]
+            fn $one() {
+                matrix($major, 1);
+            }
+        )*
+    };
+}
+
+majors! {
+    12 => pg12_16mb_segments, pg12_1mb_segments;
+    13 => pg13_16mb_segments, pg13_1mb_segments;
+    14 => pg14_16mb_segments, pg14_1mb_segments;
+    15 => pg15_16mb_segments, pg15_1mb_segments;
+    16 => pg16_16mb_segments, pg16_1mb_segments;
+    17 => pg17_16mb_segments, pg17_1mb_segments;
+    18 => pg18_16mb_segments, pg18_1mb_segments;
+}
+
+const TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Names the major, the segment size and the step in every failure, with the relay log's
+/// first error line.
+struct Run<'a> {
+    major: u32,
+    segment_mb: u32,
+    t0: Instant,
+    relay: Option<&'a RelayProcess>,
+}
+
+impl Run<'_> {
+    fn step(&self, what: &str) {
+        println!(
+            "PG {} at {} MB segments: {what} ({:.1} s)",
+            self.major,
+            self.segment_mb,
+            self.t0.elapsed().as_secs_f64()
+        );
+    }
+
+    /// The value, or a panic naming where it failed and why.
+    fn ok<T, E: std::fmt::Display>(&self, what: &str, r: Result<T, E>) -> T {
+        r.unwrap_or_else(|e| {
+            let log = self.relay.map(|r| r.log_contents()).unwrap_or_default();
+            let first = log
+                .lines()
+                .find(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+                .unwrap_or("(no warning in the relay log)");
+            panic!(
+                "PG {} at {} MB segments, {what}: {e}\nfirst relay warning: {first}",
+                self.major, self.segment_mb
+            )
+        })
+    }
+}
+
+fn repl(bins: &PgBinaries, conninfo: &str, sql: &str) -> Result<String, String> {
+    bins.psql(&format!("{conninfo} replication=1"), sql)
+        .map_err(|e| e.to_string())
+}
+
+/// What the load leaves, as one checksum: every table the load touches.
+const DIGEST: &str = "SELECT md5(string_agg(t, ',' ORDER BY t)) FROM ( \
+     SELECT format('%s:%s', id, payload) AS t FROM walrelay_load \
+     UNION ALL SELECT format('m%s:%s:%s', k, v, w) FROM matrix_ddl) s";
+
+/// DDL, updates, deletes, `VACUUM` and a segment switch.
+fn load(primary: &Cluster, round: u32) -> walrelay::types::Lsn {
+    primary.write_load(2000).unwrap();
+    primary
+        .psql(&format!(
+            "CREATE TABLE IF NOT EXISTS matrix_ddl (k int PRIMARY KEY, v text); \
+             ALTER TABLE matrix_ddl ADD COLUMN IF NOT EXISTS w int DEFAULT {round}; \
+             INSERT INTO matrix_ddl SELECT g + {round} * 1000, md5(g::text) \
+               FROM generate_series(1, 500) g; \
+             UPDATE walrelay_load SET payload = upper(payload) WHERE id % 7 = {round}; \
+             DELETE FROM walrelay_load WHERE id % 11 = {round}; \
+             CREATE INDEX IF NOT EXISTS matrix_ddl_v ON matrix_ddl (v)"
+        ))
+        .unwrap();
+    primary.psql("VACUUM walrelay_load").unwrap();
+    primary.switch_wal().unwrap();
+    primary.write_load(200).unwrap()
+}
+
+fn matrix(major: u32, segment_mb: u32) {
+    let Some(bins) = require_major(major) else {
+        return;
+    };
+    let mut run = Run {
+        major,
+        segment_mb,
+        t0: Instant::now(),
+        relay: None,
+    };
+    assert_eq!(bins.version().unwrap(), major);
+    let dir = scratch(&bins, &format!("pg{major}-{segment_mb}"));
+    let mut primary = run.ok(
+        "initdb",
+        ClusterBuilder::new(bins.clone(), dir.path())
+            .segment_size_mb(segment_mb)
+            .archive(true)
+            .init(),
+    );
+    run.ok("start the primary", primary.start());
+    primary.create_physical_slot("direct").unwrap();
+    let size = primary.wal_segment_size().unwrap();
+    run.step("primary up");
+
+    // Two copies of the stopped primary: one fed by it directly (the failover target), one
+    // fed by the relay.
+    let relay_port = free_port().unwrap();
+    let relay_conninfo = format!("host=127.0.0.1 port={relay_port} user=postgres");
+    let direct_feed = format!("{} application_name=direct", primary.conninfo());
+    let mut direct = run.ok(
+        "copy the direct standby",
+        primary.cold_standby(&direct_feed, Some("direct")),
+    );
+    let behind_feed = format!("{relay_conninfo} application_name=behind");
+    let mut behind = run.ok(
+        "copy the standby behind the relay",
+        primary.cold_standby(&behind_feed, Some("behind")),
+    );
+    behind.set_config("hot_standby_feedback", "on").unwrap();
+    behind
+        .set_config("wal_receiver_status_interval", "1s")
+        .unwrap();
+    run.ok("start the direct standby", direct.start());
+
+    let upstream = format!(
+        "host=127.0.0.1,127.0.0.1 port={},{} user=postgres connect_timeout=2",
+        primary.port(),
+        direct.port()
+    );
+    let relay = RelayProcess::start(
+        &upstream,
+        &dir.path().join("relay"),
+        &["--listen", &format!("127.0.0.1:{relay_port}")],
+    );
+    run.relay = Some(&relay);
+    let now = primary.current_wal_flush_lsn().unwrap();
+    wait_acked(&primary, now, TIMEOUT);
+    run.ok(
+        "create the relay slot",
+        repl(
+            &bins,
+            &relay_conninfo,
+            "CREATE_REPLICATION_SLOT \"behind\" PHYSICAL",
+        ),
+    );
+    run.ok("start the standby behind the relay", behind.start());
+    run.step("relay and standbys up");
+
+    let mut end = primary.current_wal_flush_lsn().unwrap();
+    for round in 1..=3 {
+        end = load(&primary, round);
+    }
+    run.ok(
+        "the standby behind the relay replays to the primary's end",
+        wait_until(TIMEOUT, "replay", || Ok(behind.replay_lsn()? >= end)),
+    );
+    assert_eq!(
+        behind.psql(DIGEST).unwrap(),
+        primary.psql(DIGEST).unwrap(),
+        "PG {major}: the standby's data differs from the primary's"
+    );
+    run.step("standby caught up with the same data");
+
+    run.ok(
+        "the relay's slot on the primary gets the standby's xmin",
+        wait_until(TIMEOUT, "feedback xmin", || {
+            Ok(!primary
+                .psql("SELECT xmin FROM pg_replication_slots WHERE slot_name = 'walrelay'")?
+                .is_empty())
+        }),
+    );
+    run.step("feedback reached the primary");
+
+    let last = primary.switch_wal().unwrap();
+    run.ok("archive", primary.wait_archived(last, TIMEOUT));
+    let flushed = primary.current_wal_flush_lsn().unwrap();
+    wait_acked(&primary, flushed, TIMEOUT);
+    let compared = assert_same_segments(&relay.wal_dir(), &primary.archive_dir(), size);
+    assert!(
+        compared >= 3,
+        "PG {major}: only {compared} segments compared"
+    );
+    run.step(&format!("{compared} segments byte-identical"));
+
+    commands_answer_as_the_primary(&run, &bins, &primary, &relay_conninfo);
+    run.step("commands answered as the primary");
+
+    // The failover: the primary stops, the direct standby is promoted, the relay moves on.
+    let before = primary.current_wal_flush_lsn().unwrap();
+    run.ok(
+        "the direct standby catches up",
+        wait_until(TIMEOUT, "direct replay", || {
+            Ok(direct.replay_lsn()? >= before)
+        }),
+    );
+    run.ok("stop the primary", primary.stop(StopMode::Fast));
+    run.ok("promote", direct.psql("SELECT pg_promote()"));
+    run.ok(
+        "the promotion ends",
+        wait_until(TIMEOUT, "promotion", || {
+            Ok(direct.psql("SELECT pg_is_in_recovery()")? == "f")
+        }),
+    );
+    let end = load(&direct, 4);
+    run.ok(
+        "the standby behind the relay follows onto timeline 2",
+        wait_until(TIMEOUT, "replay on timeline 2", || {
+            Ok(behind.replay_lsn()? >= end)
+        }),
+    );
+    assert_eq!(
+        behind
+            .psql("SELECT received_tli FROM pg_stat_wal_receiver")
+            .unwrap(),
+        "2"
+    );
+    assert_eq!(behind.psql(DIGEST).unwrap(), direct.psql(DIGEST).unwrap());
+    let history = run.ok(
+        "the relay stores the history file",
+        fs::read(relay.wal_dir().join("00000002.history")),
+    );
+    assert_eq!(
+        history,
+        fs::read(direct.data_dir().join("pg_wal/00000002.history")).unwrap(),
+        "PG {major}: the history file differs from the promoted server's"
+    );
+    let ours = repl(&bins, &relay_conninfo, "TIMELINE_HISTORY 2").unwrap();
+    let theirs = repl(&bins, &direct.conninfo(), "TIMELINE_HISTORY 2").unwrap();
+    assert_eq!(ours, theirs, "PG {major}: TIMELINE_HISTORY 2");
+    run.step("followed the promotion onto timeline 2");
+}
+
+/// The commands a client of this major sends, answered by the relay as by the primary: the
+/// same values (system id, segment size, timeline) and the same column layouts.
+fn commands_answer_as_the_primary(
+    run: &Run<'_>,
+    bins: &PgBinaries,
+    primary: &Cluster,
+    relay: &str,
+) {
+    let major = run.major;
+    let both = |sql: &str| (repl(bins, relay, sql), repl(bins, &primary.conninfo(), sql));
+    let (ours, theirs) = both("IDENTIFY_SYSTEM");
+    let (ours, theirs) = (ours.unwrap(), theirs.unwrap());
+    let fields = |s: &str| s.split('|').map(str::to_owned).collect::<Vec<_>>();
+    let (o, t) = (fields(&ours), fields(&theirs));
+    assert_eq!(o.len(), t.len(), "PG {major}: IDENTIFY_SYSTEM columns");
+    assert_eq!((&o[0], &o[1], &o[3]), (&t[0], &t[1], &t[3]), "PG {major}");
+    for setting in ["wal_segment_size", "data_directory_mode"] {
+        let (ours, theirs) = both(&format!("SHOW {setting}"));
+        assert_eq!(ours.unwrap(), theirs.unwrap(), "PG {major}: SHOW {setting}");
+    }
+    let version = repl(bins, relay, "SHOW server_version").unwrap();
+    assert!(
+        version.starts_with(&format!("{major}.")),
+        "PG {major}: the relay reports server_version {version}"
+    );
+    // CREATE_REPLICATION_SLOT: the syntax of before 15 everywhere, the parenthesized one
+    // where the major has it; the same columns.
+    let old = |name: &str| format!("CREATE_REPLICATION_SLOT {name} PHYSICAL RESERVE_WAL");
+    let (ours, theirs) = (
+        repl(bins, relay, &old("matrix_old")).unwrap(),
+        repl(bins, &primary.conninfo(), &old("matrix_old")).unwrap(),
+    );
+    assert_eq!(
+        ours.split('|').count(),
+        theirs.split('|').count(),
+        "PG {major}: CREATE_REPLICATION_SLOT columns: {ours} against {theirs}"
+    );
+    assert!(ours.starts_with("matrix_old|") && theirs.starts_with("matrix_old|"));
+    let new = "CREATE_REPLICATION_SLOT matrix_new PHYSICAL (RESERVE_WAL)";
+    let ours = repl(bins, relay, new).unwrap();
+    assert!(ours.starts_with("matrix_new|"), "{ours}");
+    if major >= 15 {
+        repl(bins, &primary.conninfo(), new).unwrap();
+        let (ours, theirs) = both("READ_REPLICATION_SLOT nosuch");
+        assert_eq!(
+            ours.unwrap(),
+            theirs.unwrap(),
+            "PG {major}: READ_REPLICATION_SLOT of a missing slot"
+        );
+        let ours = repl(bins, relay, "READ_REPLICATION_SLOT behind").unwrap();
+        assert!(ours.starts_with("physical|"), "PG {major}: {ours}");
+    }
+    for sql in [
+        "DROP_REPLICATION_SLOT matrix_old",
+        "DROP_REPLICATION_SLOT matrix_new",
+    ] {
+        repl(bins, relay, sql).unwrap();
+    }
+    repl(
+        bins,
+        &primary.conninfo(),
+        "DROP_REPLICATION_SLOT matrix_old",
+    )
+    .unwrap();
+    if major >= 15 {
+        repl(
+            bins,
+            &primary.conninfo(),
+            "DROP_REPLICATION_SLOT matrix_new",
+        )
+        .unwrap();
+    }
+}
