@@ -16,7 +16,9 @@
 //!   promoted server's.
 //!
 //! The other majors' servers come from `scripts/fetch-postgres` (or `PG_BIN_<major>`); under
-//! `CI=true` a missing one fails its test. Each step's time goes to the test's output.
+//! `CI=true` a missing one fails its test. Each step's time goes to the test's output, and a
+//! run that passes is recorded under the target directory's `tmp/compat-matrix`, from which
+//! `scripts/compat-table` makes the README's compatibility table.
 
 #![allow(
     clippy::unwrap_used,
@@ -149,6 +151,7 @@ fn matrix(major: u32, segment_mb: u32) {
     run.ok("start the primary", primary.start());
     primary.create_physical_slot("direct").unwrap();
     let size = primary.wal_segment_size().unwrap();
+    let version = primary.psql("SHOW server_version").unwrap();
     run.step("primary up");
 
     // Two copies of the stopped primary: one fed by it directly (the failover target), one
@@ -277,6 +280,23 @@ fn matrix(major: u32, segment_mb: u32) {
     let theirs = repl(&bins, &direct.conninfo(), "TIMELINE_HISTORY 2").unwrap();
     assert_eq!(ours, theirs, "PG {major}: TIMELINE_HISTORY 2");
     run.step("followed the promotion onto timeline 2");
+    record(major, segment_mb, &version, run.t0.elapsed());
+}
+
+/// Where passed runs are recorded, for `scripts/compat-table`.
+fn results_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("compat-matrix")
+}
+
+/// One line per passed run: major, segment size, server version, seconds.
+fn record(major: u32, segment_mb: u32, version: &str, took: Duration) {
+    let dir = results_dir();
+    fs::create_dir_all(&dir).unwrap();
+    let line = format!(
+        "{major}\t{segment_mb}\t{version}\t{:.1}\n",
+        took.as_secs_f64()
+    );
+    fs::write(dir.join(format!("pg{major}-{segment_mb}mb")), line).unwrap();
 }
 
 /// The commands a client of this major sends, answered by the relay as by the primary: the

@@ -453,20 +453,18 @@ pub fn require_postgres() -> Option<PgBinaries> {
     }
 }
 
-/// The binaries of PostgreSQL `major` for a test, with PostgreSQL 15's client tools (the
-/// installed ones for 15 itself); `None`, after a message, when they are missing, so the test
-/// can return early.
+/// The pinned server build of PostgreSQL `major` for a test ([`PgBinaries::for_major`]), with
+/// the installed client tools; for the installed major, the installed build when none is
+/// fetched. `None`, after a message, when they are missing, so the test can return early.
 ///
 /// # Panics
 /// When they are missing and `CI` is `true`.
 #[allow(clippy::panic)] // failing the calling test is this function's purpose under CI
 pub fn require_major(major: u32) -> Option<PgBinaries> {
     let clients = require_postgres()?;
-    if clients.version().ok() == Some(major) {
-        return Some(clients);
-    }
     match PgBinaries::for_major(major, &clients) {
         Ok(bins) => Some(bins),
+        Err(_) if clients.version().ok() == Some(major) => Some(clients),
         Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => {
             panic!("CI=true but {e}")
         }
