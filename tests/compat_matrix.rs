@@ -351,6 +351,24 @@ fn commands_answer_as_the_primary(
         let ours = repl(bins, relay, "READ_REPLICATION_SLOT behind").unwrap();
         assert!(ours.starts_with("physical|"), "PG {major}: {ours}");
     }
+    if major >= 17 {
+        // Failover slots are logical; PostgreSQL 17 refuses the option on a physical slot,
+        // and the commands of slot synchronisation on one.
+        for sql in [
+            "CREATE_REPLICATION_SLOT matrix_failover PHYSICAL (FAILOVER)",
+            "ALTER_REPLICATION_SLOT matrix_old (FAILOVER)",
+        ] {
+            let (ours, theirs) = both(sql);
+            let (ours, theirs) = (ours.unwrap_err(), theirs.unwrap_err());
+            let message = |e: &str| {
+                e.lines()
+                    .find_map(|l| l.split_once("ERROR:  "))
+                    .map(|(_, m)| m.to_owned())
+                    .unwrap_or_else(|| e.to_owned())
+            };
+            assert_eq!(message(&ours), message(&theirs), "PG {major}: {sql}");
+        }
+    }
     for sql in [
         "DROP_REPLICATION_SLOT matrix_old",
         "DROP_REPLICATION_SLOT matrix_new",

@@ -14,7 +14,7 @@ use super::reply::{self, Column, ColumnType, failed, ready, starting_up};
 use super::streaming::{self, Request};
 use super::{Action, FoundSlot, Now, Outbox, Pending, Phase, RelayView, SessionConfig};
 use crate::types::{Lsn, SlotName, SqlState, TimelineId, UpstreamInfo};
-use crate::wire::command::{ReplicationCommand, SlotKind};
+use crate::wire::command::{GenericOption, ReplicationCommand, SlotKind, check_alter_options};
 use crate::wire::frontend::FrontendMessage;
 use crate::wire::{ErrorFields, Frame};
 
@@ -104,8 +104,12 @@ fn execute(
             refused("BASE_BACKUP is not supported by walrelay")
                 .map_err(|e| e.with_hint("Take the base backup from the primary server."))
         }
-        ReplicationCommand::AlterReplicationSlot { .. } | ReplicationCommand::UploadManifest => {
+        ReplicationCommand::AlterReplicationSlot { name, options } => {
+            return alter_slot(io, &name, &options);
+        }
+        ReplicationCommand::UploadManifest => {
             refused("this replication command is not supported by walrelay")
+                .map_err(|e| e.with_hint("Incremental backups are taken from the primary server."))
         }
     };
     match outcome {
@@ -194,6 +198,46 @@ fn read_slot(io: &mut Outbox, name: &str) -> Phase {
         }
         Err(e) => failed(io, &e),
     }
+}
+
+/// `ALTER_REPLICATION_SLOT` (PostgreSQL 17): it changes logical slots only. After its
+/// options, the slot is looked up: a missing one is 42704, and every relay slot is physical,
+/// which PostgreSQL refuses with 0A000 (`walsender.c:AlterReplicationSlot`,
+/// `slot.c:ReplicationSlotAlter`).
+fn alter_slot(io: &mut Outbox, name: &str, options: &[GenericOption]) -> Phase {
+    if let Err(e) = check_alter_options(options) {
+        return failed(io, &ErrorFields::error(e.sqlstate(), e.to_string()));
+    }
+    match SlotName::new(name) {
+        Ok(slot) => {
+            io.act(Action::ReadSlot(slot.clone()));
+            Phase::Waiting(Pending::AlterSlot(slot))
+        }
+        Err(_) => failed(io, &no_such_slot(name)),
+    }
+}
+
+/// The answer to the lookup of `ALTER_REPLICATION_SLOT`.
+pub(super) fn alter_slot_answer(
+    io: &mut Outbox,
+    name: &SlotName,
+    slot: Option<FoundSlot>,
+) -> Phase {
+    let e = match slot {
+        None => no_such_slot(name.as_str()),
+        Some(_) => ErrorFields::error(
+            SqlState::FEATURE_NOT_SUPPORTED,
+            "cannot use ALTER_REPLICATION_SLOT with a physical replication slot",
+        ),
+    };
+    failed(io, &e)
+}
+
+fn no_such_slot(name: &str) -> ErrorFields {
+    ErrorFields::error(
+        SqlState::UNDEFINED_OBJECT,
+        format!("replication slot \"{name}\" does not exist"),
+    )
 }
 
 /// A slot name, or PostgreSQL's error for it.

@@ -251,6 +251,8 @@ enum Pending {
     Claim(Box<PendingLogin>),
     /// `READ_REPLICATION_SLOT`.
     ReadSlot,
+    /// `ALTER_REPLICATION_SLOT`: the slot is looked up.
+    AlterSlot(SlotName),
     /// `CREATE_REPLICATION_SLOT`.
     CreateSlot(SlotName),
     /// `DROP_REPLICATION_SLOT`.
@@ -463,6 +465,9 @@ impl DownstreamSession {
             Phase::Waiting(Pending::ReadSlot) => {
                 command::read_slot_answer(&mut self.io, slot, view)
             }
+            Phase::Waiting(Pending::AlterSlot(name)) => {
+                command::alter_slot_answer(&mut self.io, &name, slot)
+            }
             other => self.out_of_order(other, "a slot read"),
         };
     }
@@ -474,7 +479,7 @@ impl DownstreamSession {
             Phase::Waiting(pending)
                 if !matches!(
                     pending,
-                    Pending::Claim(_) | Pending::ReadSlot | Pending::Tls(_)
+                    Pending::Claim(_) | Pending::ReadSlot | Pending::AlterSlot(_) | Pending::Tls(_)
                 ) =>
             {
                 command::slot_done(&mut self.io, &self.config, pending, outcome, now)

@@ -43,6 +43,7 @@ mod tests;
 use std::str::FromStr;
 
 pub use error::{Notice, ParseError};
+pub use options::check_alter_options;
 
 use crate::types::{Lsn, TimelineId};
 

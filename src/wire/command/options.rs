@@ -57,6 +57,28 @@ pub(super) fn slot_kind(
     })
 }
 
+/// The options of `ALTER_REPLICATION_SLOT`, checked as PostgreSQL 18's
+/// `ParseAlterReplSlotOptions` checks them: `failover` and `two_phase`, each once, each a
+/// Boolean; anything else is an unrecognized option (XX000).
+///
+/// # Errors
+/// The first fault, in order.
+pub fn check_alter_options(options: &[GenericOption]) -> Result<(), ParseError> {
+    let (mut failover, mut two_phase) = (false, false);
+    for option in options {
+        let given = match option.name.as_str() {
+            "failover" => &mut failover,
+            "two_phase" => &mut two_phase,
+            _ => return Err(ParseError::UnrecognizedOption(option.name.clone())),
+        };
+        if std::mem::replace(given, true) {
+            return Err(ParseError::ConflictingOptions);
+        }
+        boolean(option)?;
+    }
+    Ok(())
+}
+
 /// `defGetBoolean`: no value is true; 0 and 1; true/false/on/off in any case.
 fn boolean(option: &GenericOption) -> Result<bool, ParseError> {
     let text = match &option.value {
@@ -107,6 +129,30 @@ mod tests {
 
     fn physical(options: &[GenericOption]) -> Result<SlotKind, ParseError> {
         slot_kind(None, options)
+    }
+
+    #[test]
+    fn alter_options_as_postgres_checks_them() {
+        assert_eq!(check_alter_options(&[]), Ok(()));
+        assert_eq!(
+            check_alter_options(&[
+                opt("failover", None),
+                opt("two_phase", Some(OptionValue::Int(0)))
+            ]),
+            Ok(())
+        );
+        assert_eq!(
+            check_alter_options(&[opt("failover", None), opt("failover", None)]),
+            Err(ParseError::ConflictingOptions)
+        );
+        assert_eq!(
+            check_alter_options(&[opt("reserve_wal", None)]),
+            Err(ParseError::UnrecognizedOption("reserve_wal".into()))
+        );
+        assert_eq!(
+            check_alter_options(&[opt("failover", Some(OptionValue::Int(2)))]),
+            Err(ParseError::RequiresBoolean("failover".into()))
+        );
     }
 
     #[test]

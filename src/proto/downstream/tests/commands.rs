@@ -453,3 +453,69 @@ fn terminate_and_shutdown_in_command_mode() {
     );
     assert_eq!(actions(&mut s), [Action::Close]);
 }
+
+#[test]
+fn alter_replication_slot_answers_as_postgres_17_does_for_physical_slots() {
+    let mut s = logged_in();
+    // The options first: an unknown one is an elog (XX000), a repeated one a syntax error.
+    let got = answer(&mut s, "ALTER_REPLICATION_SLOT d1 (RESERVE_WAL)");
+    assert_eq!(
+        got,
+        wire(&[
+            error(SqlState::INTERNAL_ERROR, "unrecognized option: reserve_wal"),
+            ready()
+        ])
+    );
+    let got = answer(
+        &mut s,
+        "ALTER_REPLICATION_SLOT d1 (FAILOVER, FAILOVER false)",
+    );
+    assert_eq!(
+        got,
+        wire(&[
+            error(SqlState::SYNTAX_ERROR, "conflicting or redundant options"),
+            ready()
+        ])
+    );
+    // Then the slot: missing, or physical (every relay slot is).
+    answer(&mut s, "ALTER_REPLICATION_SLOT nosuch (FAILOVER)");
+    assert_eq!(
+        actions(&mut s),
+        [Action::ReadSlot(SlotName::new("nosuch").unwrap())]
+    );
+    s.slot_read(None, &view());
+    assert_eq!(
+        out(&mut s),
+        wire(&[
+            error(
+                SqlState::UNDEFINED_OBJECT,
+                "replication slot \"nosuch\" does not exist"
+            ),
+            ready()
+        ])
+    );
+    answer(&mut s, "ALTER_REPLICATION_SLOT d1 (FAILOVER true)");
+    actions(&mut s);
+    s.slot_read(Some(FoundSlot { restart_lsn: None }), &view());
+    assert_eq!(
+        out(&mut s),
+        wire(&[
+            error(
+                SqlState::FEATURE_NOT_SUPPORTED,
+                "cannot use ALTER_REPLICATION_SLOT with a physical replication slot"
+            ),
+            ready()
+        ])
+    );
+    let got = answer(&mut s, "ALTER_REPLICATION_SLOT \"Bad/Name\" (FAILOVER)");
+    assert_eq!(
+        got,
+        wire(&[
+            error(
+                SqlState::UNDEFINED_OBJECT,
+                "replication slot \"Bad/Name\" does not exist"
+            ),
+            ready()
+        ])
+    );
+}
