@@ -235,7 +235,9 @@ fn matrix(major: u32, segment_mb: u32) {
     run.step(&format!("{compared} segments byte-identical"));
 
     commands_answer_as_the_primary(&run, &bins, &primary, &relay_conninfo);
-    run.step("commands answered as the primary");
+    receivewal_fares_as_against_the_primary(&run, &bins, &primary, &relay_conninfo, dir.path());
+
+    run.step("commands and pg_receivewal 15 answered as by the primary");
 
     // The failover: the primary stops, the direct standby is promoted, the relay moves on.
     let before = primary.current_wal_flush_lsn().unwrap();
@@ -388,5 +390,48 @@ fn commands_answer_as_the_primary(
             "DROP_REPLICATION_SLOT matrix_new",
         )
         .unwrap();
+    }
+}
+
+/// pg_receivewal of PostgreSQL 15 against the relay fares as against the primary: it streams
+/// from majors up to its own, and refuses newer ones itself, with the same message, because the
+/// relay reports the upstream's `server_version`.
+fn receivewal_fares_as_against_the_primary(
+    run: &Run<'_>,
+    bins: &PgBinaries,
+    primary: &Cluster,
+    relay: &str,
+    scratch: &std::path::Path,
+) {
+    let major = run.major;
+    // pg_receivewal stops once it has received past --endpos; the byte before the flush end
+    // is one it gets at once, with no need for more WAL to come.
+    let end = walrelay::types::Lsn(primary.current_wal_flush_lsn().unwrap().0 - 1);
+    let attempt = |label: &str, conninfo: &str| {
+        let dir = bins.scratch_dir(scratch, label).unwrap();
+        let mut cmd = bins.command("pg_receivewal");
+        cmd.arg("-D").arg(dir.path()).args([
+            "-d",
+            conninfo,
+            "--no-loop",
+            &format!("--endpos={end}"),
+        ]);
+
+        walrelay::testkit::localpg::run(&mut cmd).map_err(|e| {
+            let text = e.to_string();
+            text.lines()
+                .find_map(|l| l.split_once("pg_receivewal: error: "))
+                .map(|(_, m)| m.to_owned())
+                .unwrap_or(text)
+        })
+    };
+    let ours = attempt("recv-relay", relay);
+    let theirs = attempt("recv-primary", &primary.conninfo());
+    match (&ours, &theirs) {
+        (Ok(_), Ok(_)) => assert!(major <= 15, "PG {major}: pg_receivewal 15 streamed from it"),
+        (Err(o), Err(t)) => assert_eq!(o, t, "PG {major}: pg_receivewal 15's refusal"),
+        _ => panic!(
+            "PG {major}: pg_receivewal 15 against the relay {ours:?}, against the primary {theirs:?}"
+        ),
     }
 }
