@@ -2,8 +2,8 @@
 //! a primary of that major, the relay (given the primary and a second standby of it as its
 //! upstream hosts), and a hot standby of the same major streaming from the relay on a relay
 //! slot with `hot_standby_feedback`. Standbys are cold copies of the cleanly stopped primary
-//! (the server-only builds of other majors have no `pg_basebackup`, and PostgreSQL 15's refuses
-//! newer servers); client tools are PostgreSQL 15's.
+//! (the server-only builds of 12 and 13 have no `pg_basebackup`, and PostgreSQL 15's refuses
+//! newer servers); client tools are the major's own, or PostgreSQL 15's where it has none.
 //!
 //! For each, under a write load with DDL, `VACUUM` and `pg_switch_wal()`:
 //! - the standby behind the relay replays to the primary's end and holds the same data;
@@ -34,7 +34,8 @@ use std::time::{Duration, Instant};
 
 use support::*;
 use walrelay::testkit::localpg::{
-    Cluster, ClusterBuilder, PgBinaries, StopMode, free_port, require_major, wait_until,
+    Cluster, ClusterBuilder, PgBinaries, StopMode, free_port, require_major, require_postgres,
+    wait_until,
 };
 
 macro_rules! majors {
@@ -179,10 +180,21 @@ fn matrix(major: u32, segment_mb: u32) {
         primary.port(),
         direct.port()
     );
-    let relay = RelayProcess::start(
+    let listen = format!("127.0.0.1:{relay_port}");
+    let relay = RelayProcess::start_binary(
+        &relay_binary(),
         &upstream,
         &dir.path().join("relay"),
-        &["--listen", &format!("127.0.0.1:{relay_port}")],
+        &[
+            "--listen",
+            &listen,
+            "--reconnect-min",
+            "50ms",
+            "--reconnect-max",
+            "1s",
+            "--status-interval",
+            "1s",
+        ],
     );
     run.relay = Some(&relay);
     let now = primary.current_wal_flush_lsn().unwrap();
@@ -283,6 +295,21 @@ fn matrix(major: u32, segment_mb: u32) {
     assert_eq!(ours, theirs, "PG {major}: TIMELINE_HISTORY 2");
     run.step("followed the promotion onto timeline 2");
     record(major, segment_mb, &version, run.t0.elapsed());
+}
+
+/// The relay binary: the release build in `WALRELAY_BIN` (what `scripts/test` builds and CI
+/// runs), else this test's own build.
+fn relay_binary() -> std::path::PathBuf {
+    match std::env::var_os("WALRELAY_BIN") {
+        Some(bin) => bin.into(),
+        None => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI runs the matrix against the release build: set WALRELAY_BIN (scripts/test does)"
+            );
+            env!("CARGO_BIN_EXE_walrelay").into()
+        }
+    }
 }
 
 /// Where passed runs are recorded, for `scripts/compat-table`.
@@ -404,12 +431,18 @@ fn receivewal_fares_as_against_the_primary(
     scratch: &std::path::Path,
 ) {
     let major = run.major;
+    let fifteen = require_postgres().unwrap();
+    assert_eq!(
+        fifteen.version().unwrap(),
+        15,
+        "the installed client tools are 15's"
+    );
     // pg_receivewal stops once it has received past --endpos; the byte before the flush end
     // is one it gets at once, with no need for more WAL to come.
     let end = walrelay::types::Lsn(primary.current_wal_flush_lsn().unwrap().0 - 1);
     let attempt = |label: &str, conninfo: &str| {
         let dir = bins.scratch_dir(scratch, label).unwrap();
-        let mut cmd = bins.command("pg_receivewal");
+        let mut cmd = fifteen.command("pg_receivewal");
         cmd.arg("-D").arg(dir.path()).args([
             "-d",
             conninfo,

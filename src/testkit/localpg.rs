@@ -129,7 +129,8 @@ pub struct PgBinaries {
 
 impl PgBinaries {
     /// Finds the binaries: `PG_BIN`, else `pg_config --bindir`, else the highest
-    /// `/usr/lib/postgresql/*/bin`.
+    /// `/usr/lib/postgresql/*/bin`, else PostgreSQL 15's build that `scripts/fetch-postgres`
+    /// keeps (see [`pg_cache`]).
     ///
     /// # Errors
     /// [`LocalPgError::NotFound`] when none holds a `postgres` binary, or when running as root
@@ -145,10 +146,17 @@ impl PgBinaries {
             .filter(|o| o.status.success())
             .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
             .filter(|d| d.join("postgres").is_file());
-        match from_pg_config.or_else(highest_packaged_bindir) {
+        let fetched = || {
+            let bin = pg_cache().join("15").join("bin");
+            bin.join("psql").is_file().then_some(bin)
+        };
+        match from_pg_config
+            .or_else(highest_packaged_bindir)
+            .or_else(fetched)
+        {
             Some(dir) => PgBinaries::new(dir),
             None => Err(LocalPgError::NotFound(
-                "set PG_BIN, put pg_config on PATH or install /usr/lib/postgresql/*/bin".into(),
+                "set PG_BIN, put pg_config on PATH, install /usr/lib/postgresql/*/bin, or run scripts/fetch-postgres 15".into(),
             )),
         }
     }

@@ -580,6 +580,21 @@ impl RelayProcess {
     /// none of [`RelayProcess::start`]'s short test intervals, for tests that set every
     /// interval themselves.
     pub fn start_bare(upstream: &str, data_dir: &Path, args: &[&str]) -> RelayProcess {
+        RelayProcess::start_binary(
+            Path::new(env!("CARGO_BIN_EXE_walrelay")),
+            upstream,
+            data_dir,
+            args,
+        )
+    }
+
+    /// [`RelayProcess::start_bare`] with another build of the binary.
+    pub fn start_binary(
+        binary: &Path,
+        upstream: &str,
+        data_dir: &Path,
+        args: &[&str],
+    ) -> RelayProcess {
         fs::create_dir_all(data_dir.parent().unwrap()).unwrap();
         let log = data_dir.with_extension("log");
         let out = fs::OpenOptions::new()
@@ -587,7 +602,7 @@ impl RelayProcess {
             .append(true)
             .open(&log)
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_walrelay"))
+        let child = Command::new(binary)
             .args(["run", "--upstream", upstream, "--data-dir"])
             .arg(data_dir)
             .args(args)
