@@ -8,7 +8,8 @@
 //! For each, under a write load with DDL, `VACUUM` and `pg_switch_wal()`:
 //! - the standby behind the relay replays to the primary's end and holds the same data;
 //! - the relay's completed segments are byte-identical to the primary's archived copies;
-//! - the primary's slot for the relay gets an xmin from the standby's feedback;
+//! - the primary's slot for the relay gets an xmin from the standby's feedback, on a cluster
+//!   whose transaction-id epoch is above 0;
 //! - the relay answers `IDENTIFY_SYSTEM`, `SHOW`, `TIMELINE_HISTORY`, `READ_REPLICATION_SLOT`
 //!   (15 and later) and `CREATE_REPLICATION_SLOT` in both syntaxes as that major does;
 //! - after the primary stops and the second standby is promoted, the relay and the standby
@@ -65,6 +66,9 @@ majors! {
 }
 
 const TIMEOUT: Duration = Duration::from_secs(90);
+
+/// The transaction-id epoch every primary starts with.
+const EPOCH: u32 = 3;
 
 /// Names the major, the segment size and the step in every failure, with the relay log's
 /// first error line.
@@ -149,7 +153,17 @@ fn matrix(major: u32, segment_mb: u32) {
             .archive(true)
             .init(),
     );
+    // As if the cluster had used more than 2^32 transaction ids: feedback carries the epoch,
+    // and the primary ignores an xmin whose epoch is not its own.
+    run.ok("set the epoch", primary.set_xid_epoch(EPOCH));
     run.ok("start the primary", primary.start());
+    let next_xid = primary
+        .psql("SELECT next_xid FROM pg_control_checkpoint()")
+        .unwrap();
+    assert!(
+        next_xid.starts_with(&format!("{EPOCH}:")),
+        "PG {major}: next_xid {next_xid}"
+    );
     primary.create_physical_slot("direct").unwrap();
     let size = primary.wal_segment_size().unwrap();
     let version = primary.psql("SHOW server_version").unwrap();
@@ -249,7 +263,13 @@ fn matrix(major: u32, segment_mb: u32) {
     commands_answer_as_the_primary(&run, &bins, &primary, &relay_conninfo);
     receivewal_fares_as_against_the_primary(&run, &bins, &primary, &relay_conninfo, dir.path());
 
-    run.step("commands and pg_receivewal 15 answered as by the primary");
+    another_majors_standby_is_refused_as_by_the_primary(
+        &run,
+        &primary,
+        &relay_conninfo,
+        dir.path(),
+    );
+    run.step("commands, pg_receivewal 15 and another major's standby answered as by the primary");
 
     // The failover: the primary stops, the direct standby is promoted, the relay moves on.
     let before = primary.current_wal_flush_lsn().unwrap();
@@ -467,4 +487,56 @@ fn receivewal_fares_as_against_the_primary(
             "PG {major}: pg_receivewal 15 against the relay {ours:?}, against the primary {theirs:?}"
         ),
     }
+}
+
+/// A standby of another major (a cluster of its own: a standby's data directory is of one
+/// major) is refused as the primary refuses it: its walreceiver compares the system
+/// identifier first, and the relay reports the primary's. Its log says the same at the relay
+/// as at the primary.
+fn another_majors_standby_is_refused_as_by_the_primary(
+    run: &Run<'_>,
+    primary: &Cluster,
+    relay: &str,
+    scratch: &std::path::Path,
+) {
+    let major = run.major;
+    let other = if major == 15 {
+        require_major(16).unwrap()
+    } else {
+        require_postgres().unwrap()
+    };
+    let mut stranger = run.ok(
+        "initdb of another major",
+        ClusterBuilder::new(other, scratch).init(),
+    );
+    let mut refusal = |conninfo: &str| {
+        let mut stranger = stranger.cold_standby(conninfo, None).unwrap();
+        stranger.start().unwrap();
+        let mut said = String::new();
+        run.ok(
+            "a standby of another major is refused",
+            wait_until(TIMEOUT, "the walreceiver's refusal", || {
+                let log = stranger.log_contents();
+                let mut lines = log.lines().skip_while(|l| !l.contains("system identifier"));
+                let (Some(fatal), Some(detail)) = (lines.next(), lines.next()) else {
+                    return Ok(false);
+                };
+                let from = |l: &str, key: &str| l.find(key).map(|i| l[i..].to_owned());
+                said = format!(
+                    "{}\n{}",
+                    from(fatal, "FATAL:").unwrap_or_default(),
+                    from(detail, "DETAIL:").unwrap_or_default()
+                );
+                Ok(true)
+            }),
+        );
+        said
+    };
+    let ours = refusal(relay);
+    let theirs = refusal(&primary.conninfo());
+    assert!(
+        ours.contains("database system identifier differs"),
+        "PG {major}: {ours}"
+    );
+    assert_eq!(ours, theirs, "PG {major}: a standby of another major");
 }

@@ -35,6 +35,8 @@ use crate::types::{Lsn, TimelineId};
 // (as a `mod.rs` would), not in `localpg/`. The same path resolves to the same file in both.
 #[path = "localpg/cluster.rs"]
 mod cluster;
+#[path = "localpg/xid_epoch.rs"]
+mod xid_epoch;
 
 pub use cluster::{Cluster, ClusterBuilder, StopMode};
 

@@ -4,8 +4,11 @@
 //! 0x00 or 0x10) has no block references; its main data is a `CheckPoint` (`pg_control.h`)
 //! behind a short data header (`XLR_BLOCK_ID_DATA_SHORT`, then one length byte). Its
 //! `nextXid` is what `TransactionIdInRecentPast` compares hot-standby feedback with on the
-//! primary: from PostgreSQL 13 a 64-bit `FullTransactionId` at offset 24; in 12, the epoch at
-//! 20 and the 32-bit xid at 24 (`XLogRecordAssemble`, `CreateCheckPoint`).
+//! primary: a 64-bit `FullTransactionId` at offset 24 in every major the relay serves, 12 to
+//! 18 (`XLogRecordAssemble`, `CreateCheckPoint`). 12 replaced 11's `nextXidEpoch` (at 20) and
+//! 32-bit `nextXid` (at 24) with it; 17 added `wal_level` at 20, in what had been padding
+//! (`pg_control.h` of each major). The unit tests read checkpoint records written by a server
+//! of each major on clusters whose epoch is above 0 (`tests/data/checkpoints`).
 
 use super::RecordHeader;
 
@@ -52,10 +55,9 @@ impl CheckpointCapture {
         }
     }
 
-    /// The checkpoint's `nextXid` as a 64-bit full id, once the record at `start` is complete
-    /// and checked, for WAL of PostgreSQL `major`; `None` if the body is not laid out as a
-    /// checkpoint's.
-    pub(super) fn next_xid(&self, start: u64, major: u32) -> Option<u64> {
+    /// The checkpoint's `nextXid` (epoch and xid as one 64-bit value), once the record at
+    /// `start` is complete and checked; `None` if the body is not laid out as a checkpoint's.
+    pub(super) fn next_xid(&self, start: u64) -> Option<u64> {
         if start != self.start || self.have < CAPTURE {
             return None;
         }
@@ -63,16 +65,8 @@ impl CheckpointCapture {
         if id != XLR_BLOCK_ID_DATA_SHORT || usize::from(len) < CAPTURE - 2 {
             return None;
         }
-        let u32_at = |at: usize| {
-            let bytes = fields.get(at..at + 4)?;
-            Some(u32::from_le_bytes(bytes.try_into().ok()?))
-        };
-        let (epoch, xid) = if major >= 13 {
-            (u32_at(28)?, u32_at(24)?)
-        } else {
-            (u32_at(20)?, u32_at(24)?)
-        };
-        Some((u64::from(epoch) << 32) | u64::from(xid))
+        let bytes = fields.get(24..32)?;
+        Some(u64::from_le_bytes(bytes.try_into().ok()?))
     }
 }
 
@@ -101,6 +95,88 @@ mod tests {
         b
     }
 
+    /// What `examples/capture_checkpoints.rs` captured from a server of `major`: the segment
+    /// up to the end of a checkpoint record, and the server's account of it.
+    struct Captured {
+        wal: Vec<u8>,
+        fields: String,
+    }
+
+    impl Captured {
+        fn load(major: u32) -> Captured {
+            let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/checkpoints");
+            Captured {
+                wal: std::fs::read(format!("{dir}/pg{major}.wal")).unwrap(),
+                fields: std::fs::read_to_string(format!("{dir}/pg{major}.txt")).unwrap(),
+            }
+        }
+
+        fn field(&self, key: &str) -> &str {
+            self.fields
+                .lines()
+                .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+                .unwrap()
+        }
+
+        fn lsn(&self, key: &str) -> u64 {
+            self.field(key).parse::<Lsn>().unwrap().0
+        }
+
+        /// `next_xid` as `pg_control_checkpoint()` shows it (`epoch:xid`), as one value.
+        fn next_xid(&self) -> u64 {
+            let (epoch, xid) = self.field("next_xid").split_once(':').unwrap();
+            (epoch.parse::<u64>().unwrap() << 32) | xid.parse::<u64>().unwrap()
+        }
+    }
+
+    /// Each major's own checkpoint record, read through the validator as it streams by: the
+    /// `nextXid` is the one the server reports, epoch included, and the page magic names the
+    /// major.
+    #[test]
+    fn reads_next_xid_as_each_major_reports_it() {
+        use crate::types::{SystemId, WalSegmentSize};
+        use crate::wal::{WalCheckConfig, WalValidator, major_version_of_magic};
+        for major in 12..=18 {
+            let c = Captured::load(major);
+            assert!(c.next_xid() >> 32 > 0, "PG {major}: captured with epoch 0");
+            let cfg = WalCheckConfig {
+                system_id: SystemId(c.field("system_identifier").parse().unwrap()),
+                segment_size: WalSegmentSize::new(1 << 20).unwrap(),
+            };
+            let start = Lsn(c.lsn("segment_start"));
+            for chunk in [1, 100, 8192] {
+                let mut v = WalValidator::new(start, cfg).unwrap();
+                for piece in c.wal.chunks(chunk) {
+                    v.feed(piece).unwrap();
+                }
+                assert_eq!(v.next_xid(), Some(c.next_xid()), "PG {major}");
+                assert_eq!(v.page_magic().and_then(major_version_of_magic), Some(major));
+                assert_eq!(v.position(), Lsn(start.0 + c.wal.len() as u64));
+            }
+        }
+    }
+
+    /// What sits before `nextXid` differs (17 and 18 put `wal_level` where 12 to 16 have
+    /// padding, and 11 had its epoch), and is never read as the epoch.
+    #[test]
+    fn what_precedes_next_xid_is_not_the_epoch() {
+        for major in [12, 16, 17, 18] {
+            let c = Captured::load(major);
+            let at = usize::try_from(c.lsn("checkpoint_lsn") - c.lsn("segment_start")).unwrap();
+            let record = &c.wal[at..];
+            let header = RecordHeader::parse(record[..24].try_into().unwrap());
+            let mut capture = CheckpointCapture::begin(7, &header).unwrap();
+            capture.take(7, &record[24..]);
+            assert_eq!(capture.next_xid(7), Some(c.next_xid()), "PG {major}");
+            let before = u32::from_le_bytes(record[24 + 2 + 20..24 + 2 + 24].try_into().unwrap());
+            let wal_level_replica = 1;
+            if major >= 17 {
+                assert_eq!(before, wal_level_replica, "PG {major}: wal_level");
+            }
+            assert_ne!(u64::from(before), c.next_xid() >> 32, "PG {major}");
+        }
+    }
+
     #[test]
     fn only_checkpoint_records_are_gathered() {
         assert!(CheckpointCapture::begin(0, &header(0, 0x00)).is_some());
@@ -113,24 +189,22 @@ mod tests {
     }
 
     #[test]
-    fn reads_next_xid_in_either_layout_and_in_any_split() {
-        for (major, epoch_at) in [(12, 20), (13, 28), (15, 28), (18, 28)] {
-            let bytes = body(epoch_at, 24);
-            let mut c = CheckpointCapture::begin(100, &header(0, 0x10)).unwrap();
-            for piece in bytes.chunks(5) {
-                c.take(100, piece);
-            }
-            c.take(200, &[9; 40]);
-            assert_eq!(c.next_xid(100, major), Some((7 << 32) | 1234), "PG {major}");
-            assert_eq!(c.next_xid(200, major), None, "another record");
+    fn reads_next_xid_in_any_split() {
+        let bytes = body(28, 24);
+        let mut c = CheckpointCapture::begin(100, &header(0, 0x10)).unwrap();
+        for piece in bytes.chunks(5) {
+            c.take(100, piece);
         }
+        c.take(200, &[9; 40]);
+        assert_eq!(c.next_xid(100), Some((7 << 32) | 1234));
+        assert_eq!(c.next_xid(200), None, "another record");
         let mut short = CheckpointCapture::begin(0, &header(0, 0)).unwrap();
         short.take(0, &body(28, 24)[..20]);
-        assert_eq!(short.next_xid(0, 15), None);
+        assert_eq!(short.next_xid(0), None);
         let mut long_form = CheckpointCapture::begin(0, &header(0, 0)).unwrap();
         let mut b = body(28, 24);
         b[0] = 254;
         long_form.take(0, &b);
-        assert_eq!(long_form.next_xid(0, 15), None);
+        assert_eq!(long_form.next_xid(0), None);
     }
 }

@@ -13,7 +13,7 @@ use crate::types::{Lsn, TimelineId, WAL_PAGE_SIZE};
 use super::checkpoint::CheckpointCapture;
 use super::page::{
     PageHeader, SIZE_OF_LONG_PAGE_HEADER, WalCheckConfig, XLP_FIRST_IS_CONTRECORD,
-    XLP_FIRST_IS_OVERWRITE_CONTRECORD, major_version_of_magic, page_header_size,
+    XLP_FIRST_IS_OVERWRITE_CONTRECORD, page_header_size,
 };
 use super::record::{
     MAXIMUM_ALIGNOF, RecordHeader, SIZE_OF_XLOG_RECORD, check_total_length, finish_record_crc,
@@ -454,9 +454,8 @@ impl WalValidator {
         if finish_record_crc(body_crc, header) != hdr.crc {
             return Err(self.error(start, WalErrorKind::ChecksumMismatch));
         }
-        let major = self.magic.and_then(major_version_of_magic);
-        if let (Some(capture), Some(major)) = (self.checkpoint.take(), major) {
-            self.next_xid = capture.next_xid(start, major).or(self.next_xid);
+        if let Some(capture) = self.checkpoint.take() {
+            self.next_xid = capture.next_xid(start).or(self.next_xid);
         }
         self.prev = Some(Lsn(start));
         if !hdr.is_switch() {

@@ -95,6 +95,8 @@ pub async fn run(opts: DemoOptions) -> Result<(), DemoError> {
             .await
             .map_err(|e| DemoError::Other(e.to_string()))??
     };
+    // WAL the standbys can only have replayed by streaming it from the relay.
+    let after_start = relay.status().durable;
     let stop_load = Arc::new(AtomicBool::new(false));
     let load = {
         let (primary, stop) = (Arc::clone(&primary), Arc::clone(&stop_load));
@@ -146,8 +148,8 @@ pub async fn run(opts: DemoOptions) -> Result<(), DemoError> {
     println!("stopping");
     stop_load.store(true, Ordering::Relaxed);
     let _ = load.await;
-    drop(standbys);
     let final_positions = relay.status();
+    drop(standbys);
     let relayed = relay.shutdown().await;
     if let Ok(mut primary) = Arc::try_unwrap(primary) {
         primary.stop(StopMode::Fast)?;
@@ -157,6 +159,36 @@ pub async fn run(opts: DemoOptions) -> Result<(), DemoError> {
         final_positions.durable
     );
     relayed?;
+    if opts.duration.is_some() {
+        every_standby_replayed(&final_positions.streams, after_start)?;
+    }
+    Ok(())
+}
+
+/// A run with a set duration (a script's, such as CI's) fails unless every standby replayed,
+/// from the relay, WAL the relay made durable after the standbys started.
+fn every_standby_replayed(streams: &[StreamStatus], after: Lsn) -> Result<(), DemoError> {
+    for name in STANDBYS {
+        let applied = streams
+            .iter()
+            .filter(|s| s.application_name == name)
+            .map(|s| s.client.apply)
+            .max();
+        match applied {
+            Some(lsn) if lsn > after => {}
+            Some(lsn) => {
+                return Err(DemoError::Other(format!(
+                    "{name} replayed up to {lsn}, not past {after}"
+                )));
+            }
+            None => {
+                return Err(DemoError::Other(format!(
+                    "{name} was not streaming from the relay at the end"
+                )));
+            }
+        }
+    }
+    println!("every standby replayed WAL from the relay past {after}");
     Ok(())
 }
 

@@ -532,6 +532,32 @@ impl Cluster {
         Ok(standby)
     }
 
+    /// Sets the transaction-id epoch of this stopped, cleanly shut down cluster to `epoch`:
+    /// with the build's own `pg_resetwal -e`, or where it has none (the server-only builds of
+    /// 12 and 13), by changing what `pg_resetwal -e` changes in `pg_control` and the last
+    /// checkpoint record.
+    ///
+    /// # Errors
+    /// When the server is running, or the change fails.
+    pub fn set_xid_epoch(&mut self, epoch: u32) -> Result<()> {
+        if self.pid.is_some() {
+            return Err(LocalPgError::Unexpected {
+                command: "set the transaction-id epoch".into(),
+                output: "the server is running".into(),
+            });
+        }
+        if self.bins.dir().join("pg_resetwal").is_file() {
+            let mut cmd = self.bins.command("pg_resetwal");
+            cmd.arg("-e")
+                .arg(epoch.to_string())
+                .arg("-D")
+                .arg(self.data_dir());
+            run(&mut cmd).map(drop)
+        } else {
+            super::xid_epoch::set_in_place(&self.data_dir(), epoch)
+        }
+    }
+
     /// A standby made the way PostgreSQL allows without `pg_basebackup` (which a server-only
     /// build lacks, and which refuses servers newer than itself): a copy of this server's
     /// data directory, taken while it is cleanly stopped, that streams from
