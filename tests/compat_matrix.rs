@@ -144,6 +144,8 @@ fn matrix(major: u32, segment_mb: u32) {
         t0: Instant::now(),
         relay: None,
     };
+    // A run that fails leaves no record of an earlier one that passed.
+    let _ = fs::remove_file(record_path(major, segment_mb));
     assert_eq!(bins.version().unwrap(), major);
     let dir = scratch(&bins, &format!("pg{major}-{segment_mb}"));
     let mut primary = run.ok(
@@ -339,13 +341,16 @@ fn results_dir() -> std::path::PathBuf {
 
 /// One line per passed run: major, segment size, server version, seconds.
 fn record(major: u32, segment_mb: u32, version: &str, took: Duration) {
-    let dir = results_dir();
-    fs::create_dir_all(&dir).unwrap();
+    fs::create_dir_all(results_dir()).unwrap();
     let line = format!(
         "{major}\t{segment_mb}\t{version}\t{:.1}\n",
         took.as_secs_f64()
     );
-    fs::write(dir.join(format!("pg{major}-{segment_mb}mb")), line).unwrap();
+    fs::write(record_path(major, segment_mb), line).unwrap();
+}
+
+fn record_path(major: u32, segment_mb: u32) -> std::path::PathBuf {
+    results_dir().join(format!("pg{major}-{segment_mb}mb"))
 }
 
 /// The commands a client of this major sends, answered by the relay as by the primary: the
