@@ -71,15 +71,17 @@ const TIMEOUT: Duration = Duration::from_secs(90);
 const EPOCH: u32 = 3;
 
 /// Names the major, the segment size and the step in every failure, with the relay log's
-/// first error line.
-struct Run<'a> {
+/// first warning (or its last lines when it has none): in the message of a failed step, and
+/// after any other failed assertion.
+struct Run {
     major: u32,
     segment_mb: u32,
     t0: Instant,
-    relay: Option<&'a RelayProcess>,
+    relay_log: Option<std::path::PathBuf>,
+    last_step: std::cell::RefCell<String>,
 }
 
-impl Run<'_> {
+impl Run {
     fn step(&self, what: &str) {
         println!(
             "PG {} at {} MB segments: {what} ({:.1} s)",
@@ -87,21 +89,50 @@ impl Run<'_> {
             self.segment_mb,
             self.t0.elapsed().as_secs_f64()
         );
+        *self.last_step.borrow_mut() = what.to_owned();
+    }
+
+    /// The relay log's first warning or error, else its last lines.
+    fn relay_says(&self) -> String {
+        let Some(path) = &self.relay_log else {
+            return "(the relay has not started)".into();
+        };
+        let log = fs::read_to_string(path).unwrap_or_default();
+        if let Some(first) = log
+            .lines()
+            .find(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+        {
+            return format!("first relay warning: {first}");
+        }
+        let lines: Vec<&str> = log.lines().collect();
+        let tail = &lines[lines.len().saturating_sub(5)..];
+        format!("no warning in the relay log; it ends:\n{}", tail.join("\n"))
     }
 
     /// The value, or a panic naming where it failed and why.
     fn ok<T, E: std::fmt::Display>(&self, what: &str, r: Result<T, E>) -> T {
         r.unwrap_or_else(|e| {
-            let log = self.relay.map(|r| r.log_contents()).unwrap_or_default();
-            let first = log
-                .lines()
-                .find(|l| l.contains(" WARN ") || l.contains(" ERROR "))
-                .unwrap_or("(no warning in the relay log)");
             panic!(
-                "PG {} at {} MB segments, {what}: {e}\nfirst relay warning: {first}",
-                self.major, self.segment_mb
+                "PG {} at {} MB segments, {what}: {e}\n{}",
+                self.major,
+                self.segment_mb,
+                self.relay_says()
             )
         })
+    }
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "PG {} at {} MB segments failed after the step \"{}\"\n{}",
+                self.major,
+                self.segment_mb,
+                self.last_step.borrow(),
+                self.relay_says()
+            );
+        }
     }
 }
 
@@ -142,7 +173,8 @@ fn matrix(major: u32, segment_mb: u32) {
         major,
         segment_mb,
         t0: Instant::now(),
-        relay: None,
+        relay_log: None,
+        last_step: std::cell::RefCell::new("start".into()),
     };
     // A run that fails leaves no record of an earlier one that passed.
     let _ = fs::remove_file(record_path(major, segment_mb));
@@ -212,7 +244,7 @@ fn matrix(major: u32, segment_mb: u32) {
             "1s",
         ],
     );
-    run.relay = Some(&relay);
+    run.relay_log = Some(relay.log.clone());
     let now = primary.current_wal_flush_lsn().unwrap();
     wait_acked(&primary, now, TIMEOUT);
     run.ok(
@@ -355,12 +387,7 @@ fn record_path(major: u32, segment_mb: u32) -> std::path::PathBuf {
 
 /// The commands a client of this major sends, answered by the relay as by the primary: the
 /// same values (system id, segment size, timeline) and the same column layouts.
-fn commands_answer_as_the_primary(
-    run: &Run<'_>,
-    bins: &PgBinaries,
-    primary: &Cluster,
-    relay: &str,
-) {
+fn commands_answer_as_the_primary(run: &Run, bins: &PgBinaries, primary: &Cluster, relay: &str) {
     let major = run.major;
     let both = |sql: &str| (repl(bins, relay, sql), repl(bins, &primary.conninfo(), sql));
     let (ours, theirs) = both("IDENTIFY_SYSTEM");
@@ -392,9 +419,36 @@ fn commands_answer_as_the_primary(
     );
     assert!(ours.starts_with("matrix_old|") && theirs.starts_with("matrix_old|"));
     let new = "CREATE_REPLICATION_SLOT matrix_new PHYSICAL (RESERVE_WAL)";
-    let ours = repl(bins, relay, new).unwrap();
-    assert!(ours.starts_with("matrix_new|"), "{ours}");
+    // What this major refuses, the relay refuses with the same message: commands it does
+    // not know (as SQL), syntax it does not have, options it does not know, and failover
+    // options on a physical slot.
+    let mut refused = vec![
+        "CREATE_REPLICATION_SLOT matrix_failover PHYSICAL (FAILOVER)",
+        "ALTER_REPLICATION_SLOT matrix_old (FAILOVER)",
+    ];
+    if major < 15 {
+        refused.extend([new, "READ_REPLICATION_SLOT behind"]);
+    }
+    if major < 17 {
+        refused.push("UPLOAD_MANIFEST");
+    }
+    for sql in refused {
+        let (ours, theirs) = both(sql);
+        let (ours, theirs) = match (ours, theirs) {
+            (Err(o), Err(t)) => (o, t),
+            (o, t) => panic!("PG {major}: {sql}: the relay {o:?}, the primary {t:?}"),
+        };
+        let message = |e: &str| {
+            e.lines()
+                .find_map(|l| l.split_once("ERROR:  "))
+                .map(|(_, m)| m.to_owned())
+                .unwrap_or_else(|| e.to_owned())
+        };
+        assert_eq!(message(&ours), message(&theirs), "PG {major}: {sql}");
+    }
     if major >= 15 {
+        let ours = repl(bins, relay, new).unwrap();
+        assert!(ours.starts_with("matrix_new|"), "{ours}");
         repl(bins, &primary.conninfo(), new).unwrap();
         let (ours, theirs) = both("READ_REPLICATION_SLOT nosuch");
         assert_eq!(
@@ -404,44 +458,12 @@ fn commands_answer_as_the_primary(
         );
         let ours = repl(bins, relay, "READ_REPLICATION_SLOT behind").unwrap();
         assert!(ours.starts_with("physical|"), "PG {major}: {ours}");
-    }
-    if major >= 17 {
-        // Failover slots are logical; PostgreSQL 17 refuses the option on a physical slot,
-        // and the commands of slot synchronisation on one.
-        for sql in [
-            "CREATE_REPLICATION_SLOT matrix_failover PHYSICAL (FAILOVER)",
-            "ALTER_REPLICATION_SLOT matrix_old (FAILOVER)",
-        ] {
-            let (ours, theirs) = both(sql);
-            let (ours, theirs) = (ours.unwrap_err(), theirs.unwrap_err());
-            let message = |e: &str| {
-                e.lines()
-                    .find_map(|l| l.split_once("ERROR:  "))
-                    .map(|(_, m)| m.to_owned())
-                    .unwrap_or_else(|| e.to_owned())
-            };
-            assert_eq!(message(&ours), message(&theirs), "PG {major}: {sql}");
+        for conninfo in [relay, primary.conninfo().as_str()] {
+            repl(bins, conninfo, "DROP_REPLICATION_SLOT matrix_new").unwrap();
         }
     }
-    for sql in [
-        "DROP_REPLICATION_SLOT matrix_old",
-        "DROP_REPLICATION_SLOT matrix_new",
-    ] {
-        repl(bins, relay, sql).unwrap();
-    }
-    repl(
-        bins,
-        &primary.conninfo(),
-        "DROP_REPLICATION_SLOT matrix_old",
-    )
-    .unwrap();
-    if major >= 15 {
-        repl(
-            bins,
-            &primary.conninfo(),
-            "DROP_REPLICATION_SLOT matrix_new",
-        )
-        .unwrap();
+    for conninfo in [relay, primary.conninfo().as_str()] {
+        repl(bins, conninfo, "DROP_REPLICATION_SLOT matrix_old").unwrap();
     }
 }
 
@@ -449,7 +471,7 @@ fn commands_answer_as_the_primary(
 /// from majors up to its own, and refuses newer ones itself, with the same message, because the
 /// relay reports the upstream's `server_version`.
 fn receivewal_fares_as_against_the_primary(
-    run: &Run<'_>,
+    run: &Run,
     bins: &PgBinaries,
     primary: &Cluster,
     relay: &str,
@@ -499,7 +521,7 @@ fn receivewal_fares_as_against_the_primary(
 /// identifier first, and the relay reports the primary's. Its log says the same at the relay
 /// as at the primary.
 fn another_majors_standby_is_refused_as_by_the_primary(
-    run: &Run<'_>,
+    run: &Run,
     primary: &Cluster,
     relay: &str,
     scratch: &std::path::Path,

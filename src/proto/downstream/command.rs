@@ -14,7 +14,9 @@ use super::reply::{self, Column, ColumnType, failed, ready, starting_up};
 use super::streaming::{self, Request};
 use super::{Action, FoundSlot, Now, Outbox, Pending, Phase, RelayView, SessionConfig};
 use crate::types::{Lsn, SlotName, SqlState, TimelineId, UpstreamInfo};
-use crate::wire::command::{GenericOption, ReplicationCommand, SlotKind, check_alter_options};
+use crate::wire::command::{
+    GenericOption, NEWEST_MAJOR, ReplicationCommand, SlotKind, check_alter_options,
+};
 use crate::wire::frontend::FrontendMessage;
 use crate::wire::{ErrorFields, Frame};
 
@@ -56,7 +58,12 @@ fn execute(
     now: Now,
     view: &RelayView,
 ) -> Phase {
-    let parsed = ReplicationCommand::parse(text);
+    // Parsed as the upstream's walsender would parse it: the relay passes for its upstream.
+    let major = view
+        .upstream
+        .as_ref()
+        .map_or(NEWEST_MAJOR, |u| u.version_num / 10_000);
+    let parsed = ReplicationCommand::parse_as(text, major);
     for notice in parsed.notices {
         reply::notice(
             &mut io.out,

@@ -22,7 +22,7 @@
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::reply::{self, Column, ColumnType, failed, ready, starting_up};
 use super::send::SendStream;
@@ -82,6 +82,8 @@ pub(super) struct Streaming {
     done_sent: bool,
     /// The relay is stopping: the stream ends once the client confirms, or at this instant.
     stopping_at: Option<Instant>,
+    /// Feedback from this client was ignored once already (logged as a warning once).
+    feedback_ignored: bool,
 }
 
 /// `START_REPLICATION`: the checks, then the slot.
@@ -201,6 +203,7 @@ fn begin(io: &mut Outbox, config: &SessionConfig, checked: Checked, now: Now) ->
         slot: request.slot,
         done_sent: false,
         stopping_at: None,
+        feedback_ignored: false,
     }))
 }
 
@@ -418,7 +421,12 @@ impl Streaming {
     /// Hot-standby feedback, unless it is not in the recent past of the upstream's ids: one
     /// client's impossible xmin must not become the minimum the relay reports, which the
     /// primary would then ignore for every standby.
-    fn on_feedback(&self, io: &mut Outbox, h: &crate::wire::HotStandbyFeedback, view: &RelayView) {
+    fn on_feedback(
+        &mut self,
+        io: &mut Outbox,
+        h: &crate::wire::HotStandbyFeedback,
+        view: &RelayView,
+    ) {
         let horizon = XminHorizon {
             xmin: FullXid::new(h.xmin_epoch, h.xmin),
             catalog_xmin: FullXid::new(h.catalog_xmin_epoch, h.catalog_xmin),
@@ -426,7 +434,19 @@ impl Streaming {
         if let Some(next) = view.next_xid
             && !horizon.near(next)
         {
-            debug!(xmin = ?horizon.xmin, next, "ignoring feedback not in the recent past");
+            // The standby's queries lose the protection it asked for: worth one warning.
+            if self.feedback_ignored {
+                debug!(xmin = ?horizon.xmin, next, "ignoring feedback not in the recent past");
+            } else {
+                warn!(
+                    xmin = ?horizon.xmin,
+                    catalog_xmin = ?horizon.catalog_xmin,
+                    next_xid = next,
+                    "ignoring hot standby feedback: its xmin is not in the recent past of the \
+                     upstream's next transaction id (logged once per stream)"
+                );
+                self.feedback_ignored = true;
+            }
             return;
         }
         debug!(xmin = ?horizon.xmin, "hot standby feedback");

@@ -35,18 +35,23 @@ fn config() -> SessionConfig {
     }
 }
 
-fn upstream() -> UpstreamInfo {
+fn upstream_of(server_version: &str) -> UpstreamInfo {
     UpstreamInfo::new(
         SystemId(7_351_213_962_143_123_456),
         WalSegmentSize::new(1 << 20).unwrap(),
-        "15.18 (Debian 15.18-0+deb12u1)".into(),
+        server_version.into(),
     )
 }
 
 /// The relay as the tests see it: upstream known, durable at 0/3000100 on timeline 1.
 fn view() -> RelayView {
+    view_of("15.18 (Debian 15.18-0+deb12u1)")
+}
+
+/// [`view`] with an upstream of another `server_version`.
+fn view_of(server_version: &str) -> RelayView {
     RelayView {
-        upstream: Some(Arc::new(upstream())),
+        upstream: Some(Arc::new(upstream_of(server_version))),
         durable: DurableEnd {
             timeline: Some(TimelineId::ONE),
             lsn: Lsn(0x300_0100),

@@ -11,7 +11,8 @@
 //! parsing (identifiers cut to 63 bytes) come back as data ([`Parsed::notices`]) for the
 //! server to send before its answer.
 //!
-//! Besides PostgreSQL 15's grammar, the parser accepts:
+//! [`ReplicationCommand::parse_as`] parses as an older major does, so that the relay answers
+//! as its upstream would. Besides PostgreSQL 15's grammar, the parser accepts:
 //! - `ALTER_REPLICATION_SLOT` and `UPLOAD_MANIFEST` (PostgreSQL 17), recognised so they can be
 //!   refused cleanly;
 //! - CREATE_REPLICATION_SLOT's bare option keywords of PostgreSQL 10–14, which 15 still takes;
@@ -175,12 +176,25 @@ pub struct Parsed {
     pub notices: Vec<Notice>,
 }
 
+/// The newest PostgreSQL major whose commands the parser knows.
+pub const NEWEST_MAJOR: u32 = 18;
+
 impl ReplicationCommand {
-    /// Parses one Query string.
+    /// Parses one Query string with the newest grammar ([`NEWEST_MAJOR`]).
     ///
     /// Errors are in [`Parsed::command`], beside the notices the parse emitted before them.
     pub fn parse(text: &str) -> Parsed {
-        parser::parse(text)
+        parser::parse(text, NEWEST_MAJOR)
+    }
+
+    /// Parses one Query string as a walsender of PostgreSQL `major` (12 or later) parses it:
+    /// a command word that major does not know (`READ_REPLICATION_SLOT` before 15,
+    /// `ALTER_REPLICATION_SLOT` and `UPLOAD_MANIFEST` before 17) makes the text SQL, which a
+    /// physical walsender refuses; `CREATE_REPLICATION_SLOT`'s parenthesized options are a
+    /// syntax error before 15, and so is its `TWO_PHASE` keyword; and its `failover` option is
+    /// unrecognized before 17 **\[obs\]** (12 to 18).
+    pub fn parse_as(text: &str, major: u32) -> Parsed {
+        parser::parse(text, major)
     }
 }
 

@@ -4,8 +4,8 @@
 //! "conflicting or redundant options"; values go through `define.c:defGetBoolean` and
 //! `defGetString`.
 //!
-//! `failover` is known as PostgreSQL 17 knows it (logical slots only); PostgreSQL 15 calls it
-//! an unrecognized option (XX000) **\[obs\]**. Either way a physical slot refuses it.
+//! `failover` is known as PostgreSQL 17 knows it (logical slots only); before 17 it is an
+//! unrecognized option (XX000) **\[obs\]**. Either way a physical slot refuses it.
 
 use super::error::ParseError;
 use super::{GenericOption, OptionValue, SlotKind, SnapshotAction};
@@ -19,10 +19,12 @@ struct Seen {
     failover: Option<bool>,
 }
 
-/// Turns the option list of a slot (logical when `plugin` is given) into its kind.
+/// Turns the option list of a slot (logical when `plugin` is given) into its kind, as
+/// PostgreSQL `major` does.
 pub(super) fn slot_kind(
     plugin: Option<String>,
     options: &[GenericOption],
+    major: u32,
 ) -> Result<SlotKind, ParseError> {
     let logical = plugin.is_some();
     let mut seen = Seen::default();
@@ -35,7 +37,7 @@ pub(super) fn slot_kind(
             }
             "reserve_wal" => (!logical).then_some(&mut seen.reserve_wal),
             "two_phase" => logical.then_some(&mut seen.two_phase),
-            "failover" => logical.then_some(&mut seen.failover),
+            "failover" if major >= 17 => logical.then_some(&mut seen.failover),
             "snapshot" => None,
             _ => return Err(ParseError::UnrecognizedOption(option.name.clone())),
         };
@@ -128,7 +130,7 @@ mod tests {
     }
 
     fn physical(options: &[GenericOption]) -> Result<SlotKind, ParseError> {
-        slot_kind(None, options)
+        slot_kind(None, options, 18)
     }
 
     #[test]
@@ -206,7 +208,7 @@ mod tests {
             );
         }
         assert_eq!(
-            slot_kind(Some("pgoutput".into()), &[rw]),
+            slot_kind(Some("pgoutput".into()), &[rw], 18),
             Err(ParseError::ConflictingOptions)
         );
     }
@@ -215,7 +217,7 @@ mod tests {
     fn logical_options() {
         let plugin = || Some("pgoutput".to_owned());
         assert_eq!(
-            slot_kind(plugin(), &[]),
+            slot_kind(plugin(), &[], 18),
             Ok(SlotKind::Logical {
                 plugin: "pgoutput".into(),
                 snapshot: SnapshotAction::Export,
@@ -229,7 +231,7 @@ mod tests {
             opt("failover", Some(OptionValue::Int(1))),
         ];
         assert_eq!(
-            slot_kind(plugin(), &options),
+            slot_kind(plugin(), &options, 18),
             Ok(SlotKind::Logical {
                 plugin: "pgoutput".into(),
                 snapshot: SnapshotAction::Use,
@@ -241,18 +243,18 @@ mod tests {
         // (SNAPSHOT 'bogus') 22023 "unrecognized value for CREATE_REPLICATION_SLOT option
         // "snapshot": "bogus"", EXPORT_SNAPSHOT NOEXPORT_SNAPSHOT 42601 conflicting.
         assert_eq!(
-            slot_kind(plugin(), &[opt("snapshot", None)]),
+            slot_kind(plugin(), &[opt("snapshot", None)], 18),
             Err(ParseError::RequiresParameter("snapshot".into()))
         );
         let bogus = opt("snapshot", Some(OptionValue::Str("bogus".into())));
-        let err = slot_kind(plugin(), &[bogus]).unwrap_err();
+        let err = slot_kind(plugin(), &[bogus], 18).unwrap_err();
         assert_eq!(
             err.to_string(),
             "unrecognized value for CREATE_REPLICATION_SLOT option \"snapshot\": \"bogus\""
         );
         let export = opt("snapshot", Some(OptionValue::Str("export".into())));
         assert_eq!(
-            slot_kind(plugin(), &[export.clone(), export]),
+            slot_kind(plugin(), &[export.clone(), export], 18),
             Err(ParseError::ConflictingOptions)
         );
     }

@@ -38,11 +38,13 @@ enum LegacyValue {
 /// The longest number an out-of-range error quotes in full.
 const MAX_QUOTED_DIGITS: usize = 20;
 
-/// Parses one command; see [`ReplicationCommand::parse`].
-pub(super) fn parse(text: &str) -> Parsed {
+/// Parses one command as a walsender of PostgreSQL `major` would; see
+/// [`ReplicationCommand::parse_as`].
+pub(super) fn parse(text: &str, major: u32) -> Parsed {
     let mut parser = Parser {
         lexer: Lexer::new(text),
         peeked: None,
+        major,
     };
     let command = parser.command(text);
     Parsed {
@@ -65,6 +67,8 @@ enum Body {
 struct Parser<'a> {
     lexer: Lexer<'a>,
     peeked: Option<Token<'a>>,
+    /// The PostgreSQL major whose grammar applies.
+    major: u32,
 }
 
 impl<'a> Parser<'a> {
@@ -133,15 +137,23 @@ impl<'a> Parser<'a> {
             } => Ok(ReplicationCommand::CreateReplicationSlot {
                 name,
                 temporary,
-                kind: slot_kind(plugin, &options)?,
+                kind: slot_kind(plugin, &options, self.major)?,
             }),
         }
     }
 
     /// The command a first keyword starts, or `None` when that keyword starts none
-    /// (`replication_scanner_is_replication_command`).
+    /// (`replication_scanner_is_replication_command`), as in a major before the command's.
     fn body(&mut self, keyword: Keyword) -> Result<Option<Body>, ParseError> {
         use ReplicationCommand as C;
+        let since = match keyword {
+            Keyword::ReadReplicationSlot => 15,
+            Keyword::AlterReplicationSlot | Keyword::UploadManifest => 17,
+            _ => 0,
+        };
+        if self.major < since {
+            return Ok(None);
+        }
         let command = match keyword {
             Keyword::IdentifySystem => C::IdentifySystem,
             Keyword::Show => C::Show(self.var_name()?),
@@ -203,6 +215,8 @@ impl<'a> Parser<'a> {
             _ => return Err(ParseError::Syntax),
         };
         let options = if self.eat_char('(')? {
+            // The parenthesized options came with 15.
+            expect(self.major >= 15)?;
             self.option_list()?
         } else {
             self.legacy_slot_options()?
@@ -218,12 +232,13 @@ impl<'a> Parser<'a> {
     /// `create_slot_legacy_opt_list`: the bare keywords of PostgreSQL 10–14, in any order.
     fn legacy_slot_options(&mut self) -> Result<Vec<GenericOption>, ParseError> {
         let mut options = Vec::new();
+        let two_phase = self.major >= 15;
         while let Some((name, value)) = self.take(|t| match t {
             Token::Keyword(Keyword::ExportSnapshot) => Ok(("snapshot", Some("export"))),
             Token::Keyword(Keyword::NoexportSnapshot) => Ok(("snapshot", Some("nothing"))),
             Token::Keyword(Keyword::UseSnapshot) => Ok(("snapshot", Some("use"))),
             Token::Keyword(Keyword::ReserveWal) => Ok(("reserve_wal", None)),
-            Token::Keyword(Keyword::TwoPhase) => Ok(("two_phase", None)),
+            Token::Keyword(Keyword::TwoPhase) if two_phase => Ok(("two_phase", None)),
             other => Err(other),
         })? {
             options.push(GenericOption {

@@ -655,3 +655,83 @@ fn a_megabyte_command() {
         syntax()
     );
 }
+
+/// Each major's grammar, as walsenders of 12.22, 13.23, 14.23, 15.18 and 16.14 answered the
+/// same text over a physical replication connection **\[obs\]**: a command word the major
+/// does not know is SQL (0A000), new syntax is a syntax error, and an option it does not know
+/// is unrecognized (XX000).
+#[test]
+fn each_major_parses_its_own_grammar() {
+    let answer = |text: &str, major: u32| -> Result<ReplicationCommand, (String, String)> {
+        ReplicationCommand::parse_as(text, major)
+            .command
+            .map_err(|e| (e.sqlstate().to_string(), e.to_string()))
+    };
+    let sql = |text: &str| Ok(C::Sql(text.to_owned()));
+    let syntax = || Err(("42601".to_owned(), "syntax error".to_owned()));
+    let failover = || {
+        Err((
+            "XX000".to_owned(),
+            "unrecognized option: failover".to_owned(),
+        ))
+    };
+    for major in 12..=14 {
+        for text in [
+            "READ_REPLICATION_SLOT x",
+            "ALTER_REPLICATION_SLOT s (FAILOVER)",
+            "UPLOAD_MANIFEST",
+        ] {
+            assert_eq!(answer(text, major), sql(text), "{major}: {text}");
+        }
+        for text in [
+            "CREATE_REPLICATION_SLOT s PHYSICAL (RESERVE_WAL)",
+            "CREATE_REPLICATION_SLOT s2 PHYSICAL (FAILOVER)",
+            "CREATE_REPLICATION_SLOT s3 PHYSICAL (RESERVE_WAL, FAILOVER false)",
+            "CREATE_REPLICATION_SLOT s LOGICAL pgoutput TWO_PHASE",
+        ] {
+            assert_eq!(answer(text, major), syntax(), "{major}: {text}");
+        }
+        assert_eq!(
+            answer("CREATE_REPLICATION_SLOT s PHYSICAL RESERVE_WAL", major),
+            Ok(physical_slot("s", false, true))
+        );
+    }
+    for major in 15..=16 {
+        assert_eq!(
+            answer("READ_REPLICATION_SLOT x", major),
+            Ok(C::ReadReplicationSlot("x".into()))
+        );
+        assert_eq!(
+            answer("CREATE_REPLICATION_SLOT s PHYSICAL (RESERVE_WAL)", major),
+            Ok(physical_slot("s", false, true))
+        );
+        for text in [
+            "CREATE_REPLICATION_SLOT s2 PHYSICAL (FAILOVER)",
+            "CREATE_REPLICATION_SLOT s3 PHYSICAL (RESERVE_WAL, FAILOVER false)",
+        ] {
+            assert_eq!(answer(text, major), failover(), "{major}: {text}");
+        }
+        for text in ["ALTER_REPLICATION_SLOT s (FAILOVER)", "UPLOAD_MANIFEST"] {
+            assert_eq!(answer(text, major), sql(text), "{major}: {text}");
+        }
+    }
+    // 17 knows failover, for logical slots only; the newest grammar is the default.
+    for major in [17, NEWEST_MAJOR] {
+        let text = "CREATE_REPLICATION_SLOT s2 PHYSICAL (FAILOVER)";
+        assert_eq!(
+            answer(text, major),
+            Err((
+                "42601".to_owned(),
+                "conflicting or redundant options".to_owned()
+            ))
+        );
+        assert!(matches!(
+            answer("ALTER_REPLICATION_SLOT s (FAILOVER)", major),
+            Ok(C::AlterReplicationSlot { .. })
+        ));
+    }
+    assert_eq!(
+        ReplicationCommand::parse("UPLOAD_MANIFEST").command,
+        Ok(C::UploadManifest)
+    );
+}

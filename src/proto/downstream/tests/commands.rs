@@ -7,7 +7,12 @@ use crate::wire::backend::{INT4_OID, INT8_OID, TEXT_OID};
 
 /// The whole answer to one Query.
 fn answer(s: &mut DownstreamSession, text: &str) -> Vec<u8> {
-    s.frame(Ok(query(text)), at(0), &view());
+    answer_on(s, &view(), text)
+}
+
+/// The answer with the relay in state `view` (another upstream major, say).
+fn answer_on(s: &mut DownstreamSession, view: &RelayView, text: &str) -> Vec<u8> {
+    s.frame(Ok(query(text)), at(0), view);
     out(s)
 }
 
@@ -457,8 +462,9 @@ fn terminate_and_shutdown_in_command_mode() {
 #[test]
 fn alter_replication_slot_answers_as_postgres_17_does_for_physical_slots() {
     let mut s = logged_in();
+    let v17 = view_of("17.10");
     // The options first: an unknown one is an elog (XX000), a repeated one a syntax error.
-    let got = answer(&mut s, "ALTER_REPLICATION_SLOT d1 (RESERVE_WAL)");
+    let got = answer_on(&mut s, &v17, "ALTER_REPLICATION_SLOT d1 (RESERVE_WAL)");
     assert_eq!(
         got,
         wire(&[
@@ -466,8 +472,9 @@ fn alter_replication_slot_answers_as_postgres_17_does_for_physical_slots() {
             ready()
         ])
     );
-    let got = answer(
+    let got = answer_on(
         &mut s,
+        &v17,
         "ALTER_REPLICATION_SLOT d1 (FAILOVER, FAILOVER false)",
     );
     assert_eq!(
@@ -478,12 +485,12 @@ fn alter_replication_slot_answers_as_postgres_17_does_for_physical_slots() {
         ])
     );
     // Then the slot: missing, or physical (every relay slot is).
-    answer(&mut s, "ALTER_REPLICATION_SLOT nosuch (FAILOVER)");
+    answer_on(&mut s, &v17, "ALTER_REPLICATION_SLOT nosuch (FAILOVER)");
     assert_eq!(
         actions(&mut s),
         [Action::ReadSlot(SlotName::new("nosuch").unwrap())]
     );
-    s.slot_read(None, &view());
+    s.slot_read(None, &v17);
     assert_eq!(
         out(&mut s),
         wire(&[
@@ -494,9 +501,9 @@ fn alter_replication_slot_answers_as_postgres_17_does_for_physical_slots() {
             ready()
         ])
     );
-    answer(&mut s, "ALTER_REPLICATION_SLOT d1 (FAILOVER true)");
+    answer_on(&mut s, &v17, "ALTER_REPLICATION_SLOT d1 (FAILOVER true)");
     actions(&mut s);
-    s.slot_read(Some(FoundSlot { restart_lsn: None }), &view());
+    s.slot_read(Some(FoundSlot { restart_lsn: None }), &v17);
     assert_eq!(
         out(&mut s),
         wire(&[
@@ -507,7 +514,11 @@ fn alter_replication_slot_answers_as_postgres_17_does_for_physical_slots() {
             ready()
         ])
     );
-    let got = answer(&mut s, "ALTER_REPLICATION_SLOT \"Bad/Name\" (FAILOVER)");
+    let got = answer_on(
+        &mut s,
+        &v17,
+        "ALTER_REPLICATION_SLOT \"Bad/Name\" (FAILOVER)",
+    );
     assert_eq!(
         got,
         wire(&[
@@ -517,5 +528,41 @@ fn alter_replication_slot_answers_as_postgres_17_does_for_physical_slots() {
             ),
             ready()
         ])
+    );
+}
+
+/// Commands are parsed as the upstream's major parses them (see
+/// `ReplicationCommand::parse_as`), whatever the relay itself knows.
+#[test]
+fn commands_are_answered_as_the_upstreams_major_answers_them() {
+    let mut s = logged_in();
+    let v14 = view_of("14.23");
+    assert_eq!(
+        answer_on(&mut s, &v14, "READ_REPLICATION_SLOT d1"),
+        sql_refused()
+    );
+    assert_eq!(
+        answer_on(
+            &mut s,
+            &v14,
+            "CREATE_REPLICATION_SLOT d2 PHYSICAL (RESERVE_WAL)"
+        ),
+        wire(&[error(SqlState::SYNTAX_ERROR, "syntax error"), ready()])
+    );
+    assert!(actions(&mut s).is_empty());
+    for text in ["ALTER_REPLICATION_SLOT d1 (FAILOVER)", "UPLOAD_MANIFEST"] {
+        assert_eq!(answer(&mut s, text), sql_refused(), "{text}");
+    }
+    assert_eq!(
+        answer(&mut s, "CREATE_REPLICATION_SLOT d2 PHYSICAL (FAILOVER)"),
+        wire(&[
+            error(SqlState::INTERNAL_ERROR, "unrecognized option: failover"),
+            ready()
+        ])
+    );
+    answer(&mut s, "READ_REPLICATION_SLOT d1");
+    assert_eq!(
+        actions(&mut s),
+        [Action::ReadSlot(SlotName::new("d1").unwrap())]
     );
 }
