@@ -81,6 +81,13 @@ pub struct RunArgs {
     /// --listen, as PostgreSQL's unix_socket_directories (clients connect with host=DIR).
     #[arg(long, value_name = "DIR")]
     pub unix_socket_dir: Option<PathBuf>,
+    /// Serve /metrics (Prometheus), /status (JSON), /healthz and /readyz over HTTP on
+    /// HOST:PORT.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub http_listen: Option<String>,
+    /// Require the bearer token in FILE for /metrics and /status.
+    #[arg(long, value_name = "FILE")]
+    pub http_token_file: Option<PathBuf>,
     /// Most concurrent downstream replication connections [default: 64].
     #[arg(long, value_name = "N")]
     pub max_wal_senders: Option<usize>,
@@ -149,6 +156,8 @@ impl RunArgs {
             reconnect_max: self.reconnect_max,
             listen: self.listen,
             unix_socket_dir: self.unix_socket_dir,
+            http_listen: self.http_listen,
+            http_token_file: self.http_token_file,
             max_wal_senders: self.max_wal_senders,
             max_replication_slots: self.max_replication_slots,
             sender_timeout: self.sender_timeout,

@@ -36,6 +36,11 @@ pub struct Config {
     /// A directory for a Unix-domain socket `.s.PGSQL.PORT` (the port of `listen`), as
     /// `unix_socket_directories`; none when absent.
     pub unix_socket_dir: Option<PathBuf>,
+    /// Where to serve `/metrics`, `/status`, `/healthz` and `/readyz` over HTTP
+    /// (`HOST:PORT`); none when absent.
+    pub http_listen: Option<String>,
+    /// A file holding the bearer token `/metrics` and `/status` require; none when absent.
+    pub http_token_file: Option<PathBuf>,
     /// Most concurrent downstream replication connections.
     pub max_wal_senders: usize,
     /// Most relay-owned replication slots.
@@ -107,6 +112,8 @@ impl std::fmt::Debug for Config {
             .field("reconnect_max", &self.reconnect_max)
             .field("listen", &self.listen)
             .field("unix_socket_dir", &self.unix_socket_dir)
+            .field("http_listen", &self.http_listen)
+            .field("http_token_file", &self.http_token_file)
             .field("max_wal_senders", &self.max_wal_senders)
             .field("max_replication_slots", &self.max_replication_slots)
             .field("sender_timeout", &self.sender_timeout)
@@ -142,6 +149,10 @@ pub struct Settings {
     pub listen: Option<String>,
     /// See [`Config::unix_socket_dir`].
     pub unix_socket_dir: Option<PathBuf>,
+    /// See [`Config::http_listen`].
+    pub http_listen: Option<String>,
+    /// See [`Config::http_token_file`].
+    pub http_token_file: Option<PathBuf>,
     /// See [`Config::max_wal_senders`].
     pub max_wal_senders: Option<usize>,
     /// See [`Config::max_replication_slots`].
@@ -241,6 +252,8 @@ impl Settings {
             reconnect_max: self.reconnect_max.or(fallback.reconnect_max),
             listen: self.listen.or(fallback.listen),
             unix_socket_dir: self.unix_socket_dir.or(fallback.unix_socket_dir),
+            http_listen: self.http_listen.or(fallback.http_listen),
+            http_token_file: self.http_token_file.or(fallback.http_token_file),
             max_wal_senders: self.max_wal_senders.or(fallback.max_wal_senders),
             max_replication_slots: self
                 .max_replication_slots
@@ -331,6 +344,8 @@ impl Settings {
             reconnect_max: duration("reconnect_max", self.reconnect_max, d.reconnect_max)?,
             listen: self.listen,
             unix_socket_dir: self.unix_socket_dir,
+            http_listen: self.http_listen,
+            http_token_file: self.http_token_file,
             max_wal_senders: self.max_wal_senders.unwrap_or(d.max_wal_senders),
             max_replication_slots: self
                 .max_replication_slots
@@ -385,6 +400,8 @@ impl Config {
             reconnect_max: Duration::from_secs(30),
             listen: None,
             unix_socket_dir: None,
+            http_listen: None,
+            http_token_file: None,
             max_wal_senders: 64,
             max_replication_slots: 64,
             sender_timeout: Duration::from_secs(60),

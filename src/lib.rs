@@ -51,6 +51,7 @@
     )
 )]
 
+pub mod metrics;
 pub mod proto;
 pub mod types;
 pub mod wal;
@@ -72,8 +73,9 @@ mod service;
 pub use config::Config;
 #[cfg(feature = "runtime")]
 pub use service::{
-    AccessError, ConnectError, Relay, RelayBuilder, RelayError, RelayHandle, RelayMonitor,
-    RelayStatus, Reloader, StreamStatus, UpstreamError, WalChunk, WalStream, WriterError,
+    AccessError, ConnectError, HttpError, Relay, RelayBuilder, RelayError, RelayHandle,
+    RelayMonitor, RelayStatus, Reloader, StreamStatus, UpstreamError, WalChunk, WalStream,
+    WriterError,
 };
 
 /// A physical replication client of PostgreSQL: the one the relay uses upstream, for programs

@@ -7,12 +7,14 @@
 //! - `downstream` and `listener`: the walsender side, around the sans-IO downstream session;
 //! - `writer`: the thread that owns the WAL store; `retention`: which segments go;
 //! - `wal_stream`: the durable WAL in-process; `status`: what a running relay reports;
+//! - `http`: `/metrics`, `/status`, `/healthz` and `/readyz`;
 //! - `client`: the replication client, for programs that stream from a server themselves;
 //! - `conn` and `tls`: framed connections and the upstream TLS configuration.
 
 pub mod client;
 pub(crate) mod conn;
 mod downstream;
+mod http;
 mod listener;
 mod relay;
 mod retention;
@@ -23,6 +25,7 @@ mod wal_stream;
 mod writer;
 
 pub use downstream::{AccessError, StreamStatus};
+pub use http::HttpError;
 pub use relay::{Relay, RelayBuilder, RelayError, RelayHandle, Reloader};
 pub use status::{RelayMonitor, RelayStatus};
 pub use upstream::{ConnectError, UpstreamError};

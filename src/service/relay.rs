@@ -18,17 +18,19 @@ use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::hub::{Hub, HubFeed};
+use crate::metrics::Counters;
 use crate::proto::conninfo::{ConnInfo, ConnInfoError, Env};
 use crate::proto::upstream::StreamTiming;
 use crate::service::downstream::{
     Access, AccessError, DownstreamConfig, Reload, ServerContext, mock_nonce,
 };
+use crate::service::http::{self, HttpError};
 use crate::service::listener::{self, BoundUnixSocket};
 use crate::service::retention::{self, RetentionPolicy};
 use crate::service::status::{RelayMonitor, RelayStatus};
 use crate::service::upstream::{self, Links, UpstreamError, UpstreamSettings};
 use crate::service::wal_stream::WalStream;
-use crate::service::writer::{Writer, WriterError};
+use crate::service::writer::{Positions, Writer, WriterError};
 use crate::slots::{SlotError, SlotFile, SlotRegistry};
 use crate::storage::{
     DataDirLock, StoreError, UPSTREAM_STATE_FILE, load_upstream_info, save_upstream_info,
@@ -76,6 +78,9 @@ pub enum RelayError {
     /// The certificate or an access file cannot be used.
     #[error(transparent)]
     Access(#[from] AccessError),
+    /// The HTTP endpoint cannot start.
+    #[error(transparent)]
+    Http(#[from] HttpError),
 }
 
 impl From<UpstreamError> for RelayError {
@@ -120,6 +125,8 @@ impl Reloader {
 pub struct Relay {
     /// Held while the relay lives: no other relay may use the data directory.
     _lock: DataDirLock,
+    /// What the relay's tasks count, for the metrics.
+    counters: Arc<Counters>,
     settings: UpstreamSettings,
     data_dir: PathBuf,
     hub: Hub,
@@ -129,6 +136,15 @@ pub struct Relay {
     info: watch::Sender<Option<Arc<UpstreamInfo>>>,
     horizon: watch::Receiver<XminHorizon>,
     downstream: Option<Downstream>,
+    http: Option<Http>,
+}
+
+/// The HTTP endpoint, bound and ready to serve.
+#[derive(Debug)]
+struct Http {
+    listener: std::net::TcpListener,
+    token: Option<String>,
+    max_slot_wal_keep_size: Option<u64>,
 }
 
 /// Builds a [`Relay`]: where it streams from and stores WAL, whether it serves, and its
@@ -230,7 +246,8 @@ impl Relay {
         let lock = DataDirLock::acquire(&config.data_dir)?;
         let (hub, feed) = Hub::new(config.data_dir.join("wal"), TAIL_CACHE_BYTES);
         let feed = Arc::new(feed);
-        let writer = Writer::open(&config.data_dir, Arc::clone(&feed))?;
+        let counters = Arc::new(Counters::default());
+        let writer = Writer::open(&config.data_dir, Arc::clone(&feed), Arc::clone(&counters))?;
         let (info, info_rx) = watch::channel(None);
         let (horizon_tx, horizon) = watch::channel(XminHorizon::default());
         let downstream = match &config.listen {
@@ -249,7 +266,8 @@ impl Relay {
                     Arc::new(SlotFile::new(&config.data_dir)),
                     horizon_tx,
                     Access::load(&config.access, mock_nonce)?,
-                );
+                )
+                .with_counters(Arc::clone(&counters));
                 let listener = bind(address)?;
                 let unix = match &config.unix_socket_dir {
                     None => None,
@@ -278,8 +296,33 @@ impl Relay {
                 })
             }
         };
+        let http = match &config.http_listen {
+            None => None,
+            Some(address) => {
+                let token = config
+                    .http_token_file
+                    .as_deref()
+                    .map(http::read_token)
+                    .transpose()?;
+                let listener = bind(address)?;
+                let loopback = listener.local_addr().is_ok_and(|a| a.ip().is_loopback());
+                if !loopback && token.is_none() {
+                    warn!(
+                        address = %address,
+                        "the HTTP endpoint listens beyond loopback without http_token_file: anyone who can reach it reads /metrics and /status"
+                    );
+                }
+                Some(Http {
+                    listener,
+                    token,
+                    max_slot_wal_keep_size: config.max_slot_wal_keep_size,
+                })
+            }
+        };
         Ok(Relay {
             _lock: lock,
+            http,
+            counters,
             settings,
             data_dir: config.data_dir.clone(),
             hub,
@@ -314,6 +357,7 @@ impl Relay {
             self.writer.positions(),
             self.info.subscribe(),
             self.downstream.as_ref().map(|d| Arc::clone(&d.ctx)),
+            Arc::clone(&self.counters),
         )
     }
 
@@ -362,10 +406,34 @@ impl Relay {
         {
             self.info.send_replace(Some(Arc::new(known)));
         }
+        let http = self.http.map(|h| {
+            let state = http::HttpState {
+                monitor: RelayMonitor::new(
+                    self.writer.positions(),
+                    self.info.subscribe(),
+                    self.downstream.as_ref().map(|d| Arc::clone(&d.ctx)),
+                    Arc::clone(&self.counters),
+                ),
+                wal_dir: self.data_dir.join("wal"),
+                max_slot_wal_keep_size: h.max_slot_wal_keep_size,
+                token: h.token,
+            };
+            (h.listener, Arc::new(state))
+        });
+        let http = async {
+            let Some((listener, state)) = http else {
+                return;
+            };
+            match tokio::net::TcpListener::from_std(listener) {
+                Ok(listener) => http::serve(listener, state, shutdown.clone()).await,
+                Err(e) => warn!(error = %e, "could not serve the HTTP endpoint"),
+            }
+        };
         let save_info = save_info(self.info.subscribe(), self.data_dir, shutdown.clone());
         let links = Links {
             info: self.info,
             feedback: self.horizon,
+            counters: Arc::clone(&self.counters),
         };
         let upstream = upstream::run(self.settings, self.writer.clone(), links, shutdown.clone());
         let downstream = async {
@@ -373,7 +441,7 @@ impl Relay {
                 serve(d, self.writer, shutdown.clone()).await;
             }
         };
-        let (up, (), ()) = tokio::join!(upstream, downstream, save_info);
+        let (up, (), (), ()) = tokio::join!(upstream, downstream, save_info, http);
         drop(self.feed);
         up?;
         info!("relay stopped");
@@ -486,10 +554,28 @@ async fn serve(d: Downstream, writer: Writer, shutdown: CancellationToken) {
     tokio::join!(
         listener::serve(listener, unix, Arc::clone(&ctx), shutdown.clone()),
         save_slots(Arc::clone(&ctx), shutdown.clone()),
+        record_durable(Arc::clone(&ctx), writer.positions(), shutdown.clone()),
         retention::run(Arc::clone(&ctx), writer, d.retention, shutdown)
     );
     if let Err(e) = ctx.save_slots().await {
         warn!(error = %e, "could not save replication slots");
+    }
+}
+
+/// Notes when the durable end reaches each position, which the streams' lags are measured
+/// from, until shutdown.
+async fn record_durable(
+    ctx: Arc<ServerContext>,
+    mut positions: watch::Receiver<Positions>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let durable = positions.borrow_and_update().durable;
+        ctx.record_durable(durable, std::time::Instant::now());
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            changed = positions.changed() => if changed.is_err() { return },
+        }
     }
 }
 

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
+use crate::metrics::Counters;
 use crate::service::downstream::{ServerContext, StreamStatus};
 use crate::service::writer::Positions;
 use crate::slots::SlotInfo;
@@ -30,6 +31,8 @@ pub struct RelayStatus {
     pub streams: Vec<StreamStatus>,
     /// The relay's slots.
     pub slots: Vec<SlotInfo>,
+    /// Downstream replication connections logged in now, streaming or not.
+    pub connections: usize,
 }
 
 /// Reads a relay's state at any time, also after [`super::Relay::run`] took the relay;
@@ -39,6 +42,7 @@ pub struct RelayMonitor {
     positions: watch::Receiver<Positions>,
     upstream: watch::Receiver<Option<Arc<UpstreamInfo>>>,
     downstream: Option<Arc<ServerContext>>,
+    counters: Arc<Counters>,
 }
 
 impl RelayMonitor {
@@ -46,20 +50,32 @@ impl RelayMonitor {
         positions: watch::Receiver<Positions>,
         upstream: watch::Receiver<Option<Arc<UpstreamInfo>>>,
         downstream: Option<Arc<ServerContext>>,
+        counters: Arc<Counters>,
     ) -> RelayMonitor {
         RelayMonitor {
             positions,
             upstream,
             downstream,
+            counters,
         }
+    }
+
+    /// What the relay's tasks have counted.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Whether the relay serves downstream clients.
+    pub fn listens(&self) -> bool {
+        self.downstream.is_some()
     }
 
     /// The state now.
     pub fn status(&self) -> RelayStatus {
         let p = self.positions.borrow().clone();
-        let (streams, slots) = match &self.downstream {
-            Some(ctx) => (ctx.streams(), ctx.slots().list()),
-            None => (Vec::new(), Vec::new()),
+        let (streams, slots, connections) = match &self.downstream {
+            Some(ctx) => (ctx.streams(), ctx.slots().list(), ctx.senders_in_use()),
+            None => (Vec::new(), Vec::new(), 0),
         };
         RelayStatus {
             upstream: self.upstream.borrow().as_deref().cloned(),
@@ -70,6 +86,7 @@ impl RelayMonitor {
             store_failure: p.failed,
             streams,
             slots,
+            connections,
         }
     }
 }

@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, warn};
 
 use crate::hub::HubFeed;
+use crate::metrics::Counters;
 use crate::storage::{StoreEnd, StoreError, StoreIdentity, WalStore};
 use crate::types::{Lsn, TimelineId};
 
@@ -125,7 +126,11 @@ impl Writer {
     ///
     /// # Errors
     /// The store cannot be opened, or the thread cannot be spawned.
-    pub fn open(data_dir: &Path, feed: Arc<HubFeed>) -> Result<Writer, WriterError> {
+    pub fn open(
+        data_dir: &Path,
+        feed: Arc<HubFeed>,
+        counters: Arc<Counters>,
+    ) -> Result<Writer, WriterError> {
         let store = open_store(data_dir)?;
         let (tx, rx) = mpsc::channel(QUEUE_CHUNKS);
         let (positions, prx) = watch::channel(Positions::of(&store, None));
@@ -136,6 +141,7 @@ impl Writer {
             feed,
             positions,
             failed: None,
+            counters,
         };
         state.announce();
         thread::Builder::new()
@@ -294,6 +300,8 @@ struct WriterState {
     feed: Arc<HubFeed>,
     positions: watch::Sender<Positions>,
     failed: Option<String>,
+    /// Where fsync times and write errors are counted.
+    counters: Arc<Counters>,
 }
 
 impl WriterState {
@@ -360,6 +368,7 @@ impl WriterState {
     }
 
     fn fail(&mut self, e: &StoreError) {
+        self.counters.store.write_error();
         if self.failed.is_none() {
             warn!(error = %e, "the WAL store failed; it is opened again before streaming goes on");
             self.failed = Some(e.to_string());
@@ -381,7 +390,10 @@ impl WriterState {
             return Err(WriterError::Failed(e.clone()));
         }
         if !self.unsynced.is_empty() {
-            if let Err(e) = self.store.flush() {
+            let started = std::time::Instant::now();
+            let flushed = self.store.flush();
+            self.counters.store.fsync(started.elapsed());
+            if let Err(e) = flushed {
                 self.fail(&e);
                 return Err(e.into());
             }

@@ -296,6 +296,8 @@ enum Phase {
 struct Outbox {
     out: BytesMut,
     actions: VecDeque<Action>,
+    /// The SQLSTATE of the error the session closed with, if it did.
+    closed_with: Option<SqlState>,
 }
 
 impl Outbox {
@@ -309,13 +311,13 @@ impl Outbox {
         // The message may quote what the client sent: logged printable only.
         let error = reply::printable(&e.message);
         info!(sqlstate = %e.code, %error, "closing connection");
-        reply::error(&mut self.out, e);
-        self.close()
+        self.refuse(e)
     }
 
     /// Sends `e` and closes, for a refusal its caller has logged.
     fn refuse(&mut self, e: &ErrorFields) -> Phase {
         reply::error(&mut self.out, e);
+        self.closed_with = Some(e.code.clone());
         self.close()
     }
 
@@ -369,7 +371,17 @@ impl DownstreamSession {
         }
     }
 
-    /// Who logged in, once someone did.
+    /// The SQLSTATE of the error the session closed the connection with, if it did.
+    pub fn closed_with(&self) -> Option<&SqlState> {
+        self.io.closed_with.as_ref()
+    }
+
+    /// Where the client connects from.
+    pub fn peer(&self) -> Peer {
+        self.peer
+    }
+
+    /// The login, once the client has logged in.
     pub fn login(&self) -> Option<&Login> {
         self.login.as_ref()
     }

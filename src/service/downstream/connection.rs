@@ -19,9 +19,11 @@ use super::DOWNSTREAM_READ_CHUNK;
 use super::context::{SenderPlace, ServerContext, StreamStatus};
 use super::transport::{Replay, Transport};
 use crate::hub::ReadBuffer;
+use crate::metrics::Refusal;
+use crate::metrics::lag::LagReader;
 use crate::proto::downstream::streaming::SendRange;
 use crate::proto::downstream::{
-    Action, DownstreamSession, Expect, FoundSlot, Now, SenderClaim, StreamStart,
+    Action, DownstreamSession, Expect, FoundSlot, Now, Peer, SenderClaim, StreamStart,
 };
 use crate::service::conn::{ConnError, FrameReader, FrameWriter};
 use crate::service::tls::server::ServerTls;
@@ -128,8 +130,10 @@ impl<T: Transport> Connection<T> {
     /// Serves the connection until it ends.
     pub(crate) async fn run(self) {
         let limit = self.ctx.config.authentication_timeout;
+        let counters = Arc::clone(&self.ctx.counters);
         match tokio::time::timeout(limit, self.start()).await {
             Err(_) => {
+                counters.downstream.refused(Refusal::Protocol);
                 debug!("closing connection that did not log in within the authentication timeout");
             }
             Ok(None) => {}
@@ -141,24 +145,46 @@ impl<T: Transport> Connection<T> {
     /// The startup, with a TLS handshake if the session asks for one; `None` when the
     /// connection closed before it logged in.
     async fn start(mut self) -> Option<LoggedIn<T>> {
+        let counters = Arc::clone(&self.ctx.counters);
+        let protocol = || counters.downstream.refused(Refusal::Protocol);
         match self.log_in().await {
             Ok(Flow::Open) => Some(LoggedIn::Plain(self)),
-            Ok(Flow::Closed) => None,
+            Ok(Flow::Closed) => {
+                self.count_refusal();
+                None
+            }
             Ok(Flow::Tls { direct }) => {
-                let mut tls = self.start_tls(direct).await?;
+                let Some(mut tls) = self.start_tls(direct).await else {
+                    protocol();
+                    return None;
+                };
                 match tls.log_in().await {
                     Ok(Flow::Open) => Some(LoggedIn::Tls(tls)),
-                    Ok(Flow::Closed | Flow::Tls { .. }) => None,
+                    Ok(Flow::Closed | Flow::Tls { .. }) => {
+                        tls.count_refusal();
+                        None
+                    }
                     Err(e) => {
+                        protocol();
                         debug!(error = %e, "connection closed during startup");
                         None
                     }
                 }
             }
             Err(e) => {
+                protocol();
                 debug!(error = %e, "connection closed during startup");
                 None
             }
+        }
+    }
+
+    /// Counts a connection the session closed with an error before login; one that closed
+    /// without one (a cancel request, a client that went away) is not a refusal.
+    fn count_refusal(&self) {
+        if let Some(code) = self.session.closed_with() {
+            let reason = Refusal::of_sqlstate(code.code());
+            self.ctx.counters.downstream.refused(reason);
         }
     }
 
@@ -504,6 +530,11 @@ impl<T: Transport> Connection<T> {
                     timeline,
                     sent: start,
                     client: Default::default(),
+                    client_addr: match self.session.peer() {
+                        Peer::Tcp(ip) => Some(ip),
+                        Peer::Local => None,
+                    },
+                    lags: LagReader::default(),
                 });
                 self.stream = Some(StreamIo {
                     durable: self.ctx.hub.subscribe(),

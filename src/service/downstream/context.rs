@@ -7,9 +7,10 @@
 //! waits for its slot file, never the status updates of other streams.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -17,6 +18,8 @@ use tracing::{debug, info, warn};
 
 use super::access::{Access, AccessError, Reload};
 use crate::hub::Hub;
+use crate::metrics::Counters;
+use crate::metrics::lag::{DurableTimes, LagReader, Reported};
 use crate::proto::downstream::{ClientPositions, Peer, RelayView, SessionConfig};
 use crate::slots::{Pending, Persistency, SlotError, SlotPersister, SlotRegistry};
 use crate::types::{BackendPid, DurableEnd, Lsn, SlotName, TimelineId, UpstreamInfo, XminHorizon};
@@ -53,6 +56,10 @@ pub struct StreamStatus {
     pub sent: Lsn,
     /// What it last reported.
     pub client: ClientPositions,
+    /// Its address; `None` over the Unix-domain socket.
+    pub client_addr: Option<IpAddr>,
+    /// `write_lag`, `flush_lag` and `replay_lag`, as `pg_stat_replication` computes them.
+    pub lags: LagReader,
 }
 
 /// What the connected streams report: where each one is, and its hot-standby feedback.
@@ -75,6 +82,10 @@ pub(crate) struct ServerContext {
     live: Mutex<Live>,
     horizon: watch::Sender<XminHorizon>,
     access: RwLock<Arc<Access>>,
+    /// Where connections are counted.
+    pub(crate) counters: Arc<Counters>,
+    /// When the durable end reached each position, for the streams' lags.
+    durable_times: Mutex<DurableTimes>,
 }
 
 impl std::fmt::Debug for ServerContext {
@@ -118,7 +129,15 @@ impl ServerContext {
             live: Mutex::new(Live::default()),
             horizon,
             access: RwLock::new(Arc::new(access)),
+            counters: Arc::default(),
+            durable_times: Mutex::new(DurableTimes::default()),
         }
+    }
+
+    /// Counts into `counters` (the relay's) rather than a set of its own.
+    pub(crate) fn with_counters(mut self, counters: Arc<Counters>) -> ServerContext {
+        self.counters = counters;
+        self
     }
 
     /// What a session needs to know of the relay, with `durable` as the end to serve.
@@ -276,15 +295,36 @@ impl ServerContext {
 
     /// Records how far a stream has been sent and what its client last reported.
     pub(crate) fn update_stream(&self, pid: BackendPid, sent: Lsn, client: ClientPositions) {
+        let now = Instant::now();
         if let Some(s) = lock(&self.live).streams.get_mut(&pid) {
+            if client != s.client {
+                // A new reply: its positions read the lags.
+                let reported = Reported {
+                    write: client.write,
+                    flush: client.flush,
+                    apply: client.apply,
+                };
+                s.lags
+                    .on_reply(reported, sent, now, &lock(&self.durable_times));
+            }
             s.sent = sent;
             s.client = client;
         }
     }
 
+    /// Replication connections holding a sender place now.
+    pub(crate) fn senders_in_use(&self) -> usize {
+        self.senders.load(Ordering::Relaxed)
+    }
+
     /// The connected streams.
     pub(crate) fn streams(&self) -> Vec<StreamStatus> {
         lock(&self.live).streams.values().cloned().collect()
+    }
+
+    /// The durable end reached `lsn` now: the time lags are measured from.
+    pub(crate) fn record_durable(&self, lsn: Lsn, at: Instant) {
+        lock(&self.durable_times).record(lsn, at);
     }
 
     /// The oldest cursor of the connected streams.

@@ -37,6 +37,7 @@ pub(crate) async fn serve<T: Transport>(
     ctx: Arc<ServerContext>,
     shutdown: CancellationToken,
 ) {
+    ctx.counters.downstream.accepted();
     let Some(nonce) = access::connection_nonce() else {
         return;
     };

@@ -22,6 +22,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, info_span, warn};
 
+use crate::metrics::{Counters, EndReason};
 use crate::proto::conninfo::ConnInfo;
 use crate::proto::upstream::{SessionError, StreamTiming};
 use crate::service::conn::ConnError;
@@ -122,6 +123,8 @@ pub(crate) struct Links {
     pub info: watch::Sender<Option<Arc<UpstreamInfo>>>,
     /// The oldest xmin the downstreams report, forwarded upstream as hot-standby feedback.
     pub feedback: watch::Receiver<XminHorizon>,
+    /// Where connections, their ends and the WAL received are counted.
+    pub counters: Arc<Counters>,
 }
 
 /// Streams from the upstream into the store until `shutdown` fires, reconnecting on errors
@@ -153,6 +156,7 @@ pub(crate) async fn run(
             .instrument(span)
             .await;
         if let Err(e) = outcome {
+            links.counters.upstream.ended(end_reason(&e));
             if shutdown.is_cancelled() {
                 return Ok(());
             }
@@ -161,6 +165,7 @@ pub(crate) async fn run(
                 writer.reopen().await?;
             }
         } else {
+            links.counters.upstream.set_connected(false);
             return Ok(());
         }
         if started.elapsed() > settings.reconnect_max {
@@ -175,6 +180,22 @@ pub(crate) async fn run(
             () = tokio::time::sleep(delay) => {}
         }
         delay = (delay * 2).min(settings.reconnect_max);
+    }
+}
+
+/// Why a connection ended, as the metrics count it.
+fn end_reason(e: &UpstreamError) -> EndReason {
+    match e {
+        UpstreamError::ConnInfo(_) | UpstreamError::Connect(_) => EndReason::Connect,
+        UpstreamError::Conn(_) => EndReason::Connection,
+        UpstreamError::Session(SessionError::StreamEnded(_)) => EndReason::StreamEnded,
+        UpstreamError::Session(s) if s.server_sqlstate().is_some() => EndReason::ServerError,
+        UpstreamError::Session(_) => EndReason::Connection,
+        UpstreamError::Writer(_) => EndReason::Store,
+        UpstreamError::SystemIdMismatch { .. }
+        | UpstreamError::SegmentSizeMismatch { .. }
+        | UpstreamError::TimelineBehind { .. }
+        | UpstreamError::ForkedAway { .. } => EndReason::Mismatch,
     }
 }
 

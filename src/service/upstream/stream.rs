@@ -34,6 +34,13 @@ enum StreamEnd {
     Timeline(EndOfTimeline),
 }
 
+/// Milliseconds since the Unix epoch, for the metrics.
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 fn wall() -> PgTimestamp {
     PgTimestamp::from_system_time(SystemTime::now())
 }
@@ -105,6 +112,7 @@ async fn stream(
         // The timeline ends exactly where streaming would start.
         return Ok(StreamEnd::Timeline(next));
     }
+    links.counters.upstream.set_connected(true);
     let mut positions = writer.positions();
     let mut blocked_tick = tokio::time::interval(STATUS_WHILE_BLOCKED);
     // Like a walreceiver, say at once what xmin is held (0/0 releases an old one).
@@ -112,6 +120,7 @@ async fn stream(
     up.session.feedback(*feedback.borrow_and_update(), wall());
     loop {
         let p = positions.borrow_and_update().clone();
+        links.counters.upstream.note_durable(p.durable.0, unix_ms());
         if let Some(failed) = p.failed {
             return Err(WriterError::Failed(failed).into());
         }
@@ -135,8 +144,13 @@ async fn stream(
             () = sleep_until(deadline) => continue,
             frame = up.conn.recv(up.session.frame_limit()) => frame?,
         };
-        match up.session.message(frame, Instant::now())? {
+        let event = up.session.message(frame, Instant::now())?;
+        if let Some(rs) = up.session.stream() {
+            links.counters.upstream.set_server_end(rs.server_end().0);
+        }
+        match event {
             Event::Wal { start, data } => {
+                links.counters.upstream.received(data.len());
                 store_wal(up, writer, &mut blocked_tick, (start, data), &positions).await?;
             }
             Event::ReplyRequested => report(up, &positions.borrow()),

@@ -1,0 +1,304 @@
+//! The HTTP endpoint (`--http-listen`): `/metrics` (Prometheus text), `/status` (JSON),
+//! `/healthz` and `/readyz` (for systemd and Kubernetes probes). Read-only: slots are
+//! administered over the replication protocol, as with PostgreSQL.
+//!
+//! Each request reads one [`Snapshot`] on a blocking thread (the store's directory and
+//! `/proc`), so a scrape never waits on, or holds up, the WAL path. `/metrics` and `/status`
+//! require `Authorization: Bearer TOKEN` when a token file is set; the probes never do.
+//! Connections are few and short: at most [`MAX_CONNECTIONS`] at once, each with a header
+//! timeout.
+
+mod metrics_text;
+mod process;
+mod snapshot;
+mod status_json;
+
+use std::convert::Infallible;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use subtle::ConstantTimeEq;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, warn};
+
+use crate::metrics::exposition::Format;
+use crate::service::status::{RelayMonitor, RelayStatus};
+use snapshot::Snapshot;
+
+/// Connections served at once; more wait to be accepted.
+pub(crate) const MAX_CONNECTIONS: usize = 32;
+
+/// How long a client may take to send its request headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why the HTTP endpoint cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    /// The token file cannot be read, or holds no token.
+    #[error("could not read the HTTP token file \"{path}\": {why}")]
+    TokenFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        why: String,
+    },
+}
+
+/// What the endpoint serves, shared by its connections.
+#[derive(Debug)]
+pub(crate) struct HttpState {
+    /// The relay's state.
+    pub monitor: RelayMonitor,
+    /// The store's directory of segments.
+    pub wal_dir: PathBuf,
+    /// The slots' retention limit, for `wal_status`.
+    pub max_slot_wal_keep_size: Option<u64>,
+    /// The bearer token `/metrics` and `/status` require, if any.
+    pub token: Option<String>,
+}
+
+/// Reads the bearer token from `path`: the file's first line, trimmed.
+///
+/// # Errors
+/// The file cannot be read, or its first line is empty.
+pub(crate) fn read_token(path: &Path) -> Result<String, HttpError> {
+    let text = std::fs::read_to_string(path).map_err(|e| HttpError::TokenFile {
+        path: path.to_path_buf(),
+        why: e.to_string(),
+    })?;
+    let token = text.lines().next().unwrap_or_default().trim();
+    if token.is_empty() {
+        return Err(HttpError::TokenFile {
+            path: path.to_path_buf(),
+            why: "the file's first line is empty".into(),
+        });
+    }
+    Ok(token.to_owned())
+}
+
+/// Serves HTTP on `listener` until `shutdown` fires.
+pub(crate) async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<HttpState>,
+    shutdown: CancellationToken,
+) {
+    let tracker = TaskTracker::new();
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let permit = tokio::select! {
+            () = shutdown.cancelled() => break,
+            permit = Arc::clone(&permits).acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                debug!(error = %e, "could not accept an HTTP connection");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let state = Arc::clone(&state);
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            let service = service_fn(move |req| {
+                let state = Arc::clone(&state);
+                async move { Ok::<_, Infallible>(answer(&state, &req).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                served = conn.as_mut() => if let Err(e) = served {
+                    debug!(error = %e, "HTTP connection ended");
+                },
+                () = shutdown.cancelled() => conn.as_mut().graceful_shutdown(),
+            }
+            drop(permit);
+        });
+    }
+    tracker.close();
+    tracker.wait().await;
+}
+
+fn text(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body.into()));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+/// Whether the request carries the token, if one is required.
+fn authorized(state: &HttpState, req: &Request<Incoming>) -> bool {
+    let Some(token) = &state.token else {
+        return true;
+    };
+    req.headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|given| bool::from(given.trim().as_bytes().ct_eq(token.as_bytes())))
+}
+
+async fn answer(state: &Arc<HttpState>, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    const PLAIN: &str = "text/plain; charset=utf-8";
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        let mut r = text(StatusCode::METHOD_NOT_ALLOWED, PLAIN, "only GET\n");
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return r;
+    }
+    let path = req.uri().path();
+    match path {
+        "/healthz" => text(StatusCode::OK, PLAIN, "ok\n"),
+        "/readyz" => {
+            let status = state.monitor.status();
+            match not_ready(
+                &status,
+                state.monitor.counters().upstream.reached(),
+                state.monitor.listens(),
+            ) {
+                None => text(StatusCode::OK, PLAIN, "ready\n"),
+                Some(why) => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    PLAIN,
+                    format!("not ready: {why}\n"),
+                ),
+            }
+        }
+        "/metrics" | "/status" if !authorized(state, req) => {
+            let mut r = text(
+                StatusCode::UNAUTHORIZED,
+                PLAIN,
+                "a bearer token is required\n",
+            );
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            r
+        }
+        "/metrics" => {
+            let accept = req
+                .headers()
+                .get(header::ACCEPT)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let format = Format::from_accept(accept.as_deref());
+            match read_snapshot(state, move |s| metrics_text::render(s, format)).await {
+                Some(body) => text(StatusCode::OK, format.content_type(), body),
+                None => text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    PLAIN,
+                    "could not read the state\n",
+                ),
+            }
+        }
+        "/status" => {
+            let body = read_snapshot(state, |s| {
+                serde_json::to_string_pretty(&status_json::render(s)).unwrap_or_default()
+            })
+            .await;
+            match body {
+                Some(body) => text(StatusCode::OK, "application/json", body),
+                None => text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    PLAIN,
+                    "could not read the state\n",
+                ),
+            }
+        }
+        _ => text(
+            StatusCode::NOT_FOUND,
+            PLAIN,
+            "not found: try /metrics, /status, /healthz or /readyz\n",
+        ),
+    }
+}
+
+/// Reads a snapshot on a blocking thread and renders it there.
+async fn read_snapshot(
+    state: &Arc<HttpState>,
+    render: impl FnOnce(&Snapshot<'_>) -> String + Send + 'static,
+) -> Option<String> {
+    let state = Arc::clone(state);
+    tokio::task::spawn_blocking(move || {
+        let snapshot = Snapshot::read(&state.monitor, &state.wal_dir, state.max_slot_wal_keep_size);
+        render(&snapshot)
+    })
+    .await
+    .map_err(|e| warn!(error = %e, "reading the relay's state failed"))
+    .ok()
+}
+
+/// Why the relay is not ready to serve, or `None` when it is: the store must be open, the
+/// upstream reached since the relay started, and (when it listens) its listener accepting,
+/// which it does once the upstream's identity is known.
+pub(crate) fn not_ready(
+    status: &RelayStatus,
+    upstream_reached: bool,
+    listens: bool,
+) -> Option<String> {
+    if let Some(failure) = &status.store_failure {
+        return Some(format!("the store failed: {failure}"));
+    }
+    if !upstream_reached {
+        return Some("the upstream has not been reached since the relay started".into());
+    }
+    if listens && status.upstream.is_none() {
+        return Some("the listener waits for the upstream's identity".into());
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{SystemId, UpstreamInfo, WalSegmentSize};
+
+    #[test]
+    fn ready_once_the_upstream_was_reached_and_the_store_is_open() {
+        let mut status = RelayStatus::default();
+        assert!(not_ready(&status, false, false).is_some_and(|w| w.contains("not been reached")));
+        status.upstream = Some(UpstreamInfo::new(
+            SystemId(1),
+            WalSegmentSize::new(1 << 24).unwrap(),
+            "15.18".into(),
+        ));
+        assert_eq!(not_ready(&status, true, true), None);
+        status.store_failure = Some("disk full".into());
+        assert!(not_ready(&status, true, true).is_some_and(|w| w.contains("disk full")));
+    }
+
+    #[test]
+    fn token_file_first_line() {
+        let dir = std::env::temp_dir().join(format!("walrelay-token-{}", std::process::id()));
+        std::fs::write(&dir, "  s3cret \nignored\n").unwrap();
+        assert_eq!(read_token(&dir).unwrap(), "s3cret");
+        std::fs::write(&dir, "\n").unwrap();
+        assert!(read_token(&dir).is_err());
+        let _ = std::fs::remove_file(&dir);
+    }
+}

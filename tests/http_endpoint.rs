@@ -1,0 +1,378 @@
+//! The HTTP endpoint against real servers: a real Prometheus (Debian's `prometheus`, started
+//! on a loopback port) scrapes the relay while three standbys stream from it under load, and
+//! `promtool check metrics` reads what it serves; `/status`, `/healthz`, `/readyz` and the
+//! bearer token behave as documented.
+//!
+//! Under `CI=true` a missing `prometheus` or `promtool` fails the test; elsewhere it is
+//! skipped with a message.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::*;
+use walrelay::testkit::localpg::{Cluster, free_port, require_postgres, wait_until};
+use walrelay::types::Lsn;
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One HTTP/1.1 GET: status code, headers (lowercase names) and body.
+fn get(port: u16, path: &str, headers: &[(&str, &str)]) -> (u16, Vec<(String, String)>, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let raw = String::from_utf8(raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    let mut lines = head.lines();
+    let code = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    (code, headers, body.to_owned())
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// `prometheus` and `promtool`, or `None` (skip) outside CI.
+fn prometheus_tools() -> Option<()> {
+    let found = ["prometheus", "promtool"].iter().all(|t| {
+        Command::new(t)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    if found {
+        return Some(());
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI needs prometheus and promtool (Debian's prometheus package; .ci/run installs it)"
+    );
+    eprintln!("skipped: prometheus or promtool not installed");
+    None
+}
+
+/// `promtool check metrics` on `text`: its complaints, empty when there are none.
+fn promtool_check(text: &str) -> String {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() {
+        said
+    } else {
+        format!("exit {}: {said}", out.status)
+    }
+}
+
+/// A Prometheus server scraping `target` every second, with its data under `dir`.
+struct Prometheus {
+    child: Child,
+    port: u16,
+}
+
+impl Prometheus {
+    fn start(dir: &Path, target: &str) -> Prometheus {
+        let port = free_port().unwrap();
+        let config = dir.join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n\
+                 scrape_configs:\n  - job_name: walrelay\n    static_configs:\n      - targets: ['{target}']\n"
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        wait_until(TIMEOUT, "Prometheus to be ready", || {
+            Ok(TcpStream::connect(("127.0.0.1", port)).is_ok()
+                && get(port, "/-/ready", &[]).0 == 200)
+        })
+        .unwrap();
+        Prometheus { child, port }
+    }
+
+    /// The result vector of an instant PromQL query.
+    fn query(&self, promql: &str) -> Vec<serde_json::Value> {
+        let encoded: String = promql
+            .bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b"_-.".contains(&b) {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect();
+        let (code, _, body) = get(self.port, &format!("/api/v1/query?query={encoded}"), &[]);
+        assert_eq!(code, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        v["data"]["result"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn series_by_app(result: &[serde_json::Value]) -> Vec<(String, f64)> {
+    let mut out: Vec<(String, f64)> = result
+        .iter()
+        .map(|s| {
+            let app = s["metric"]["application_name"].as_str().unwrap().to_owned();
+            let value = s["value"][1].as_str().unwrap().parse::<f64>().unwrap();
+            (app, value)
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// Three standbys behind the relay under load: Prometheus scrapes the relay and sees one
+/// flush-lag series per standby; at rest, its flush LSNs equal the standbys' own
+/// `pg_last_wal_receive_lsn()`; promtool finds nothing wrong; `/status` agrees.
+#[test]
+fn prometheus_scrapes_three_standbys_under_load() {
+    let Some(bins) = require_postgres() else {
+        return;
+    };
+    let Some(()) = prometheus_tools() else {
+        return;
+    };
+    let dir = scratch(&bins, "http");
+    let primary = archiving_primary(&bins, &dir.path().join("primary"), 16);
+    let (relay_port, http_port) = (free_port().unwrap(), free_port().unwrap());
+    let relay = RelayProcess::start(
+        &primary.conninfo(),
+        &dir.path().join("relay"),
+        &[
+            "--listen",
+            &format!("127.0.0.1:{relay_port}"),
+            "--http-listen",
+            &format!("127.0.0.1:{http_port}"),
+        ],
+    );
+    let relay_conninfo = format!("host=127.0.0.1 port={relay_port} user=postgres");
+    wait_until(TIMEOUT, "the relay to be ready", || {
+        Ok(TcpStream::connect(("127.0.0.1", http_port)).is_ok()
+            && get(http_port, "/readyz", &[]).0 == 200)
+    })
+    .unwrap();
+    let mut standbys: Vec<Cluster> = Vec::new();
+    for name in ["s1", "s2", "s3"] {
+        bins.psql(
+            &format!("{relay_conninfo} replication=1"),
+            &format!("CREATE_REPLICATION_SLOT {name} PHYSICAL"),
+        )
+        .unwrap();
+        let conninfo = format!("{relay_conninfo} application_name={name}");
+        let mut standby = primary.basebackup_standby(&conninfo, Some(name)).unwrap();
+        standby
+            .set_config("wal_receiver_status_interval", "1s")
+            .unwrap();
+        standby.start().unwrap();
+        standbys.push(standby);
+    }
+    let prom = Prometheus::start(dir.path(), &format!("127.0.0.1:{http_port}"));
+
+    let load = WriteLoad::start(&bins, &primary.conninfo(), 200, 0);
+    wait_until(TIMEOUT, "three flush-lag series in Prometheus", || {
+        Ok(prom.query("walrelay_replication_flush_lag_seconds").len() == 3)
+    })
+    .unwrap();
+    let lags = series_by_app(&prom.query("walrelay_replication_flush_lag_seconds"));
+    let apps: Vec<&str> = lags.iter().map(|(a, _)| a.as_str()).collect();
+    assert_eq!(apps, ["s1", "s2", "s3"]);
+    for (app, lag) in &lags {
+        assert!((0.0..30.0).contains(lag), "{app}: flush lag {lag}");
+    }
+    let (code, headers, text) = get(http_port, "/metrics", &[]);
+    assert_eq!(code, 200);
+    assert_eq!(
+        header(&headers, "content-type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    assert_eq!(promtool_check(&text), "", "promtool on:\n{text}");
+    let (_, headers, open) = get(
+        http_port,
+        "/metrics",
+        &[("Accept", "application/openmetrics-text;version=1.0.0")],
+    );
+    assert!(
+        header(&headers, "content-type")
+            .unwrap()
+            .starts_with("application/openmetrics-text")
+    );
+    assert!(open.ends_with("# EOF\n"));
+    let (committed, _) = load.stop();
+    assert!(committed > 0);
+
+    // At rest, each standby's flush position as Prometheus last scraped it is the standby's
+    // own receive position.
+    let end = primary.current_wal_flush_lsn().unwrap();
+    for s in &standbys {
+        wait_until(TIMEOUT, "standby caught up", || {
+            Ok(s.psql("SELECT pg_last_wal_receive_lsn()")?
+                .parse::<Lsn>()
+                .unwrap()
+                >= end)
+        })
+        .unwrap();
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let flushes = series_by_app(&prom.query("walrelay_replication_flush_lsn"));
+    assert_eq!(flushes.len(), 3, "{flushes:?}");
+    for ((app, flush), s) in flushes.iter().zip(&standbys) {
+        let received: Lsn = s
+            .psql("SELECT pg_last_wal_receive_lsn()")
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(*flush as u64, received.0, "{app}");
+    }
+
+    let (code, _, status) = get(http_port, "/status", &[]);
+    assert_eq!(code, 200);
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["upstream"]["connected"], true);
+    assert_eq!(status["replication"].as_array().unwrap().len(), 3);
+    assert_eq!(status["slots"].as_array().unwrap().len(), 3);
+    assert!(
+        status["slots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["active"] == true)
+    );
+    drop(relay);
+}
+
+/// On a new data directory whose upstream cannot be reached, `/readyz` says why it is not
+/// ready and `/healthz` is fine; `/metrics` and `/status` want the token, the probes do
+/// not; anything else is 404 or 405.
+#[test]
+fn probes_and_token_before_the_upstream_is_reached() {
+    let Some(bins) = require_postgres() else {
+        return;
+    };
+    let dir = scratch(&bins, "http-probes");
+    let token = dir.path().join("token");
+    std::fs::write(&token, "t0ken\n").unwrap();
+    let http_port = free_port().unwrap();
+    let nowhere = free_port().unwrap();
+    let relay = RelayProcess::start(
+        &format!("host=127.0.0.1 port={nowhere} user=postgres connect_timeout=1"),
+        &dir.path().join("relay"),
+        &[
+            "--listen",
+            &format!("127.0.0.1:{}", free_port().unwrap()),
+            "--http-listen",
+            &format!("127.0.0.1:{http_port}"),
+            "--http-token-file",
+            token.to_str().unwrap(),
+        ],
+    );
+    let t0 = Instant::now();
+    wait_until(TIMEOUT, "the HTTP endpoint", || {
+        Ok(TcpStream::connect(("127.0.0.1", http_port)).is_ok())
+    })
+    .unwrap();
+    let (code, _, body) = get(http_port, "/readyz", &[]);
+    assert_eq!(
+        (code, body.trim()),
+        (
+            503,
+            "not ready: the upstream has not been reached since the relay started"
+        )
+    );
+    assert_eq!(get(http_port, "/healthz", &[]).0, 200);
+    let (code, headers, _) = get(http_port, "/metrics", &[]);
+    assert_eq!(
+        (code, header(&headers, "www-authenticate")),
+        (401, Some("Bearer"))
+    );
+    assert_eq!(
+        get(http_port, "/status", &[("Authorization", "Bearer wrong")]).0,
+        401
+    );
+    let (code, _, text) = get(http_port, "/metrics", &[("Authorization", "Bearer t0ken")]);
+    assert_eq!(code, 200);
+    assert!(text.contains("walrelay_upstream_connected 0\n"), "{text}");
+    assert!(
+        text.contains("walrelay_upstream_disconnects_total{reason=\"connect\"} "),
+        "{text}"
+    );
+    assert_eq!(get(http_port, "/nothing", &[]).0, 404);
+    let mut s = TcpStream::connect(("127.0.0.1", http_port)).unwrap();
+    s.write_all(
+        b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 405"), "{answer}");
+    assert!(t0.elapsed() < TIMEOUT);
+    drop(relay);
+}
