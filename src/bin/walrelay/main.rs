@@ -22,6 +22,7 @@ use walrelay::cli::{Cli, Command};
 use walrelay::types;
 
 mod demo;
+mod notify;
 mod passwd;
 // The library's `testkit::localpg`, compiled into the binary for `walrelay demo` so that the
 // library does not have to export it: one copy of the source, two crates. The demo uses only
@@ -112,11 +113,36 @@ async fn run(args: walrelay::cli::RunArgs) -> anyhow::Result<()> {
     let reloader = relay.reloader();
     let shutdown = CancellationToken::new();
     let mut relay_task = tokio::spawn(relay.run(shutdown.clone()));
+    let notifier = notify::Notifier::from_env();
+    if let Some(n) = &notifier {
+        n.send("READY=1");
+    }
+    let watchdog = notifier
+        .as_ref()
+        .and(notify::Notifier::watchdog_interval())
+        .map(|every| {
+            let pinger = notify::Notifier::from_env();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                loop {
+                    tick.tick().await;
+                    if let Some(n) = &pinger {
+                        n.send("WATCHDOG=1");
+                    }
+                }
+            })
+        });
     tokio::select! {
         joined = &mut relay_task => return Ok(joined??),
-        signalled = wait_for_signal(&reloader) => signalled?,
+        signalled = wait_for_signal(&reloader, notifier.as_ref()) => signalled?,
     }
     tracing::info!("received shutdown signal, stopping");
+    if let Some(n) = &notifier {
+        n.send("STOPPING=1");
+    }
+    if let Some(w) = watchdog {
+        w.abort();
+    }
     shutdown.cancel();
     match tokio::time::timeout(Relay::SHUTDOWN_GRACE, relay_task).await {
         Ok(joined) => Ok(joined??),
@@ -125,7 +151,10 @@ async fn run(args: walrelay::cli::RunArgs) -> anyhow::Result<()> {
 }
 
 /// Waits for SIGTERM or SIGINT; on SIGHUP, reads the certificate and access files again.
-async fn wait_for_signal(reloader: &walrelay::Reloader) -> anyhow::Result<()> {
+async fn wait_for_signal(
+    reloader: &walrelay::Reloader,
+    notifier: Option<&notify::Notifier>,
+) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -136,8 +165,14 @@ async fn wait_for_signal(reloader: &walrelay::Reloader) -> anyhow::Result<()> {
             _ = int.recv() => return Ok(()),
             _ = hup.recv() => {
                 tracing::info!("received SIGHUP, reloading configuration files");
+                if let Some(n) = notifier {
+                    n.send("RELOADING=1");
+                }
                 // A failure is logged where it is found, and the old files stay in force.
                 let _ = reloader.reload();
+                if let Some(n) = notifier {
+                    n.send("READY=1");
+                }
             }
         }
     }

@@ -1,0 +1,92 @@
+//! `walrelay run` under systemd's notification protocol, as a `Type=notify` unit with
+//! `WatchdogSec` runs it: a datagram socket stands in for systemd's (`NOTIFY_SOCKET`), and
+//! the relay must say `READY=1` once it has started, `WATCHDOG=1` at half of
+//! `WATCHDOG_USEC`, `RELOADING=1` then `READY=1` on SIGHUP, and `STOPPING=1` on SIGTERM.
+//! The upstream need not be reachable for any of it: systemd waits for `READY=1` only until
+//! the relay has opened its store and bound its ports.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::os::unix::net::UnixDatagram;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn receive_until(socket: &UnixDatagram, want: &str, seen: &mut Vec<String>) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut buf = [0_u8; 4096];
+    while Instant::now() < deadline {
+        if let Ok(n) = socket.recv(&mut buf) {
+            let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let found = message == want;
+            seen.push(message);
+            if found {
+                return;
+            }
+        }
+    }
+    panic!("no {want} within 20 s; received {seen:?}");
+}
+
+/// `READY=1`, `WATCHDOG=1`, `RELOADING=1` and `READY=1` on SIGHUP, `STOPPING=1` on SIGTERM,
+/// in that order, and a clean exit.
+#[test]
+fn notifies_ready_watchdog_reload_and_stopping() {
+    let dir = std::env::temp_dir().join(format!("walrelay-notify-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let socket_path = dir.join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let unreachable = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = unreachable.local_addr().unwrap().port();
+    drop(unreachable);
+    let mut relay = Command::new(env!("CARGO_BIN_EXE_walrelay"))
+        .args([
+            "run",
+            "--upstream",
+            &format!("host=127.0.0.1 port={port} user=postgres connect_timeout=1"),
+            "--data-dir",
+        ])
+        .arg(dir.join("data"))
+        .args(["--listen", "127.0.0.1:0"])
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "400000")
+        .env_remove("WATCHDOG_PID")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut seen = Vec::new();
+    receive_until(&socket, "READY=1", &mut seen);
+    receive_until(&socket, "WATCHDOG=1", &mut seen);
+    let t0 = Instant::now();
+    receive_until(&socket, "WATCHDOG=1", &mut seen);
+    assert!(
+        t0.elapsed() < Duration::from_secs(1),
+        "WATCHDOG=1 at half of WATCHDOG_USEC (0.2 s), well within 1 s: {:?}",
+        t0.elapsed()
+    );
+    let kill = |sig: &str| {
+        let ok = Command::new("kill")
+            .args([sig, &relay.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    };
+    kill("-HUP");
+    receive_until(&socket, "RELOADING=1", &mut seen);
+    receive_until(&socket, "READY=1", &mut seen);
+    kill("-TERM");
+    receive_until(&socket, "STOPPING=1", &mut seen);
+    let status = relay.wait().unwrap();
+    assert!(status.success(), "{status}; notifications {seen:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
