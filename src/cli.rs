@@ -16,9 +16,22 @@ use crate::config::{ConfigError, Settings};
 #[derive(Debug, Parser)]
 #[command(name = "walrelay", version, propagate_version = true)]
 pub struct Cli {
+    /// How log lines are written to standard error: text for people, or json (one object per
+    /// line, with the fields of its spans) for log collectors.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Text, one line per event, coloured on a terminal.
+    Text,
+    /// One JSON object per line: timestamp, level, target, message, fields and spans.
+    Json,
 }
 
 /// The subcommands.

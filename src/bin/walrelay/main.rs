@@ -17,7 +17,7 @@ use anyhow::Context;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use walrelay::Relay;
-use walrelay::cli::{Cli, Command};
+use walrelay::cli::{Cli, Command, LogFormat};
 // `localpg` names the relay's types as `crate::types`, as it does inside the library.
 use walrelay::types;
 
@@ -52,10 +52,13 @@ fn main() -> ExitCode {
     one_malloc_arena();
     let cli = Cli::parse();
     // The demo prints its own progress table; only warnings interrupt it.
-    init_logging(match cli.command {
-        Command::Demo(_) | Command::Passwd(_) => "warn",
-        Command::Run(_) => "info",
-    });
+    init_logging(
+        match cli.command {
+            Command::Demo(_) | Command::Passwd(_) => "warn",
+            Command::Run(_) => "info",
+        },
+        cli.log_format,
+    );
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -180,13 +183,19 @@ async fn wait_for_signal(
 
 /// Logs go to stderr, filtered by `WALRELAY_LOG` (tracing's `EnvFilter` syntax) or
 /// `default_level`; colours only on a terminal.
-fn init_logging(default_level: &str) {
+fn init_logging(default_level: &str, format: LogFormat) {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_env("WALRELAY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .init(),
+    }
 }

@@ -1,9 +1,11 @@
-//! `walrelay run` under systemd's notification protocol, as a `Type=notify` unit with
-//! `WatchdogSec` runs it: a datagram socket stands in for systemd's (`NOTIFY_SOCKET`), and
-//! the relay must say `READY=1` once it has started, `WATCHDOG=1` at half of
-//! `WATCHDOG_USEC`, `RELOADING=1` then `READY=1` on SIGHUP, and `STOPPING=1` on SIGTERM.
-//! The upstream need not be reachable for any of it: systemd waits for `READY=1` only until
-//! the relay has opened its store and bound its ports.
+//! `walrelay run` as a service manager and a log collector see it.
+//!
+//! systemd's notification protocol, as a `Type=notify` unit with `WatchdogSec` runs it: a
+//! datagram socket stands in for systemd's (`NOTIFY_SOCKET`), and the relay must say
+//! `READY=1` once it has started, `WATCHDOG=1` at half of `WATCHDOG_USEC`, `RELOADING=1` then
+//! `READY=1` on SIGHUP, and `STOPPING=1` on SIGTERM. The upstream need not be reachable for
+//! any of it: systemd waits for `READY=1` only until the relay has opened its store and bound
+//! its ports. And `--log-format json` writes one JSON object per line.
 
 #![allow(
     clippy::unwrap_used,
@@ -88,5 +90,60 @@ fn notifies_ready_watchdog_reload_and_stopping() {
     receive_until(&socket, "STOPPING=1", &mut seen);
     let status = relay.wait().unwrap();
     assert!(status.success(), "{status}; notifications {seen:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `--log-format json`: every line standard error gets is one JSON object with a timestamp,
+/// a level and the event's fields.
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let dir = std::env::temp_dir().join(format!("walrelay-json-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let unreachable = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = unreachable.local_addr().unwrap().port();
+    drop(unreachable);
+    let mut relay = Command::new(env!("CARGO_BIN_EXE_walrelay"))
+        .args([
+            "--log-format",
+            "json",
+            "run",
+            "--upstream",
+            &format!("host=127.0.0.1 port={port} user=postgres connect_timeout=1"),
+            "--reconnect-max",
+            "100ms",
+            "--data-dir",
+        ])
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let _ = Command::new("kill")
+        .args(["-TERM", &relay.id().to_string()])
+        .status();
+    let out = relay.wait_with_output().unwrap();
+    let text = String::from_utf8(out.stderr).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(lines.len() >= 3, "{text}");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["timestamp"].is_string() && l["level"].is_string())
+    );
+    let ended = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "upstream connection ended")
+        .unwrap_or_else(|| panic!("{text}"));
+    assert_eq!(ended["level"], "WARN");
+    assert!(
+        ended["fields"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("could not connect")
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
