@@ -76,15 +76,17 @@ pub async fn run(opts: DemoOptions) -> Result<(), DemoError> {
     );
 
     let relay_port = free_port()?;
+    let http_port = free_port()?;
     let relay = Relay::open(&demo_config(
         &primary,
         scratch.path().join("relay"),
         relay_port,
+        http_port,
     ))?;
     let relay = relay.spawn();
     let relay_conninfo = format!("host=127.0.0.1 port={relay_port} user=postgres");
     println!(
-        "relay on 127.0.0.1:{relay_port}, storing WAL in {}",
+        "relay on 127.0.0.1:{relay_port}, storing WAL in {}; the same figures as metrics: http://127.0.0.1:{http_port}/metrics and /status",
         scratch.path().join("relay/wal").display()
     );
 
@@ -140,7 +142,7 @@ pub async fn run(opts: DemoOptions) -> Result<(), DemoError> {
             p.durable,
             history.rate_mb_s()
         );
-        print_streams(&p.streams, p.durable, &history);
+        print_streams(&p.streams, p.durable);
         if let Some(failed) = p.store_failure {
             println!("relay writer failed: {failed}");
         }
@@ -192,10 +194,11 @@ fn every_standby_replayed(streams: &[StreamStatus], after: Lsn) -> Result<(), De
     Ok(())
 }
 
-fn demo_config(primary: &Cluster, data_dir: PathBuf, port: u16) -> Config {
+fn demo_config(primary: &Cluster, data_dir: PathBuf, port: u16, http_port: u16) -> Config {
     Config {
         reconnect_max: Duration::from_secs(5),
         listen: Some(format!("127.0.0.1:{port}")),
+        http_listen: Some(format!("127.0.0.1:{http_port}")),
         ..Config::new(primary.conninfo(), data_dir)
     }
 }
@@ -229,18 +232,24 @@ fn start_standbys(
     Ok(standbys)
 }
 
-fn print_streams(streams: &[StreamStatus], durable: Lsn, history: &DurableHistory) {
+/// One row per standby, from the same status `/metrics` reads: lag bytes are the relay's
+/// durable end minus the replayed position (`walrelay_upstream_flush_lsn` minus
+/// `walrelay_replication_replay_lsn`), and the replay lag is `replay_lag` as
+/// `pg_stat_replication` computes it (`walrelay_replication_replay_lag_seconds`; `-` when
+/// NULL, as when a standby is idle and caught up).
+fn print_streams(streams: &[StreamStatus], durable: Lsn) {
     println!(
-        "  {:<12} {:<16} {:>14} {:>14} {:>14} {:>12} {:>9}",
-        "application", "slot", "sent", "flushed", "replayed", "lag bytes", "lag time"
+        "  {:<12} {:<16} {:>14} {:>14} {:>14} {:>12} {:>11}",
+        "application", "slot", "sent", "flushed", "replayed", "lag bytes", "replay lag"
     );
     for s in streams {
         let replayed = s.client.apply;
-        let lag_time = history
-            .time_behind(replayed)
-            .map_or_else(|| "-".to_owned(), |d| format!("{:.1}s", d.as_secs_f64()));
+        let lag_time = s
+            .lags
+            .replay_lag()
+            .map_or_else(|| "-".to_owned(), |d| format!("{:.3}s", d.as_secs_f64()));
         println!(
-            "  {:<12} {:<16} {:>14} {:>14} {:>14} {:>12} {:>9}",
+            "  {:<12} {:<16} {:>14} {:>14} {:>14} {:>12} {:>11}",
             s.application_name,
             s.slot.as_ref().map_or("-", |slot| slot.as_str()),
             s.sent.to_string(),
@@ -252,8 +261,7 @@ fn print_streams(streams: &[StreamStatus], durable: Lsn, history: &DurableHistor
     }
 }
 
-/// When the relay's durable end passed each point, for lag in time the way PostgreSQL's
-/// lag tracker measures it: how long ago the relay had what a standby has replayed now.
+/// The relay's durable end, once a second, for the rate it advances at.
 #[derive(Debug, Default)]
 struct DurableHistory {
     samples: VecDeque<(Instant, Lsn)>,
@@ -265,16 +273,6 @@ impl DurableHistory {
         if self.samples.len() > 600 {
             self.samples.pop_front();
         }
-    }
-
-    /// How long ago the relay first held WAL beyond `lsn`: zero when caught up.
-    fn time_behind(&self, lsn: Lsn) -> Option<Duration> {
-        let (_, newest) = self.samples.back()?;
-        if lsn >= *newest {
-            return Some(Duration::ZERO);
-        }
-        let passed = self.samples.iter().find(|(_, d)| *d > lsn)?;
-        Some(passed.0.elapsed())
     }
 
     fn rate_mb_s(&self) -> f64 {
