@@ -102,7 +102,7 @@ fn json_logs_are_one_object_per_line() {
     let unreachable = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = unreachable.local_addr().unwrap().port();
     drop(unreachable);
-    let mut relay = Command::new(env!("CARGO_BIN_EXE_walrelay"))
+    let relay = Command::new(env!("CARGO_BIN_EXE_walrelay"))
         .args([
             "--log-format",
             "json",
