@@ -45,6 +45,23 @@ pub enum Command {
     /// print a line for the --auth-file: the user and a SCRAM-SHA-256 verifier, as
     /// PostgreSQL stores it in pg_authid.rolpassword.
     Passwd(PasswdArgs),
+    /// Print a running relay's upstream, store and standbys, from its HTTP endpoint's
+    /// /status (see run --http-listen).
+    Status(StatusArgs),
+}
+
+/// Arguments of `walrelay status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The relay's HTTP endpoint: http://HOST:PORT (or HOST:PORT).
+    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:9188")]
+    pub http: String,
+    /// Send the bearer token in FILE (the relay's --http-token-file).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Print again every second, until Ctrl-C.
+    #[arg(long)]
+    pub watch: bool,
 }
 
 /// Arguments of `walrelay passwd`.

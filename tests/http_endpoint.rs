@@ -306,6 +306,21 @@ fn prometheus_scrapes_three_standbys_under_load() {
             .iter()
             .all(|s| s["active"] == true)
     );
+    // `walrelay status` prints the same, a row per standby.
+    let out = Command::new(env!("CARGO_BIN_EXE_walrelay"))
+        .args(["status", "--http", &format!("http://127.0.0.1:{http_port}")])
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{printed}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(printed.starts_with("upstream connected"), "{printed}");
+    for name in ["s1", "s2", "s3"] {
+        assert!(printed.contains(&format!("  {name} ")), "{printed}");
+    }
     drop(relay);
 }
 
@@ -374,5 +389,22 @@ fn probes_and_token_before_the_upstream_is_reached() {
     s.read_to_string(&mut answer).unwrap();
     assert!(answer.starts_with("HTTP/1.1 405"), "{answer}");
     assert!(t0.elapsed() < TIMEOUT);
+    // `walrelay status` needs the token too, and says what the relay answered.
+    let status = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_walrelay"))
+            .args(["status", "--http", &format!("127.0.0.1:{http_port}")])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let refused = status(&[]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("401"),
+        "{refused:?}"
+    );
+    let shown = status(&["--token-file", token.to_str().unwrap()]);
+    assert!(shown.status.success(), "{shown:?}");
+    assert!(String::from_utf8_lossy(&shown.stdout).starts_with("upstream not connected"));
     drop(relay);
 }

@@ -24,6 +24,7 @@ use walrelay::types;
 mod demo;
 mod notify;
 mod passwd;
+mod status;
 // The library's `testkit::localpg`, compiled into the binary for `walrelay demo` so that the
 // library does not have to export it: one copy of the source, two crates. The demo uses only
 // part of it.
@@ -54,7 +55,7 @@ fn main() -> ExitCode {
     // The demo prints its own progress table; only warnings interrupt it.
     init_logging(
         match cli.command {
-            Command::Demo(_) | Command::Passwd(_) => "warn",
+            Command::Demo(_) | Command::Passwd(_) | Command::Status(_) => "warn",
             Command::Run(_) => "info",
         },
         cli.log_format,
@@ -73,6 +74,9 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run(args) => run(*args).await,
             Command::Passwd(args) => passwd::run(&args.user, args.iterations),
+            Command::Status(args) => {
+                status::run(&args.http, args.token_file.as_deref(), args.watch).await
+            }
             Command::Demo(args) => {
                 let opts = demo::DemoOptions {
                     segment_size_mb: args.segment_size_mb,
