@@ -89,7 +89,10 @@ fn main() -> Result<()> {
             .join("walrelay"),
     };
     if !walrelay.is_file() {
-        bail!("{} not found: run `cargo build --release` first", walrelay.display());
+        bail!(
+            "{} not found: run `cargo build --release` first",
+            walrelay.display()
+        );
     }
     let bins = PgBinaries::find()?;
     let root = bins.scratch_dir(&std::env::temp_dir(), "scrape-bench")?;
@@ -111,7 +114,10 @@ fn main() -> Result<()> {
     let relay_conninfo = format!("host=127.0.0.1 port={port} user=postgres");
     wait_until(Duration::from_secs(60), "the relay to serve", || {
         Ok(bins
-            .psql(&format!("{relay_conninfo} replication=1"), "IDENTIFY_SYSTEM")
+            .psql(
+                &format!("{relay_conninfo} replication=1"),
+                "IDENTIFY_SYSTEM",
+            )
             .is_ok())
     })?;
 

@@ -77,7 +77,7 @@ pub struct PasswdArgs {
 
 /// Flags of `walrelay run`. Each can also be set in the `--config` file under the same name
 /// with `_` for `-`; flags win over the file.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct RunArgs {
     /// Upstream connection string, libpq style: "host=db1 port=5432 user=replicator" or
     /// "postgresql://replicator@db1/". Prefer a passfile or PGPASSWORD over a password here.
@@ -118,6 +118,10 @@ pub struct RunArgs {
     /// Require the bearer token in FILE for /metrics and /status.
     #[arg(long, value_name = "FILE")]
     pub http_token_file: Option<PathBuf>,
+    /// What to log, as a tracing filter: "info", "info,walrelay=debug" [default: info;
+    /// WALRELAY_LOG, when set, wins].
+    #[arg(long, value_name = "FILTER")]
+    pub log_level: Option<String>,
     /// Most concurrent downstream replication connections [default: 64].
     #[arg(long, value_name = "N")]
     pub max_wal_senders: Option<usize>,
@@ -188,6 +192,7 @@ impl RunArgs {
             unix_socket_dir: self.unix_socket_dir,
             http_listen: self.http_listen,
             http_token_file: self.http_token_file,
+            log_level: self.log_level,
             max_wal_senders: self.max_wal_senders,
             max_replication_slots: self.max_replication_slots,
             sender_timeout: self.sender_timeout,

@@ -12,6 +12,10 @@ use serde::Deserialize;
 
 use crate::types::SlotName;
 
+mod changes;
+
+pub use changes::ConfigChanges;
+
 /// The settings of a running relay.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Config {
@@ -55,6 +59,9 @@ pub struct Config {
     pub max_slot_wal_keep_size: Option<u64>,
     /// Who may connect downstream and how: TLS files and access rules.
     pub access: AccessFiles,
+    /// What to log, as a tracing filter (`info`, `info,walrelay=debug`); `WALRELAY_LOG`,
+    /// when set, wins.
+    pub log_level: Option<String>,
 }
 
 /// The files that decide who may connect downstream and how, read at start and again on
@@ -114,6 +121,7 @@ impl std::fmt::Debug for Config {
             .field("unix_socket_dir", &self.unix_socket_dir)
             .field("http_listen", &self.http_listen)
             .field("http_token_file", &self.http_token_file)
+            .field("log_level", &self.log_level)
             .field("max_wal_senders", &self.max_wal_senders)
             .field("max_replication_slots", &self.max_replication_slots)
             .field("sender_timeout", &self.sender_timeout)
@@ -153,6 +161,8 @@ pub struct Settings {
     pub http_listen: Option<String>,
     /// See [`Config::http_token_file`].
     pub http_token_file: Option<PathBuf>,
+    /// See [`Config::log_level`].
+    pub log_level: Option<String>,
     /// See [`Config::max_wal_senders`].
     pub max_wal_senders: Option<usize>,
     /// See [`Config::max_replication_slots`].
@@ -254,6 +264,7 @@ impl Settings {
             unix_socket_dir: self.unix_socket_dir.or(fallback.unix_socket_dir),
             http_listen: self.http_listen.or(fallback.http_listen),
             http_token_file: self.http_token_file.or(fallback.http_token_file),
+            log_level: self.log_level.or(fallback.log_level),
             max_wal_senders: self.max_wal_senders.or(fallback.max_wal_senders),
             max_replication_slots: self
                 .max_replication_slots
@@ -346,6 +357,7 @@ impl Settings {
             unix_socket_dir: self.unix_socket_dir,
             http_listen: self.http_listen,
             http_token_file: self.http_token_file,
+            log_level: self.log_level,
             max_wal_senders: self.max_wal_senders.unwrap_or(d.max_wal_senders),
             max_replication_slots: self
                 .max_replication_slots
@@ -402,6 +414,7 @@ impl Config {
             unix_socket_dir: None,
             http_listen: None,
             http_token_file: None,
+            log_level: None,
             max_wal_senders: 64,
             max_replication_slots: 64,
             sender_timeout: Duration::from_secs(60),

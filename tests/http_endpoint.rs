@@ -406,5 +406,18 @@ fn probes_and_token_before_the_upstream_is_reached() {
     let shown = status(&["--token-file", token.to_str().unwrap()]);
     assert!(shown.status.success(), "{shown:?}");
     assert!(String::from_utf8_lossy(&shown.stdout).starts_with("upstream not connected"));
+    // A reload reads the token file again.
+    std::fs::write(&token, "n3w\n").unwrap();
+    let at = relay.log_len();
+    relay.signal("HUP");
+    relay.wait_log(at, "reload", TIMEOUT);
+    wait_until(TIMEOUT, "the new token", || {
+        Ok(get(http_port, "/metrics", &[("Authorization", "Bearer n3w")]).0 == 200)
+    })
+    .unwrap();
+    assert_eq!(
+        get(http_port, "/metrics", &[("Authorization", "Bearer t0ken")]).0,
+        401
+    );
     drop(relay);
 }

@@ -147,3 +147,56 @@ fn json_logs_are_one_object_per_line() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `log_level` in the config file sets what is logged, and a reload changes it.
+#[test]
+fn log_level_follows_the_config_file() {
+    let dir = std::env::temp_dir().join(format!("walrelay-loglevel-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let unreachable = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = unreachable.local_addr().unwrap().port();
+    drop(unreachable);
+    let config = dir.join("walrelay.toml");
+    let write = |level: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "upstream = \"host=127.0.0.1 port={port} user=postgres connect_timeout=1\"\n\
+                 data_dir = \"{}\"\nreconnect_max = \"200ms\"\nlog_level = \"{level}\"\n",
+                dir.join("data").display()
+            ),
+        )
+        .unwrap();
+    };
+    write("error");
+    let log = dir.join("relay.log");
+    let relay = Command::new(env!("CARGO_BIN_EXE_walrelay"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .env_remove("WALRELAY_LOG")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    let quiet = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        !quiet.contains(" WARN ") && !quiet.contains(" INFO "),
+        "{quiet}"
+    );
+    write("info");
+    let signal = |sig: &str| {
+        Command::new("kill")
+            .args([sig, &relay.id().to_string()])
+            .status()
+            .unwrap()
+    };
+    signal("-HUP");
+    std::thread::sleep(Duration::from_millis(1000));
+    let loud = std::fs::read_to_string(&log).unwrap();
+    assert!(loud.contains("upstream connection ended"), "{loud}");
+    signal("-TERM");
+    let _ = relay.wait_with_output();
+    let _ = std::fs::remove_dir_all(&dir);
+}

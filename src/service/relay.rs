@@ -8,7 +8,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::config::Config;
+use crate::config::{Config, ConfigChanges};
 use crate::hub::{Hub, HubFeed};
 use crate::metrics::Counters;
 use crate::proto::conninfo::{ConnInfo, ConnInfoError, Env};
@@ -95,14 +95,18 @@ struct Downstream {
     listener: std::net::TcpListener,
     unix: Option<BoundUnixSocket>,
     ctx: Arc<ServerContext>,
-    retention: RetentionPolicy,
-    reload: Reload,
+    reload: Arc<Mutex<Reload>>,
 }
 
-/// Reads the relay's certificate and access files again, as SIGHUP does to `walrelay run`.
-#[derive(Debug, Clone, Default)]
+/// Applies a new configuration to a running relay, as SIGHUP does to `walrelay run`.
+#[derive(Debug, Clone)]
 pub struct Reloader {
-    target: Option<(Reload, Arc<ServerContext>)>,
+    /// The configuration in force.
+    running: Arc<Mutex<Config>>,
+    upstream: Arc<watch::Sender<UpstreamSettings>>,
+    retention: Arc<watch::Sender<RetentionPolicy>>,
+    downstream: Option<(Arc<Mutex<Reload>>, Arc<ServerContext>)>,
+    http_token: Option<Arc<RwLock<Option<String>>>>,
 }
 
 impl Reloader {
@@ -113,10 +117,105 @@ impl Reloader {
     /// # Errors
     /// A file that cannot be read or parsed: it is logged, and the relay keeps what it had.
     pub fn reload(&self) -> Result<(), AccessError> {
-        match &self.target {
-            Some((reload, ctx)) => ctx.reload(reload),
+        match &self.downstream {
+            Some((reload, ctx)) => ctx.reload(&lock(reload)),
             None => Ok(()),
         }
+    }
+
+    /// Applies `new`: the upstream connection (the relay reconnects with it; downstreams
+    /// go on streaming what the store holds), retention, limits and timeouts for the
+    /// connections that come next, the HTTP token, and the access files, read again. What
+    /// only a restart can change (data directory, listen addresses, `max_replication_slots`)
+    /// is logged and kept. Everything is checked before anything is applied, so a new
+    /// configuration that fails leaves the running one as it was.
+    ///
+    /// # Errors
+    /// An invalid upstream connection string, or a token, certificate or access file that
+    /// cannot be read or parsed.
+    pub fn apply(&self, new: &Config) -> Result<ConfigChanges, RelayError> {
+        let mut running = lock(&self.running);
+        let changes = running.changes(new);
+        let new = running.reloaded(new);
+        let settings = upstream_settings(&new)?;
+        let token = match (&self.http_token, &new.http_token_file) {
+            (Some(_), Some(path)) => Some(http::read_token(path)?),
+            _ => None,
+        };
+        if let Some((reload, ctx)) = &self.downstream {
+            let mut reload = lock(reload);
+            let next = Reload {
+                files: new.access.clone(),
+                mock_nonce: reload.mock_nonce,
+            };
+            ctx.reload(&next)?;
+            *reload = next;
+            ctx.set_config(downstream_config(&new));
+        }
+        const UPSTREAM: [&str; 7] = [
+            "upstream",
+            "upstream_slot",
+            "application_name",
+            "status_interval",
+            "receive_timeout",
+            "reconnect_min",
+            "reconnect_max",
+        ];
+        if changes.applied.iter().any(|c| UPSTREAM.contains(c)) {
+            self.upstream.send_replace(settings);
+        }
+        self.retention.send_replace(retention_policy(&new));
+        if let Some(slot) = &self.http_token {
+            *slot.write().unwrap_or_else(PoisonError::into_inner) = token;
+        }
+        for setting in &changes.applied {
+            info!(setting, "setting reloaded");
+        }
+        for setting in &changes.need_restart {
+            warn!(
+                setting,
+                "setting changed in the configuration, but only a restart applies it: the running value stays"
+            );
+        }
+        if changes.is_empty() {
+            info!("configuration reloaded: no setting changed");
+        }
+        *running = new;
+        Ok(changes)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The upstream side's settings in `config`.
+fn upstream_settings(config: &Config) -> Result<UpstreamSettings, RelayError> {
+    Ok(UpstreamSettings {
+        conninfo: ConnInfo::parse(&config.upstream, &process_env())?,
+        slot: config.upstream_slot.to_string(),
+        application_name: config.application_name.clone(),
+        timing: StreamTiming {
+            status_interval: config.status_interval,
+            receive_timeout: config.receive_timeout,
+        },
+        reconnect_min: config.reconnect_min,
+        reconnect_max: config.reconnect_max.max(config.reconnect_min),
+    })
+}
+
+fn retention_policy(config: &Config) -> RetentionPolicy {
+    RetentionPolicy {
+        wal_keep_size: config.wal_keep_size,
+        max_slot_wal_keep_size: config.max_slot_wal_keep_size,
+    }
+}
+
+fn downstream_config(config: &Config) -> DownstreamConfig {
+    DownstreamConfig {
+        max_wal_senders: config.max_wal_senders,
+        sender_timeout: config.sender_timeout,
+        authentication_timeout: config.authentication_timeout,
     }
 }
 
@@ -127,7 +226,9 @@ pub struct Relay {
     _lock: DataDirLock,
     /// What the relay's tasks count, for the metrics.
     counters: Arc<Counters>,
-    settings: UpstreamSettings,
+    config: Arc<Mutex<Config>>,
+    upstream: Arc<watch::Sender<UpstreamSettings>>,
+    retention: Arc<watch::Sender<RetentionPolicy>>,
     data_dir: PathBuf,
     hub: Hub,
     /// The hub's feed outlives the writer thread: streams end with the relay, not before.
@@ -143,8 +244,7 @@ pub struct Relay {
 #[derive(Debug)]
 struct Http {
     listener: std::net::TcpListener,
-    token: Option<String>,
-    max_slot_wal_keep_size: Option<u64>,
+    token: Arc<RwLock<Option<String>>>,
 }
 
 /// Builds a [`Relay`]: where it streams from and stores WAL, whether it serves, and its
@@ -231,18 +331,7 @@ impl Relay {
     /// A bad connection string, a data directory another relay holds, a store or slot
     /// registry that cannot be opened, or an address that cannot be bound.
     pub fn open(config: &Config) -> Result<Relay, RelayError> {
-        let conninfo = ConnInfo::parse(&config.upstream, &process_env())?;
-        let settings = UpstreamSettings {
-            conninfo,
-            slot: config.upstream_slot.to_string(),
-            application_name: config.application_name.clone(),
-            timing: StreamTiming {
-                status_interval: config.status_interval,
-                receive_timeout: config.receive_timeout,
-            },
-            reconnect_min: config.reconnect_min,
-            reconnect_max: config.reconnect_max.max(config.reconnect_min),
-        };
+        let settings = upstream_settings(config)?;
         let lock = DataDirLock::acquire(&config.data_dir)?;
         let (hub, feed) = Hub::new(config.data_dir.join("wal"), TAIL_CACHE_BYTES);
         let feed = Arc::new(feed);
@@ -255,11 +344,7 @@ impl Relay {
             Some(address) => {
                 let mock_nonce = mock_nonce(&config.data_dir)?;
                 let ctx = ServerContext::new(
-                    DownstreamConfig {
-                        max_wal_senders: config.max_wal_senders,
-                        sender_timeout: config.sender_timeout,
-                        authentication_timeout: config.authentication_timeout,
-                    },
+                    downstream_config(config),
                     info_rx,
                     hub.clone(),
                     SlotRegistry::open(&config.data_dir, config.max_replication_slots)?,
@@ -285,14 +370,10 @@ impl Relay {
                     listener,
                     unix,
                     ctx: Arc::new(ctx),
-                    retention: RetentionPolicy {
-                        wal_keep_size: config.wal_keep_size,
-                        max_slot_wal_keep_size: config.max_slot_wal_keep_size,
-                    },
-                    reload: Reload {
+                    reload: Arc::new(Mutex::new(Reload {
                         files: config.access.clone(),
                         mock_nonce,
-                    },
+                    })),
                 })
             }
         };
@@ -314,8 +395,7 @@ impl Relay {
                 }
                 Some(Http {
                     listener,
-                    token,
-                    max_slot_wal_keep_size: config.max_slot_wal_keep_size,
+                    token: Arc::new(RwLock::new(token)),
                 })
             }
         };
@@ -323,7 +403,9 @@ impl Relay {
             _lock: lock,
             http,
             counters,
-            settings,
+            config: Arc::new(Mutex::new(config.clone())),
+            upstream: Arc::new(watch::channel(settings).0),
+            retention: Arc::new(watch::channel(retention_policy(config)).0),
             data_dir: config.data_dir.clone(),
             hub,
             feed,
@@ -341,13 +423,18 @@ impl Relay {
             .and_then(|d| d.listener.local_addr().ok())
     }
 
-    /// What reads the certificate and access files again while the relay runs.
+    /// What applies a new configuration, or reads the access files again, while the relay
+    /// runs.
     pub fn reloader(&self) -> Reloader {
         Reloader {
-            target: self
+            running: Arc::clone(&self.config),
+            upstream: Arc::clone(&self.upstream),
+            retention: Arc::clone(&self.retention),
+            downstream: self
                 .downstream
                 .as_ref()
-                .map(|d| (d.reload.clone(), Arc::clone(&d.ctx))),
+                .map(|d| (Arc::clone(&d.reload), Arc::clone(&d.ctx))),
+            http_token: self.http.as_ref().map(|h| Arc::clone(&h.token)),
         }
     }
 
@@ -415,7 +502,7 @@ impl Relay {
                     Arc::clone(&self.counters),
                 ),
                 wal_dir: self.data_dir.join("wal"),
-                max_slot_wal_keep_size: h.max_slot_wal_keep_size,
+                retention: self.retention.subscribe(),
                 token: h.token,
             };
             (h.listener, Arc::new(state))
@@ -435,10 +522,15 @@ impl Relay {
             feedback: self.horizon,
             counters: Arc::clone(&self.counters),
         };
-        let upstream = upstream::run(self.settings, self.writer.clone(), links, shutdown.clone());
+        let upstream = upstream::run(
+            self.upstream.subscribe(),
+            self.writer.clone(),
+            links,
+            shutdown.clone(),
+        );
         let downstream = async {
             if let Some(d) = self.downstream {
-                serve(d, self.writer, shutdown.clone()).await;
+                serve(d, self.writer, self.retention.subscribe(), shutdown.clone()).await;
             }
         };
         let (up, (), (), ()) = tokio::join!(upstream, downstream, save_info, http);
@@ -530,7 +622,12 @@ async fn save_info(
 
 /// Waits until the upstream is known, then serves downstream connections until shutdown,
 /// saving slot positions and applying retention meanwhile.
-async fn serve(d: Downstream, writer: Writer, shutdown: CancellationToken) {
+async fn serve(
+    d: Downstream,
+    writer: Writer,
+    retention: watch::Receiver<RetentionPolicy>,
+    shutdown: CancellationToken,
+) {
     let mut known = d.ctx.upstream_known();
     tokio::select! {
         () = shutdown.cancelled() => return,
@@ -555,7 +652,7 @@ async fn serve(d: Downstream, writer: Writer, shutdown: CancellationToken) {
         listener::serve(listener, unix, Arc::clone(&ctx), shutdown.clone()),
         save_slots(Arc::clone(&ctx), shutdown.clone()),
         record_durable(Arc::clone(&ctx), writer.positions(), shutdown.clone()),
-        retention::run(Arc::clone(&ctx), writer, d.retention, shutdown)
+        retention::run(Arc::clone(&ctx), writer, retention, shutdown)
     );
     if let Err(e) = ctx.save_slots().await {
         warn!(error = %e, "could not save replication slots");

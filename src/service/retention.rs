@@ -10,6 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -57,7 +58,7 @@ impl RetentionPolicy {
 pub(crate) async fn run(
     ctx: Arc<ServerContext>,
     writer: Writer,
-    policy: RetentionPolicy,
+    policy: watch::Receiver<RetentionPolicy>,
     shutdown: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(INTERVAL);
@@ -66,6 +67,8 @@ pub(crate) async fn run(
             () = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
+        // The settings now: a reload changes them between two rounds.
+        let policy = *policy.borrow();
         let durable = ctx.hub.durable();
         let (Some(_), Some(size)) = (durable.timeline, ctx.hub.segment_size()) else {
             continue;

@@ -595,6 +595,19 @@ impl RelayProcess {
         data_dir: &Path,
         args: &[&str],
     ) -> RelayProcess {
+        let mut all = vec![
+            "--upstream",
+            upstream,
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+        ];
+        all.extend_from_slice(args);
+        RelayProcess::start_run(binary, data_dir, &all)
+    }
+
+    /// `walrelay run ARGS…` and nothing else (a `--config` file, say), its log beside
+    /// `data_dir`.
+    pub fn start_run(binary: &Path, data_dir: &Path, args: &[&str]) -> RelayProcess {
         fs::create_dir_all(data_dir.parent().unwrap()).unwrap();
         let log = data_dir.with_extension("log");
         let out = fs::OpenOptions::new()
@@ -603,8 +616,7 @@ impl RelayProcess {
             .open(&log)
             .unwrap();
         let child = Command::new(binary)
-            .args(["run", "--upstream", upstream, "--data-dir"])
-            .arg(data_dir)
+            .arg("run")
             .args(args)
             .env("WALRELAY_LOG", "info,walrelay=debug")
             .stdin(Stdio::null())

@@ -53,7 +53,7 @@ fn main() -> ExitCode {
     one_malloc_arena();
     let cli = Cli::parse();
     // The demo prints its own progress table; only warnings interrupt it.
-    init_logging(
+    let set_log_level = init_logging(
         match cli.command {
             Command::Demo(_) | Command::Passwd(_) | Command::Status(_) => "warn",
             Command::Run(_) => "info",
@@ -72,7 +72,7 @@ fn main() -> ExitCode {
     };
     let outcome = runtime.block_on(async {
         match cli.command {
-            Command::Run(args) => run(*args).await,
+            Command::Run(args) => run(*args, set_log_level).await,
             Command::Passwd(args) => passwd::run(&args.user, args.iterations),
             Command::Status(args) => {
                 status::run(&args.http, args.token_file.as_deref(), args.watch).await
@@ -114,8 +114,14 @@ fn report(e: &anyhow::Error) -> String {
     text
 }
 
-async fn run(args: walrelay::cli::RunArgs) -> anyhow::Result<()> {
-    let config = args.settings()?.into_config()?;
+async fn run(
+    args: walrelay::cli::RunArgs,
+    set_log_level: Option<SetLogLevel>,
+) -> anyhow::Result<()> {
+    let config = args.clone().settings()?.into_config()?;
+    if let (Some(set), Some(level)) = (&set_log_level, &config.log_level) {
+        set(level).map_err(|e| anyhow::anyhow!("invalid log_level \"{level}\": {e}"))?;
+    }
     let relay = Relay::open(&config).context("could not start the relay")?;
     let reloader = relay.reloader();
     let shutdown = CancellationToken::new();
@@ -141,7 +147,7 @@ async fn run(args: walrelay::cli::RunArgs) -> anyhow::Result<()> {
         });
     tokio::select! {
         joined = &mut relay_task => return Ok(joined??),
-        signalled = wait_for_signal(&reloader, notifier.as_ref()) => signalled?,
+        signalled = wait_for_signal(&reloader, notifier.as_ref(), &args, set_log_level.as_ref()) => signalled?,
     }
     tracing::info!("received shutdown signal, stopping");
     if let Some(n) = &notifier {
@@ -161,6 +167,8 @@ async fn run(args: walrelay::cli::RunArgs) -> anyhow::Result<()> {
 async fn wait_for_signal(
     reloader: &walrelay::Reloader,
     notifier: Option<&notify::Notifier>,
+    args: &walrelay::cli::RunArgs,
+    set_log_level: Option<&SetLogLevel>,
 ) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
@@ -171,12 +179,11 @@ async fn wait_for_signal(
             _ = term.recv() => return Ok(()),
             _ = int.recv() => return Ok(()),
             _ = hup.recv() => {
-                tracing::info!("received SIGHUP, reloading configuration files");
+                tracing::info!("received SIGHUP, reloading the configuration");
                 if let Some(n) = notifier {
                     n.send("RELOADING=1");
                 }
-                // A failure is logged where it is found, and the old files stay in force.
-                let _ = reloader.reload();
+                reload(reloader, args, set_log_level);
                 if let Some(n) = notifier {
                     n.send("READY=1");
                 }
@@ -185,21 +192,80 @@ async fn wait_for_signal(
     }
 }
 
-/// Logs go to stderr, filtered by `WALRELAY_LOG` (tracing's `EnvFilter` syntax) or
-/// `default_level`; colours only on a terminal.
-fn init_logging(default_level: &str, format: LogFormat) {
-    use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_env("WALRELAY_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
-        LogFormat::Json => builder
-            .json()
-            .with_current_span(true)
-            .with_span_list(true)
-            .init(),
+/// Reads the configuration again (the `--config` file, then the flags over it) and applies
+/// it; a configuration with an error is reported and the running one stays.
+fn reload(
+    reloader: &walrelay::Reloader,
+    args: &walrelay::cli::RunArgs,
+    set_log_level: Option<&SetLogLevel>,
+) {
+    let new = match args.clone().settings().and_then(|s| s.into_config()) {
+        Ok(new) => new,
+        Err(e) => {
+            tracing::error!(error = %e, "configuration not reloaded: the running settings stay");
+            return;
+        }
+    };
+    let level = new.log_level.clone().unwrap_or_else(|| "info".into());
+    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&level) {
+        tracing::error!(error = %e, log_level = %level, "configuration not reloaded: invalid log_level; the running settings stay");
+        return;
     }
+    match reloader.apply(&new) {
+        Ok(changes) => {
+            if changes.applied.contains(&"log_level")
+                && let Some(set) = set_log_level
+                && let Err(e) = set(&level)
+            {
+                tracing::error!(error = %e, "could not change the log level");
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "configuration not reloaded: the running settings stay");
+        }
+    }
+}
+
+/// Changes what is logged, from a `log_level` setting.
+type SetLogLevel = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+/// Logs go to stderr, filtered by `WALRELAY_LOG` (tracing's `EnvFilter` syntax) or
+/// `default_level`; colours only on a terminal. The filter can be changed later (the
+/// `log_level` setting) unless `WALRELAY_LOG` is set, which always wins.
+fn init_logging(default_level: &str, format: LogFormat) -> Option<SetLogLevel> {
+    use std::io::IsTerminal;
+    use tracing_subscriber::EnvFilter;
+    let from_env = EnvFilter::try_from_env("WALRELAY_LOG").ok();
+    let pinned = from_env.is_some();
+    let filter = from_env.unwrap_or_else(|| EnvFilter::new(default_level));
+    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr);
+    let set: SetLogLevel = match format {
+        LogFormat::Text => {
+            let builder = builder
+                .with_ansi(std::io::stderr().is_terminal())
+                .with_env_filter(filter)
+                .with_filter_reloading();
+            let handle = builder.reload_handle();
+            builder.init();
+            Box::new(move |level| {
+                let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+                handle.reload(filter).map_err(|e| e.to_string())
+            })
+        }
+        LogFormat::Json => {
+            let builder = builder
+                .json()
+                .with_current_span(true)
+                .with_span_list(true)
+                .with_env_filter(filter)
+                .with_filter_reloading();
+            let handle = builder.reload_handle();
+            builder.init();
+            Box::new(move |level| {
+                let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+                handle.reload(filter).map_err(|e| e.to_string())
+            })
+        }
+    };
+    (!pinned).then_some(set)
 }

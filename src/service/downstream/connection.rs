@@ -129,7 +129,7 @@ impl<T: Transport> Connection<T> {
 
     /// Serves the connection until it ends.
     pub(crate) async fn run(self) {
-        let limit = self.ctx.config.authentication_timeout;
+        let limit = self.ctx.config().authentication_timeout;
         let counters = Arc::clone(&self.ctx.counters);
         match tokio::time::timeout(limit, self.start()).await {
             Err(_) => {
@@ -569,7 +569,7 @@ impl<T: Transport> Connection<T> {
     /// Sends what is buffered, then `parts`. While streaming, a client that does not read for
     /// the sender timeout is dropped.
     async fn write(&mut self, parts: Vec<Bytes>) -> Result<(), ConnError> {
-        let timeout = self.ctx.config.sender_timeout;
+        let timeout = self.ctx.config().sender_timeout;
         if self.stream.is_none() || timeout.is_zero() {
             return self.wr.flush_parts(parts).await;
         }

@@ -71,7 +71,7 @@ struct Live {
 
 /// What every downstream connection shares.
 pub(crate) struct ServerContext {
-    pub(crate) config: DownstreamConfig,
+    config: RwLock<DownstreamConfig>,
     upstream: watch::Receiver<Option<Arc<UpstreamInfo>>>,
     pub(crate) hub: Hub,
     slots: Mutex<SlotRegistry>,
@@ -116,7 +116,7 @@ impl ServerContext {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
         ServerContext {
-            config,
+            config: RwLock::new(config),
             upstream,
             hub,
             slots: Mutex::new(slots),
@@ -132,6 +132,16 @@ impl ServerContext {
             counters: Arc::default(),
             durable_times: Mutex::new(DurableTimes::default()),
         }
+    }
+
+    /// The limits and timeouts now.
+    pub(crate) fn config(&self) -> DownstreamConfig {
+        *self.config.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// New limits and timeouts, for the connections that come next.
+    pub(crate) fn set_config(&self, config: DownstreamConfig) {
+        *self.config.write().unwrap_or_else(PoisonError::into_inner) = config;
     }
 
     /// Counts into `counters` (the relay's) rather than a set of its own.
@@ -160,8 +170,8 @@ impl ServerContext {
     /// PostgreSQL).
     pub(crate) fn session_config(&self, access: &Access, peer: Peer) -> SessionConfig {
         SessionConfig {
-            max_wal_senders: self.config.max_wal_senders,
-            sender_timeout: self.config.sender_timeout,
+            max_wal_senders: self.config().max_wal_senders,
+            sender_timeout: self.config().sender_timeout,
             shutdown_wait: SHUTDOWN_WAIT,
             tls: access.tls.is_some() && peer != Peer::Local,
         }
@@ -200,7 +210,7 @@ impl ServerContext {
 
     /// Takes one of `max_wal_senders` places; `None` when all are taken.
     pub(crate) fn claim_sender(self: &Arc<Self>) -> Option<SenderPlace> {
-        let max = self.config.max_wal_senders;
+        let max = self.config().max_wal_senders;
         self.senders
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < max).then_some(n + 1)

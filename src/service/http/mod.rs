@@ -15,7 +15,7 @@ mod status_json;
 
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -26,12 +26,13 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use subtle::ConstantTimeEq;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use crate::metrics::exposition::Format;
+use crate::service::retention::RetentionPolicy;
 use crate::service::status::{RelayMonitor, RelayStatus};
 use snapshot::Snapshot;
 
@@ -61,10 +62,10 @@ pub(crate) struct HttpState {
     pub monitor: RelayMonitor,
     /// The store's directory of segments.
     pub wal_dir: PathBuf,
-    /// The slots' retention limit, for `wal_status`.
-    pub max_slot_wal_keep_size: Option<u64>,
-    /// The bearer token `/metrics` and `/status` require, if any.
-    pub token: Option<String>,
+    /// The retention settings in force, for the slots' `wal_status`.
+    pub retention: watch::Receiver<RetentionPolicy>,
+    /// The bearer token `/metrics` and `/status` require, if any (a reload may change it).
+    pub token: Arc<RwLock<Option<String>>>,
 }
 
 /// Reads the bearer token from `path`: the file's first line, trimmed.
@@ -154,7 +155,8 @@ fn text(
 
 /// Whether the request carries the token, if one is required.
 fn authorized(state: &HttpState, req: &Request<Incoming>) -> bool {
-    let Some(token) = &state.token else {
+    let token = state.token.read().unwrap_or_else(PoisonError::into_inner);
+    let Some(token) = token.as_deref() else {
         return true;
     };
     req.headers()
@@ -245,7 +247,8 @@ async fn read_snapshot(
 ) -> Option<String> {
     let state = Arc::clone(state);
     tokio::task::spawn_blocking(move || {
-        let snapshot = Snapshot::read(&state.monitor, &state.wal_dir, state.max_slot_wal_keep_size);
+        let limit = state.retention.borrow().max_slot_wal_keep_size;
+        let snapshot = Snapshot::read(&state.monitor, &state.wal_dir, limit);
         render(&snapshot)
     })
     .await

@@ -134,27 +134,37 @@ pub(crate) struct Links {
 /// # Errors
 /// Only what cannot be retried: the store cannot be reopened.
 pub(crate) async fn run(
-    settings: UpstreamSettings,
+    mut settings_rx: watch::Receiver<UpstreamSettings>,
     writer: Writer,
     links: Links,
     shutdown: CancellationToken,
 ) -> Result<(), UpstreamError> {
-    let mut delay = settings.reconnect_min;
+    let mut delay = settings_rx.borrow().reconnect_min;
     let mut attempt: u64 = 0;
-    let peer = settings
-        .conninfo
-        .hosts()
-        .iter()
-        .map(|e| format!("{}:{}", e.pgpass_host(), e.port))
-        .collect::<Vec<_>>()
-        .join(",");
     loop {
+        let settings = settings_rx.borrow_and_update().clone();
+        let peer = settings
+            .conninfo
+            .hosts()
+            .iter()
+            .map(|e| format!("{}:{}", e.pgpass_host(), e.port))
+            .collect::<Vec<_>>()
+            .join(",");
         attempt += 1;
         let span = info_span!("upstream", peer = %peer, attempt, slot = %settings.slot);
         let started = Instant::now();
-        let outcome = stream::connect_and_stream(&settings, &writer, &links, &shutdown)
-            .instrument(span)
-            .await;
+        let connection =
+            stream::connect_and_stream(&settings, &writer, &links, &shutdown).instrument(span);
+        // New settings (a reload) end the connection at once; the next one uses them.
+        let outcome = tokio::select! {
+            outcome = connection => outcome,
+            Ok(()) = settings_rx.changed() => {
+                links.counters.upstream.set_connected(false);
+                info!("upstream settings changed: reconnecting with them");
+                delay = settings_rx.borrow().reconnect_min;
+                continue;
+            }
+        };
         if let Err(e) = outcome {
             links.counters.upstream.ended(end_reason(&e));
             if shutdown.is_cancelled() {
@@ -178,6 +188,11 @@ pub(crate) async fn run(
         tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
             () = tokio::time::sleep(delay) => {}
+            Ok(()) = settings_rx.changed() => {
+                info!("upstream settings changed: reconnecting with them");
+                delay = settings_rx.borrow().reconnect_min;
+                continue;
+            }
         }
         delay = (delay * 2).min(settings.reconnect_max);
     }
