@@ -528,6 +528,7 @@ impl<T: Transport> Connection<T> {
                     application_name,
                     slot,
                     timeline,
+                    start,
                     sent: start,
                     client: Default::default(),
                     client_addr: match self.session.peer() {

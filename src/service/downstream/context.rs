@@ -52,6 +52,8 @@ pub struct StreamStatus {
     pub slot: Option<SlotName>,
     /// The timeline it streams.
     pub timeline: TimelineId,
+    /// Where streaming started (or resumed on a new timeline).
+    pub start: Lsn,
     /// The end of what was sent to it.
     pub sent: Lsn,
     /// What it last reported.
