@@ -36,6 +36,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -81,6 +82,10 @@ struct Args {
     /// Which fan-out servers to run [default: both].
     #[arg(long, value_enum, value_name = "MODE")]
     only: Option<Mode>,
+    /// Scrape the relay's /metrics this often while the WAL is written (0: never), to see
+    /// what monitoring costs the fan-out.
+    #[arg(long, default_value_t = 0, value_name = "MS")]
+    scrape_every_ms: u64,
 }
 
 /// What serves the standbys.
@@ -108,6 +113,7 @@ enum FanOut {
     Relay {
         process: PgProcess,
         port: u16,
+        http: u16,
         _dir: ScratchDir,
     },
     /// Cascading standby C.
@@ -214,11 +220,12 @@ fn start_relay(
     root: &Path,
 ) -> Result<FanOut> {
     let dir = bins.scratch_dir(root, "relay")?;
-    let port = free_port()?;
+    let (port, http) = (free_port()?, free_port()?);
     let mut cmd = Command::new(walrelay);
     cmd.args(["run", "--upstream", &primary.conninfo(), "--data-dir"])
         .arg(dir.path().join("data"))
         .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--http-listen", &format!("127.0.0.1:{http}")])
         .stdin(Stdio::null());
     let mut process = localpg::spawn(cmd, &dir.path().join("relay.log"))?;
     let conninfo = replication(&format!("host=127.0.0.1 port={port} user=postgres"));
@@ -234,6 +241,7 @@ fn start_relay(
     Ok(FanOut::Relay {
         process,
         port,
+        http,
         _dir: dir,
     })
 }
@@ -522,8 +530,23 @@ impl Bench {
             fanout.conninfo(),
             args.mb
         );
+        let scraping = Arc::new(AtomicBool::new(true));
+        let scraper = match (&fanout, args.scrape_every_ms) {
+            (FanOut::Relay { http, .. }, every) if every > 0 => {
+                let (http, scraping) = (*http, Arc::clone(&scraping));
+                Some(std::thread::spawn(move || {
+                    scrape_until(http, every, &scraping)
+                }))
+            }
+            _ => None,
+        };
         let run = || run_load(&primary, &standbys, args.mb, tag);
         let (load, usage) = measured(fanout.pid()?, self.clk_tck, run)?;
+        scraping.store(false, Ordering::Relaxed);
+        if let Some(scraper) = scraper {
+            let scrapes = scraper.join().unwrap_or(0);
+            println!("[{tag}] {scrapes} scrapes of /metrics during the run");
+        }
         let shared_buffers = fanout.shared_buffers()?;
         println!(
             "[{tag}] all standbys received it after {:.2} s; stopping",
@@ -536,6 +559,24 @@ impl Bench {
             shared_buffers,
         })
     }
+}
+
+/// GETs `/metrics` from the relay every `every_ms` while `on`; returns how many it did.
+fn scrape_until(http: u16, every_ms: u64, on: &AtomicBool) -> u64 {
+    use std::io::{Read, Write};
+    let mut done = 0;
+    while on.load(Ordering::Relaxed) {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", http)) {
+            let _ =
+                s.write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n");
+            let mut body = Vec::new();
+            if s.read_to_end(&mut body).is_ok() && body.starts_with(b"HTTP/1.1 200") {
+                done += 1;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(every_ms));
+    }
+    done
 }
 
 /// What the columns mean.

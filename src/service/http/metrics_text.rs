@@ -157,7 +157,11 @@ fn store(e: &mut Exposition, s: &Snapshot<'_>) {
 fn downstreams(e: &mut Exposition, s: &Snapshot<'_>) {
     type Field = fn(&crate::service::StreamStatus) -> Option<f64>;
     let fields: [(&str, &str, Field); 9] = [
-        ("walrelay_replication_sent_bytes", "WAL bytes sent to the downstream since its stream started.", |r| Some(r.sent.0.saturating_sub(r.start.0) as f64)),
+        (
+            "walrelay_replication_sent_bytes",
+            "WAL bytes sent to the downstream since its stream started.",
+            |r| Some(r.sent.0.saturating_sub(r.start.0) as f64),
+        ),
         (
             "walrelay_replication_sent_lsn",
             "Last WAL position sent to the downstream (bytes).",
