@@ -134,6 +134,10 @@ pub struct RunArgs {
     /// Close a connection that has not logged in after this long [default: 60s].
     #[arg(long, value_name = "DURATION")]
     pub authentication_timeout: Option<String>,
+    /// /readyz wants the upstream reached within DURATION ("30s"); 0 means reached once since
+    /// the relay started [default: 0].
+    #[arg(long, value_name = "DURATION")]
+    pub ready_upstream_window: Option<String>,
     /// WAL always kept behind the newest, for clients without a slot [default: 1GB].
     #[arg(long, value_name = "SIZE")]
     pub wal_keep_size: Option<String>,
@@ -197,6 +201,7 @@ impl RunArgs {
             max_replication_slots: self.max_replication_slots,
             sender_timeout: self.sender_timeout,
             authentication_timeout: self.authentication_timeout,
+            ready_upstream_window: self.ready_upstream_window,
             wal_keep_size: self.wal_keep_size,
             max_slot_wal_keep_size: self.max_slot_wal_keep_size,
             ssl_cert_file: self.ssl_cert_file,

@@ -53,6 +53,9 @@ pub struct Config {
     pub sender_timeout: Duration,
     /// Close a connection that has not logged in after this long.
     pub authentication_timeout: Duration,
+    /// `/readyz` wants the upstream reached within this long; zero: reached once since the
+    /// relay started is enough.
+    pub ready_upstream_window: Duration,
     /// WAL always kept behind the durable end, in bytes.
     pub wal_keep_size: u64,
     /// The most WAL slots may hold, in bytes; `None` for no limit.
@@ -126,6 +129,7 @@ impl std::fmt::Debug for Config {
             .field("max_replication_slots", &self.max_replication_slots)
             .field("sender_timeout", &self.sender_timeout)
             .field("authentication_timeout", &self.authentication_timeout)
+            .field("ready_upstream_window", &self.ready_upstream_window)
             .field("wal_keep_size", &self.wal_keep_size)
             .field("max_slot_wal_keep_size", &self.max_slot_wal_keep_size)
             .field("access", &self.access)
@@ -171,6 +175,8 @@ pub struct Settings {
     pub sender_timeout: Option<String>,
     /// See [`Config::authentication_timeout`].
     pub authentication_timeout: Option<String>,
+    /// See [`Config::ready_upstream_window`].
+    pub ready_upstream_window: Option<String>,
     /// See [`Config::wal_keep_size`].
     pub wal_keep_size: Option<String>,
     /// See [`Config::max_slot_wal_keep_size`].
@@ -273,6 +279,9 @@ impl Settings {
             authentication_timeout: self
                 .authentication_timeout
                 .or(fallback.authentication_timeout),
+            ready_upstream_window: self
+                .ready_upstream_window
+                .or(fallback.ready_upstream_window),
             wal_keep_size: self.wal_keep_size.or(fallback.wal_keep_size),
             max_slot_wal_keep_size: self
                 .max_slot_wal_keep_size
@@ -368,6 +377,11 @@ impl Settings {
                 self.authentication_timeout,
                 d.authentication_timeout,
             )?,
+            ready_upstream_window: duration(
+                "ready_upstream_window",
+                self.ready_upstream_window,
+                d.ready_upstream_window,
+            )?,
             wal_keep_size: size("wal_keep_size", self.wal_keep_size, Some(d.wal_keep_size))?
                 .unwrap_or(d.wal_keep_size),
             max_slot_wal_keep_size: size(
@@ -419,6 +433,7 @@ impl Config {
             max_replication_slots: 64,
             sender_timeout: Duration::from_secs(60),
             authentication_timeout: Duration::from_secs(60),
+            ready_upstream_window: Duration::ZERO,
             wal_keep_size: DEFAULT_WAL_KEEP_SIZE,
             max_slot_wal_keep_size: None,
             access: AccessFiles::default(),

@@ -56,6 +56,10 @@ impl Config {
         );
         applied("wal_keep_size", self.wal_keep_size != new.wal_keep_size);
         applied(
+            "ready_upstream_window",
+            self.ready_upstream_window != new.ready_upstream_window,
+        );
+        applied(
             "max_slot_wal_keep_size",
             self.max_slot_wal_keep_size != new.max_slot_wal_keep_size,
         );

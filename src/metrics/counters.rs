@@ -61,6 +61,8 @@ pub struct UpstreamCounters {
     server_end: AtomicU64,
     /// Since when (ms since the Unix epoch) the durable end trails the server's; 0 if not.
     behind_since_ms: AtomicU64,
+    /// When the server last sent a message (ms since the Unix epoch); 0 before any.
+    last_contact_ms: AtomicU64,
 }
 
 impl UpstreamCounters {
@@ -101,6 +103,16 @@ impl UpstreamCounters {
                 .behind_since_ms
                 .compare_exchange(0, now_ms.max(1), Relaxed, Relaxed);
         }
+    }
+
+    /// The server sent a message at `now_ms` (ms since the Unix epoch).
+    pub fn contact(&self, now_ms: u64) {
+        self.last_contact_ms.fetch_max(now_ms, Relaxed);
+    }
+
+    /// When the server last sent a message, in ms since the Unix epoch.
+    pub fn last_contact_ms(&self) -> Option<u64> {
+        Some(self.last_contact_ms.load(Relaxed)).filter(|ms| *ms != 0)
     }
 
     /// Since when the durable end trails the server's end, in ms since the Unix epoch.

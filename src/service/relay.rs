@@ -106,7 +106,7 @@ pub struct Reloader {
     upstream: Arc<watch::Sender<UpstreamSettings>>,
     retention: Arc<watch::Sender<RetentionPolicy>>,
     downstream: Option<(Arc<Mutex<Reload>>, Arc<ServerContext>)>,
-    http_token: Option<Arc<RwLock<Option<String>>>>,
+    http: Option<Arc<http::HttpSettings>>,
 }
 
 impl Reloader {
@@ -138,7 +138,7 @@ impl Reloader {
         let changes = running.changes(new);
         let new = running.reloaded(new);
         let settings = upstream_settings(&new)?;
-        let token = match (&self.http_token, &new.http_token_file) {
+        let token = match (&self.http, &new.http_token_file) {
             (Some(_), Some(path)) => Some(http::read_token(path)?),
             _ => None,
         };
@@ -165,8 +165,15 @@ impl Reloader {
             self.upstream.send_replace(settings);
         }
         self.retention.send_replace(retention_policy(&new));
-        if let Some(slot) = &self.http_token {
-            *slot.write().unwrap_or_else(PoisonError::into_inner) = token;
+        if let Some(settings) = &self.http {
+            *settings
+                .token
+                .write()
+                .unwrap_or_else(PoisonError::into_inner) = token;
+            *settings
+                .ready_window
+                .write()
+                .unwrap_or_else(PoisonError::into_inner) = new.ready_upstream_window;
         }
         for setting in &changes.applied {
             info!(setting, "setting reloaded");
@@ -244,7 +251,7 @@ pub struct Relay {
 #[derive(Debug)]
 struct Http {
     listener: std::net::TcpListener,
-    token: Arc<RwLock<Option<String>>>,
+    settings: Arc<http::HttpSettings>,
 }
 
 /// Builds a [`Relay`]: where it streams from and stores WAL, whether it serves, and its
@@ -395,7 +402,10 @@ impl Relay {
                 }
                 Some(Http {
                     listener,
-                    token: Arc::new(RwLock::new(token)),
+                    settings: Arc::new(http::HttpSettings {
+                        token: RwLock::new(token),
+                        ready_window: RwLock::new(config.ready_upstream_window),
+                    }),
                 })
             }
         };
@@ -434,7 +444,7 @@ impl Relay {
                 .downstream
                 .as_ref()
                 .map(|d| (Arc::clone(&d.reload), Arc::clone(&d.ctx))),
-            http_token: self.http.as_ref().map(|h| Arc::clone(&h.token)),
+            http: self.http.as_ref().map(|h| Arc::clone(&h.settings)),
         }
     }
 
@@ -503,7 +513,7 @@ impl Relay {
                 ),
                 wal_dir: self.data_dir.join("wal"),
                 retention: self.retention.subscribe(),
-                token: h.token,
+                settings: h.settings,
             };
             (h.listener, Arc::new(state))
         });

@@ -536,6 +536,7 @@ impl<T: Transport> Connection<T> {
                         Peer::Local => None,
                     },
                     lags: LagReader::default(),
+                    caught_up: false,
                 });
                 self.stream = Some(StreamIo {
                     durable: self.ctx.hub.subscribe(),

@@ -62,6 +62,20 @@ pub struct StreamStatus {
     pub client_addr: Option<IpAddr>,
     /// `write_lag`, `flush_lag` and `replay_lag`, as `pg_stat_replication` computes them.
     pub lags: LagReader,
+    /// Whether it has once been sent everything the relay held: its `state` is then
+    /// `streaming`, before that `catchup`, as in `pg_stat_replication`.
+    pub caught_up: bool,
+}
+
+impl StreamStatus {
+    /// `pg_stat_replication.state`.
+    pub fn state(&self) -> &'static str {
+        if self.caught_up {
+            "streaming"
+        } else {
+            "catchup"
+        }
+    }
 }
 
 /// What the connected streams report: where each one is, and its hot-standby feedback.
@@ -321,6 +335,9 @@ impl ServerContext {
             }
             s.sent = sent;
             s.client = client;
+            if !s.caught_up && sent >= self.hub.durable().lsn {
+                s.caught_up = true;
+            }
         }
     }
 

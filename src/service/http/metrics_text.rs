@@ -215,7 +215,7 @@ fn downstreams(e: &mut Exposition, s: &Snapshot<'_>) {
                 r.application_name.clone(),
                 r.slot.as_ref().map(ToString::to_string).unwrap_or_default(),
                 r.client_addr.map(|a| a.to_string()).unwrap_or_default(),
-                "streaming".to_owned(),
+                r.state().to_owned(),
                 r.pid.0.to_string(),
             ]
         })

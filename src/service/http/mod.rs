@@ -64,8 +64,18 @@ pub(crate) struct HttpState {
     pub wal_dir: PathBuf,
     /// The retention settings in force, for the slots' `wal_status`.
     pub retention: watch::Receiver<RetentionPolicy>,
-    /// The bearer token `/metrics` and `/status` require, if any (a reload may change it).
-    pub token: Arc<RwLock<Option<String>>>,
+    /// The settings a reload may change.
+    pub settings: Arc<HttpSettings>,
+}
+
+/// The endpoint's settings that a reload may change.
+#[derive(Debug, Default)]
+pub(crate) struct HttpSettings {
+    /// The bearer token `/metrics` and `/status` require, if any.
+    pub token: RwLock<Option<String>>,
+    /// How recently the upstream must have been heard from for `/readyz`; zero: once
+    /// since start.
+    pub ready_window: RwLock<Duration>,
 }
 
 /// Reads the bearer token from `path`: the file's first line, trimmed.
@@ -155,7 +165,11 @@ fn text(
 
 /// Whether the request carries the token, if one is required.
 fn authorized(state: &HttpState, req: &Request<Incoming>) -> bool {
-    let token = state.token.read().unwrap_or_else(PoisonError::into_inner);
+    let token = state
+        .settings
+        .token
+        .read()
+        .unwrap_or_else(PoisonError::into_inner);
     let Some(token) = token.as_deref() else {
         return true;
     };
@@ -179,11 +193,23 @@ async fn answer(state: &Arc<HttpState>, req: &Request<Incoming>) -> Response<Ful
         "/healthz" => text(StatusCode::OK, PLAIN, "ok\n"),
         "/readyz" => {
             let status = state.monitor.status();
-            match not_ready(
-                &status,
-                state.monitor.counters().upstream.reached(),
-                state.monitor.listens(),
-            ) {
+            let window = *state
+                .settings
+                .ready_window
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
+            let upstream = &state.monitor.counters().upstream;
+            let since_contact = upstream.last_contact_ms().map(|ms| {
+                let now = snapshot::unix_seconds(std::time::SystemTime::now());
+                Duration::from_secs_f64((now - ms as f64 / 1000.0).max(0.0))
+            });
+            let reached = upstream_recent(
+                upstream.reached(),
+                upstream.connected(),
+                since_contact,
+                window,
+            );
+            match not_ready(&status, reached, state.monitor.listens()) {
                 None => text(StatusCode::OK, PLAIN, "ready\n"),
                 Some(why) => text(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -256,6 +282,17 @@ async fn read_snapshot(
     .ok()
 }
 
+/// Whether the upstream counts as reached for `/readyz`: once since start when `window` is
+/// zero; else connected now, or heard from within `window`.
+pub(crate) fn upstream_recent(
+    reached: bool,
+    connected: bool,
+    since_contact: Option<Duration>,
+    window: Duration,
+) -> bool {
+    reached && (window.is_zero() || connected || since_contact.is_some_and(|d| d <= window))
+}
+
 /// Why the relay is not ready to serve, or `None` when it is: the store must be open, the
 /// upstream reached since the relay started, and (when it listens) its listener accepting,
 /// which it does once the upstream's identity is known.
@@ -268,7 +305,10 @@ pub(crate) fn not_ready(
         return Some(format!("the store failed: {failure}"));
     }
     if !upstream_reached {
-        return Some("the upstream has not been reached since the relay started".into());
+        return Some(
+            "the upstream has not been reached since the relay started (or within ready_upstream_window)"
+                .into(),
+        );
     }
     if listens && status.upstream.is_none() {
         return Some("the listener waits for the upstream's identity".into());
@@ -293,6 +333,19 @@ mod tests {
         assert_eq!(not_ready(&status, true, true), None);
         status.store_failure = Some("disk full".into());
         assert!(not_ready(&status, true, true).is_some_and(|w| w.contains("disk full")));
+    }
+
+    #[test]
+    fn a_window_wants_the_upstream_heard_from_recently() {
+        let s = Duration::from_secs;
+        assert!(!upstream_recent(false, false, None, s(0)));
+        assert!(
+            upstream_recent(true, false, Some(s(3600)), s(0)),
+            "once is enough"
+        );
+        assert!(upstream_recent(true, true, Some(s(3600)), s(30)));
+        assert!(upstream_recent(true, false, Some(s(10)), s(30)));
+        assert!(!upstream_recent(true, false, Some(s(31)), s(30)));
     }
 
     #[test]

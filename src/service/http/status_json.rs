@@ -28,7 +28,7 @@ pub(crate) fn render(s: &Snapshot<'_>) -> Value {
                 "pid": r.pid.0,
                 "application_name": r.application_name,
                 "client_addr": r.client_addr.map(|a| a.to_string()),
-                "state": "streaming",
+                "state": r.state(),
                 "slot_name": r.slot.as_ref().map(ToString::to_string),
                 "timeline": r.timeline.get(),
                 "sent_lsn": lsn(r.sent),

@@ -145,6 +145,7 @@ async fn stream(
             frame = up.conn.recv(up.session.frame_limit()) => frame?,
         };
         let event = up.session.message(frame, Instant::now())?;
+        links.counters.upstream.contact(unix_ms());
         if let Some(rs) = up.session.stream() {
             links.counters.upstream.set_server_end(rs.server_end().0);
         }
