@@ -245,12 +245,9 @@ fn init_logging(default_level: &str, format: LogFormat) -> Option<SetLogLevel> {
                 .with_ansi(std::io::stderr().is_terminal())
                 .with_env_filter(filter)
                 .with_filter_reloading();
-            let handle = builder.reload_handle();
+            let set = level_setter(builder.reload_handle());
             builder.init();
-            Box::new(move |level| {
-                let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
-                handle.reload(filter).map_err(|e| e.to_string())
-            })
+            set
         }
         LogFormat::Json => {
             let builder = builder
@@ -259,13 +256,20 @@ fn init_logging(default_level: &str, format: LogFormat) -> Option<SetLogLevel> {
                 .with_span_list(true)
                 .with_env_filter(filter)
                 .with_filter_reloading();
-            let handle = builder.reload_handle();
+            let set = level_setter(builder.reload_handle());
             builder.init();
-            Box::new(move |level| {
-                let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
-                handle.reload(filter).map_err(|e| e.to_string())
-            })
+            set
         }
     };
     (!pinned).then_some(set)
+}
+
+/// A [`SetLogLevel`] through the subscriber's reload `handle`.
+fn level_setter<S: 'static>(
+    handle: tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, S>,
+) -> SetLogLevel {
+    Box::new(move |level| {
+        let filter = tracing_subscriber::EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+        handle.reload(filter).map_err(|e| e.to_string())
+    })
 }
