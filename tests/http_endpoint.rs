@@ -349,7 +349,10 @@ fn probes_and_token_before_the_upstream_is_reached() {
     let token = dir.path().join("token");
     std::fs::write(&token, "t0ken\n").unwrap();
     let http_port = free_port().unwrap();
-    let nowhere = free_port().unwrap();
+    // Nothing listens on port 1, and no test's server can get it (free ports are above
+    // 1023): a freed port could go to another test's PostgreSQL, which this relay, with a new
+    // data directory, would then stream from.
+    let nowhere = 1;
     let relay = RelayProcess::start(
         &format!("host=127.0.0.1 port={nowhere} user=postgres connect_timeout=1"),
         &dir.path().join("relay"),

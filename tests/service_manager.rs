@@ -18,6 +18,11 @@ use std::os::unix::net::UnixDatagram;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// An upstream port nothing listens on and no test's server can get (free ports are above
+/// 1023): a port freed by this test could go to another test's PostgreSQL, which a relay
+/// with a new data directory would then stream from.
+const NOWHERE: u16 = 1;
+
 fn receive_until(socket: &UnixDatagram, want: &str, seen: &mut Vec<String>) {
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut buf = [0_u8; 4096];
@@ -46,9 +51,7 @@ fn notifies_ready_watchdog_reload_and_stopping() {
     socket
         .set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
-    let unreachable = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = unreachable.local_addr().unwrap().port();
-    drop(unreachable);
+    let port = NOWHERE;
     let mut relay = Command::new(env!("CARGO_BIN_EXE_walrelay"))
         .args([
             "run",
@@ -99,9 +102,7 @@ fn notifies_ready_watchdog_reload_and_stopping() {
 fn json_logs_are_one_object_per_line() {
     let dir = std::env::temp_dir().join(format!("walrelay-json-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let unreachable = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = unreachable.local_addr().unwrap().port();
-    drop(unreachable);
+    let port = NOWHERE;
     let relay = Command::new(env!("CARGO_BIN_EXE_walrelay"))
         .args([
             "--log-format",
@@ -154,9 +155,7 @@ fn log_level_follows_the_config_file() {
     let dir = std::env::temp_dir().join(format!("walrelay-loglevel-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let unreachable = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = unreachable.local_addr().unwrap().port();
-    drop(unreachable);
+    let port = NOWHERE;
     let config = dir.join("walrelay.toml");
     let write = |level: &str| {
         std::fs::write(
