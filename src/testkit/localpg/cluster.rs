@@ -513,23 +513,7 @@ impl Cluster {
             "--no-sync",
         ]);
         run(&mut cmd)?;
-        self.bins.write_file(&data.join("standby.signal"), "")?;
-        let mut settings = self.settings.clone();
-        settings.retain(|(key, _)| !key.starts_with("archive_"));
-        set(&mut settings, "hot_standby", "on");
-        set(&mut settings, "primary_conninfo", primary_conninfo);
-        if let Some(slot) = slot {
-            set(&mut settings, "primary_slot_name", slot);
-        }
-        let standby = Cluster {
-            bins: self.bins.clone(),
-            dir,
-            port: free_port()?,
-            settings,
-            pid: None,
-        };
-        standby.write_settings()?;
-        Ok(standby)
+        self.standby_in(dir, primary_conninfo, slot)
     }
 
     /// Sets the transaction-id epoch of this stopped, cleanly shut down cluster to `epoch`:
@@ -579,16 +563,16 @@ impl Cluster {
         copied
     }
 
-    fn copy_stopped(&self, primary_conninfo: &str, slot: Option<&str>) -> Result<Cluster> {
-        let parent = self.dir.path().parent().unwrap_or(Path::new("/"));
-        let dir = self.bins.scratch_dir(parent, "standby")?;
-        let data = dir.path().join("data");
-        // `cp -a` keeps the owner, modes and links the server requires of its directory.
-        run(Command::new("cp").arg("-a").arg(self.data_dir()).arg(&data))?;
-        for leftover in ["postmaster.pid", "postmaster.opts"] {
-            let _ = fs::remove_file(data.join(leftover));
-        }
-        self.bins.write_file(&data.join("standby.signal"), "")?;
+    /// The copy of this server's data in `dir` made a hot standby of `primary_conninfo` on
+    /// `slot`: `standby.signal`, this server's settings without archiving, its own port.
+    fn standby_in(
+        &self,
+        dir: ScratchDir,
+        primary_conninfo: &str,
+        slot: Option<&str>,
+    ) -> Result<Cluster> {
+        self.bins
+            .write_file(&dir.path().join("data").join("standby.signal"), "")?;
         let mut settings = self.settings.clone();
         settings.retain(|(key, _)| !key.starts_with("archive_"));
         set(&mut settings, "hot_standby", "on");
@@ -605,6 +589,18 @@ impl Cluster {
         };
         standby.write_settings()?;
         Ok(standby)
+    }
+
+    fn copy_stopped(&self, primary_conninfo: &str, slot: Option<&str>) -> Result<Cluster> {
+        let parent = self.dir.path().parent().unwrap_or(Path::new("/"));
+        let dir = self.bins.scratch_dir(parent, "standby")?;
+        let data = dir.path().join("data");
+        // `cp -a` keeps the owner, modes and links the server requires of its directory.
+        run(Command::new("cp").arg("-a").arg(self.data_dir()).arg(&data))?;
+        for leftover in ["postmaster.pid", "postmaster.opts"] {
+            let _ = fs::remove_file(data.join(leftover));
+        }
+        self.standby_in(dir, primary_conninfo, slot)
     }
 }
 
