@@ -27,36 +27,6 @@ use walrelay::types::Lsn;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
-/// One HTTP/1.1 GET: status code, headers (lowercase names) and body.
-fn get(port: u16, path: &str, headers: &[(&str, &str)]) -> (u16, Vec<(String, String)>, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes()).unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap();
-    let raw = String::from_utf8(raw).unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
-    let mut lines = head.lines();
-    let code = lines
-        .next()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    (code, headers, body.to_owned())
-}
-
 fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
     headers
         .iter()
@@ -145,7 +115,7 @@ impl Prometheus {
             .unwrap();
         wait_until(TIMEOUT, "Prometheus to be ready", || {
             Ok(TcpStream::connect(("127.0.0.1", port)).is_ok()
-                && get(port, "/-/ready", &[]).0 == 200)
+                && http_get(port, "/-/ready", &[]).0 == 200)
         })
         .unwrap();
         Prometheus { child, port }
@@ -163,7 +133,7 @@ impl Prometheus {
                 }
             })
             .collect();
-        let (code, _, body) = get(self.port, &format!("/api/v1/query?query={encoded}"), &[]);
+        let (code, _, body) = http_get(self.port, &format!("/api/v1/query?query={encoded}"), &[]);
         assert_eq!(code, 200, "{body}");
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         v["data"]["result"].as_array().cloned().unwrap_or_default()
@@ -219,7 +189,7 @@ fn prometheus_scrapes_three_standbys_under_load() {
     let relay_conninfo = format!("host=127.0.0.1 port={relay_port} user=postgres");
     wait_until(TIMEOUT, "the relay to be ready", || {
         Ok(TcpStream::connect(("127.0.0.1", http_port)).is_ok()
-            && get(http_port, "/readyz", &[]).0 == 200)
+            && http_get(http_port, "/readyz", &[]).0 == 200)
     })
     .unwrap();
     let mut standbys: Vec<Cluster> = Vec::new();
@@ -250,14 +220,14 @@ fn prometheus_scrapes_three_standbys_under_load() {
     for (app, lag) in &lags {
         assert!((0.0..30.0).contains(lag), "{app}: flush lag {lag}");
     }
-    let (code, headers, text) = get(http_port, "/metrics", &[]);
+    let (code, headers, text) = http_get(http_port, "/metrics", &[]);
     assert_eq!(code, 200);
     assert_eq!(
         header(&headers, "content-type"),
         Some("text/plain; version=0.0.4; charset=utf-8")
     );
     assert_eq!(promtool_check(&text), "", "promtool on:\n{text}");
-    let (_, headers, open) = get(
+    let (_, headers, open) = http_get(
         http_port,
         "/metrics",
         &[("Accept", "application/openmetrics-text;version=1.0.0")],
@@ -295,7 +265,7 @@ fn prometheus_scrapes_three_standbys_under_load() {
         assert_eq!(*flush as u64, received.0, "{app}");
     }
 
-    let (code, _, status) = get(http_port, "/status", &[]);
+    let (code, _, status) = http_get(http_port, "/status", &[]);
     assert_eq!(code, 200);
     let status: serde_json::Value = serde_json::from_str(&status).unwrap();
     assert_eq!(status["upstream"]["connected"], true);
@@ -330,10 +300,10 @@ fn prometheus_scrapes_three_standbys_under_load() {
         .stop(walrelay::testkit::localpg::StopMode::Fast)
         .unwrap();
     wait_until(TIMEOUT, "/readyz to turn false", || {
-        Ok(get(http_port, "/readyz", &[]).0 == 503)
+        Ok(http_get(http_port, "/readyz", &[]).0 == 503)
     })
     .unwrap();
-    assert_eq!(get(http_port, "/healthz", &[]).0, 200);
+    assert_eq!(http_get(http_port, "/healthz", &[]).0, 200);
     drop(relay);
 }
 
@@ -370,30 +340,30 @@ fn probes_and_token_before_the_upstream_is_reached() {
         Ok(TcpStream::connect(("127.0.0.1", http_port)).is_ok())
     })
     .unwrap();
-    let (code, _, body) = get(http_port, "/readyz", &[]);
+    let (code, _, body) = http_get(http_port, "/readyz", &[]);
     assert_eq!(code, 503);
     assert!(
         body.starts_with("not ready: the upstream has not been reached since the relay started"),
         "{body}"
     );
-    assert_eq!(get(http_port, "/healthz", &[]).0, 200);
-    let (code, headers, _) = get(http_port, "/metrics", &[]);
+    assert_eq!(http_get(http_port, "/healthz", &[]).0, 200);
+    let (code, headers, _) = http_get(http_port, "/metrics", &[]);
     assert_eq!(
         (code, header(&headers, "www-authenticate")),
         (401, Some("Bearer"))
     );
     assert_eq!(
-        get(http_port, "/status", &[("Authorization", "Bearer wrong")]).0,
+        http_get(http_port, "/status", &[("Authorization", "Bearer wrong")]).0,
         401
     );
-    let (code, _, text) = get(http_port, "/metrics", &[("Authorization", "Bearer t0ken")]);
+    let (code, _, text) = http_get(http_port, "/metrics", &[("Authorization", "Bearer t0ken")]);
     assert_eq!(code, 200);
     assert!(text.contains("walrelay_upstream_connected 0\n"), "{text}");
     assert!(
         text.contains("walrelay_upstream_disconnects_total{reason=\"connect\"} "),
         "{text}"
     );
-    assert_eq!(get(http_port, "/nothing", &[]).0, 404);
+    assert_eq!(http_get(http_port, "/nothing", &[]).0, 404);
     let mut s = TcpStream::connect(("127.0.0.1", http_port)).unwrap();
     s.write_all(
         b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
@@ -426,11 +396,11 @@ fn probes_and_token_before_the_upstream_is_reached() {
     relay.signal("HUP");
     relay.wait_log(at, "reload", TIMEOUT);
     wait_until(TIMEOUT, "the new token", || {
-        Ok(get(http_port, "/metrics", &[("Authorization", "Bearer n3w")]).0 == 200)
+        Ok(http_get(http_port, "/metrics", &[("Authorization", "Bearer n3w")]).0 == 200)
     })
     .unwrap();
     assert_eq!(
-        get(http_port, "/metrics", &[("Authorization", "Bearer t0ken")]).0,
+        http_get(http_port, "/metrics", &[("Authorization", "Bearer t0ken")]).0,
         401
     );
     drop(relay);

@@ -13,8 +13,6 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::Duration;
 
 use support::*;
@@ -23,12 +21,7 @@ use walrelay::testkit::localpg::{free_port, require_postgres, wait_until};
 const TIMEOUT: Duration = Duration::from_secs(60);
 
 fn metrics(port: u16) -> String {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
+    http_get(port, "/metrics", &[]).2
 }
 
 /// The value of the first sample of `name` whose line contains `with`.

@@ -92,30 +92,36 @@ impl Snapshot<'_> {
             })
     }
 
-    /// A slot's `wal_status` and `safe_wal_size`, as `pg_replication_slots` says them:
-    /// lost once invalidated; unreserved when the limit is already passed (retention
-    /// invalidates it next); reserved otherwise.
+    /// A slot's `wal_status` and `safe_wal_size` now (see [`slot_wal`]).
     pub(crate) fn slot_wal(&self, slot: &SlotInfo) -> SlotWal {
-        let Some(restart) = slot.restart_lsn else {
-            let status = if slot.is_lost() { "lost" } else { "reserved" };
-            return SlotWal {
-                status,
-                safe_wal_size: None,
-            };
-        };
-        let held = self.status.durable.0.saturating_sub(restart.0);
-        let safe = self.max_slot_wal_keep_size.map(|limit| {
-            i64::try_from(limit).unwrap_or(i64::MAX) - i64::try_from(held).unwrap_or(i64::MAX)
-        });
-        let status = if safe.is_some_and(|s| s < 0) {
-            "unreserved"
-        } else {
-            "reserved"
-        };
-        SlotWal {
+        slot_wal(slot, self.status.durable, self.max_slot_wal_keep_size)
+    }
+}
+
+/// A slot's `wal_status` and `safe_wal_size`, as `pg_replication_slots` says them, with the
+/// durable end at `durable` and `max_slot_wal_keep_size` at `limit`: lost once invalidated;
+/// unreserved when the limit is already passed (retention invalidates it next); reserved
+/// otherwise. Without a limit there is no `safe_wal_size` (NULL).
+pub(crate) fn slot_wal(slot: &SlotInfo, durable: Lsn, limit: Option<u64>) -> SlotWal {
+    let Some(restart) = slot.restart_lsn else {
+        let status = if slot.is_lost() { "lost" } else { "reserved" };
+        return SlotWal {
             status,
-            safe_wal_size: safe,
-        }
+            safe_wal_size: None,
+        };
+    };
+    let held = durable.0.saturating_sub(restart.0);
+    let safe = limit.map(|limit| {
+        i64::try_from(limit).unwrap_or(i64::MAX) - i64::try_from(held).unwrap_or(i64::MAX)
+    });
+    let status = if safe.is_some_and(|s| s < 0) {
+        "unreserved"
+    } else {
+        "reserved"
+    };
+    SlotWal {
+        status,
+        safe_wal_size: safe,
     }
 }
 
@@ -142,4 +148,51 @@ fn store_usage(wal_dir: &Path) -> StoreUsage {
         }
     }
     usage
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::SlotName;
+
+    fn slot(restart: Option<u64>, invalidated: Option<u64>) -> SlotInfo {
+        SlotInfo {
+            name: SlotName::new("s").unwrap(),
+            temporary: false,
+            active_owner: None,
+            restart_lsn: restart.map(Lsn),
+            invalidated_at: invalidated.map(Lsn),
+            xmin: None,
+            catalog_xmin: None,
+        }
+    }
+
+    #[test]
+    fn wal_status_and_safe_wal_size_as_pg_replication_slots() {
+        let durable = Lsn(1000);
+        let reserved = |status, safe| SlotWal {
+            status,
+            safe_wal_size: safe,
+        };
+        assert_eq!(
+            slot_wal(&slot(Some(400), None), durable, None),
+            reserved("reserved", None)
+        );
+        assert_eq!(
+            slot_wal(&slot(Some(400), None), durable, Some(700)),
+            reserved("reserved", Some(100))
+        );
+        assert_eq!(
+            slot_wal(&slot(Some(200), None), durable, Some(700)),
+            reserved("unreserved", Some(-100))
+        );
+        assert_eq!(
+            slot_wal(&slot(None, Some(300)), durable, Some(700)),
+            reserved("lost", None)
+        );
+        assert_eq!(
+            slot_wal(&slot(None, None), durable, None),
+            reserved("reserved", None)
+        );
+    }
 }

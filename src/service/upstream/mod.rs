@@ -225,3 +225,32 @@ fn log_end(e: &UpstreamError) {
         warn!(error = %e, sqlstate, "upstream connection ended");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disconnects_are_counted_by_what_ended_them() {
+        assert_eq!(
+            end_reason(&UpstreamError::Connect(ConnectError::Timeout)),
+            EndReason::Connect
+        );
+        let mismatch = UpstreamError::SystemIdMismatch {
+            upstream: "1".into(),
+            stored: "2".into(),
+        };
+        assert_eq!(end_reason(&mismatch), EndReason::Mismatch);
+        let behind = UpstreamError::TimelineBehind {
+            upstream: TimelineId::ONE,
+            relay: TimelineId::ONE,
+        };
+        assert_eq!(end_reason(&behind), EndReason::Mismatch);
+        assert_eq!(
+            end_reason(&UpstreamError::Writer(WriterError::Stopped)),
+            EndReason::Store
+        );
+        let protocol = UpstreamError::Session(SessionError::Protocol("x".into()));
+        assert_eq!(end_reason(&protocol), EndReason::Connection);
+    }
+}
