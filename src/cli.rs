@@ -101,7 +101,7 @@ pub struct RunArgs {
     /// First delay before reconnecting; it doubles on each failure [default: 100ms].
     #[arg(long, value_name = "DURATION")]
     pub reconnect_min: Option<String>,
-    /// Longest delay before reconnecting [default: 30s].
+    /// Longest delay before reconnecting [default: 5s].
     #[arg(long, value_name = "DURATION")]
     pub reconnect_max: Option<String>,
     /// Listen for downstream replication connections (standbys, pg_receivewal) on HOST:PORT.

@@ -423,7 +423,7 @@ impl Config {
             status_interval: Duration::from_secs(10),
             receive_timeout: Duration::from_secs(60),
             reconnect_min: Duration::from_millis(100),
-            reconnect_max: Duration::from_secs(30),
+            reconnect_max: Duration::from_secs(5),
             listen: None,
             unix_socket_dir: None,
             http_listen: None,

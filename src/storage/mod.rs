@@ -202,7 +202,9 @@ impl WalStore {
 
     /// Continues on a newer timeline from `start`, a segment start at or below the write end:
     /// what was written is flushed, later appends go to files of `timeline` (the first one
-    /// starting at offset 0, as `pg_receivewal` does), and the old timeline's files stay.
+    /// starting at offset 0, as `pg_receivewal` does, and created at once, durably), and the
+    /// old timeline's files stay as they are, also where they hold WAL past `start` that the
+    /// new timeline does not share.
     ///
     /// # Errors
     /// [`StoreError::NotStarted`], [`StoreError::BadTimeline`] unless `timeline` is newer,
@@ -225,6 +227,9 @@ impl WalStore {
         let tail = self.tail.as_mut().ok_or(StoreError::NotStarted)?;
         tail.flush()?;
         *tail = next;
+        // The new timeline's first file says on disk that the old timeline ends here: after a
+        // crash, recovery resumes on the new timeline, never on the old one's abandoned tail.
+        tail.create_file()?;
         self.oldest = Some(self.oldest.map_or(start, |o| o.min(start)));
         Ok(())
     }
@@ -391,5 +396,24 @@ mod tests {
         // All of A's first 4 KiB continues the record that started on timeline 1, which is
         // not stored on timeline 2: nothing there can be verified.
         assert_eq!(store.end().unwrap().durable, Lsn(0xA0_0000));
+    }
+
+    #[test]
+    fn a_fork_below_the_end_survives_a_crash_before_any_new_wal() {
+        let t = tempfile::TempDir::new().unwrap();
+        let end = Lsn(0xB0_6000);
+        let mut store = fixture::store_upto(t.path(), end, 1 << 20);
+        let seg9 = Lsn(0x90_0000);
+        store.switch_timeline(tli(2), seg9).unwrap();
+        let wal = t.path().join("wal");
+        let first = wal.join(format!("{}.partial", name(2, 9)));
+        assert_eq!(fs::read(&first).unwrap(), b"");
+        // The old timeline keeps its files, the abandoned tail included.
+        assert_eq!(fs::read(wal.join(name(1, 10))).unwrap().len(), 1 << 20);
+        drop(store);
+        let store = WalStore::open(t.path()).unwrap();
+        assert_eq!(store.timeline(), Some(tli(2)));
+        assert_eq!(store.end().unwrap().durable, seg9);
+        assert!(wal.join(format!("{}.partial", name(1, 11))).exists());
     }
 }

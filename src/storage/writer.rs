@@ -175,6 +175,15 @@ impl Tail {
         self.open.as_mut().ok_or(StoreError::NotStarted)
     }
 
+    /// Creates the file the next byte goes to, if it does not exist, and makes its name
+    /// durable.
+    pub(crate) fn create_file(&mut self) -> Result<(), StoreError> {
+        self.current_segment()?;
+        fsutil::fsync_dir(&self.dir)?;
+        self.dir_dirty = false;
+        Ok(())
+    }
+
     /// If the open segment is full: fdatasync it, rename it to its complete name and fsync the
     /// directory. A failure leaves it to be retried by the next append or flush.
     fn finish_full_segment(&mut self) -> Result<(), StoreError> {

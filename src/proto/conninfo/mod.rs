@@ -23,7 +23,7 @@ pub const DEFAULT_PORT: u16 = 5432;
 /// Options libpq accepts that the relay parses and ignores (they change nothing it does).
 #[rustfmt::skip]
 pub const IGNORED_OPTIONS: &[&str] = &[
-    "client_encoding", "gssencmode", "gssdelegation", "gsslib", "krbsrvname", "load_balance_hosts",
+    "client_encoding", "gssencmode", "gssdelegation", "gsslib", "krbsrvname",
     "replication", "ssl_max_protocol_version", "ssl_min_protocol_version", "sslcertmode",
     "sslcompression", "sslnegotiation", "sslsni", "tcp_user_timeout",
 ];
@@ -42,7 +42,8 @@ const OPTIONS: &[(&str, Option<&str>)] = &[
     ("connect_timeout", Some("PGCONNECT_TIMEOUT")), ("dbname", Some("PGDATABASE")),
     ("fallback_application_name", None), ("host", Some("PGHOST")), ("hostaddr", Some("PGHOSTADDR")),
     ("keepalives", None), ("keepalives_count", None), ("keepalives_idle", None),
-    ("keepalives_interval", None), ("options", Some("PGOPTIONS")), ("passfile", Some("PGPASSFILE")),
+    ("keepalives_interval", None), ("load_balance_hosts", Some("PGLOADBALANCEHOSTS")),
+    ("options", Some("PGOPTIONS")), ("passfile", Some("PGPASSFILE")),
     ("password", Some("PGPASSWORD")), ("port", Some("PGPORT")), ("sslcert", Some("PGSSLCERT")),
     ("sslkey", Some("PGSSLKEY")), ("sslmode", Some("PGSSLMODE")),
     ("sslrootcert", Some("PGSSLROOTCERT")), ("target_session_attrs", Some("PGTARGETSESSIONATTRS")),
@@ -240,6 +241,16 @@ keyword_enum!(
     }
 );
 
+keyword_enum!(
+    /// `load_balance_hosts`: the order the hosts are tried in.
+    LoadBalanceHosts, "load_balance_hosts", {
+        /// As listed (the default).
+        Disable = "disable",
+        /// In a random order, drawn again for every connection attempt.
+        Random = "random",
+    }
+);
+
 /// Where one `host` entry points.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Host {
@@ -363,6 +374,8 @@ pub struct ConnInfo {
     pub keepalives: Keepalives,
     /// Which kind of server is acceptable.
     pub target_session_attrs: TargetSessionAttrs,
+    /// The order the hosts are tried in.
+    pub load_balance_hosts: LoadBalanceHosts,
 }
 
 impl ConnInfo {
@@ -752,6 +765,10 @@ impl Settings<'_> {
                 count: self.uint("keepalives_count")?,
             },
             target_session_attrs: self.raw("target_session_attrs").unwrap_or("any").parse()?,
+            load_balance_hosts: self
+                .raw("load_balance_hosts")
+                .unwrap_or("disable")
+                .parse()?,
         })
     }
 

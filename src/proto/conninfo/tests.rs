@@ -143,6 +143,33 @@ fn ignored_options_and_basebackup_output() {
 }
 
 #[test]
+fn host_choice_options() {
+    let c = parse("host=a,b target_session_attrs=read-write load_balance_hosts=random");
+    assert_eq!(c.target_session_attrs, TargetSessionAttrs::ReadWrite);
+    assert_eq!(c.load_balance_hosts, LoadBalanceHosts::Random);
+    assert_eq!(
+        parse("host=a").load_balance_hosts,
+        LoadBalanceHosts::Disable
+    );
+    assert_eq!(
+        err("load_balance_hosts=sometimes"),
+        "invalid load_balance_hosts value: \"sometimes\""
+    );
+    let from_env = ConnInfo::parse(
+        "host=a",
+        &env()
+            .with_var("PGTARGETSESSIONATTRS", "prefer-standby")
+            .with_var("PGLOADBALANCEHOSTS", "random"),
+    )
+    .unwrap();
+    assert_eq!(
+        from_env.target_session_attrs,
+        TargetSessionAttrs::PreferStandby
+    );
+    assert_eq!(from_env.load_balance_hosts, LoadBalanceHosts::Random);
+}
+
+#[test]
 fn environment_fallbacks() {
     let env = env()
         .with_var("PGHOST", "h1,h2")

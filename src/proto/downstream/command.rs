@@ -274,7 +274,7 @@ pub(super) fn read_slot_answer(
         Some(s) => vec![
             Some("physical".to_owned()),
             s.restart_lsn.map(|l| l.to_string()),
-            s.restart_lsn.map(|_| view.timeline().to_string()),
+            s.restart_lsn.map(|l| view.timeline_of(l).to_string()),
         ],
     };
     reply::result(&mut io.out, &columns, values, "READ_REPLICATION_SLOT");

@@ -76,6 +76,16 @@ impl RelayView {
     pub fn timeline(&self) -> TimelineId {
         self.durable.timeline.unwrap_or(TimelineId::ONE)
     }
+
+    /// `tliOfPointInHistory`: the timeline that wrote `lsn`, by the current timeline's
+    /// history (the current timeline when it has none, or it does not parse).
+    pub fn timeline_of(&self, lsn: Lsn) -> TimelineId {
+        let current = self.timeline();
+        self.histories
+            .get(&current)
+            .and_then(|bytes| crate::wal::TimelineHistory::parse(current, bytes).ok())
+            .map_or(current, |h| h.timeline_of(lsn))
+    }
 }
 
 /// The limits of the downstream side that shape a session's answers.

@@ -18,6 +18,7 @@
 //! [`UpstreamSession::message`] and sends [`UpstreamSession::take_output`].
 
 pub mod receive;
+pub mod target;
 
 use std::time::Instant;
 
@@ -49,6 +50,10 @@ pub struct ServerInfo {
     pub version_num: u32,
     /// The backend pid from BackendKeyData.
     pub backend_pid: i32,
+    /// `default_transaction_read_only`, if reported (PostgreSQL 14 and later).
+    pub default_read_only: Option<bool>,
+    /// `in_hot_standby`, if reported (PostgreSQL 14 and later).
+    pub in_hot_standby: Option<bool>,
 }
 
 /// Why the session with the upstream cannot go on.
@@ -298,6 +303,12 @@ impl UpstreamSession {
         self.phase = Phase::Done;
     }
 
+    /// Ends an idle session: Terminate, as libpq closes a connection it does not keep.
+    pub fn leave(&mut self) {
+        let _ = FrontendMessage::Terminate.write(&mut self.out);
+        self.phase = Phase::Done;
+    }
+
     /// Takes one message from the server.
     ///
     /// # Errors
@@ -362,12 +373,17 @@ impl UpstreamSession {
             ));
         }
         match BackendMessage::parse(frame)? {
-            BackendMessage::ParameterStatus { name, value } => {
-                if name == "server_version" {
+            BackendMessage::ParameterStatus { name, value } => match name.as_str() {
+                "server_version" => {
                     self.server.version_num = server_version_num(&value);
                     self.server.server_version = value;
                 }
-            }
+                "default_transaction_read_only" => {
+                    self.server.default_read_only = Some(value == "on");
+                }
+                "in_hot_standby" => self.server.in_hot_standby = Some(value == "on"),
+                _ => {}
+            },
             BackendMessage::BackendKeyData { process_id, .. } => {
                 self.server.backend_pid = process_id;
             }

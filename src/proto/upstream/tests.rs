@@ -124,6 +124,8 @@ fn login_sends_the_startup_message_and_reads_until_ready() {
         &[
             BackendMessage::Authentication(Authentication::Ok),
             param("server_version", "15.18 (Debian 15.18-0+deb12u1)"),
+            param("in_hot_standby", "on"),
+            param("default_transaction_read_only", "off"),
             BackendMessage::NoticeResponse(ErrorFields::notice(
                 SqlState::SUCCESSFUL_COMPLETION,
                 "hi",
@@ -140,6 +142,8 @@ fn login_sends_the_startup_message_and_reads_until_ready() {
         server_version: "15.18 (Debian 15.18-0+deb12u1)".into(),
         version_num: 150_018,
         backend_pid: 4242,
+        default_read_only: Some(false),
+        in_hot_standby: Some(true),
     };
     assert_eq!(events, [Event::Ready(server)]);
     assert_eq!(s.frame_limit(), crate::wire::frame::BACKEND_FRAME_LIMIT);

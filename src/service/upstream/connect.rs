@@ -21,7 +21,9 @@ use super::UpstreamError;
 use crate::proto::auth::{Channel, ClientAuth};
 use crate::proto::conninfo::{ConnInfo, Endpoint, Host, Password, SslMode};
 use crate::proto::pgpass::{self, PassfileKey};
+use crate::proto::query::single_text;
 use crate::proto::query::{EndOfTimeline, QueryResult};
+use crate::proto::upstream::target::{self, Pass, ServerKind, TargetCheck};
 use crate::proto::upstream::{Event, ServerInfo, SessionError, UpstreamSession};
 use crate::service::conn::{ConnError, Connection, Socket};
 use crate::service::tls;
@@ -70,6 +72,42 @@ pub enum ConnectError {
     /// Unix-socket connections cannot use TLS.
     #[error("sslmode \"{0}\" requires a TCP connection, but host is a socket directory")]
     SocketWithTls(&'static str),
+    /// The server is not of the kind `target_session_attrs` asks for.
+    #[error("connection to server at \"{host}\", port {port} failed: {reason}")]
+    WrongKind {
+        /// The host.
+        host: String,
+        /// The port.
+        port: u16,
+        /// libpq's message, such as "session is read-only".
+        reason: &'static str,
+    },
+    /// Every host of several failed: each one's error, in the order tried.
+    #[error("{}", list_failures(.0))]
+    AllHosts(Vec<(String, ConnectError)>),
+}
+
+impl ConnectError {
+    /// The error of one host as it is, of several as [`ConnectError::AllHosts`].
+    fn from_failures(mut failures: Vec<(String, ConnectError)>) -> ConnectError {
+        match failures.len() {
+            0 => ConnectError::AllHosts(failures),
+            1 => failures.pop().map_or(ConnectError::Timeout, |(_, e)| e),
+            _ => ConnectError::AllHosts(failures),
+        }
+    }
+}
+
+/// `host:port: error` for each host, separated by semicolons.
+fn list_failures(failures: &[(String, ConnectError)]) -> String {
+    if failures.is_empty() {
+        return "no host to connect to".to_owned();
+    }
+    failures
+        .iter()
+        .map(|(host, e)| format!("{host}: {e}"))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 impl From<SessionError> for ConnectError {
@@ -97,31 +135,46 @@ pub(crate) struct Upstream {
     pub server: ServerInfo,
 }
 
-/// Connects to the first host of `ci` that accepts the login, within its `connect_timeout`.
+/// Connects to the first host of `ci` that accepts the login and is of the kind
+/// `target_session_attrs` asks for, in the order `load_balance_hosts` gives, each within its
+/// `connect_timeout`.
 ///
 /// # Errors
-/// The last host's error, a timeout, or shutdown.
+/// The host's error when there is one host, every host's error when there are more, or
+/// shutdown.
 pub(crate) async fn connect(
     ci: &ConnInfo,
     application_name: &str,
     shutdown: &CancellationToken,
 ) -> Result<Upstream, ConnectError> {
     let limit = ci.connect_timeout.unwrap_or(DEFAULT_LOGIN_TIMEOUT);
-    let mut last = ConnectError::Timeout;
-    for endpoint in ci.hosts() {
-        let attempt = tokio::time::timeout(limit, connect_endpoint(ci, endpoint, application_name));
-        let outcome = tokio::select! {
-            () = shutdown.cancelled() => return Err(ConnectError::Shutdown),
-            outcome = attempt => outcome,
-        };
-        match outcome {
-            Ok(Ok(done)) => return Ok(done),
-            Ok(Err(e)) => last = e,
-            Err(_) => last = ConnectError::Timeout,
+    let hosts = ci.hosts();
+    let order = target::host_order(hosts.len(), ci.load_balance_hosts, || {
+        getrandom::u32().unwrap_or(0)
+    });
+    let mut failures = Vec::new();
+    for pass in target::passes(ci.target_session_attrs) {
+        for endpoint in order.iter().filter_map(|i| hosts.get(*i)) {
+            let attempt = tokio::time::timeout(limit, async {
+                let mut up = connect_endpoint(ci, endpoint, application_name).await?;
+                up.check_target(pass, endpoint).await?;
+                Ok::<_, ConnectError>(up)
+            });
+            let outcome = tokio::select! {
+                () = shutdown.cancelled() => return Err(ConnectError::Shutdown),
+                outcome = attempt => outcome,
+            };
+            let error = match outcome {
+                Ok(Ok(done)) => return Ok(done),
+                Ok(Err(e)) => e,
+                Err(_) => ConnectError::Timeout,
+            };
+            let host = format!("{}:{}", endpoint.pgpass_host(), endpoint.port);
+            debug!(%host, %error, "host failed");
+            failures.push((host, error));
         }
-        debug!(host = %endpoint.pgpass_host(), port = endpoint.port, error = %last, "host failed");
     }
-    Err(last)
+    Err(ConnectError::from_failures(failures))
 }
 
 async fn connect_endpoint(
@@ -298,6 +351,38 @@ fn password_for(ci: &ConnInfo, host: &str, port: u16) -> Option<Password> {
 }
 
 impl Upstream {
+    /// Asks what the server did not report of its kind, and leaves it (Terminate) when it is
+    /// not the kind `pass` takes.
+    async fn check_target(&mut self, pass: Pass, endpoint: &Endpoint) -> Result<(), ConnectError> {
+        let mut kind =
+            ServerKind::reported(self.server.default_read_only, self.server.in_hot_standby);
+        loop {
+            match target::check(pass, kind, self.server.version_num) {
+                TargetCheck::Accept => return Ok(()),
+                TargetCheck::Ask(query) => {
+                    let result = self.query(query.sql()).await.map_err(|e| match e {
+                        UpstreamError::Session(e) => ConnectError::from(e),
+                        UpstreamError::Conn(e) => ConnectError::Conn(e),
+                        other => ConnectError::Session(SessionError::Protocol(other.to_string())),
+                    })?;
+                    let value = single_text(&result, query.sql()).map_err(SessionError::from)?;
+                    kind.answer(query, &value).map_err(SessionError::Protocol)?;
+                }
+                TargetCheck::Reject(reason) => {
+                    // Closed politely, as libpq does.
+                    self.session.leave();
+                    self.conn.send(self.session.take_output()).await?;
+                    self.conn.shutdown().await;
+                    return Err(ConnectError::WrongKind {
+                        host: endpoint.pgpass_host(),
+                        port: endpoint.port,
+                        reason,
+                    });
+                }
+            }
+        }
+    }
+
     /// Sends `sql` and reads its whole answer, within the reply timeout.
     ///
     /// # Errors

@@ -367,6 +367,43 @@ fn drop_and_read_slot_ask_the_relay() {
 }
 
 #[test]
+fn read_slot_names_the_timeline_that_wrote_its_restart_lsn() {
+    let tli2 = TimelineId::new(2).unwrap();
+    let after_fork = RelayView {
+        durable: DurableEnd {
+            timeline: Some(tli2),
+            lsn: Lsn(0x500_0000),
+        },
+        histories: Arc::new(
+            [(
+                tli2,
+                Bytes::from_static(b"1\t0/3000080\tno recovery target specified\n"),
+            )]
+            .into(),
+        ),
+        ..view()
+    };
+    for (restart, tli) in [(0x200_0000, "1"), (0x300_007F, "1"), (0x300_0080, "2")] {
+        let mut s = logged_in();
+        answer(&mut s, "READ_REPLICATION_SLOT d2");
+        actions(&mut s);
+        s.slot_read(
+            Some(FoundSlot {
+                restart_lsn: Some(Lsn(restart)),
+            }),
+            &after_fork,
+        );
+        let got = out(&mut s);
+        let lsn = Lsn(restart).to_string();
+        let want = wire(&[row(&[Some("physical"), Some(&lsn), Some(tli)])]);
+        assert!(
+            got.windows(want.len()).any(|w| w == &want[..]),
+            "restart_lsn {restart:#x}: want timeline {tli}"
+        );
+    }
+}
+
+#[test]
 fn message_types_in_command_mode() {
     let mut s = logged_in();
     // Sync: ReadyForQuery; Copy messages outside a stream: ignored.
