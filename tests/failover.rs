@@ -249,11 +249,9 @@ fn dirty_failover_never_serves_the_lost_tail() {
 
     let relay_port = free_port().unwrap();
     let listen = format!("127.0.0.1:{relay_port}");
-    let relay = RelayProcess::start(
-        &hosts(&[&primary, &standby], "target_session_attrs=read-write"),
-        &dir.path().join("relay"),
-        &["--listen", &listen],
-    );
+    let upstream = hosts(&[&primary, &standby], "target_session_attrs=read-write");
+    let relay_dir = dir.path().join("relay");
+    let mut relay = RelayProcess::start(&upstream, &relay_dir, &["--listen", &listen]);
     let relay_conninfo = format!("host=127.0.0.1 port={relay_port} user=postgres");
     let replication = format!("{relay_conninfo} replication=1");
     primary.write_load(1000).unwrap();
@@ -381,6 +379,25 @@ fn dirty_failover_never_serves_the_lost_tail() {
     assert!(compared >= 2, "compared {compared} segments");
     bins.waldump(&wal, two, size.segment_start(fork), size.segment_start(end))
         .expect("pg_waldump from the fork");
+
+    // A crash now leaves files of both timelines; the relay recovers on timeline 2.
+    let mark = relay.log_len();
+    relay.kill9();
+    let relay = RelayProcess::start(&upstream, &relay_dir, &["--listen", &listen]);
+    wait_until(Duration::from_secs(30), "the relay streams again", || {
+        Ok(relay.log_since(mark).contains("streaming timeline=2"))
+    })
+    .unwrap();
+    let log = relay.log_since(mark);
+    assert!(log.contains("recovered stored WAL timeline=2"), "{log}");
+    assert!(
+        relay
+            .log_contents()
+            .contains("recovered stored WAL timeline=2"),
+        "{}",
+        relay.log_contents()
+    );
+    wait_until(Duration::from_secs(5), "-", || Ok(true)).unwrap();
 
     // A standby made before the fork replays timeline 1 up to the fork, then timeline 2.
     let mut late = late;
