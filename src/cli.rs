@@ -134,6 +134,11 @@ pub struct RunArgs {
     /// Close a connection that has not logged in after this long [default: 60s].
     #[arg(long, value_name = "DURATION")]
     pub authentication_timeout: Option<String>,
+    /// Acknowledge WAL upstream only once these downstreams hold it, in PostgreSQL's
+    /// synchronous_standby_names syntax ("FIRST 1 (s1, s2)", "ANY 2 (s1, s2, s3)") over their
+    /// application names [default: none: the relay acknowledges what it made durable].
+    #[arg(long, value_name = "NAMES")]
+    pub synchronous_standby_names: Option<String>,
     /// /readyz wants the upstream reached within DURATION ("30s"); 0 means reached once since
     /// the relay started [default: 0].
     #[arg(long, value_name = "DURATION")]
@@ -202,6 +207,7 @@ impl RunArgs {
             sender_timeout: self.sender_timeout,
             authentication_timeout: self.authentication_timeout,
             ready_upstream_window: self.ready_upstream_window,
+            synchronous_standby_names: self.synchronous_standby_names,
             wal_keep_size: self.wal_keep_size,
             max_slot_wal_keep_size: self.max_slot_wal_keep_size,
             ssl_cert_file: self.ssl_cert_file,

@@ -56,6 +56,10 @@ pub struct Config {
     /// `/readyz` wants the upstream reached within this long; zero: reached once since the
     /// relay started is enough.
     pub ready_upstream_window: Duration,
+    /// The downstreams that must hold WAL before the relay acknowledges it upstream, in
+    /// PostgreSQL's `synchronous_standby_names` syntax; `None` (or empty): the relay
+    /// acknowledges what it made durable itself.
+    pub synchronous_standby_names: Option<String>,
     /// WAL always kept behind the durable end, in bytes.
     pub wal_keep_size: u64,
     /// The most WAL slots may hold, in bytes; `None` for no limit.
@@ -130,6 +134,7 @@ impl std::fmt::Debug for Config {
             .field("sender_timeout", &self.sender_timeout)
             .field("authentication_timeout", &self.authentication_timeout)
             .field("ready_upstream_window", &self.ready_upstream_window)
+            .field("synchronous_standby_names", &self.synchronous_standby_names)
             .field("wal_keep_size", &self.wal_keep_size)
             .field("max_slot_wal_keep_size", &self.max_slot_wal_keep_size)
             .field("access", &self.access)
@@ -177,6 +182,8 @@ pub struct Settings {
     pub authentication_timeout: Option<String>,
     /// See [`Config::ready_upstream_window`].
     pub ready_upstream_window: Option<String>,
+    /// See [`Config::synchronous_standby_names`].
+    pub synchronous_standby_names: Option<String>,
     /// See [`Config::wal_keep_size`].
     pub wal_keep_size: Option<String>,
     /// See [`Config::max_slot_wal_keep_size`].
@@ -282,6 +289,9 @@ impl Settings {
             ready_upstream_window: self
                 .ready_upstream_window
                 .or(fallback.ready_upstream_window),
+            synchronous_standby_names: self
+                .synchronous_standby_names
+                .or(fallback.synchronous_standby_names),
             wal_keep_size: self.wal_keep_size.or(fallback.wal_keep_size),
             max_slot_wal_keep_size: self
                 .max_slot_wal_keep_size
@@ -382,6 +392,9 @@ impl Settings {
                 self.ready_upstream_window,
                 d.ready_upstream_window,
             )?,
+            synchronous_standby_names: self
+                .synchronous_standby_names
+                .filter(|s| !s.trim().is_empty()),
             wal_keep_size: size("wal_keep_size", self.wal_keep_size, Some(d.wal_keep_size))?
                 .unwrap_or(d.wal_keep_size),
             max_slot_wal_keep_size: size(
@@ -398,6 +411,19 @@ impl Settings {
                 name: "unix_socket_dir",
                 value: dir.display().to_string().chars().take(64).collect(),
                 why: "needs listen: the socket is named after its port",
+            });
+        }
+        if config.listen.is_none() && config.synchronous_standby_names.is_some() {
+            return Err(ConfigError::Invalid {
+                name: "synchronous_standby_names",
+                value: config
+                    .synchronous_standby_names
+                    .clone()
+                    .unwrap_or_default()
+                    .chars()
+                    .take(64)
+                    .collect(),
+                why: "needs listen: the synchronous standbys are downstreams of the relay",
             });
         }
         if config.status_interval.is_zero() {
@@ -434,6 +460,7 @@ impl Config {
             sender_timeout: Duration::from_secs(60),
             authentication_timeout: Duration::from_secs(60),
             ready_upstream_window: Duration::ZERO,
+            synchronous_standby_names: None,
             wal_keep_size: DEFAULT_WAL_KEEP_SIZE,
             max_slot_wal_keep_size: None,
             access: AccessFiles::default(),

@@ -56,6 +56,10 @@ impl Config {
         );
         applied("wal_keep_size", self.wal_keep_size != new.wal_keep_size);
         applied(
+            "synchronous_standby_names",
+            self.synchronous_standby_names != new.synchronous_standby_names,
+        );
+        applied(
             "ready_upstream_window",
             self.ready_upstream_window != new.ready_upstream_window,
         );

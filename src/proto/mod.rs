@@ -11,7 +11,9 @@
 //! - [`access`]: who may connect downstream: `pg_hba.conf` rules and `pg_ident.conf` maps;
 //! - [`conninfo`] and [`pgpass`]: libpq connection strings, the `PG*` environment and
 //!   `.pgpass`;
-//! - [`query`]: the results of the replication commands the relay sends upstream, checked.
+//! - [`query`]: the results of the replication commands the relay sends upstream, checked;
+//! - [`syncrep`]: which downstreams are synchronous standbys, and what they let the relay
+//!   acknowledge upstream.
 //!
 //! Nothing here reads a socket, a file or the clock: callers pass what arrived and the time,
 //! and send what comes out.
@@ -24,4 +26,5 @@ pub mod downstream;
 pub mod liveness;
 pub mod pgpass;
 pub mod query;
+pub mod syncrep;
 pub mod upstream;

@@ -20,6 +20,7 @@ use crate::config::{Config, ConfigChanges};
 use crate::hub::{Hub, HubFeed};
 use crate::metrics::Counters;
 use crate::proto::conninfo::{ConnInfo, ConnInfoError, Env};
+use crate::proto::syncrep::{SyncAck, SyncNamesError, SyncStandbyNames};
 use crate::proto::upstream::StreamTiming;
 use crate::service::downstream::{
     Access, AccessError, DownstreamConfig, Reload, ServerContext, mock_nonce,
@@ -81,6 +82,9 @@ pub enum RelayError {
     /// The HTTP endpoint cannot start.
     #[error(transparent)]
     Http(#[from] HttpError),
+    /// `synchronous_standby_names` does not parse.
+    #[error(transparent)]
+    SyncStandbyNames(#[from] SyncNamesError),
 }
 
 impl From<UpstreamError> for RelayError {
@@ -138,6 +142,7 @@ impl Reloader {
         let changes = running.changes(new);
         let new = running.reloaded(new);
         let settings = upstream_settings(&new)?;
+        let sync_names = sync_standby_names(&new)?;
         let token = match (&self.http, &new.http_token_file) {
             (Some(_), Some(path)) => Some(http::read_token(path)?),
             _ => None,
@@ -151,6 +156,9 @@ impl Reloader {
             ctx.reload(&next)?;
             *reload = next;
             ctx.set_config(downstream_config(&new));
+            if changes.applied.contains(&"synchronous_standby_names") {
+                ctx.set_synchronous(sync_names);
+            }
         }
         const UPSTREAM: [&str; 7] = [
             "upstream",
@@ -211,6 +219,15 @@ fn upstream_settings(config: &Config) -> Result<UpstreamSettings, RelayError> {
     })
 }
 
+/// The synchronous standbys `config` names, parsed.
+fn sync_standby_names(config: &Config) -> Result<Option<SyncStandbyNames>, RelayError> {
+    Ok(config
+        .synchronous_standby_names
+        .as_deref()
+        .map(str::parse)
+        .transpose()?)
+}
+
 fn retention_policy(config: &Config) -> RetentionPolicy {
     RetentionPolicy {
         wal_keep_size: config.wal_keep_size,
@@ -243,6 +260,8 @@ pub struct Relay {
     writer: Writer,
     info: watch::Sender<Option<Arc<UpstreamInfo>>>,
     horizon: watch::Receiver<XminHorizon>,
+    /// What the synchronous standbys let the relay acknowledge upstream.
+    sync: watch::Receiver<SyncAck>,
     downstream: Option<Downstream>,
     http: Option<Http>,
 }
@@ -346,6 +365,8 @@ impl Relay {
         let writer = Writer::open(&config.data_dir, Arc::clone(&feed), Arc::clone(&counters))?;
         let (info, info_rx) = watch::channel(None);
         let (horizon_tx, horizon) = watch::channel(XminHorizon::default());
+        let (sync_tx, sync) = watch::channel(SyncAck::Off);
+        let sync_names = sync_standby_names(config)?;
         let downstream = match &config.listen {
             None => None,
             Some(address) => {
@@ -359,7 +380,8 @@ impl Relay {
                     horizon_tx,
                     Access::load(&config.access, mock_nonce)?,
                 )
-                .with_counters(Arc::clone(&counters));
+                .with_counters(Arc::clone(&counters))
+                .with_synchronous(sync_names, sync_tx);
                 let listener = bind(address)?;
                 let unix = match &config.unix_socket_dir {
                     None => None,
@@ -422,6 +444,7 @@ impl Relay {
             writer,
             info,
             horizon,
+            sync,
             downstream,
         })
     }
@@ -530,6 +553,7 @@ impl Relay {
         let links = Links {
             info: self.info,
             feedback: self.horizon,
+            sync: self.sync,
             counters: Arc::clone(&self.counters),
         };
         let upstream = upstream::run(

@@ -751,3 +751,11 @@ pub fn http_get(
         .collect();
     (code, headers, body.to_owned())
 }
+
+/// Waits until something accepts TCP connections on `127.0.0.1:port`.
+pub fn wait_listening(port: u16, timeout: Duration) {
+    walrelay::testkit::localpg::wait_until(timeout, &format!("port {port} listening"), || {
+        Ok(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok())
+    })
+    .unwrap();
+}

@@ -27,6 +27,7 @@ use tracing::info;
 
 use crate::proto::auth::{AuthAction, AuthError, AuthRequest, ClientAuth};
 use crate::proto::query::{EndOfTimeline, QueryResult, ResultError};
+use crate::proto::syncrep::SyncAck;
 use crate::types::{Lsn, PgTimestamp, TimelineId, XminHorizon, server_version_num};
 use crate::wire::frame::{AUTH_FRAME_LIMIT, BACKEND_FRAME_LIMIT};
 use crate::wire::frontend::FrontendMessage;
@@ -150,6 +151,7 @@ pub struct UpstreamSession {
     auth: ClientAuth,
     server: ServerInfo,
     stream: Option<ReceiveStream>,
+    synchronous: SyncAck,
     out: BytesMut,
 }
 
@@ -179,6 +181,7 @@ impl UpstreamSession {
             auth,
             server: ServerInfo::default(),
             stream: None,
+            synchronous: SyncAck::Off,
             out,
         })
     }
@@ -233,8 +236,19 @@ impl UpstreamSession {
         let sql = format!("START_REPLICATION {slot}PHYSICAL {start} TIMELINE {timeline}");
         self.query(&sql)?;
         self.phase = Phase::StartingStream { timeline, start };
-        self.stream = Some(ReceiveStream::new(start, timing, now));
+        let mut rs = ReceiveStream::new(start, timing, now);
+        rs.set_synchronous(self.synchronous);
+        self.stream = Some(rs);
         Ok(())
+    }
+
+    /// What the synchronous standbys allow the status updates to acknowledge, from now on
+    /// (see [`ReceiveStream::set_synchronous`]).
+    pub fn set_synchronous(&mut self, ack: SyncAck) {
+        self.synchronous = ack;
+        if let Some(rs) = self.stream.as_mut() {
+            rs.set_synchronous(ack);
+        }
     }
 
     /// While streaming: a status update with the positions given, if one is due (or a ping,

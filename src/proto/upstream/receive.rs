@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::proto::liveness::Liveness;
+use crate::proto::syncrep::{AckPositions, SyncAck};
 use crate::types::{Lsn, PgTimestamp};
 use crate::wire::WireError;
 use crate::wire::replication::{ServerCopyData, StandbyStatusUpdate};
@@ -90,7 +91,9 @@ pub struct ReceiveStream {
     server_end: Lsn,
     written: Lsn,
     flushed: Lsn,
-    reported: Option<(Lsn, Lsn)>,
+    /// What the synchronous standbys hold, when the relay acknowledges on their behalf.
+    synchronous: Option<AckPositions>,
+    reported: Option<AckPositions>,
     last_status: Instant,
     server: Liveness,
 }
@@ -104,6 +107,7 @@ impl ReceiveStream {
             server_end: start,
             written: start,
             flushed: start,
+            synchronous: None,
             reported: None,
             last_status: now,
             server: Liveness::new(timing.receive_timeout, now),
@@ -174,22 +178,47 @@ impl ReceiveStream {
         self.flushed = flushed.min(written);
     }
 
+    /// Takes what the synchronous standbys allow: with [`SyncAck::Off`] status updates carry
+    /// the relay's own positions; otherwise what the standbys hold, within the relay's own
+    /// ends, never moving back while this stream lasts ([`SyncAck::Short`] holds where the
+    /// last positions were, nothing at first).
+    pub fn set_synchronous(&mut self, ack: SyncAck) {
+        self.synchronous = match ack {
+            SyncAck::Off => None,
+            SyncAck::Short { .. } => Some(self.synchronous.unwrap_or_default()),
+            SyncAck::Held(held) => Some(held.max(self.synchronous.unwrap_or_default())),
+        };
+    }
+
+    /// The positions a status update carries now. Without synchronous standbys `apply` is 0,
+    /// as `pg_receivewal` reports it: the relay replays nothing.
+    pub fn positions(&self) -> AckPositions {
+        match self.synchronous {
+            Some(held) => held.capped(self.written, self.flushed),
+            None => AckPositions {
+                write: self.written,
+                flush: self.flushed,
+                apply: Lsn::INVALID,
+            },
+        }
+    }
+
     /// Whether a status update is due: positions changed since the last one, or the status
     /// interval has passed.
     pub fn status_due(&self, now: Instant) -> bool {
-        self.reported != Some((self.written, self.flushed))
+        self.reported != Some(self.positions())
             || now.saturating_duration_since(self.last_status) >= self.timing.status_interval
     }
 
-    /// Builds the status update to send now and records that it was sent. `apply` is reported
-    /// as 0, as `pg_receivewal` does: the relay replays nothing.
+    /// Builds the status update to send now and records that it was sent.
     pub fn status(&mut self, now: Instant, wall: PgTimestamp) -> StandbyStatusUpdate {
         self.last_status = now;
-        self.reported = Some((self.written, self.flushed));
+        let p = self.positions();
+        self.reported = Some(p);
         StandbyStatusUpdate {
-            write: self.written,
-            flush: self.flushed,
-            apply: Lsn::INVALID,
+            write: p.write,
+            flush: p.flush,
+            apply: p.apply,
             send_time: wall,
             reply_requested: false,
         }
@@ -300,6 +329,44 @@ mod tests {
             s.on_copy_data(wal(u64::MAX - 4, u64::MAX, 8), t0),
             Err(StreamError::Overflow(_))
         ));
+    }
+
+    #[test]
+    fn synchronous_standbys_decide_what_is_acknowledged() {
+        let t0 = Instant::now();
+        let mut s = ReceiveStream::new(Lsn(0x100), StreamTiming::default(), t0);
+        s.set_positions(Lsn(0x900), Lsn(0x800));
+        let own = s.status(t0, PgTimestamp(0));
+        assert_eq!(
+            (own.write, own.flush, own.apply),
+            (Lsn(0x900), Lsn(0x800), Lsn(0))
+        );
+        // Too few standbys at first: nothing is acknowledged.
+        s.set_synchronous(SyncAck::Short {
+            required: 2,
+            available: 1,
+        });
+        assert!(s.status_due(t0));
+        let st = s.status(t0, PgTimestamp(0));
+        assert_eq!((st.write, st.flush, st.apply), (Lsn(0), Lsn(0), Lsn(0)));
+        let held = |w, f, a| AckPositions {
+            write: Lsn(w),
+            flush: Lsn(f),
+            apply: Lsn(a),
+        };
+        // Within the relay's own ends.
+        s.set_synchronous(SyncAck::Held(held(0xA00, 0xA00, 0x700)));
+        assert_eq!(s.positions(), held(0x900, 0x800, 0x700));
+        // Never back while the stream lasts, also when standbys leave.
+        s.set_synchronous(SyncAck::Held(held(0x400, 0x400, 0x400)));
+        assert_eq!(s.positions(), held(0x900, 0x800, 0x700));
+        s.set_synchronous(SyncAck::Short {
+            required: 2,
+            available: 0,
+        });
+        assert_eq!(s.positions(), held(0x900, 0x800, 0x700));
+        s.set_synchronous(SyncAck::Off);
+        assert_eq!(s.positions(), held(0x900, 0x800, 0));
     }
 
     #[test]

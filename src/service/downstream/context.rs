@@ -21,6 +21,7 @@ use crate::hub::Hub;
 use crate::metrics::Counters;
 use crate::metrics::lag::{DurableTimes, LagReader, Reported};
 use crate::proto::downstream::{ClientPositions, Peer, RelayView, SessionConfig};
+use crate::proto::syncrep::{AckPositions, Standby, SyncAck, SyncStandbyNames};
 use crate::slots::{Pending, Persistency, SlotError, SlotPersister, SlotRegistry};
 use crate::types::{BackendPid, DurableEnd, Lsn, SlotName, TimelineId, UpstreamInfo, XminHorizon};
 
@@ -102,6 +103,10 @@ pub(crate) struct ServerContext {
     pub(crate) counters: Arc<Counters>,
     /// When the durable end reached each position, for the streams' lags.
     durable_times: Mutex<DurableTimes>,
+    /// Which streams are synchronous standbys.
+    sync_names: Mutex<Option<Arc<SyncStandbyNames>>>,
+    /// What the synchronous standbys let the relay acknowledge upstream.
+    sync_ack: watch::Sender<SyncAck>,
 }
 
 impl std::fmt::Debug for ServerContext {
@@ -147,7 +152,73 @@ impl ServerContext {
             access: RwLock::new(Arc::new(access)),
             counters: Arc::default(),
             durable_times: Mutex::new(DurableTimes::default()),
+            sync_names: Mutex::new(None),
+            sync_ack: watch::channel(SyncAck::Off).0,
         }
+    }
+
+    /// Publishes what the synchronous standbys let the relay acknowledge into `ack`, which
+    /// the upstream side reads, choosing them by `names` (none: [`SyncAck::Off`]).
+    pub(crate) fn with_synchronous(
+        mut self,
+        names: Option<SyncStandbyNames>,
+        ack: watch::Sender<SyncAck>,
+    ) -> ServerContext {
+        self.sync_ack = ack;
+        self.set_synchronous(names);
+        self
+    }
+
+    /// Chooses the synchronous standbys by `names` from now on.
+    pub(crate) fn set_synchronous(&self, names: Option<SyncStandbyNames>) {
+        *lock(&self.sync_names) = names.map(Arc::new);
+        self.refresh_sync(&lock(&self.live));
+    }
+
+    /// Decides again what the synchronous standbys allow, publishes it when it changed, and
+    /// logs when commits upstream start or stop waiting for too few standbys.
+    fn refresh_sync(&self, live: &Live) {
+        let names = lock(&self.sync_names).clone();
+        let ack = match names.as_deref() {
+            None => SyncAck::Off,
+            Some(names) => {
+                let standbys: Vec<Standby<'_>> = live
+                    .streams
+                    .values()
+                    .map(|s| Standby {
+                        application_name: &s.application_name,
+                        streaming: s.caught_up,
+                        positions: AckPositions {
+                            write: s.client.write,
+                            flush: s.client.flush,
+                            apply: s.client.apply,
+                        },
+                    })
+                    .collect();
+                names.decide(&standbys)
+            }
+        };
+        self.sync_ack.send_if_modified(|old| {
+            if *old == ack {
+                return false;
+            }
+            match (*old, ack) {
+                (SyncAck::Short { available: was, .. }, SyncAck::Short { available, .. })
+                    if was == available => {}
+                (_, SyncAck::Short { required, available }) => warn!(
+                    required,
+                    available,
+                    "too few synchronous standbys are streaming: the relay acknowledges nothing more upstream, so commits that wait for it wait"
+                ),
+                (SyncAck::Short { .. } | SyncAck::Off, SyncAck::Held(_)) => info!(
+                    names = %names.as_deref().map(ToString::to_string).unwrap_or_default(),
+                    "enough synchronous standbys are streaming: acknowledging what they hold"
+                ),
+                _ => {}
+            }
+            *old = ack;
+            true
+        });
     }
 
     /// The limits and timeouts now.
@@ -316,13 +387,16 @@ impl ServerContext {
 
     /// Records a stream that starts; retention keeps what connected streams still read.
     pub(crate) fn begin_stream(&self, status: StreamStatus) {
-        lock(&self.live).streams.insert(status.pid, status);
+        let mut live = lock(&self.live);
+        live.streams.insert(status.pid, status);
+        self.refresh_sync(&live);
     }
 
     /// Records how far a stream has been sent and what its client last reported.
     pub(crate) fn update_stream(&self, pid: BackendPid, sent: Lsn, client: ClientPositions) {
         let now = Instant::now();
-        if let Some(s) = lock(&self.live).streams.get_mut(&pid) {
+        let mut live = lock(&self.live);
+        if let Some(s) = live.streams.get_mut(&pid) {
             if client != s.client {
                 // A new reply: its positions read the lags.
                 let reported = Reported {
@@ -338,6 +412,7 @@ impl ServerContext {
             if !s.caught_up && sent >= self.hub.durable().lsn {
                 s.caught_up = true;
             }
+            self.refresh_sync(&live);
         }
     }
 
@@ -383,6 +458,7 @@ impl ServerContext {
             self.horizon
                 .send_replace(XminHorizon::oldest(live.feedback.values()));
         }
+        self.refresh_sync(&live);
     }
 }
 

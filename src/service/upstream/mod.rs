@@ -24,6 +24,7 @@ use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::metrics::{Counters, EndReason};
 use crate::proto::conninfo::ConnInfo;
+use crate::proto::syncrep::SyncAck;
 use crate::proto::upstream::{SessionError, StreamTiming};
 use crate::service::conn::ConnError;
 use crate::service::writer::{Writer, WriterError};
@@ -123,6 +124,8 @@ pub(crate) struct Links {
     pub info: watch::Sender<Option<Arc<UpstreamInfo>>>,
     /// The oldest xmin the downstreams report, forwarded upstream as hot-standby feedback.
     pub feedback: watch::Receiver<XminHorizon>,
+    /// What the synchronous standbys let the relay acknowledge.
+    pub sync: watch::Receiver<SyncAck>,
     /// Where connections, their ends and the WAL received are counted.
     pub counters: Arc<Counters>,
 }

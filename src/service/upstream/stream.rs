@@ -118,7 +118,9 @@ async fn stream(
     // Like a walreceiver, say at once what xmin is held (0/0 releases an old one).
     let mut feedback = links.feedback.clone();
     up.session.feedback(*feedback.borrow_and_update(), wall());
+    let mut sync = links.sync.clone();
     loop {
+        up.session.set_synchronous(*sync.borrow_and_update());
         let p = positions.borrow_and_update().clone();
         links.counters.upstream.note_durable(p.durable.0, unix_ms());
         if let Some(failed) = p.failed {
@@ -141,6 +143,8 @@ async fn stream(
                 up.session.feedback(*feedback.borrow_and_update(), wall());
                 continue;
             }
+            // The loop's top sends what the synchronous standbys now hold.
+            Ok(()) = sync.changed() => continue,
             () = sleep_until(deadline) => continue,
             frame = up.conn.recv(up.session.frame_limit()) => frame?,
         };

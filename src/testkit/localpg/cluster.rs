@@ -244,6 +244,46 @@ impl Cluster {
         Ok(())
     }
 
+    /// Kills the postmaster and the processes it started with SIGKILL, as a crash stops them,
+    /// and waits until they are gone; the next start runs crash recovery.
+    ///
+    /// # Errors
+    /// When `kill` fails or a process outlives the wait.
+    pub fn kill9(&mut self) -> Result<()> {
+        let Some(pid) = self.pid.take() else {
+            return Ok(());
+        };
+        let mut pids = vec![pid];
+        pids.extend(children_of(pid));
+        let mut cmd = Command::new("kill");
+        cmd.arg("-9").args(pids.iter().map(u32::to_string));
+        // A process that already exited is not an error.
+        let _ = cmd.output();
+        wait_until(
+            Duration::from_secs(10),
+            "killed server processes exit",
+            || Ok(pids.iter().all(|p| !process_alive(*p))),
+        )?;
+        // The killed postmaster may linger as a zombie where nothing reaps orphans, and a
+        // new postmaster would take it for a running one: its lock files go, as a reboot
+        // would make them stale.
+        let socket = self.dir.path().join(format!(".s.PGSQL.{}", self.port));
+        let lock_files = [
+            self.data_dir().join("postmaster.pid"),
+            socket.with_extension(format!("{}.lock", self.port)),
+            socket,
+        ];
+        for file in lock_files {
+            match fs::remove_file(&file) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(io_err(format!("remove {}", file.display()))(e));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
     /// Stops the server with `mode`, then starts it.
     ///
     /// # Errors
@@ -622,6 +662,24 @@ impl Drop for Cluster {
             let _ = wait_until(Duration::from_secs(5), "postmaster exit", gone);
         }
     }
+}
+
+/// The processes whose parent is `pid`, from `/proc`.
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|stat| {
+                // `pid (comm) state ppid …`: comm may hold spaces, so split after the `)`.
+                stat.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
+                    == Some(pid)
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
