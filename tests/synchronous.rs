@@ -276,3 +276,95 @@ fn commits_wait_for_two_of_three_standbys_behind_the_relay() {
         );
     }
 }
+
+/// A commit on `primary` in a thread: its outcome arrives on the channel when it returns.
+fn commit_in_background(bins: &PgBinaries, primary: &Cluster, id: i64) -> mpsc::Receiver<()> {
+    let (tx, rx) = mpsc::channel();
+    let (bins, conninfo) = (bins.clone(), primary.conninfo());
+    std::thread::spawn(move || {
+        bins.psql(&conninfo, &format!("INSERT INTO acked VALUES ({id})"))
+            .unwrap();
+        let _ = tx.send(());
+    });
+    rx
+}
+
+#[test]
+fn synchronous_standby_names_reload() {
+    let Some(bins) = require_postgres() else {
+        return;
+    };
+    let dir = scratch(&bins, "sync-reload");
+    let mut primary = archiving_primary(&bins, dir.path(), 1);
+    primary
+        .set_config("synchronous_standby_names", "walrelay")
+        .unwrap();
+    primary.psql("SELECT pg_reload_conf()").unwrap();
+    let relay_port = free_port().unwrap();
+    let data_dir = dir.path().join("relay");
+    let config = dir.path().join("walrelay.toml");
+    let write = |extra: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "upstream = \"{}\"\ndata_dir = \"{}\"\nlisten = \"127.0.0.1:{relay_port}\"\n\
+                 status_interval = \"1s\"\n{extra}",
+                primary.conninfo(),
+                data_dir.display()
+            ),
+        )
+        .unwrap();
+    };
+    write("");
+    let relay = RelayProcess::start_run(
+        Path::new(env!("CARGO_BIN_EXE_walrelay")),
+        &data_dir,
+        &["--config", config.to_str().unwrap()],
+    );
+    wait_listening(relay_port, Duration::from_secs(30));
+    let relay_conninfo = format!("host=127.0.0.1 port={relay_port} user=postgres");
+    let mut s1 = primary
+        .basebackup_standby(&format!("{relay_conninfo} application_name=s1"), None)
+        .unwrap();
+    s1.start().unwrap();
+    // Without the setting the relay acknowledges what it made durable.
+    primary
+        .psql("CREATE TABLE acked (id bigint PRIMARY KEY)")
+        .unwrap();
+    let wait = Duration::from_secs(30);
+    commit_in_background(&bins, &primary, 1)
+        .recv_timeout(wait)
+        .unwrap();
+
+    // A name no standby has: commits wait.
+    let mark = relay.log_len();
+    write("synchronous_standby_names = \"FIRST 1 (nobody)\"\n");
+    relay.signal("HUP");
+    relay.wait_log(
+        mark,
+        "setting reloaded setting=\"synchronous_standby_names\"",
+        wait,
+    );
+    let blocked = commit_in_background(&bins, &primary, 2);
+    assert!(blocked.recv_timeout(Duration::from_secs(3)).is_err());
+
+    // A value that does not parse is refused and the running one stays.
+    let mark = relay.log_len();
+    write("synchronous_standby_names = \"FIRST 0 (s1)\"\n");
+    relay.signal("HUP");
+    relay.wait_log(
+        mark,
+        "number of synchronous standbys (0) must be greater than zero",
+        wait,
+    );
+    assert!(blocked.recv_timeout(Duration::from_secs(2)).is_err());
+
+    // The standby's name: the waiting commit returns once s1 streams and holds it.
+    write("synchronous_standby_names = \"s1\"\n");
+    relay.signal("HUP");
+    blocked.recv_timeout(wait).expect("the commit returns");
+    wait_until(wait, "s1 applies the commit", || {
+        Ok(s1.psql("SELECT count(*) FROM acked WHERE id = 2")? == "1")
+    })
+    .unwrap();
+}
