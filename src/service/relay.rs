@@ -518,7 +518,7 @@ impl Relay {
     /// Streams, and serves if listening, until `shutdown` fires.
     ///
     /// # Errors
-    /// Only failures that retrying cannot fix (the store cannot be reopened).
+    /// Only failures that retrying cannot fix (the store's writer thread is gone).
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), RelayError> {
         // What the upstream told last time lets standbys be served before it is reachable.
         if let Some(identity) = self.writer.identity().await.ok().flatten()

@@ -17,6 +17,7 @@ use walrelay::testkit::localpg::{Cluster, ClusterBuilder, PgBinaries, wait_until
 use walrelay::types::{Lsn, SegmentName, WalSegmentSize};
 
 pub mod certs;
+pub mod faultfs;
 pub mod raw_tls;
 pub mod slow_link;
 

@@ -247,10 +247,18 @@ impl ReceiveStream {
         self.server.deadline().map_or(status, |d| d.min(status))
     }
 
-    /// Fails once the server has been silent for the receive timeout.
+    /// The relay reads from the server again after a message waited for its own disk (the
+    /// writer's queue was full): the server's silence counts from `now`, since the time the
+    /// relay was not reading is not the server's. A walreceiver likewise does not time out
+    /// its server while its own write blocks.
+    pub fn resumed_reading(&mut self, now: Instant) {
+        self.server.heard(now);
+    }
+
+    /// Whether the server has been silent for the whole receive timeout.
     ///
     /// # Errors
-    /// [`StreamError::Timeout`].
+    /// [`StreamError::Timeout`] with how long it has been silent.
     pub fn check_timeout(&self, now: Instant) -> Result<(), StreamError> {
         if self.server.timed_out(now) {
             return Err(StreamError::Timeout(self.server.silence(now)));
@@ -367,6 +375,23 @@ mod tests {
         assert_eq!(s.positions(), held(0x900, 0x800, 0x700));
         s.set_synchronous(SyncAck::Off);
         assert_eq!(s.positions(), held(0x900, 0x800, 0));
+    }
+
+    #[test]
+    fn time_blocked_on_the_relays_own_disk_is_not_silence() {
+        let t0 = Instant::now();
+        let timing = StreamTiming {
+            status_interval: Duration::from_secs(10),
+            receive_timeout: Duration::from_secs(30),
+        };
+        let mut s = ReceiveStream::new(Lsn(0x100), timing, t0);
+        s.on_copy_data(keepalive(0x100, false), t0).unwrap();
+        // A message waited 40 s for the writer's queue; reading resumes.
+        let later = t0 + Duration::from_secs(40);
+        assert!(s.check_timeout(later).is_err());
+        s.resumed_reading(later);
+        assert!(s.check_timeout(later + Duration::from_secs(29)).is_ok());
+        assert!(s.check_timeout(later + Duration::from_secs(30)).is_err());
     }
 
     #[test]

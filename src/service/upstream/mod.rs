@@ -132,10 +132,10 @@ pub(crate) struct Links {
 
 /// Streams from the upstream into the store until `shutdown` fires, reconnecting on errors
 /// with exponential backoff between `reconnect_min` and `reconnect_max`. After a store error
-/// the writer is reopened (and so recovers) before the next attempt.
+/// the writer is reopened (and so recovers) before the next attempt, as often as it takes.
 ///
 /// # Errors
-/// Only what cannot be retried: the store cannot be reopened.
+/// Only what cannot be retried: the writer's thread is gone.
 pub(crate) async fn run(
     mut settings_rx: watch::Receiver<UpstreamSettings>,
     writer: Writer,
@@ -146,6 +146,24 @@ pub(crate) async fn run(
     let mut attempt: u64 = 0;
     loop {
         let settings = settings_rx.borrow_and_update().clone();
+        if writer.positions().borrow().failed.is_some() {
+            // The store failed: it is opened again, and its recovery re-reads what is on
+            // disk, before anything more is streamed into it. While it cannot be opened (the
+            // disk still fails), the relay keeps serving what it holds and tries again.
+            match writer.reopen().await {
+                Ok(()) => {}
+                Err(WriterError::Stopped) => return Err(WriterError::Stopped.into()),
+                Err(e) => {
+                    error!(error = %e, delay_ms = delay.as_millis() as u64, "the WAL store cannot be opened again; trying again after a delay");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return Ok(()),
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                    delay = (delay * 2).min(settings.reconnect_max);
+                    continue;
+                }
+            }
+        }
         let peer = settings
             .conninfo
             .hosts()
@@ -174,9 +192,6 @@ pub(crate) async fn run(
                 return Ok(());
             }
             log_end(&e);
-            if writer.positions().borrow().failed.is_some() {
-                writer.reopen().await?;
-            }
         } else {
             links.counters.upstream.set_connected(false);
             return Ok(());

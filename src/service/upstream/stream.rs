@@ -170,7 +170,8 @@ async fn stream(
 }
 
 /// Queues WAL for the store, which checks it before writing. While the queue is full,
-/// status updates keep going out so that the upstream does not time out.
+/// status updates keep going out so that the upstream does not time out the relay, and the
+/// time spent waiting does not count as the upstream's silence.
 async fn store_wal(
     up: &mut Upstream,
     writer: &Writer,
@@ -189,6 +190,9 @@ async fn store_wal(
                     data
                 };
                 permit?.append(start, data);
+                if let Some(rs) = up.session.stream() {
+                    rs.resumed_reading(Instant::now());
+                }
                 return Ok(());
             }
             _ = tick.tick() => {
