@@ -2,13 +2,18 @@
 //! lists the relay in `synchronous_standby_names`, the relay lists its three standbys with
 //! `--synchronous-standby-names 'ANY 2 (s1, s2, s3)'`.
 //!
-//! - Commits wait while fewer than two standbys stream, and go on when one returns (A7's
-//!   blocking, through the relay).
+//! - A7: with no synchronous standbys of its own the relay is the primary's synchronous
+//!   standby: commits go on while it is attached (the primary sees only it, as `sync`, its
+//!   flush never past what the relay stored), wait while it is stopped, go on when it is back.
+//! - Commits wait while fewer than two standbys stream, and go on when one returns.
 //! - Rounds of single-row commits with `synchronous_commit` `on` and `remote_apply`, each
 //!   with a `kill -9` of the relay or of a standby at a seeded random moment. The round ends
 //!   by freezing the relay (SIGSTOP), so no more WAL reaches the standbys and nothing more is
 //!   acknowledged, then stopping the client; once the standbys have applied what they hold,
 //!   every commit the client saw acknowledged is visible on at least two of the three.
+//!
+//! - `--synchronous-standby-names` reloads: a name no standby has makes commits wait, a value
+//!   that does not parse is refused and the running one kept, the right name releases them.
 //!
 //! Tunable: `WALRELAY_SYNC_ROUNDS` (4), `WALRELAY_SYNC_SEED`.
 
@@ -367,4 +372,69 @@ fn synchronous_standby_names_reload() {
         Ok(s1.psql("SELECT count(*) FROM acked WHERE id = 2")? == "1")
     })
     .unwrap();
+}
+
+/// A7: the relay itself as the primary's synchronous standby (no synchronous standbys of its
+/// own): commits go on while it is attached, wait while it is stopped, and go on once it is
+/// back; the primary sees only the relay, as `sync`.
+#[test]
+fn a7_relay_as_the_synchronous_standby() {
+    let Some(bins) = require_postgres() else {
+        return;
+    };
+    let dir = scratch(&bins, "a7");
+    let mut primary = archiving_primary(&bins, dir.path(), 1);
+    primary
+        .psql("CREATE TABLE acked (id bigint PRIMARY KEY)")
+        .unwrap();
+    primary
+        .set_config("synchronous_standby_names", "walrelay")
+        .unwrap();
+    primary.psql("SELECT pg_reload_conf()").unwrap();
+    let relay_port = free_port().unwrap();
+    let listen = format!("127.0.0.1:{relay_port}");
+    let relay_dir = dir.path().join("relay");
+    let mut relay = RelayProcess::start(&primary.conninfo(), &relay_dir, &["--listen", &listen]);
+    wait_listening(relay_port, Duration::from_secs(30));
+    let relay_conninfo = format!("host=127.0.0.1 port={relay_port} user=postgres");
+    let mut standbys = Vec::new();
+    for name in ["d1", "d2"] {
+        let mut s = primary
+            .basebackup_standby(&format!("{relay_conninfo} application_name={name}"), None)
+            .unwrap();
+        s.start().unwrap();
+        standbys.push(s);
+    }
+    let wait = Duration::from_secs(30);
+    for id in 1..=20 {
+        commit_in_background(&bins, &primary, id)
+            .recv_timeout(wait)
+            .expect("a commit hangs with the relay attached");
+    }
+    let rows = primary
+        .psql("SELECT application_name, sync_state FROM pg_stat_replication")
+        .unwrap();
+    assert_eq!(rows, "walrelay|sync");
+    // The acknowledged flush never passes what the relay made durable.
+    let acked = acked_flush(&primary, "walrelay").unwrap();
+    let stored = stored_end(&relay.wal_dir(), primary.wal_segment_size().unwrap()).unwrap();
+    assert!(acked <= stored, "acknowledged {acked}, stored {stored}");
+
+    relay.signal("TERM");
+    relay.wait_exit(wait).expect("the relay stops");
+    let blocked = commit_in_background(&bins, &primary, 100);
+    assert!(
+        blocked.recv_timeout(Duration::from_secs(3)).is_err(),
+        "a commit returned with the synchronous standby stopped"
+    );
+    let _relay = RelayProcess::start(&primary.conninfo(), &relay_dir, &["--listen", &listen]);
+    blocked
+        .recv_timeout(wait)
+        .expect("the commit returns once the relay is back");
+    for s in &standbys {
+        wait_until(wait, "standby has the commit", || {
+            Ok(s.psql("SELECT count(*) FROM acked WHERE id = 100")? == "1")
+        })
+        .unwrap();
+    }
 }
