@@ -146,23 +146,15 @@ pub(crate) async fn run(
     let mut attempt: u64 = 0;
     loop {
         let settings = settings_rx.borrow_and_update().clone();
-        if writer.positions().borrow().failed.is_some() {
-            // The store failed: it is opened again, and its recovery re-reads what is on
-            // disk, before anything more is streamed into it. While it cannot be opened (the
-            // disk still fails), the relay keeps serving what it holds and tries again.
-            match writer.reopen().await {
-                Ok(()) => {}
-                Err(WriterError::Stopped) => return Err(WriterError::Stopped.into()),
-                Err(e) => {
-                    error!(error = %e, delay_ms = delay.as_millis() as u64, "the WAL store cannot be opened again; trying again after a delay");
-                    tokio::select! {
-                        () = shutdown.cancelled() => return Ok(()),
-                        () = tokio::time::sleep(delay) => {}
-                    }
-                    delay = (delay * 2).min(settings.reconnect_max);
-                    continue;
-                }
+        if !reopen_store(&writer).await? {
+            // While the store cannot be opened (the disk still fails), the relay keeps
+            // serving what it holds and tries again.
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                () = tokio::time::sleep(delay) => {}
             }
+            delay = (delay * 2).min(settings.reconnect_max);
+            continue;
         }
         let peer = settings
             .conninfo
@@ -192,6 +184,8 @@ pub(crate) async fn run(
                 return Ok(());
             }
             log_end(&e);
+            // At once, so that what is on disk is recovered before anyone looks.
+            reopen_store(&writer).await?;
         } else {
             links.counters.upstream.set_connected(false);
             return Ok(());
@@ -213,6 +207,26 @@ pub(crate) async fn run(
             }
         }
         delay = (delay * 2).min(settings.reconnect_max);
+    }
+}
+
+/// After a store error, opens the store again: its recovery re-reads what is on disk and
+/// cuts what cannot be trusted, before anything more is streamed into it. `false` while it
+/// cannot be opened (logged).
+///
+/// # Errors
+/// The writer's thread is gone.
+async fn reopen_store(writer: &Writer) -> Result<bool, UpstreamError> {
+    if writer.positions().borrow().failed.is_none() {
+        return Ok(true);
+    }
+    match writer.reopen().await {
+        Ok(()) => Ok(true),
+        Err(WriterError::Stopped) => Err(WriterError::Stopped.into()),
+        Err(e) => {
+            error!(error = %e, "the WAL store cannot be opened again; trying again after a delay");
+            Ok(false)
+        }
     }
 }
 
