@@ -44,6 +44,7 @@ struct Topology {
     relay_dir: std::path::PathBuf,
     upstream: String,
     listen: String,
+    http: String,
     standbys: Vec<Cluster>,
 }
 
@@ -58,7 +59,8 @@ impl Topology {
         let listen = format!("127.0.0.1:{relay_port}");
         let upstream = primary.conninfo();
         let relay_dir = dir.join("relay");
-        let relay = start_relay(&upstream, &relay_dir, &listen);
+        let http = format!("127.0.0.1:{}", free_port().unwrap());
+        let relay = start_relay(&upstream, &relay_dir, &listen, &http);
         wait_listening(relay_port, Duration::from_secs(30));
         let relay_conninfo = format!("host=127.0.0.1 port={relay_port} user=postgres");
         // The primary's commits wait for the relay from here on; the relay needs standbys.
@@ -89,23 +91,36 @@ impl Topology {
             relay_dir,
             upstream,
             listen,
+            http,
             standbys,
         }
     }
 
     fn restart_relay(&mut self) {
         self.relay.kill9();
-        self.relay = start_relay(&self.upstream, &self.relay_dir, &self.listen);
+        self.relay = start_relay(&self.upstream, &self.relay_dir, &self.listen, &self.http);
+    }
+
+    /// The relay's `walrelay_synchronous_standbys_missing`.
+    fn missing(&self) -> String {
+        let port = self.http.rsplit_once(':').unwrap().1.parse().unwrap();
+        let (_, _, body) = http_get(port, "/metrics", &[]);
+        body.lines()
+            .find_map(|l| l.strip_prefix("walrelay_synchronous_standbys_missing "))
+            .unwrap_or_else(|| panic!("no synchronous metric in {body}"))
+            .to_owned()
     }
 }
 
-fn start_relay(upstream: &str, dir: &Path, listen: &str) -> RelayProcess {
+fn start_relay(upstream: &str, dir: &Path, listen: &str, http: &str) -> RelayProcess {
     RelayProcess::start(
         upstream,
         dir,
         &[
             "--listen",
             listen,
+            "--http-listen",
+            http,
             "--synchronous-standby-names",
             "ANY 2 (s1, s2, s3)",
         ],
@@ -220,11 +235,13 @@ fn commits_wait_for_two_of_three_standbys_behind_the_relay() {
         log.contains("too few synchronous standbys are streaming") && log.contains("required=2"),
         "{log}"
     );
+    assert_eq!(t.missing(), "1");
     t.standbys[1].start().unwrap();
     let (r, _) = rx
         .recv_timeout(Duration::from_secs(60))
         .expect("the commit returns once two standbys stream");
     r.unwrap();
+    assert_eq!(t.missing(), "0");
     t.standbys[2].start().unwrap();
 
     // Rounds with a crash each; after each, what was acknowledged is on two standbys.

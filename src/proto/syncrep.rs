@@ -89,10 +89,11 @@ impl AckPositions {
 }
 
 /// What the synchronous standbys allow the relay to acknowledge now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum SyncAck {
     /// No synchronous standbys are configured: the relay acknowledges what it wrote and made
     /// durable itself.
+    #[default]
     Off,
     /// Fewer standbys qualify than are required: nothing more is acknowledged.
     Short {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use crate::metrics::Counters;
+use crate::proto::syncrep::SyncAck;
 use crate::service::downstream::{ServerContext, StreamStatus};
 use crate::service::writer::Positions;
 use crate::slots::SlotInfo;
@@ -33,6 +34,8 @@ pub struct RelayStatus {
     pub slots: Vec<SlotInfo>,
     /// Downstream replication connections logged in now, streaming or not.
     pub connections: usize,
+    /// What the synchronous standbys let the relay acknowledge upstream.
+    pub synchronous: SyncAck,
 }
 
 /// Reads a relay's state at any time, also after [`super::Relay::run`] took the relay;
@@ -73,9 +76,14 @@ impl RelayMonitor {
     /// The state now.
     pub fn status(&self) -> RelayStatus {
         let p = self.positions.borrow().clone();
-        let (streams, slots, connections) = match &self.downstream {
-            Some(ctx) => (ctx.streams(), ctx.slots().list(), ctx.senders_in_use()),
-            None => (Vec::new(), Vec::new(), 0),
+        let (streams, slots, connections, synchronous) = match &self.downstream {
+            Some(ctx) => (
+                ctx.streams(),
+                ctx.slots().list(),
+                ctx.senders_in_use(),
+                ctx.sync_ack(),
+            ),
+            None => (Vec::new(), Vec::new(), 0, SyncAck::Off),
         };
         RelayStatus {
             upstream: self.upstream.borrow().as_deref().cloned(),
@@ -87,6 +95,7 @@ impl RelayMonitor {
             streams,
             slots,
             connections,
+            synchronous,
         }
     }
 }

@@ -169,6 +169,11 @@ impl ServerContext {
         self
     }
 
+    /// What the synchronous standbys let the relay acknowledge now.
+    pub(crate) fn sync_ack(&self) -> SyncAck {
+        *self.sync_ack.borrow()
+    }
+
     /// Chooses the synchronous standbys by `names` from now on.
     pub(crate) fn set_synchronous(&self, names: Option<SyncStandbyNames>) {
         *lock(&self.sync_names) = names.map(Arc::new);

@@ -8,6 +8,7 @@
 use super::snapshot::Snapshot;
 use crate::metrics::exposition::{Exposition, Format, Kind};
 use crate::metrics::{EndReason, Refusal};
+use crate::proto::syncrep::SyncAck;
 use crate::types::Lsn;
 
 fn lsn(l: Lsn) -> f64 {
@@ -22,8 +23,28 @@ pub(crate) fn render(snapshot: &Snapshot<'_>, format: Format) -> String {
     downstreams(&mut e, snapshot);
     slots(&mut e, snapshot);
     connections(&mut e, snapshot);
+    synchronous(&mut e, snapshot);
     process(&mut e, snapshot);
     e.finish()
+}
+
+/// With `--synchronous-standby-names`: how many more synchronous standbys must stream before
+/// the relay acknowledges anything more upstream (0 when enough do).
+fn synchronous(e: &mut Exposition, s: &Snapshot<'_>) {
+    let missing = match s.status.synchronous {
+        SyncAck::Off => return,
+        SyncAck::Held(_) => 0,
+        SyncAck::Short {
+            required,
+            available,
+        } => required.saturating_sub(available),
+    };
+    gauge(
+        e,
+        "walrelay_synchronous_standbys_missing",
+        "Synchronous standbys still needed before the relay acknowledges more WAL upstream; above 0, commits waiting for the relay wait.",
+        missing as f64,
+    );
 }
 
 fn gauge(e: &mut Exposition, name: &str, help: &str, value: f64) {

@@ -5,6 +5,7 @@
 use serde_json::{Value, json};
 
 use super::snapshot::{Snapshot, unix_seconds};
+use crate::proto::syncrep::SyncAck;
 use crate::types::Lsn;
 
 fn lsn(l: Lsn) -> Value {
@@ -87,7 +88,26 @@ pub(crate) fn render(s: &Snapshot<'_>) -> Value {
             "write_errors": s.counters.store.write_errors(),
         },
         "replication": replication,
+        "synchronous": synchronous(s.status.synchronous),
         "slots": slots,
         "time": s.now_seconds(),
     })
+}
+
+/// The synchronous standbys' state: `off`, `waiting` (too few stream) or `acknowledging`,
+/// with what they hold.
+fn synchronous(ack: SyncAck) -> Value {
+    match ack {
+        SyncAck::Off => json!({ "state": "off" }),
+        SyncAck::Short {
+            required,
+            available,
+        } => json!({ "state": "waiting", "required": required, "streaming": available }),
+        SyncAck::Held(p) => json!({
+            "state": "acknowledging",
+            "write_lsn": lsn(p.write),
+            "flush_lsn": lsn(p.flush),
+            "replay_lsn": lsn(p.apply),
+        }),
+    }
 }
