@@ -171,6 +171,21 @@ fn historic_end(
     Ok(Some(HistoricEnd { switch, next }))
 }
 
+/// The end of the WAL this server has had: the durable end of its timeline, or where the
+/// parent timeline ended when that is further. After a timeline switch the relay stores the
+/// new timeline again from the start of the segment it forked in, so for a while its durable
+/// end there lies below the parent's end, which the standbys that streamed the parent hold
+/// and report in their first status updates on the new timeline.
+fn held_end(view: &RelayView) -> Lsn {
+    let current = view.timeline();
+    let parent_end = view
+        .histories
+        .get(&current)
+        .and_then(|bytes| TimelineHistory::parse(current, bytes).ok())
+        .and_then(|h| h.entries.last().map(|e| e.switchpoint));
+    parent_end.map_or(view.durable.lsn, |end| end.max(view.durable.lsn))
+}
+
 /// Starts the stream: CopyBothResponse, or at once the next timeline when the historic one
 /// ends where streaming would start.
 fn begin(io: &mut Outbox, config: &SessionConfig, checked: Checked, now: Now) -> Phase {
@@ -401,9 +416,15 @@ impl Streaming {
         now: Now,
         view: &RelayView,
     ) -> Result<(), ErrorFields> {
+        let reported = r.write.max(r.flush);
+        let end = if reported > view.durable.lsn {
+            held_end(view)
+        } else {
+            view.durable.lsn
+        };
         let reply = self
             .send
-            .on_status(r, view.durable.lsn, now.at)
+            .on_status(r, end, now.at)
             .map_err(|e| ErrorFields::fatal(SqlState::PROTOCOL_VIOLATION, e.to_string()))?;
         self.progress(io);
         if let (Some(slot), Some(flush)) = (&self.slot, reply.slot_flush) {

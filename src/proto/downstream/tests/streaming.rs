@@ -176,6 +176,44 @@ fn a_position_beyond_the_relays_wal_is_a_protocol_violation() {
     );
 }
 
+/// After a promotion the relay stores timeline 2 again from the start of the segment it
+/// forked in, while a standby that streamed timeline 1 to its end reports that end: below the
+/// parent's end it is WAL the relay had, and the stream goes on.
+#[test]
+fn a_position_up_to_the_parents_end_is_accepted_after_a_timeline_switch() {
+    let tli2 = TimelineId::new(2).unwrap();
+    let history = Bytes::from_static(b"1\t0/3000080\tno recovery target specified\n");
+    let view = RelayView {
+        durable: DurableEnd {
+            timeline: Some(tli2),
+            lsn: Lsn(0x300_0040),
+        },
+        histories: Arc::new([(tli2, history)].into()),
+        ..view()
+    };
+    let mut s = logged_in();
+    s.frame(
+        Ok(query(
+            "START_REPLICATION SLOT d1 PHYSICAL 0/3000000 TIMELINE 2",
+        )),
+        at(0),
+        &view,
+    );
+    assert_eq!(actions(&mut s), [Action::AcquireSlot("d1".into())]);
+    s.slot_done(Ok(()), at(0));
+    assert_eq!(out(&mut s), wire(&[copy_both()]));
+    actions(&mut s);
+    s.frame(Ok(status(0x300_0080, 0x300_0080, false)), at(1), &view);
+    assert!(out(&mut s).is_empty());
+    assert!(s.is_streaming());
+    let text = "standby reported flush position 0/3000081, which is ahead of the WAL flush position of this server 0/3000080";
+    s.frame(Ok(status(0x300_0080, 0x300_0081, false)), at(2), &view);
+    assert_eq!(
+        out(&mut s),
+        wire(&[fatal(SqlState::PROTOCOL_VIOLATION, text)])
+    );
+}
+
 #[test]
 fn malformed_client_messages_end_the_stream_with_08p01() {
     let short = raw(b'd', &[b'r', 0, 0, 0, 0, 0, 0, 0, 1, 0]);
