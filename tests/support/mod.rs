@@ -18,6 +18,7 @@ use walrelay::types::{Lsn, SegmentName, WalSegmentSize};
 
 pub mod certs;
 pub mod faultfs;
+pub mod patroni;
 pub mod raw_tls;
 pub mod slow_link;
 

@@ -123,10 +123,7 @@ impl ClusterBuilder {
             .arg(format!("--wal-segsize={}", self.segment_size_mb));
         run(&mut initdb)?;
         let settings = self.settings(dir.path())?;
-        let mut hba = self.hba.join("\n");
-        hba.push_str("\nlocal all all trust\nlocal replication all trust\n");
-        hba.push_str("host all all 127.0.0.1/32 trust\nhost replication all 127.0.0.1/32 trust\n");
-        self.bins.write_file(&data.join("pg_hba.conf"), &hba)?;
+        self.write_hba(&data)?;
         let conf = data.join("postgresql.conf");
         let mut text = fs::read_to_string(&conf).map_err(io_err("read postgresql.conf"))?;
         text.push_str("\ninclude 'walrelay.conf'\n");
@@ -140,6 +137,59 @@ impl ClusterBuilder {
         };
         cluster.write_settings()?;
         Ok(cluster)
+    }
+
+    /// A hot standby copied with `pg_basebackup -X stream -c fast` from the server that
+    /// `source` (a connection string) reaches, one this harness did not start included (a
+    /// Patroni member, say), that streams from `primary_conninfo` with
+    /// `primary_slot_name = slot`. The copy's `postgresql.conf` and `pg_hba.conf` are replaced
+    /// by this builder's settings and rules, as [`init`](ClusterBuilder::init) writes them, so
+    /// nothing of the source's own configuration (its port, its paths) is kept. Returned
+    /// stopped; archiving is off whatever [`archive`](ClusterBuilder::archive) says.
+    ///
+    /// # Errors
+    /// When pg_basebackup fails or the configuration cannot be written.
+    pub fn basebackup_standby_of(
+        mut self,
+        source: &str,
+        primary_conninfo: &str,
+        slot: Option<&str>,
+    ) -> Result<Cluster> {
+        let dir = self.bins.scratch_dir(&self.base_dir, "standby")?;
+        let data = dir.path().join("data");
+        let mut cmd = self.bins.command("pg_basebackup");
+        cmd.arg("-D")
+            .arg(&data)
+            .args(["-d", source, "-X", "stream", "-c", "fast", "--no-sync"]);
+        run(&mut cmd)?;
+        self.archive = false;
+        set(&mut self.config, "hot_standby", "on");
+        set(&mut self.config, "primary_conninfo", primary_conninfo);
+        if let Some(slot) = slot {
+            set(&mut self.config, "primary_slot_name", slot);
+        }
+        let settings = self.settings(dir.path())?;
+        self.write_hba(&data)?;
+        self.bins
+            .write_file(&data.join("postgresql.conf"), "include 'walrelay.conf'\n")?;
+        self.bins.write_file(&data.join("standby.signal"), "")?;
+        let standby = Cluster {
+            bins: self.bins,
+            dir,
+            port: free_port()?,
+            settings,
+            pid: None,
+        };
+        standby.write_settings()?;
+        Ok(standby)
+    }
+
+    /// Writes `pg_hba.conf`: the caller's lines, then trust for local and loopback clients.
+    fn write_hba(&self, data: &Path) -> Result<()> {
+        let mut hba = self.hba.join("\n");
+        hba.push_str("\nlocal all all trust\nlocal replication all trust\n");
+        hba.push_str("host all all 127.0.0.1/32 trust\nhost replication all 127.0.0.1/32 trust\n");
+        self.bins.write_file(&data.join("pg_hba.conf"), &hba)
     }
 
     /// The replication defaults, the archive (created in `root`) and the caller's settings.

@@ -1,0 +1,396 @@
+//! The relay under a real Patroni cluster (Debian's `patroni` 3.0 and `etcd-server` 3.4):
+//! three PostgreSQL members managed by Patroni, the relay's upstream naming all three with
+//! `target_session_attrs=read-write`, its slot a Patroni permanent slot (`slots:` in the DCS
+//! configuration), and two standbys behind the relay on relay slots. Under a pgbench load,
+//! first `patronictl switchover`, then a `kill -9` of the new leader's postmaster (with
+//! `primary_start_timeout: 0`, so Patroni fails over instead of restarting it). After each:
+//!
+//! - the relay streams from the new leader (its `pg_stat_replication` shows `walrelay`
+//!   streaming) within Patroni's failover time plus 5 s, the failover time being measured:
+//!   from the switchover command or the kill to the new leader leaving recovery;
+//! - both standbys behind the relay receive WAL of the new timeline on the walreceiver they
+//!   had before (same pid: neither restarted nor reconnected);
+//! - once the load stops, their data equals the new leader's;
+//! - the relay's slot exists on the new leader;
+//! - and at the end, `pg_waldump` reads the relay's WAL end to end across both switches.
+//!
+//! Patroni runs with `ttl: 10`, `loop_wait: 1` and `retry_timeout: 4`; its failover took
+//! 2 to 3.2 s here. The relay retries its upstream at most every second (`--reconnect-max`),
+//! and the standbys outside Patroni as often (`wal_retrieve_retry_interval`);
+//! `WALRELAY_PATRONI_RETRY=5s` sets both to their defaults.
+//!
+//! It also measures, and prints, the time from the event to the first WAL of the new
+//! timeline at a standby behind the relay (`pg_stat_wal_receiver.received_tli`, sampled every
+//! 20 ms), next to the same for a standby attached to the members directly, without a slot
+//! (its `primary_conninfo` names all three with `target_session_attrs=read-write`, which
+//! PostgreSQL 15's walreceiver honours). Timings are printed, never asserted, beyond the 5 s
+//! above.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::patroni::{FirstSeen, PatroniCluster, PgbenchLoad, require_patroni};
+use support::*;
+use walrelay::testkit::localpg::{
+    Cluster, ClusterBuilder, PgBinaries, free_port, require_postgres, run, wait_until,
+};
+use walrelay::types::Lsn;
+
+/// `t` on a primary that the relay streams from.
+const RELAY_STREAMS_HERE: &str = "SELECT NOT pg_is_in_recovery() AND EXISTS (SELECT 1 FROM \
+     pg_stat_replication WHERE application_name = 'walrelay' AND state = 'streaming')";
+
+/// A standby's received timeline, `-` while its walreceiver is not running.
+const RECEIVED_TLI: &str =
+    "SELECT coalesce((SELECT received_tli FROM pg_stat_wal_receiver)::text, '-')";
+
+/// The pgbench tables' contents, in one line.
+const DIGEST: &str = "SELECT \
+     (SELECT count(*) || ' ' || sum(abalance) FROM pgbench_accounts) || ' ' || \
+     (SELECT md5(string_agg(aid || ':' || abalance, ',' ORDER BY aid)) FROM pgbench_accounts) \
+     || ' ' || (SELECT md5(string_agg(bid || ':' || bbalance, ',' ORDER BY bid)) \
+     FROM pgbench_branches) || ' ' || (SELECT md5(string_agg(tid || ':' || tbalance, ',' \
+     ORDER BY tid)) FROM pgbench_tellers) || ' ' || \
+     (SELECT count(*) || ' ' || coalesce(sum(delta), 0) FROM pgbench_history)";
+
+/// How long after Patroni's failover the relay may take to stream from the new leader.
+const RELAY_BUDGET: Duration = Duration::from_secs(5);
+
+/// The longest wait between attempts to reach a lost upstream, for the relay
+/// (`--reconnect-max`) and for the standbys outside Patroni (`wal_retrieve_retry_interval`):
+/// `WALRELAY_PATRONI_RETRY` (a PostgreSQL duration such as `5s`, both sides' default), else 1 s.
+fn retry_interval() -> String {
+    std::env::var("WALRELAY_PATRONI_RETRY")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .unwrap_or_else(|| "1s".to_owned())
+}
+
+/// What every phase works on.
+struct Setup<'a> {
+    bins: &'a PgBinaries,
+    cluster: &'a PatroniCluster,
+    /// The two standbys behind the relay.
+    behind: &'a [Cluster],
+    /// The standby attached to the members directly.
+    direct: &'a Cluster,
+    /// Where pgbench connects: every member, read-write.
+    load: String,
+    relay: &'a RelayProcess,
+}
+
+#[test]
+fn relay_follows_patroni_switchover_and_leader_crash() {
+    let Some(bins) = require_postgres() else {
+        return;
+    };
+    if !require_patroni() {
+        return;
+    }
+    let dir = scratch(&bins, "patroni");
+    let cluster = PatroniCluster::start(&bins, dir.path());
+    let leader = cluster.wait_healthy(&bins, Duration::from_secs(60));
+    let leader_ci = cluster.members[leader].conninfo();
+    bins.psql(&leader_ci, "CREATE ROLE walrelay LOGIN REPLICATION")
+        .unwrap();
+    let mut init = bins.command("pgbench");
+    init.args([
+        "-i",
+        "-s",
+        "1",
+        "-q",
+        &format!("{leader_ci} dbname=postgres"),
+    ]);
+    run(&mut init).unwrap();
+
+    eprintln!(
+        "retry interval of the relay (--reconnect-max) and of the standbys outside Patroni \
+         (wal_retrieve_retry_interval): {}",
+        retry_interval()
+    );
+    let relay_port = free_port().unwrap();
+    let listen = format!("127.0.0.1:{relay_port}");
+    let upstream =
+        cluster.all_members("user=walrelay target_session_attrs=read-write connect_timeout=2");
+    let relay = RelayProcess::start_bare(
+        &upstream,
+        &dir.path().join("relay"),
+        &[
+            "--listen",
+            &listen,
+            "--reconnect-min",
+            "100ms",
+            "--reconnect-max",
+            &retry_interval(),
+            "--status-interval",
+            "1s",
+        ],
+    );
+    wait_until(
+        Duration::from_secs(30),
+        "relay streams from the leader",
+        || Ok(bins.psql(&leader_ci, RELAY_STREAMS_HERE)? == "t"),
+    )
+    .unwrap();
+
+    // Two standbys behind the relay, each on a relay slot, and one attached to the members.
+    let relay_ci = format!("host=127.0.0.1 port={relay_port} user=postgres");
+    let mut behind = Vec::new();
+    for name in ["d1", "d2"] {
+        bins.psql(
+            &format!("{relay_ci} replication=1"),
+            &format!("CREATE_REPLICATION_SLOT \"{name}\" PHYSICAL"),
+        )
+        .unwrap();
+        let primary_conninfo = format!("{relay_ci} application_name={name}");
+        behind.push(outside_standby(
+            &bins,
+            &dir,
+            &leader_ci,
+            &primary_conninfo,
+            Some(name),
+        ));
+    }
+    let direct_ci = cluster.all_members(
+        "user=postgres target_session_attrs=read-write connect_timeout=2 application_name=direct",
+    );
+    let direct = outside_standby(&bins, &dir, &leader_ci, &direct_ci, None);
+    for standby in behind.iter().chain([&direct]) {
+        wait_until(Duration::from_secs(60), "standby streaming", || {
+            Ok(standby.psql("SELECT status FROM pg_stat_wal_receiver")? == "streaming")
+        })
+        .unwrap();
+    }
+    let size = behind[0].wal_segment_size().unwrap();
+    let setup = Setup {
+        bins: &bins,
+        cluster: &cluster,
+        behind: &behind,
+        direct: &direct,
+        load: cluster.all_members(
+            "user=postgres dbname=postgres target_session_attrs=read-write connect_timeout=2",
+        ),
+        relay: &relay,
+    };
+
+    let candidate = (leader + 1) % cluster.members.len();
+    let switched = failover(&setup, "switchover", leader, || {
+        eprintln!("{}", cluster.switchover(leader, candidate));
+    });
+    assert_eq!(switched, candidate, "Patroni promoted another member");
+    failover(
+        &setup,
+        "kill -9 of the leader's postmaster",
+        switched,
+        || {
+            cluster.kill_postmaster(switched);
+        },
+    );
+
+    let runs = support::patroni::assert_waldump_across_timelines(&bins, &relay.wal_dir(), size);
+    eprintln!("pg_waldump read the relay's WAL, (timeline, segments): {runs:?}");
+    let timelines: Vec<u32> = runs.iter().map(|(tli, _)| *tli).collect();
+    let last = u32::try_from(cluster.leader_timeline().unwrap()).unwrap();
+    assert_eq!(timelines.last(), Some(&last), "{runs:?}");
+    assert!(timelines.len() >= 3, "{runs:?}");
+}
+
+/// A hot standby outside Patroni: a base backup of the leader (the relay does not serve
+/// `BASE_BACKUP`) that streams from `primary_conninfo`, started, with the relay's retry
+/// interval as `wal_retrieve_retry_interval`.
+fn outside_standby(
+    bins: &PgBinaries,
+    dir: &walrelay::testkit::localpg::ScratchDir,
+    leader_ci: &str,
+    primary_conninfo: &str,
+    slot: Option<&str>,
+) -> Cluster {
+    let mut standby = ClusterBuilder::new(bins.clone(), dir.path())
+        .config("wal_retrieve_retry_interval", &retry_interval())
+        .basebackup_standby_of(leader_ci, primary_conninfo, slot)
+        .unwrap();
+    standby.start().unwrap();
+    standby
+}
+
+/// Runs `trigger` (a switchover, a crash) on leader `old` under a pgbench load, checks what
+/// the module's header says, prints the timings and returns the new leader's index.
+fn failover(s: &Setup<'_>, what: &str, old: usize, trigger: impl FnOnce()) -> usize {
+    let (bins, cluster) = (s.bins, s.cluster);
+    let timeline = cluster.leader_timeline().unwrap();
+    let next = (timeline + 1).to_string();
+    let receivers: Vec<String> = s
+        .behind
+        .iter()
+        .map(|c| c.psql("SELECT pid FROM pg_stat_wal_receiver").unwrap())
+        .collect();
+    let load = PgbenchLoad::start(bins, &s.load);
+    std::thread::sleep(Duration::from_secs(3));
+
+    let others: Vec<usize> = (0..cluster.members.len()).filter(|&i| i != old).collect();
+    let watch = |i: usize, sql: &str| {
+        FirstSeen::start(bins, &cluster.members[i].conninfo(), sql, |a| a == "t")
+    };
+    let promoted: Vec<FirstSeen> = others
+        .iter()
+        .map(|&i| watch(i, "SELECT NOT pg_is_in_recovery()"))
+        .collect();
+    let relay_on: Vec<FirstSeen> = others
+        .iter()
+        .map(|&i| watch(i, RELAY_STREAMS_HERE))
+        .collect();
+    let new_tli: Vec<FirstSeen> = s
+        .behind
+        .iter()
+        .chain([s.direct])
+        .map(|c| {
+            let next = next.clone();
+            FirstSeen::start(bins, &c.conninfo(), RECEIVED_TLI, move |a| a == next)
+        })
+        .collect();
+    for w in promoted.iter().chain(&relay_on).chain(&new_tli) {
+        w.wait_sampling(Duration::from_secs(10));
+    }
+    assert!(
+        promoted.iter().all(|w| w.at().is_none()),
+        "a replica is out of recovery before the {what}"
+    );
+
+    let log_offset = s.relay.log_len();
+    let t0 = Instant::now();
+    trigger();
+    wait_until(Duration::from_secs(60), "a new leader", || {
+        Ok(promoted.iter().any(|w| w.at().is_some()))
+    })
+    .unwrap_or_else(|e| panic!("{what}: {e}; cluster: {:?}", cluster.view()));
+    let (k, promoted_at) = promoted
+        .iter()
+        .enumerate()
+        .filter_map(|(k, w)| w.at().map(|at| (k, at)))
+        .min_by_key(|(_, at)| *at)
+        .unwrap();
+    let new = others[k];
+    let patroni_failover = promoted_at - t0;
+    let relay_at = relay_on[k].wait(patroni_failover + Duration::from_secs(60));
+    let tli_at: Vec<Option<Instant>> = new_tli
+        .iter()
+        .map(|w| w.wait(Duration::from_secs(60)))
+        .collect();
+    let since = |at: Option<Instant>| {
+        at.map_or("never (within 60 s)".to_owned(), |at| {
+            format!("{:.2} s", (at - t0).as_secs_f64())
+        })
+    };
+    eprintln!(
+        "{what}: Patroni promoted {} after {:.2} s; the relay streamed from it after {}; first \
+         timeline-{next} WAL at the standbys behind the relay after {} and {}, at the standby \
+         attached to the members directly after {}",
+        cluster.members[new].name,
+        patroni_failover.as_secs_f64(),
+        since(relay_at),
+        since(tli_at[0]),
+        since(tli_at[1]),
+        since(tli_at[2]),
+    );
+    drop((promoted, relay_on, new_tli));
+    let created = s
+        .relay
+        .count_log(log_offset, "created the relay's slot on the upstream");
+    eprintln!(
+        "{what}: the relay's slot on the new leader was created by {}",
+        if created == 0 { "Patroni" } else { "the relay" }
+    );
+
+    let streaming_from = streaming_from(s);
+    let relay_after = relay_at
+        .unwrap_or_else(|| panic!("{what}: the relay never streamed from the new leader {}; it streams from {streaming_from:?}", cluster.members[new].name))
+        - t0;
+    assert!(
+        relay_after <= patroni_failover + RELAY_BUDGET,
+        "{what}: the relay streamed from the new leader {relay_after:?} after the event, \
+         Patroni's failover took {patroni_failover:?}"
+    );
+    for (i, at) in tli_at.iter().take(s.behind.len()).enumerate() {
+        assert!(
+            at.is_some(),
+            "{what}: standby d{} behind the relay did not reach timeline {next}",
+            i + 1
+        );
+    }
+    for (standby, pid) in s.behind.iter().zip(&receivers) {
+        assert_eq!(
+            &standby
+                .psql("SELECT pid FROM pg_stat_wal_receiver")
+                .unwrap(),
+            pid,
+            "{what}: a walreceiver behind the relay was restarted"
+        );
+    }
+    let new_ci = cluster.members[new].conninfo();
+    assert_eq!(
+        bins.psql(
+            &new_ci,
+            "SELECT slot_type FROM pg_replication_slots WHERE slot_name = 'walrelay'"
+        )
+        .unwrap(),
+        "physical",
+        "{what}: the relay's slot is not on the new leader"
+    );
+
+    // A little load on the new timeline, then the data compared at rest.
+    std::thread::sleep(Duration::from_secs(2));
+    let (completed, ended_early) = load.stop();
+    eprintln!("{what}: pgbench runs completed {completed}, ended early {ended_early}");
+    bins.psql(&new_ci, "SELECT pg_switch_wal()").unwrap();
+    let end: Lsn = bins
+        .psql(&new_ci, "SELECT pg_current_wal_flush_lsn()")
+        .unwrap()
+        .parse()
+        .unwrap();
+    wait_until(
+        Duration::from_secs(60),
+        "relay acknowledges the end",
+        || Ok(acked_flush_at(bins, &new_ci, "walrelay").is_some_and(|f| f >= end)),
+    )
+    .unwrap();
+    let expected = bins.psql(&new_ci, DIGEST).unwrap();
+    for standby in s.behind {
+        wait_until(Duration::from_secs(60), "standby replays the end", || {
+            Ok(standby.replay_lsn()? >= end)
+        })
+        .unwrap();
+        assert_eq!(
+            standby.psql(DIGEST).unwrap(),
+            expected,
+            "{what}: data differ"
+        );
+        assert_eq!(standby.psql(RECEIVED_TLI).unwrap(), next);
+    }
+    assert_eq!(cluster.wait_healthy(bins, Duration::from_secs(90)), new);
+    new
+}
+
+/// Which members the relay streams from, by name.
+fn streaming_from(s: &Setup<'_>) -> Vec<String> {
+    s.cluster
+        .members
+        .iter()
+        .filter(|m| {
+            s.bins
+                .psql(
+                    &m.conninfo(),
+                    "SELECT count(*) FROM pg_stat_replication WHERE application_name = 'walrelay'",
+                )
+                .is_ok_and(|n| n != "0")
+        })
+        .map(|m| m.name.clone())
+        .collect()
+}
