@@ -14,7 +14,8 @@
 //! unit passes `systemd-analyze verify`, its command line is accepted by the binary, and the
 //! Dockerfile builds in two stages into an unprivileged image with the data volume and both
 //! ports. The standby examples take their base backup from the primary (the relay refuses
-//! `BASE_BACKUP`) and stream from the relay.
+//! `BASE_BACKUP`) and stream from the relay. The example of a Patroni cluster as the upstream
+//! makes the relay's slot a permanent slot and admits the relay's role.
 //!
 //! None of this applies a manifest to a cluster or builds the image: those need a cluster
 //! and a container engine.
@@ -900,4 +901,38 @@ fn standby_examples_stream_from_the_relay_and_bootstrap_from_the_primary() {
             );
         }
     }
+}
+
+/// The Patroni example for a cluster the relay streams from: the relay's default upstream
+/// slot is a permanent physical slot, and the first `replication` line of `pg_hba` is the
+/// relay's role's.
+#[test]
+fn patroni_example_keeps_the_relays_slot_and_admits_its_role() {
+    let docs = load_yaml(&packaging().join("patroni/permanent_slot.yml"));
+    let patroni = &docs[0];
+    let config = check_toml(
+        "upstream = \"host=db1 user=walrelay\"\ndata_dir = \"/var/lib/walrelay\"\n",
+        "a minimal configuration",
+    )
+    .config;
+    let slot = config.upstream_slot.as_str();
+    let slots = &patroni["bootstrap"]["dcs"]["slots"];
+    assert_eq!(
+        text(&slots[slot]["type"], "slots.<relay slot>.type"),
+        "physical",
+        "the relay's slot {slot:?} is not a permanent physical slot"
+    );
+    let hba: Vec<&str> = list(&patroni["postgresql"]["pg_hba"], "postgresql.pg_hba")
+        .iter()
+        .map(|line| text(line, "postgresql.pg_hba"))
+        .collect();
+    let first_replication = hba
+        .iter()
+        .find(|line| line.split_whitespace().nth(1) == Some("replication"))
+        .expect("no replication line in postgresql.pg_hba");
+    assert_eq!(
+        first_replication.split_whitespace().nth(2),
+        Some("walrelay"),
+        "{first_replication}"
+    );
 }
