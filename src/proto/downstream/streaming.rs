@@ -63,7 +63,8 @@ struct HistoricEnd {
 /// WAL to send: `[from, limit)` of `timeline`, in XLogData whose `walEnd` is `limit`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SendRange {
-    /// The timeline.
+    /// The timeline whose segment files hold that WAL: the stream's own, or for the last
+    /// segment of a historic timeline the next one.
     pub timeline: TimelineId,
     /// Where the next XLogData starts.
     pub from: Lsn,
@@ -253,7 +254,7 @@ impl Streaming {
         let from = self.send.sent();
         if from < limit {
             return Some(SendRange {
-                timeline: self.timeline,
+                timeline: self.file_timeline(from, view),
                 from,
                 limit,
             });
@@ -267,6 +268,23 @@ impl Streaming {
 
     /// How far this stream may send: the durable end, or a historic timeline's end. When
     /// the relay moves to a newer timeline meanwhile, this one becomes historic.
+    /// The timeline whose segment file holds `from`, as walsender chooses it
+    /// (`XLogSendPhysical`): on a historic timeline, the segment it ends in is read from the
+    /// next timeline's file, which holds the same WAL up to the switch point. The relay's copy
+    /// of that segment on the old timeline may stop short of the switch point (it had received
+    /// less than the server that was promoted), while the next timeline's file, which it
+    /// stores again from that segment's start, holds all of it.
+    fn file_timeline(&self, from: Lsn, view: &RelayView) -> TimelineId {
+        match (self.historic, view.upstream.as_deref()) {
+            (Some(h), Some(up))
+                if up.segment_size.segment_of(from) == up.segment_size.segment_of(h.switch) =>
+            {
+                h.next
+            }
+            _ => self.timeline,
+        }
+    }
+
     fn limit(&mut self, view: &RelayView) -> Lsn {
         let end = view.durable;
         if self.historic.is_none()

@@ -492,8 +492,13 @@ fn a_historic_timeline_ends_at_its_switch_point() {
     actions(&mut s);
     let range = s.next_send(&v).unwrap();
     assert_eq!(
-        (range.from, range.limit),
-        (Lsn(0x300_0000), Lsn(0x300_0080))
+        (range.timeline, range.from, range.limit),
+        (
+            TimelineId::new(2).unwrap(),
+            Lsn(0x300_0000),
+            Lsn(0x300_0080)
+        ),
+        "the segment timeline 1 ends in is read from timeline 2's file"
     );
     s.sent(Lsn(0x300_0080));
     actions(&mut s);
@@ -509,6 +514,40 @@ fn a_historic_timeline_ends_at_its_switch_point() {
     expected.extend([complete("START_REPLICATION"), ready()]);
     assert_eq!(out(&mut s), wire(&expected));
     assert_eq!(actions(&mut s), [Action::EndStream { slot: None }]);
+}
+
+/// As walsender reads it: a historic timeline's segments from its own files, except the one
+/// it ends in, from the next timeline's file (the relay's copy on the old timeline may stop
+/// short of the switch point).
+#[test]
+fn only_the_segment_a_historic_timeline_ends_in_is_read_from_the_next_timeline() {
+    let (one, two) = (TimelineId::ONE, TimelineId::new(2).unwrap());
+    let history = Bytes::from_static(b"1\t0/3100080\tno recovery target specified\n");
+    let v = RelayView {
+        durable: DurableEnd {
+            timeline: Some(two),
+            lsn: Lsn(0x320_0000),
+        },
+        histories: Arc::new([(two, history)].into()),
+        ..view()
+    };
+    let mut s = logged_in();
+    s.frame(
+        Ok(query("START_REPLICATION 0/30FFF00 TIMELINE 1")),
+        at(0),
+        &v,
+    );
+    assert_eq!(out(&mut s), wire(&[copy_both()]));
+    actions(&mut s);
+    let range = s.next_send(&v).unwrap();
+    assert_eq!((range.timeline, range.from), (one, Lsn(0x30F_FF00)));
+    s.sent(Lsn(0x310_0000));
+    actions(&mut s);
+    let range = s.next_send(&v).unwrap();
+    assert_eq!(
+        (range.timeline, range.from, range.limit),
+        (two, Lsn(0x310_0000), Lsn(0x310_0080))
+    );
 }
 
 #[test]
