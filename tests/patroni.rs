@@ -14,6 +14,13 @@
 //! - the relay's slot exists on the new leader;
 //! - and at the end, `pg_waldump` reads the relay's WAL end to end across both switches.
 //!
+//! Replication is asynchronous, so a crash may lose WAL: the old leader may have sent the
+//! relay WAL that the member Patroni promotes never received. A standby behind the relay that
+//! replayed it cannot follow the new timeline ("forked off current database system timeline
+//! before current recovery point"), any more than a standby of the old leader could. The test
+//! recognises that case (a standby's replay position past the new timeline's fork point),
+//! prints it, and then checks the relay but not those standbys; after the switchover it fails.
+//!
 //! Patroni runs with `ttl: 10`, `loop_wait: 1` and `retry_timeout: 4`; its failover took
 //! 2 to 3.2 s here. The relay retries its upstream at most every second (`--reconnect-max`),
 //! and the standbys outside Patroni as often (`wal_retrieve_retry_interval`);
@@ -182,7 +189,7 @@ fn relay_follows_patroni_switchover_and_leader_crash() {
     };
 
     let candidate = (leader + 1) % cluster.members.len();
-    let switched = failover(&setup, "switchover", leader, || {
+    let switched = failover(&setup, "switchover", leader, false, || {
         eprintln!("{}", cluster.switchover(leader, candidate));
     });
     assert_eq!(switched, candidate, "Patroni promoted another member");
@@ -190,6 +197,7 @@ fn relay_follows_patroni_switchover_and_leader_crash() {
         &setup,
         "kill -9 of the leader's postmaster",
         switched,
+        true,
         || {
             cluster.kill_postmaster(switched);
         },
@@ -221,20 +229,144 @@ fn outside_standby(
     standby
 }
 
+/// What happened after an event, as the samplers saw it.
+struct Observed {
+    /// The member Patroni promoted.
+    new: usize,
+    /// From the event to the new leader leaving recovery.
+    patroni_failover: Duration,
+    /// From the event to the relay streaming from the new leader.
+    relay: Option<Duration>,
+    /// From the event to the first WAL of the new timeline at d1, d2 and the direct standby.
+    new_timeline: Vec<Option<Duration>>,
+    /// Where the new timeline forked from the old one.
+    fork: Lsn,
+    /// Which of d1, d2 and the direct standby replayed old-timeline WAL past `fork`.
+    past_fork: Vec<bool>,
+}
+
 /// Runs `trigger` (a switchover, a crash) on leader `old` under a pgbench load, checks what
-/// the module's header says, prints the timings and returns the new leader's index.
-fn failover(s: &Setup<'_>, what: &str, old: usize, trigger: impl FnOnce()) -> usize {
-    let (bins, cluster) = (s.bins, s.cluster);
-    let timeline = cluster.leader_timeline().unwrap();
-    let next = (timeline + 1).to_string();
+/// the module's header says, prints the timings and returns the new leader's index. With
+/// `may_lose_wal` (a crash), standbys that replayed WAL the new leader never had are
+/// reported, not failed.
+fn failover(
+    s: &Setup<'_>,
+    what: &str,
+    old: usize,
+    may_lose_wal: bool,
+    trigger: impl FnOnce(),
+) -> usize {
+    let cluster = s.cluster;
+    let next = cluster.leader_timeline().unwrap() + 1;
     let receivers: Vec<String> = s
         .behind
         .iter()
         .map(|c| c.psql("SELECT pid FROM pg_stat_wal_receiver").unwrap())
         .collect();
-    let load = PgbenchLoad::start(bins, &s.load);
+    let load = PgbenchLoad::start(s.bins, &s.load);
     std::thread::sleep(Duration::from_secs(3));
+    let log_offset = s.relay.log_len();
+    let seen = observe(s, what, old, next, trigger);
+    let new = seen.new;
+    let at =
+        |d: Option<Duration>| d.map_or("never".to_owned(), |d| format!("{:.2} s", d.as_secs_f64()));
+    eprintln!(
+        "{what}: Patroni promoted {} after {:.2} s; the relay streamed from it after {}; first \
+         timeline-{next} WAL at the standbys behind the relay after {} and {}, at the standby \
+         attached to the members directly after {}",
+        cluster.members[new].name,
+        seen.patroni_failover.as_secs_f64(),
+        at(seen.relay),
+        at(seen.new_timeline[0]),
+        at(seen.new_timeline[1]),
+        at(seen.new_timeline[2]),
+    );
+    let created = s
+        .relay
+        .count_log(log_offset, "created the relay's slot on the upstream");
+    eprintln!(
+        "{what}: the relay's slot on the new leader was created by {}",
+        if created == 0 { "Patroni" } else { "the relay" }
+    );
 
+    let relay_after = seen.relay.unwrap_or_else(|| {
+        panic!(
+            "{what}: the relay never streamed from the new leader {}; it streams from {:?}",
+            cluster.members[new].name,
+            streaming_from(s)
+        )
+    });
+    assert!(
+        relay_after <= seen.patroni_failover + RELAY_BUDGET,
+        "{what}: the relay streamed from the new leader {relay_after:?} after the event, \
+         Patroni's failover took {:?}",
+        seen.patroni_failover
+    );
+    let new_ci = cluster.members[new].conninfo();
+    assert_eq!(
+        s.bins
+            .psql(
+                &new_ci,
+                "SELECT slot_type FROM pg_replication_slots WHERE slot_name = 'walrelay'"
+            )
+            .unwrap(),
+        "physical",
+        "{what}: the relay's slot is not on the new leader"
+    );
+    // A little load on the new timeline.
+    std::thread::sleep(Duration::from_secs(2));
+    let (completed, ended_early) = load.stop();
+    eprintln!("{what}: pgbench runs completed {completed}, ended early {ended_early}");
+
+    let lost = seen.past_fork.iter().take(s.behind.len()).any(|p| *p);
+    assert!(
+        may_lose_wal || !lost,
+        "{what}: standbys replayed past the fork point {}: {:?}",
+        seen.fork,
+        seen.past_fork
+    );
+    if lost {
+        // Asynchronous replication lost WAL: no standby that replayed it can follow the new
+        // timeline (PostgreSQL: "new timeline N forked off current database system timeline
+        // M before current recovery point"), wherever it streams from.
+        eprintln!(
+            "{what}: LOST WAL: {} was promoted with timeline {} ending at {}, but the old \
+             leader had already sent more to the relay; standbys past that point (d1, d2, \
+             direct): {:?}. They cannot follow without pg_rewind or a new copy, behind the \
+             relay or not, so their timeline and data are not checked after this event.",
+            cluster.members[new].name,
+            next - 1,
+            seen.fork,
+            seen.past_fork
+        );
+    } else {
+        for (i, d) in seen.new_timeline.iter().take(s.behind.len()).enumerate() {
+            assert!(
+                d.is_some(),
+                "{what}: standby d{} behind the relay did not reach timeline {next}",
+                i + 1
+            );
+        }
+        for (standby, pid) in s.behind.iter().zip(&receivers) {
+            assert_eq!(
+                &standby
+                    .psql("SELECT pid FROM pg_stat_wal_receiver")
+                    .unwrap(),
+                pid,
+                "{what}: a walreceiver behind the relay was restarted"
+            );
+        }
+        compare_at_rest(s, what, &new_ci, &next.to_string());
+    }
+    assert_eq!(cluster.wait_healthy(s.bins, Duration::from_secs(90)), new);
+    new
+}
+
+/// Starts the samplers, runs `trigger` and waits for what follows: the new leader, the relay
+/// streaming from it, and each standby outside Patroni on timeline `next`, or past the fork
+/// point on the old one.
+fn observe(s: &Setup<'_>, what: &str, old: usize, next: u64, trigger: impl FnOnce()) -> Observed {
+    let (bins, cluster) = (s.bins, s.cluster);
     let others: Vec<usize> = (0..cluster.members.len()).filter(|&i| i != old).collect();
     let watch = |i: usize, sql: &str| {
         FirstSeen::start(bins, &cluster.members[i].conninfo(), sql, |a| a == "t")
@@ -247,12 +379,11 @@ fn failover(s: &Setup<'_>, what: &str, old: usize, trigger: impl FnOnce()) -> us
         .iter()
         .map(|&i| watch(i, RELAY_STREAMS_HERE))
         .collect();
-    let new_tli: Vec<FirstSeen> = s
-        .behind
+    let outside: Vec<&Cluster> = s.behind.iter().chain([s.direct]).collect();
+    let new_tli: Vec<FirstSeen> = outside
         .iter()
-        .chain([s.direct])
         .map(|c| {
-            let next = next.clone();
+            let next = next.to_string();
             FirstSeen::start(bins, &c.conninfo(), RECEIVED_TLI, move |a| a == next)
         })
         .collect();
@@ -264,7 +395,6 @@ fn failover(s: &Setup<'_>, what: &str, old: usize, trigger: impl FnOnce()) -> us
         "a replica is out of recovery before the {what}"
     );
 
-    let log_offset = s.relay.log_len();
     let t0 = Instant::now();
     trigger();
     wait_until(Duration::from_secs(60), "a new leader", || {
@@ -277,91 +407,61 @@ fn failover(s: &Setup<'_>, what: &str, old: usize, trigger: impl FnOnce()) -> us
         .filter_map(|(k, w)| w.at().map(|at| (k, at)))
         .min_by_key(|(_, at)| *at)
         .unwrap();
-    let new = others[k];
-    let patroni_failover = promoted_at - t0;
-    let relay_at = relay_on[k].wait(patroni_failover + Duration::from_secs(60));
-    let tli_at: Vec<Option<Instant>> = new_tli
-        .iter()
-        .map(|w| w.wait(Duration::from_secs(60)))
-        .collect();
-    let since = |at: Option<Instant>| {
-        at.map_or("never (within 60 s)".to_owned(), |at| {
-            format!("{:.2} s", (at - t0).as_secs_f64())
-        })
-    };
-    eprintln!(
-        "{what}: Patroni promoted {} after {:.2} s; the relay streamed from it after {}; first \
-         timeline-{next} WAL at the standbys behind the relay after {} and {}, at the standby \
-         attached to the members directly after {}",
-        cluster.members[new].name,
-        patroni_failover.as_secs_f64(),
-        since(relay_at),
-        since(tli_at[0]),
-        since(tli_at[1]),
-        since(tli_at[2]),
+    let new_ci = cluster.members[others[k]].conninfo();
+    let fork = fork_point(bins, &new_ci, next);
+    let mut past_fork = vec![false; outside.len()];
+    let _ = wait_until(
+        Duration::from_secs(60),
+        "standbys on the new timeline",
+        || {
+            for (i, (w, c)) in new_tli.iter().zip(&outside).enumerate() {
+                if w.at().is_none() && !past_fork[i] {
+                    past_fork[i] = c.replay_lsn().is_ok_and(|r| r > fork);
+                }
+            }
+            Ok(new_tli
+                .iter()
+                .zip(&past_fork)
+                .all(|(w, past)| w.at().is_some() || *past))
+        },
     );
-    drop((promoted, relay_on, new_tli));
-    let created = s
-        .relay
-        .count_log(log_offset, "created the relay's slot on the upstream");
-    eprintln!(
-        "{what}: the relay's slot on the new leader was created by {}",
-        if created == 0 { "Patroni" } else { "the relay" }
-    );
-
-    let streaming_from = streaming_from(s);
-    let relay_after = relay_at
-        .unwrap_or_else(|| panic!("{what}: the relay never streamed from the new leader {}; it streams from {streaming_from:?}", cluster.members[new].name))
-        - t0;
-    assert!(
-        relay_after <= patroni_failover + RELAY_BUDGET,
-        "{what}: the relay streamed from the new leader {relay_after:?} after the event, \
-         Patroni's failover took {patroni_failover:?}"
-    );
-    for (i, at) in tli_at.iter().take(s.behind.len()).enumerate() {
-        assert!(
-            at.is_some(),
-            "{what}: standby d{} behind the relay did not reach timeline {next}",
-            i + 1
-        );
+    let relay = relay_on[k].wait(Duration::from_secs(30));
+    Observed {
+        new: others[k],
+        patroni_failover: promoted_at - t0,
+        relay: relay.map(|at| at - t0),
+        new_timeline: new_tli.iter().map(|w| w.at().map(|at| at - t0)).collect(),
+        fork,
+        past_fork,
     }
-    for (standby, pid) in s.behind.iter().zip(&receivers) {
-        assert_eq!(
-            &standby
-                .psql("SELECT pid FROM pg_stat_wal_receiver")
-                .unwrap(),
-            pid,
-            "{what}: a walreceiver behind the relay was restarted"
-        );
-    }
-    let new_ci = cluster.members[new].conninfo();
-    assert_eq!(
-        bins.psql(
-            &new_ci,
-            "SELECT slot_type FROM pg_replication_slots WHERE slot_name = 'walrelay'"
-        )
-        .unwrap(),
-        "physical",
-        "{what}: the relay's slot is not on the new leader"
-    );
+}
 
-    // A little load on the new timeline, then the data compared at rest.
-    std::thread::sleep(Duration::from_secs(2));
-    let (completed, ended_early) = load.stop();
-    eprintln!("{what}: pgbench runs completed {completed}, ended early {ended_early}");
-    bins.psql(&new_ci, "SELECT pg_switch_wal()").unwrap();
+/// Where timeline `tli` forked from its parent: the last entry of its history file, read
+/// from the server at `conninfo`.
+fn fork_point(bins: &PgBinaries, conninfo: &str, tli: u64) -> Lsn {
+    let sql = format!("SELECT pg_read_file('pg_wal/{tli:08X}.history')");
+    let history = bins.psql(conninfo, &sql).unwrap();
+    let last = history.lines().rfind(|l| !l.trim().is_empty()).unwrap();
+    last.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// With the load stopped: the new leader switches segments, the relay acknowledges its end,
+/// and both standbys behind the relay replay it on timeline `next` with the leader's data.
+fn compare_at_rest(s: &Setup<'_>, what: &str, new_ci: &str, next: &str) {
+    let bins = s.bins;
+    bins.psql(new_ci, "SELECT pg_switch_wal()").unwrap();
     let end: Lsn = bins
-        .psql(&new_ci, "SELECT pg_current_wal_flush_lsn()")
+        .psql(new_ci, "SELECT pg_current_wal_flush_lsn()")
         .unwrap()
         .parse()
         .unwrap();
     wait_until(
         Duration::from_secs(60),
         "relay acknowledges the end",
-        || Ok(acked_flush_at(bins, &new_ci, "walrelay").is_some_and(|f| f >= end)),
+        || Ok(acked_flush_at(bins, new_ci, "walrelay").is_some_and(|f| f >= end)),
     )
     .unwrap();
-    let expected = bins.psql(&new_ci, DIGEST).unwrap();
+    let expected = bins.psql(new_ci, DIGEST).unwrap();
     for standby in s.behind {
         wait_until(Duration::from_secs(60), "standby replays the end", || {
             Ok(standby.replay_lsn()? >= end)
@@ -374,8 +474,6 @@ fn failover(s: &Setup<'_>, what: &str, old: usize, trigger: impl FnOnce()) -> us
         );
         assert_eq!(standby.psql(RECEIVED_TLI).unwrap(), next);
     }
-    assert_eq!(cluster.wait_healthy(bins, Duration::from_secs(90)), new);
-    new
 }
 
 /// Which members the relay streams from, by name.
