@@ -42,12 +42,13 @@
 
 mod support;
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use support::patroni::{FirstSeen, PatroniCluster, PgbenchLoad, require_patroni};
 use support::*;
 use walrelay::testkit::localpg::{
-    Cluster, ClusterBuilder, PgBinaries, free_port, require_postgres, run, wait_until,
+    Cluster, ClusterBuilder, PgBinaries, ScratchDir, free_port, require_postgres, run, wait_until,
 };
 use walrelay::types::Lsn;
 
@@ -118,64 +119,15 @@ fn relay_follows_patroni_switchover_and_leader_crash() {
     ]);
     run(&mut init).unwrap();
 
-    eprintln!(
-        "retry interval of the relay (--reconnect-max) and of the standbys outside Patroni \
-         (wal_retrieve_retry_interval): {}",
-        retry_interval()
-    );
-    let relay_port = free_port().unwrap();
-    let listen = format!("127.0.0.1:{relay_port}");
-    let upstream =
-        cluster.all_members("user=walrelay target_session_attrs=read-write connect_timeout=2");
-    let relay = RelayProcess::start_bare(
-        &upstream,
-        &dir.path().join("relay"),
-        &[
-            "--listen",
-            &listen,
-            "--reconnect-min",
-            "100ms",
-            "--reconnect-max",
-            &retry_interval(),
-            "--status-interval",
-            "1s",
-        ],
-    );
+    let (relay, relay_port) = start_relay(&cluster, dir.path());
+    let relay_ci = format!("host=127.0.0.1 port={relay_port} user=postgres");
     wait_until(
         Duration::from_secs(30),
         "relay streams from the leader",
         || Ok(bins.psql(&leader_ci, RELAY_STREAMS_HERE)? == "t"),
     )
     .unwrap();
-
-    // Two standbys behind the relay, each on a relay slot, and one attached to the members.
-    let relay_ci = format!("host=127.0.0.1 port={relay_port} user=postgres");
-    let mut behind = Vec::new();
-    for name in ["d1", "d2"] {
-        bins.psql(
-            &format!("{relay_ci} replication=1"),
-            &format!("CREATE_REPLICATION_SLOT \"{name}\" PHYSICAL"),
-        )
-        .unwrap();
-        let primary_conninfo = format!("{relay_ci} application_name={name}");
-        behind.push(outside_standby(
-            &bins,
-            &dir,
-            &leader_ci,
-            &primary_conninfo,
-            Some(name),
-        ));
-    }
-    let direct_ci = cluster.all_members(
-        "user=postgres target_session_attrs=read-write connect_timeout=2 application_name=direct",
-    );
-    let direct = outside_standby(&bins, &dir, &leader_ci, &direct_ci, None);
-    for standby in behind.iter().chain([&direct]) {
-        wait_until(Duration::from_secs(60), "standby streaming", || {
-            Ok(standby.psql("SELECT status FROM pg_stat_wal_receiver")? == "streaming")
-        })
-        .unwrap();
-    }
+    let (behind, direct) = outside_standbys(&bins, &cluster, &dir, leader, &relay_ci);
     let size = behind[0].wal_segment_size().unwrap();
     let setup = Setup {
         bins: &bins,
@@ -211,12 +163,81 @@ fn relay_follows_patroni_switchover_and_leader_crash() {
     assert!(timelines.len() >= 3, "{runs:?}");
 }
 
+/// The relay, its upstream every member with `target_session_attrs=read-write`, listening on
+/// a free port (returned with it).
+fn start_relay(cluster: &PatroniCluster, dir: &Path) -> (RelayProcess, u16) {
+    eprintln!(
+        "retry interval of the relay (--reconnect-max) and of the standbys outside Patroni \
+         (wal_retrieve_retry_interval): {}",
+        retry_interval()
+    );
+    let relay_port = free_port().unwrap();
+    let listen = format!("127.0.0.1:{relay_port}");
+    let upstream =
+        cluster.all_members("user=walrelay target_session_attrs=read-write connect_timeout=2");
+    let relay = RelayProcess::start_bare(
+        &upstream,
+        &dir.join("relay"),
+        &[
+            "--listen",
+            &listen,
+            "--reconnect-min",
+            "100ms",
+            "--reconnect-max",
+            &retry_interval(),
+            "--status-interval",
+            "1s",
+        ],
+    );
+    (relay, relay_port)
+}
+
+/// Two standbys behind the relay, each on a relay slot, and one attached to the members
+/// directly, all streaming (the direct one from the leader).
+fn outside_standbys(
+    bins: &PgBinaries,
+    cluster: &PatroniCluster,
+    dir: &ScratchDir,
+    leader: usize,
+    relay_ci: &str,
+) -> (Vec<Cluster>, Cluster) {
+    let leader_ci = cluster.members[leader].conninfo();
+    let mut behind = Vec::new();
+    for name in ["d1", "d2"] {
+        bins.psql(
+            &format!("{relay_ci} replication=1"),
+            &format!("CREATE_REPLICATION_SLOT \"{name}\" PHYSICAL"),
+        )
+        .unwrap();
+        let primary_conninfo = format!("{relay_ci} application_name={name}");
+        let standby = outside_standby(bins, dir, &leader_ci, &primary_conninfo, Some(name));
+        behind.push(standby);
+    }
+    let direct_ci = cluster.all_members(
+        "user=postgres target_session_attrs=read-write connect_timeout=2 application_name=direct",
+    );
+    let direct = outside_standby(bins, dir, &leader_ci, &direct_ci, None);
+    for standby in behind.iter().chain([&direct]) {
+        wait_until(Duration::from_secs(60), "standby streaming", || {
+            Ok(standby.psql("SELECT status FROM pg_stat_wal_receiver")? == "streaming")
+        })
+        .unwrap();
+    }
+    let sql = "SELECT count(*) FROM pg_stat_replication WHERE application_name = 'direct'";
+    assert_eq!(
+        bins.psql(&leader_ci, sql).unwrap(),
+        "1",
+        "the direct standby does not stream from the leader"
+    );
+    (behind, direct)
+}
+
 /// A hot standby outside Patroni: a base backup of the leader (the relay does not serve
 /// `BASE_BACKUP`) that streams from `primary_conninfo`, started, with the relay's retry
 /// interval as `wal_retrieve_retry_interval`.
 fn outside_standby(
     bins: &PgBinaries,
-    dir: &walrelay::testkit::localpg::ScratchDir,
+    dir: &ScratchDir,
     leader_ci: &str,
     primary_conninfo: &str,
     slot: Option<&str>,
@@ -267,52 +288,8 @@ fn failover(
     std::thread::sleep(Duration::from_secs(3));
     let log_offset = s.relay.log_len();
     let seen = observe(s, what, old, next, trigger);
-    let new = seen.new;
-    let at =
-        |d: Option<Duration>| d.map_or("never".to_owned(), |d| format!("{:.2} s", d.as_secs_f64()));
-    eprintln!(
-        "{what}: Patroni promoted {} after {:.2} s; the relay streamed from it after {}; first \
-         timeline-{next} WAL at the standbys behind the relay after {} and {}, at the standby \
-         attached to the members directly after {}",
-        cluster.members[new].name,
-        seen.patroni_failover.as_secs_f64(),
-        at(seen.relay),
-        at(seen.new_timeline[0]),
-        at(seen.new_timeline[1]),
-        at(seen.new_timeline[2]),
-    );
-    let created = s
-        .relay
-        .count_log(log_offset, "created the relay's slot on the upstream");
-    eprintln!(
-        "{what}: the relay's slot on the new leader was created by {}",
-        if created == 0 { "Patroni" } else { "the relay" }
-    );
-
-    let relay_after = seen.relay.unwrap_or_else(|| {
-        panic!(
-            "{what}: the relay never streamed from the new leader {}; it streams from {:?}",
-            cluster.members[new].name,
-            streaming_from(s)
-        )
-    });
-    assert!(
-        relay_after <= seen.patroni_failover + RELAY_BUDGET,
-        "{what}: the relay streamed from the new leader {relay_after:?} after the event, \
-         Patroni's failover took {:?}",
-        seen.patroni_failover
-    );
-    let new_ci = cluster.members[new].conninfo();
-    assert_eq!(
-        s.bins
-            .psql(
-                &new_ci,
-                "SELECT slot_type FROM pg_replication_slots WHERE slot_name = 'walrelay'"
-            )
-            .unwrap(),
-        "physical",
-        "{what}: the relay's slot is not on the new leader"
-    );
+    report(s, what, next, &seen, log_offset);
+    check_relay(s, what, &seen);
     // A little load on the new timeline.
     std::thread::sleep(Duration::from_secs(2));
     let (completed, ended_early) = load.stop();
@@ -334,32 +311,92 @@ fn failover(
              leader had already sent more to the relay; standbys past that point (d1, d2, \
              direct): {:?}. They cannot follow without pg_rewind or a new copy, behind the \
              relay or not, so their timeline and data are not checked after this event.",
-            cluster.members[new].name,
+            cluster.members[seen.new].name,
             next - 1,
             seen.fork,
             seen.past_fork
         );
     } else {
-        for (i, d) in seen.new_timeline.iter().take(s.behind.len()).enumerate() {
-            assert!(
-                d.is_some(),
-                "{what}: standby d{} behind the relay did not reach timeline {next}",
-                i + 1
-            );
-        }
-        for (standby, pid) in s.behind.iter().zip(&receivers) {
-            assert_eq!(
-                &standby
-                    .psql("SELECT pid FROM pg_stat_wal_receiver")
-                    .unwrap(),
-                pid,
-                "{what}: a walreceiver behind the relay was restarted"
-            );
-        }
-        compare_at_rest(s, what, &new_ci, &next.to_string());
+        check_standbys(s, what, next, &seen, &receivers);
     }
-    assert_eq!(cluster.wait_healthy(s.bins, Duration::from_secs(90)), new);
-    new
+    assert_eq!(
+        cluster.wait_healthy(s.bins, Duration::from_secs(90)),
+        seen.new
+    );
+    seen.new
+}
+
+/// Prints what the samplers saw, and who created the relay's slot on the new leader.
+fn report(s: &Setup<'_>, what: &str, next: u64, seen: &Observed, log_offset: usize) {
+    let at =
+        |d: Option<Duration>| d.map_or("never".to_owned(), |d| format!("{:.2} s", d.as_secs_f64()));
+    eprintln!(
+        "{what}: Patroni promoted {} after {:.2} s; the relay streamed from it after {}; first \
+         timeline-{next} WAL at the standbys behind the relay after {} and {}, at the standby \
+         attached to the members directly after {}",
+        s.cluster.members[seen.new].name,
+        seen.patroni_failover.as_secs_f64(),
+        at(seen.relay),
+        at(seen.new_timeline[0]),
+        at(seen.new_timeline[1]),
+        at(seen.new_timeline[2]),
+    );
+    let created = s
+        .relay
+        .count_log(log_offset, "created the relay's slot on the upstream");
+    eprintln!(
+        "{what}: the relay's slot on the new leader was created by {}",
+        if created == 0 { "Patroni" } else { "the relay" }
+    );
+}
+
+/// The relay streams from the new leader within Patroni's failover time plus
+/// [`RELAY_BUDGET`], and its slot is there.
+fn check_relay(s: &Setup<'_>, what: &str, seen: &Observed) {
+    let name = &s.cluster.members[seen.new].name;
+    let relay_after = seen.relay.unwrap_or_else(|| {
+        panic!(
+            "{what}: the relay never streamed from the new leader {name}; it streams from {:?}",
+            streaming_from(s)
+        )
+    });
+    assert!(
+        relay_after <= seen.patroni_failover + RELAY_BUDGET,
+        "{what}: the relay streamed from the new leader {relay_after:?} after the event, \
+         Patroni's failover took {:?}",
+        seen.patroni_failover
+    );
+    let sql = "SELECT slot_type FROM pg_replication_slots WHERE slot_name = 'walrelay'";
+    assert_eq!(
+        s.bins
+            .psql(&s.cluster.members[seen.new].conninfo(), sql)
+            .unwrap(),
+        "physical",
+        "{what}: the relay's slot is not on the new leader {name}"
+    );
+}
+
+/// Both standbys behind the relay reached timeline `next` on the walreceivers (`receivers`,
+/// their pids) they had before the event, and end with the new leader's data.
+fn check_standbys(s: &Setup<'_>, what: &str, next: u64, seen: &Observed, receivers: &[String]) {
+    for (i, d) in seen.new_timeline.iter().take(s.behind.len()).enumerate() {
+        assert!(
+            d.is_some(),
+            "{what}: standby d{} behind the relay did not reach timeline {next}",
+            i + 1
+        );
+    }
+    for (standby, pid) in s.behind.iter().zip(receivers) {
+        assert_eq!(
+            &standby
+                .psql("SELECT pid FROM pg_stat_wal_receiver")
+                .unwrap(),
+            pid,
+            "{what}: a walreceiver behind the relay was restarted"
+        );
+    }
+    let new_ci = s.cluster.members[seen.new].conninfo();
+    compare_at_rest(s, what, &new_ci, &next.to_string());
 }
 
 /// Starts the samplers, runs `trigger` and waits for what follows: the new leader, the relay
