@@ -553,16 +553,21 @@ mod tests {
             assert_eq!(r.get(name), None);
         }
         let entries = |dir: &Path| -> Vec<String> {
-            fs::read_dir(dir)
+            let mut names: Vec<String> = fs::read_dir(dir)
                 .unwrap()
                 .map(|e| e.unwrap().file_name().into_string().unwrap())
-                .collect()
+                .collect();
+            names.sort();
+            names
         };
         assert_eq!(entries(t.path()), ["data"]);
         assert!(entries(&data).is_empty());
         r.create("ok", Persistency::Persistent, None).unwrap();
         assert_eq!(entries(t.path()), ["data"]);
-        assert_eq!(entries(&data), [STATE_FILE]);
+        assert_eq!(
+            entries(&data),
+            [super::super::persist::RESERVE_FILE, STATE_FILE]
+        );
     }
 
     #[test]
