@@ -3,9 +3,11 @@
 //! connection delays every byte by a fixed latency and delivers at most a given byte rate.
 //!
 //! Per direction, a reader thread reads chunks from one socket and stamps them with the time
-//! they were read; a writer thread delivers each chunk no earlier than that time plus the
-//! delay, in slices paced to the rate. The queue between them is bounded in bytes (a link's
-//! buffer), so a sender that outruns the rate is held back by TCP, as on a real link.
+//! they were read; a writer thread sends them on in slices, each going out once the link is
+//! free (at the rate, as netem's `rate` serializes) and arriving the delay after that, so
+//! never earlier than its read time plus the delay. The queue between them is bounded in
+//! bytes (a link's buffer), so a sender that outruns the rate is held back by TCP, as on a
+//! real link.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -142,11 +144,18 @@ fn write_side(
     } else {
         &counters.to_client
     };
-    // When the link is next free to send: a slice of n bytes occupies it for n / rate.
+    // When the link is next free: a slice of n bytes occupies it for n / rate from when it
+    // starts to go out, and arrives the delay after it has gone out.
     let mut free_at = Instant::now();
     while let Ok((read_at, chunk)) = rx.recv() {
         for slice in chunk.chunks(SLICE) {
-            let due = (read_at + shape.delay).max(free_at);
+            let busy = if shape.rate == 0 {
+                Duration::ZERO
+            } else {
+                Duration::from_secs_f64(slice.len() as f64 / shape.rate as f64)
+            };
+            free_at = read_at.max(free_at) + busy;
+            let due = free_at + shape.delay;
             let now = Instant::now();
             if due > now {
                 std::thread::sleep(due - now);
@@ -156,12 +165,6 @@ fn write_side(
                 return;
             }
             delivered.fetch_add(slice.len() as u64, Ordering::SeqCst);
-            let busy = if shape.rate == 0 {
-                Duration::ZERO
-            } else {
-                Duration::from_secs_f64(slice.len() as f64 / shape.rate as f64)
-            };
-            free_at = due + busy;
         }
     }
     let _ = to.shutdown(Shutdown::Write);
