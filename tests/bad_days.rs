@@ -719,9 +719,13 @@ fn clock_topo(label: &str, faketime: Option<&str>) -> Option<ClockTopo> {
 
 impl ClockTopo {
     /// Sets the relay's wall clock offset through the timestamp file (`+1h`, `-1h`, `+0`).
+    /// The file is replaced by a rename, so libfaketime (which reads it at every clock call)
+    /// never sees it empty.
     fn jump(&self, offset: &str) {
         let file = self.clock_file.as_ref().expect("a timestamp-file topology");
-        fs::write(file, format!("{offset}\n")).unwrap();
+        let tmp = file.with_extension("tmp");
+        fs::write(&tmp, format!("{offset}\n")).unwrap();
+        fs::rename(&tmp, file).unwrap();
     }
 
     /// Waits until the relay's `/status` time is `offset_secs` from the real clock (within
