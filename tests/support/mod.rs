@@ -20,7 +20,11 @@ pub mod certs;
 pub mod faultfs;
 pub mod patroni;
 pub mod raw_tls;
+pub mod relay_env;
+pub mod relay_topology;
 pub mod slow_link;
+pub mod tmpfs;
+pub mod wan_link;
 
 /// A primary in `dir` with `segment_mb` MB segments and archiving on, started.
 pub fn archiving_primary(bins: &PgBinaries, dir: &Path, segment_mb: u32) -> Cluster {
