@@ -54,7 +54,10 @@ impl RetentionPolicy {
     }
 }
 
-/// Applies the policy every second until shutdown.
+/// Applies the policy every second until shutdown, and at once when the durable end enters a
+/// new segment (a relay catching up writes many a second, and a small disk must not fill
+/// between two rounds) or the store fails (a full disk: what retention frees is what lets it
+/// open again).
 pub(crate) async fn run(
     ctx: Arc<ServerContext>,
     writer: Writer,
@@ -62,10 +65,25 @@ pub(crate) async fn run(
     shutdown: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(INTERVAL);
+    let mut positions = writer.positions();
+    let mut durable_rx = ctx.hub.subscribe();
+    let mut segment = None;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
             _ = tick.tick() => {}
+            Ok(()) = positions.changed() => {
+                if positions.borrow_and_update().failed.is_none() {
+                    continue;
+                }
+            }
+            Ok(()) = durable_rx.changed() => {
+                let end = durable_rx.borrow_and_update().lsn;
+                let now = ctx.hub.segment_size().map(|s| s.segment_of(end));
+                if now == segment {
+                    continue;
+                }
+            }
         }
         // The settings now: a reload changes them between two rounds.
         let policy = *policy.borrow();
@@ -73,6 +91,7 @@ pub(crate) async fn run(
         let (Some(_), Some(size)) = (durable.timeline, ctx.hub.segment_size()) else {
             continue;
         };
+        segment = Some(size.segment_of(durable.lsn));
         let oldest_slot = ctx.slots().min_restart_lsn();
         let (keep, floor) = policy.keep(size, durable.lsn, oldest_slot, ctx.oldest_cursor());
         if let Some(floor) = floor.filter(|f| oldest_slot.is_some_and(|s| s < *f)) {

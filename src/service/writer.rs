@@ -336,6 +336,12 @@ impl WriterState {
             Command::WriteHistory(tli, content, reply) => {
                 self.answer(reply, true, |s| s.write_history(tli, &content));
             }
+            Command::RemoveBefore(lsn, reply) if self.failed.is_some() => {
+                // Whole old segments go even while the store is failed: they are not the
+                // tail, and on a full disk their space is what lets the store open again.
+                let removed = self.store.remove_before(lsn);
+                let _ = reply.send(removed.map_err(WriterError::from));
+            }
             Command::RemoveBefore(lsn, reply) => {
                 self.answer(reply, false, |s| s.remove_before(lsn))
             }
