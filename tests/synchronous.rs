@@ -7,11 +7,11 @@
 //!   flush never past what the relay stored), wait while it is stopped, go on when it is back.
 //! - Commits wait while fewer than two standbys stream, and go on when one returns.
 //! - Rounds of single-row commits with `synchronous_commit` `on` and `remote_apply`, each
-//!   with a `kill -9` of the relay or of a standby at a seeded random moment. The round ends
-//!   by freezing the relay (SIGSTOP), so no more WAL reaches the standbys and nothing more is
-//!   acknowledged, then stopping the client; once the standbys have applied what they hold,
-//!   every commit the client saw acknowledged is visible on at least two of the three.
-//!
+//!   beside pgbench (`-N`, 2 clients) in the same mode, each with a `kill -9` of the relay or
+//!   of a standby at a seeded random moment. The round ends by freezing the relay (SIGSTOP),
+//!   so no more WAL reaches the standbys and nothing more is acknowledged, then stopping the
+//!   client; once the standbys have applied what they hold, every commit the client saw
+//!   acknowledged is visible on at least two of the three, and pgbench has finished cleanly.
 //! - `--synchronous-standby-names` reloads: a name no standby has makes commits wait, a value
 //!   that does not parse is refused and the running one kept, the right name releases them.
 //!
@@ -51,6 +51,7 @@ struct Topology {
 impl Topology {
     fn start(dir: &Path, bins: &PgBinaries) -> Topology {
         let mut primary = archiving_primary(bins, dir, 1);
+        primary.pgbench(&["-i", "-s", "1", "-q"]).unwrap();
         primary
             .set_config("synchronous_standby_names", "walrelay")
             .unwrap();
@@ -125,6 +126,20 @@ fn start_relay(upstream: &str, dir: &Path, listen: &str, http: &str) -> RelayPro
             "ANY 2 (s1, s2, s3)",
         ],
     )
+}
+
+/// pgbench (`-N`, 2 clients, 3 s) with `synchronous_commit = mode`, in a thread: its output.
+fn pgbench(
+    bins: &PgBinaries,
+    primary: &Cluster,
+    mode: &str,
+) -> std::thread::JoinHandle<std::process::Output> {
+    let mut cmd = bins.command("pgbench");
+    let port = primary.port().to_string();
+    cmd.args(["-h", "127.0.0.1", "-p", &port, "-U", "postgres"])
+        .args(["-N", "-c", "2", "-T", "3", "postgres"])
+        .env("PGOPTIONS", format!("-c synchronous_commit={mode}"));
+    std::thread::spawn(move || cmd.output().unwrap())
 }
 
 /// A client committing one row at a time in one session; the ids it prints are the commits
@@ -257,17 +272,26 @@ fn commits_wait_for_two_of_three_standbys_behind_the_relay() {
             .unwrap();
         }
         let committer = Committer::start(&bins, &t.primary, mode, next_id);
+        let load = pgbench(&bins, &t.primary, mode);
         std::thread::sleep(Duration::from_millis(rng.between(500, 2000)));
         let victim = rng.between(0, 4);
+        // Every other round a killed standby stays down until the check: the two others
+        // must then hold everything acknowledged since.
+        let mut down = None;
         let what = if victim == 3 {
             t.restart_relay();
             "relay".to_owned()
         } else {
-            let s = &mut t.standbys[victim as usize];
-            s.kill9().unwrap();
-            std::thread::sleep(Duration::from_millis(rng.between(100, 1000)));
-            s.start().unwrap();
-            NAMES[victim as usize].to_owned()
+            let i = victim as usize;
+            t.standbys[i].kill9().unwrap();
+            if round % 2 == 0 {
+                std::thread::sleep(Duration::from_millis(rng.between(100, 1000)));
+                t.standbys[i].start().unwrap();
+                NAMES[i].to_owned()
+            } else {
+                down = Some(i);
+                format!("{} (down until the check)", NAMES[i])
+            }
         };
         std::thread::sleep(Duration::from_millis(rng.between(1000, 2500)));
         // Freeze the relay first: no more WAL reaches the standbys and no more is
@@ -282,12 +306,22 @@ fn commits_wait_for_two_of_three_standbys_behind_the_relay() {
         // Let the standbys apply what they hold.
         std::thread::sleep(Duration::from_secs(2));
         let mut holding = 0;
-        for s in &t.standbys {
-            if visible(s, &acked) == acked.len() {
+        for (i, s) in t.standbys.iter().enumerate() {
+            if down != Some(i) && visible(s, &acked) == acked.len() {
                 holding += 1;
             }
         }
         t.relay.signal("CONT");
+        if let Some(i) = down {
+            t.standbys[i].start().unwrap();
+        }
+        let bench = load.join().unwrap();
+        let out = String::from_utf8_lossy(&bench.stdout);
+        assert!(
+            bench.status.success() && out.contains("number of transactions actually processed"),
+            "round {round}: pgbench failed: {out}{}",
+            String::from_utf8_lossy(&bench.stderr)
+        );
         eprintln!(
             "round {round}: synchronous_commit={mode}, killed {what}, {} commits acknowledged, on {holding} standbys",
             acked.len()
