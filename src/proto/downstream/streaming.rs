@@ -435,8 +435,11 @@ impl Streaming {
         view: &RelayView,
     ) -> Result<(), ErrorFields> {
         let reported = r.write.max(r.flush);
+        // A client may report up to where it asked to start, even when the relay has not
+        // got that far yet: `pg_basebackup`'s WAL streamer and `pg_receivewal` report their
+        // start position at once.
         let end = if reported > view.durable.lsn {
-            held_end(view)
+            held_end(view).max(self.send.sent())
         } else {
             view.durable.lsn
         };

@@ -214,6 +214,29 @@ fn a_position_up_to_the_parents_end_is_accepted_after_a_timeline_switch() {
     );
 }
 
+/// `pg_basebackup -X stream` starts its WAL streamer at the backup's start, which may be
+/// ahead of what the relay holds yet, and reports that position at once: the stream waits.
+#[test]
+fn a_client_may_report_where_it_asked_to_start() {
+    let mut s = logged_in();
+    s.frame(
+        Ok(query("START_REPLICATION PHYSICAL 0/3002000 TIMELINE 1")),
+        at(0),
+        &view(),
+    );
+    assert_eq!(out(&mut s), wire(&[copy_both()]));
+    actions(&mut s);
+    s.frame(Ok(status(0x300_2000, 0, false)), at(1), &view());
+    assert!(out(&mut s).is_empty());
+    assert!(s.is_streaming());
+    s.frame(Ok(status(0x300_2001, 0, false)), at(2), &view());
+    let text = "standby reported write position 0/3002001, which is ahead of the WAL flush position of this server 0/3002000";
+    assert_eq!(
+        out(&mut s),
+        wire(&[fatal(SqlState::PROTOCOL_VIOLATION, text)])
+    );
+}
+
 #[test]
 fn malformed_client_messages_end_the_stream_with_08p01() {
     let short = raw(b'd', &[b'r', 0, 0, 0, 0, 0, 0, 0, 1, 0]);
