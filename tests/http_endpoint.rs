@@ -253,17 +253,29 @@ fn prometheus_scrapes_three_standbys_under_load() {
         })
         .unwrap();
     }
-    std::thread::sleep(Duration::from_secs(3));
-    let flushes = series_by_app(&prom.query("walrelay_replication_flush_lsn"));
-    assert_eq!(flushes.len(), 3, "{flushes:?}");
-    for ((app, flush), s) in flushes.iter().zip(&standbys) {
-        let received: Lsn = s
-            .psql("SELECT pg_last_wal_receive_lsn()")
-            .unwrap()
-            .parse()
-            .unwrap();
-        assert_eq!(*flush as u64, received.0, "{app}");
-    }
+    // The primary may still write a record on its own (a running-transactions record), so
+    // Prometheus's latest scrape and the standbys' positions are read again until they meet.
+    let mut last = String::new();
+    let met = wait_until(
+        TIMEOUT,
+        "scraped flush positions equal the standbys'",
+        || {
+            let flushes = series_by_app(&prom.query("walrelay_replication_flush_lsn"));
+            assert_eq!(flushes.len(), 3, "{flushes:?}");
+            let mut equal = true;
+            last.clear();
+            for ((app, flush), s) in flushes.iter().zip(&standbys) {
+                let received: Lsn = s.psql("SELECT pg_last_wal_receive_lsn()")?.parse().unwrap();
+                equal &= *flush as u64 == received.0;
+                last.push_str(&format!(
+                    "{app}: scraped {flush}, received {}; ",
+                    received.0
+                ));
+            }
+            Ok(equal)
+        },
+    );
+    assert!(met.is_ok(), "{last}");
 
     let (code, _, status) = http_get(http_port, "/status", &[]);
     assert_eq!(code, 200);
