@@ -147,7 +147,8 @@ pub fn segment_files(dir: &Path) -> Vec<String> {
     names
 }
 
-/// O3: every completed segment of `relay_dir` is byte-identical to the archive's copy, the
+/// O3: every completed segment of `relay_dir` is byte-identical to the archive's copy (or,
+/// for a segment not archived yet, the primary's `pg_wal` copy beside the archive), the
 /// relay's segment names are consecutive, and every file is exactly one segment long.
 /// Returns how many segments were compared.
 pub fn assert_same_segments(relay_dir: &Path, archive: &Path, size: WalSegmentSize) -> usize {
@@ -170,8 +171,13 @@ pub fn assert_same_segments(relay_dir: &Path, archive: &Path, size: WalSegmentSi
             size.bytes_u64(),
             "{name} has the wrong size"
         );
-        let theirs =
-            fs::read(archive.join(name)).unwrap_or_else(|e| panic!("archive lacks {name}: {e}"));
+        // A segment the primary has not archived is still in its pg_wal (PostgreSQL recycles
+        // only archived segments). That happens after an immediate shutdown: a segment
+        // completed just before it may be left without its `.ready` until a later checkpoint.
+        let pg_wal = archive.with_file_name("data").join("pg_wal").join(name);
+        let theirs = fs::read(archive.join(name))
+            .or_else(|_| fs::read(&pg_wal))
+            .unwrap_or_else(|e| panic!("archive and pg_wal lack {name}: {e}"));
         assert!(
             ours == theirs,
             "{name} differs from the primary's archived copy"
