@@ -34,6 +34,8 @@ codes! {
     INVALID_AUTHORIZATION_SPECIFICATION = "28000";
     /// 28P01, `invalid_password`.
     INVALID_PASSWORD = "28P01";
+    /// 42501, `insufficient_privilege`.
+    INSUFFICIENT_PRIVILEGE = "42501";
     /// 42601, `syntax_error`.
     SYNTAX_ERROR = "42601";
     /// 42602, `invalid_name`.

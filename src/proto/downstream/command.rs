@@ -16,6 +16,7 @@ use super::{Action, FoundSlot, Now, Outbox, Pending, Phase, RelayView, SessionCo
 use crate::types::{Lsn, SlotName, SqlState, TimelineId, UpstreamInfo};
 use crate::wire::command::{
     GenericOption, NEWEST_MAJOR, ReplicationCommand, SlotKind, check_alter_options,
+    check_base_backup,
 };
 use crate::wire::frontend::FrontendMessage;
 use crate::wire::{ErrorFields, Frame};
@@ -107,9 +108,14 @@ fn execute(
         ReplicationCommand::StartLogicalReplication { .. } => {
             refused("logical decoding requires a database connection")
         }
-        ReplicationCommand::BaseBackup { .. } => {
-            refused("BASE_BACKUP is not supported by walrelay")
-                .map_err(|e| e.with_hint("Take the base backup from the primary server."))
+        ReplicationCommand::BaseBackup { options, legacy } => {
+            // PostgreSQL's own refusals of bad options first; a sound request is not
+            // relayed yet.
+            match check_base_backup(&options, legacy, major) {
+                Err(e) => Err(e.to_error()),
+                Ok(_) => refused("BASE_BACKUP is not supported by walrelay")
+                    .map_err(|e| e.with_hint("Take the base backup from the primary server.")),
+            }
         }
         ReplicationCommand::AlterReplicationSlot { name, options } => {
             return alter_slot(io, &name, &options);

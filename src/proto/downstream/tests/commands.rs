@@ -217,8 +217,70 @@ fn unsupported_commands_are_refused_clearly() {
     .with_hint("Take the base backup from the primary server.");
     assert_eq!(
         answer(&mut s, "BASE_BACKUP (CHECKPOINT 'fast')"),
+        wire(&[BackendMessage::ErrorResponse(backup.clone()), ready()])
+    );
+    // A 14 upstream: its keyword form parses, and is refused the same way.
+    assert_eq!(
+        answer_on(&mut s, &view_of("14.23"), "BASE_BACKUP LABEL 'x' FAST"),
         wire(&[BackendMessage::ErrorResponse(backup), ready()])
     );
+    assert!(actions(&mut s).is_empty());
+}
+
+/// Before the relay refuses BASE_BACKUP itself, its options get PostgreSQL's own errors, in
+/// the wording of the upstream's major (`check_base_backup`).
+#[test]
+fn base_backup_options_get_postgres_errors_first() {
+    let mut s = logged_in();
+    let refusal = |e: ErrorFields| wire(&[BackendMessage::ErrorResponse(e), ready()]);
+    assert_eq!(
+        answer(&mut s, "BASE_BACKUP (MAX_RATE 1)"),
+        refusal(ErrorFields::error(
+            SqlState::NUMERIC_VALUE_OUT_OF_RANGE,
+            "1 is outside the valid range for parameter \"MAX_RATE\" (32 .. 1048576)"
+        ))
+    );
+    assert_eq!(
+        answer(&mut s, "BASE_BACKUP (LABEL 'a', LABEL 'b')"),
+        refusal(ErrorFields::error(
+            SqlState::SYNTAX_ERROR,
+            "duplicate option \"label\""
+        ))
+    );
+    let server = "BASE_BACKUP (TARGET 'server', TARGET_DETAIL '/tmp/x')";
+    assert_eq!(
+        answer(&mut s, server),
+        refusal(ErrorFields::error(
+            SqlState::INSUFFICIENT_PRIVILEGE,
+            "must be superuser or a role with privileges of the pg_write_server_files role to create backup stored on server"
+        ))
+    );
+    assert_eq!(
+        answer_on(&mut s, &view_of("16.14"), server),
+        refusal(
+            ErrorFields::error(
+                SqlState::INSUFFICIENT_PRIVILEGE,
+                "permission denied to create backup stored on server"
+            )
+            .with_detail("Only roles with privileges of the \"pg_write_server_files\" role may create a backup stored on the server.")
+        )
+    );
+    assert_eq!(
+        answer(&mut s, "BASE_BACKUP (TARGET 'blackhole')"),
+        refusal(
+            ErrorFields::error(
+                SqlState::FEATURE_NOT_SUPPORTED,
+                "unrecognized target: \"blackhole\""
+            )
+            .with_hint("walrelay sends base backups to the client only.")
+        )
+    );
+    // The keyword form on a 15 upstream is PostgreSQL 15's syntax error.
+    assert_eq!(
+        answer(&mut s, "BASE_BACKUP LABEL 'x'"),
+        wire(&[error(SqlState::SYNTAX_ERROR, "syntax error"), ready()])
+    );
+    assert!(actions(&mut s).is_empty());
 }
 
 #[test]
