@@ -20,6 +20,10 @@ macro_rules! codes {
 codes! {
     /// 00000, `successful_completion`.
     SUCCESSFUL_COMPLETION = "00000";
+    /// 08001, `sqlclient_unable_to_establish_sqlconnection`.
+    SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION = "08001";
+    /// 08006, `connection_failure`.
+    CONNECTION_FAILURE = "08006";
     /// 08P01, `protocol_violation`.
     PROTOCOL_VIOLATION = "08P01";
     /// 0A000, `feature_not_supported`.

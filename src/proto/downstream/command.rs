@@ -10,6 +10,7 @@
 
 use bytes::Bytes;
 
+use super::backup;
 use super::reply::{self, Column, ColumnType, failed, ready, starting_up};
 use super::streaming::{self, Request};
 use super::{Action, FoundSlot, Now, Outbox, Pending, Phase, RelayView, SessionConfig};
@@ -109,12 +110,10 @@ fn execute(
             refused("logical decoding requires a database connection")
         }
         ReplicationCommand::BaseBackup { options, legacy } => {
-            // PostgreSQL's own refusals of bad options first; a sound request is not
-            // relayed yet.
+            // PostgreSQL's own refusals of bad options; a sound request is relayed.
             match check_base_backup(&options, legacy, major) {
                 Err(e) => Err(e.to_error()),
-                Ok(_) => refused("BASE_BACKUP is not supported by walrelay")
-                    .map_err(|e| e.with_hint("Take the base backup from the primary server.")),
+                Ok(request) => return backup::begin(io, config, text, request, view),
             }
         }
         ReplicationCommand::AlterReplicationSlot { name, options } => {

@@ -33,6 +33,7 @@ pub fn fuzz_session(data: &[u8]) {
     };
     let config = SessionConfig {
         max_wal_senders: 2,
+        max_base_backups: 0,
         sender_timeout: Duration::from_secs(10),
         shutdown_wait: Duration::from_secs(2),
         tls: false,

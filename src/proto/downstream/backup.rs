@@ -1,0 +1,113 @@
+//! A BASE_BACKUP relayed from the upstream: the decisions around it, while the caller moves
+//! the bytes.
+//!
+//! A BASE_BACKUP whose options pass [`check_base_backup`](crate::wire::command::check_base_backup)
+//! asks for one of `max_base_backups` places ([`Action::ClaimBackup`]); beyond them it fails
+//! with 53300 "number of requested base backups exceeds max_base_backups (currently N)", the
+//! sentence PostgreSQL uses for `max_wal_senders`, as an ERROR because the connection itself
+//! is fine. With a place, [`Action::StartBackup`] hands the client's Query text, unchanged, to
+//! the caller, which sends it on a new upstream connection and forwards the answer up to and
+//! including its ReadyForQuery; the walsender reads nothing from its client meanwhile, nor
+//! does the session. [`BackupEnd`] says how that went, and the session adds what the client
+//! still needs: nothing after a complete answer, ReadyForQuery after an upstream
+//! ErrorResponse, an ERROR and ReadyForQuery when the upstream could not be reached or was
+//! lost between messages. A connection lost inside a message cannot be answered on: the
+//! client connection closes.
+
+use super::reply::{self, failed, ready, starting_up};
+use super::{Action, Outbox, Pending, Phase, RelayView, SessionConfig};
+use crate::types::SqlState;
+use crate::wire::ErrorFields;
+use crate::wire::command::BackupRequest;
+
+/// How a relayed BASE_BACKUP ended, as the caller saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackupEnd {
+    /// The upstream's answer went to the client whole, its ReadyForQuery included.
+    Done,
+    /// No upstream connection could be opened; the upstream's error, for the DETAIL.
+    ConnectFailed(String),
+    /// The upstream connection ended between two messages of the answer, after an
+    /// ErrorResponse or not; the error, for the DETAIL.
+    UpstreamLost {
+        /// The last message forwarded was an ErrorResponse.
+        after_error: bool,
+        /// Why the connection ended.
+        detail: String,
+    },
+    /// The client stream cannot go on: the upstream was lost inside a message, sent what
+    /// has no place in the answer, or the client went away.
+    Broken,
+}
+
+/// A checked BASE_BACKUP: ask for a place; refused as not supported when there are none
+/// (`max_base_backups` 0), and as "starting up" before the upstream is known.
+pub(super) fn begin(
+    io: &mut Outbox,
+    config: &SessionConfig,
+    query: &str,
+    request: BackupRequest,
+    view: &RelayView,
+) -> Phase {
+    if config.max_base_backups == 0 {
+        let refusal = ErrorFields::error(
+            SqlState::FEATURE_NOT_SUPPORTED,
+            "BASE_BACKUP is not supported by walrelay",
+        )
+        .with_hint("Take the base backup from the primary server.");
+        return failed(io, &refusal);
+    }
+    if view.upstream.is_none() {
+        return failed(io, &starting_up());
+    }
+    io.act(Action::ClaimBackup);
+    Phase::Waiting(Pending::Backup(Box::new((query.to_owned(), request))))
+}
+
+/// The answer to [`Action::ClaimBackup`].
+pub(super) fn claimed(
+    io: &mut Outbox,
+    config: &SessionConfig,
+    pending: (String, BackupRequest),
+    granted: bool,
+) -> Phase {
+    if !granted {
+        let text = format!(
+            "number of requested base backups exceeds max_base_backups (currently {})",
+            config.max_base_backups
+        );
+        return failed(
+            io,
+            &ErrorFields::error(SqlState::TOO_MANY_CONNECTIONS, text),
+        );
+    }
+    let (query, request) = pending;
+    io.act(Action::StartBackup { query, request });
+    Phase::BaseBackup
+}
+
+/// The end of the relayed answer.
+pub(super) fn ended(io: &mut Outbox, end: BackupEnd) -> Phase {
+    let (code, message, detail) = match end {
+        BackupEnd::Done => return Phase::Command,
+        BackupEnd::Broken => return io.close(),
+        BackupEnd::UpstreamLost {
+            after_error: true, ..
+        } => return ready(io),
+        BackupEnd::ConnectFailed(detail) => (
+            SqlState::SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
+            "could not connect to the upstream server for BASE_BACKUP",
+            detail,
+        ),
+        BackupEnd::UpstreamLost { detail, .. } => (
+            SqlState::CONNECTION_FAILURE,
+            "lost connection to the upstream server during BASE_BACKUP",
+            detail,
+        ),
+    };
+    reply::error(
+        &mut io.out,
+        &ErrorFields::error(code, message).with_detail(detail),
+    );
+    ready(io)
+}

@@ -1,0 +1,165 @@
+//! The I/O of a relayed BASE_BACKUP: a new replication connection to the upstream, the
+//! client's Query text sent on it unchanged, and the answer forwarded to the client through
+//! one buffer until its ReadyForQuery ([`AnswerScanner`] finds it).
+//!
+//! The buffer is read from the upstream only once the client has taken what it held, so a
+//! slow client slows the upstream's walsender (its socket fills) and the relay's memory for a
+//! backup is that buffer, whatever the size of the database. A client that goes away drops
+//! the upstream connection at once; the walsender fails its next write and PostgreSQL aborts
+//! the backup (`do_pg_abort_backup`). A client that stops reading is dropped after the
+//! sender timeout, as a stalled stream is. The client's own messages are not read meanwhile,
+//! as a walsender reads none during a backup: only the end of its stream is watched for,
+//! until it sends something.
+//!
+//! Not done yet (design note §3): checking the upstream's system identifier and major
+//! before sending, a CancelRequest to the upstream on abort (a walsender that is not writing,
+//! in its checkpoint wait, notices the drop only at its next write), and an ERROR rather
+//! than a closed connection at shutdown.
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf};
+use tracing::{debug, info};
+
+use super::Connection;
+use crate::proto::basebackup::AnswerScanner;
+use crate::proto::downstream::BackupEnd;
+use crate::service::conn::{ConnError, Socket};
+use crate::service::downstream::Transport;
+use crate::service::upstream::connect::connect;
+use crate::wire::frontend::FrontendMessage;
+
+/// The one buffer between the upstream and the client.
+const BACKUP_BUFFER: usize = 256 * 1024;
+
+/// The `application_name` of the upstream connection, unless the connection string sets one.
+const APPLICATION_NAME: &str = "walrelay_basebackup";
+
+impl<T: Transport> Connection<T> {
+    /// Relays one BASE_BACKUP whose Query text is `query`, and says how it ended.
+    ///
+    /// # Errors
+    /// The client's socket failed or stalled: the connection ends.
+    pub(super) async fn relay_backup(&mut self, query: String) -> Result<BackupEnd, ConnError> {
+        let out = self.session.take_output();
+        self.wr.out().extend_from_slice(&out);
+        self.wr.flush().await?;
+        let Some(settings) = self.ctx.backup_upstream() else {
+            let detail = "no upstream connection string is configured".to_owned();
+            return Ok(BackupEnd::ConnectFailed(detail));
+        };
+        let up = match connect(&settings.conninfo, APPLICATION_NAME, &self.shutdown).await {
+            Ok(up) => up,
+            Err(e) => {
+                info!(error = %e, "could not connect upstream for BASE_BACKUP");
+                return Ok(BackupEnd::ConnectFailed(e.to_string()));
+            }
+        };
+        let pid = up.server.backend_pid;
+        let (mut rd, read, mut wr) = up.conn.into_parts();
+        let mut message = BytesMut::new();
+        FrontendMessage::Query(query).write(&mut message)?;
+        if let Err(e) = wr.write_all(&message).await {
+            return Ok(BackupEnd::UpstreamLost {
+                after_error: false,
+                detail: e.to_string(),
+            });
+        }
+        let mut relayed = 0u64;
+        let end = self.forward(&mut rd, read, &mut relayed).await;
+        match &end {
+            Ok(BackupEnd::Done) => {
+                let mut terminate = BytesMut::new();
+                FrontendMessage::Terminate.write(&mut terminate)?;
+                let _ = wr.write_all(&terminate).await;
+                info!(pid, relayed, "BASE_BACKUP relayed");
+            }
+            Ok(other) => info!(pid, relayed, outcome = ?other, "BASE_BACKUP ended early"),
+            Err(e) => info!(pid, relayed, error = %e, "BASE_BACKUP aborted: client lost"),
+        }
+        // Dropping the upstream halves closes the socket: a walsender still sending fails.
+        end
+    }
+
+    /// Moves the answer from `rd` (after the bytes in `read`) to the client.
+    async fn forward(
+        &mut self,
+        rd: &mut ReadHalf<Socket>,
+        read: BytesMut,
+        relayed: &mut u64,
+    ) -> Result<BackupEnd, ConnError> {
+        let mut scanner = AnswerScanner::new();
+        let mut buf = read;
+        let mut watch_client = !self.rd.has_buffered();
+        loop {
+            if buf.is_empty() {
+                buf.reserve(BACKUP_BUFFER);
+                let got = tokio::select! {
+                    () = self.shutdown.cancelled() => return Ok(BackupEnd::Broken),
+                    first = self.rd.first_byte(), if watch_client => {
+                        match first {
+                            // Held until the answer is over; the client is not read again.
+                            Ok(_) => watch_client = false,
+                            Err(e) => {
+                                debug!(error = %e, "client went away during BASE_BACKUP");
+                                return Ok(BackupEnd::Broken);
+                            }
+                        }
+                        continue;
+                    }
+                    got = rd.read_buf(&mut buf) => got,
+                };
+                match got {
+                    Ok(0) => {
+                        let detail = "server closed the connection unexpectedly";
+                        return Ok(lost(&scanner, detail.to_owned()));
+                    }
+                    Ok(_) => {}
+                    Err(e) => return Ok(lost(&scanner, e.to_string())),
+                }
+            }
+            let scanned = match scanner.scan(&buf) {
+                Ok(scanned) => scanned,
+                Err(e) => {
+                    info!(error = %e, "upstream sent a malformed BASE_BACKUP answer");
+                    return Ok(BackupEnd::Broken);
+                }
+            };
+            let answer = buf.split_to(scanned.answer).freeze();
+            *relayed += answer.len() as u64;
+            self.write_answer(answer).await?;
+            if scanned.done {
+                return Ok(BackupEnd::Done);
+            }
+        }
+    }
+
+    /// Writes part of the answer; a client that takes none of it for the sender timeout is
+    /// dropped.
+    async fn write_answer(&mut self, answer: Bytes) -> Result<(), ConnError> {
+        let timeout = self.ctx.config().sender_timeout;
+        let write = self.wr.flush_parts(vec![answer]);
+        if timeout.is_zero() {
+            return write.await;
+        }
+        match tokio::time::timeout(timeout, write).await {
+            Ok(written) => written,
+            Err(_) => {
+                info!("terminating BASE_BACKUP: the client has not read for {timeout:?}");
+                Err(ConnError::Timeout(timeout))
+            }
+        }
+    }
+}
+
+/// The end when the upstream connection is lost: answerable between two messages, not
+/// inside one.
+fn lost(scanner: &AnswerScanner, detail: String) -> BackupEnd {
+    if scanner.at_boundary() {
+        BackupEnd::UpstreamLost {
+            after_error: scanner.after_error(),
+            detail,
+        }
+    } else {
+        BackupEnd::Broken
+    }
+}

@@ -1,0 +1,135 @@
+//! BASE_BACKUP through the relay (issue 13), against a real PostgreSQL: `pg_basebackup -X
+//! stream -c fast` aimed at the relay gets its backup from the relay's upstream and its WAL
+//! from the relay's store, `pg_verifybackup` passes, and the copy starts as a hot standby on a
+//! relay slot and replays to the primary's position. Bad options get the primary's own
+//! errors, and the targets that would write on the primary are refused.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod support;
+
+use std::time::Duration;
+
+use support::relay_topology::{relay_repl, wait_replayed};
+use support::*;
+use walrelay::testkit::localpg::{free_port, require_postgres};
+
+#[test]
+fn pg_basebackup_through_the_relay_verifies_and_streams() {
+    let Some(bins) = require_postgres() else {
+        return;
+    };
+    let dir = scratch(&bins, "basebackup");
+    let primary = archiving_primary(&bins, dir.path(), 1);
+    primary
+        .psql("CREATE TABLE t AS SELECT g AS id, repeat('x', 200) AS pad FROM generate_series(1, 20000) g")
+        .unwrap();
+    let relay_port = free_port().unwrap();
+    let listen = format!("127.0.0.1:{relay_port}");
+    let relay = RelayProcess::start(
+        &primary.conninfo(),
+        &dir.path().join("relay"),
+        &["--listen", &listen, "--max-base-backups", "2"],
+    );
+    let now = primary.current_wal_flush_lsn().unwrap();
+    wait_acked(&primary, now, Duration::from_secs(30));
+
+    let via_relay = format!("host=127.0.0.1 port={relay_port} user=postgres");
+    relay_repl(&bins, relay_port, "CREATE_REPLICATION_SLOT sb1 PHYSICAL");
+    let standby_conninfo = format!("{via_relay} application_name=sb1");
+    let mut standby = primary
+        .verified_standby_through(
+            &via_relay,
+            &["--manifest-checksums=SHA256"],
+            &standby_conninfo,
+            Some("sb1"),
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{}", relay.log_contents()));
+    assert!(
+        relay.log_contents().contains("BASE_BACKUP relayed"),
+        "{}",
+        relay.log_contents()
+    );
+
+    standby.start().unwrap();
+    primary
+        .psql("INSERT INTO t SELECT g, 'after' FROM generate_series(20001, 21000) g")
+        .unwrap();
+    let target = primary.current_wal_flush_lsn().unwrap();
+    wait_replayed(&standby, target, Duration::from_secs(60));
+    assert_eq!(
+        standby.psql("SELECT count(*) FROM t").unwrap(),
+        primary.psql("SELECT count(*) FROM t").unwrap()
+    );
+    // Nothing of the backup is left running on the primary.
+    assert_eq!(
+        primary
+            .psql("SELECT count(*) FROM pg_stat_progress_basebackup")
+            .unwrap(),
+        "0"
+    );
+}
+
+#[test]
+fn bad_options_get_the_primarys_errors_and_server_targets_are_refused() {
+    let Some(bins) = require_postgres() else {
+        return;
+    };
+    let dir = scratch(&bins, "basebackup-refusals");
+    let primary = archiving_primary(&bins, dir.path(), 1);
+    let relay_port = free_port().unwrap();
+    let listen = format!("127.0.0.1:{relay_port}");
+    let relay = RelayProcess::start(
+        &primary.conninfo(),
+        &dir.path().join("relay"),
+        &["--listen", &listen],
+    );
+    let now = primary.current_wal_flush_lsn().unwrap();
+    wait_acked(&primary, now, Duration::from_secs(30));
+    let error_of = |conninfo: &str, sql: &str| {
+        bins.psql(&format!("{conninfo} replication=1"), sql)
+            .unwrap_err()
+            .to_string()
+    };
+    let via_relay = format!("host=127.0.0.1 port={relay_port} user=postgres");
+    // The primary answers these itself; the relay must answer the same.
+    for sql in [
+        "BASE_BACKUP (FOO)",
+        "BASE_BACKUP (LABEL 'a', LABEL 'b')",
+        "BASE_BACKUP (MAX_RATE 1)",
+        "BASE_BACKUP (TARGET 'bogus')",
+        "BASE_BACKUP (MANIFEST_CHECKSUMS 'sha256')",
+        "BASE_BACKUP LABEL 'x'",
+    ] {
+        let theirs = error_of(&primary.conninfo(), sql);
+        let ours = error_of(&via_relay, sql);
+        let message = |e: &str| {
+            e.lines()
+                .find(|l| l.contains("ERROR:"))
+                .map(|l| l[l.find("ERROR:").unwrap()..].to_owned())
+                .unwrap_or_default()
+        };
+        assert_eq!(message(&ours), message(&theirs), "{sql}");
+        assert!(!message(&ours).is_empty(), "{sql}: {ours}");
+    }
+    let server = error_of(
+        &via_relay,
+        "BASE_BACKUP (TARGET 'server', TARGET_DETAIL '/tmp/walrelay-never')",
+    );
+    assert!(
+        server.contains("backup stored on server"),
+        "{server}\n{}",
+        relay.log_contents()
+    );
+    assert!(!std::path::Path::new("/tmp/walrelay-never").exists());
+    let blackhole = error_of(&via_relay, "BASE_BACKUP (TARGET 'blackhole')");
+    assert!(
+        blackhole.contains("unrecognized target: \"blackhole\""),
+        "{blackhole}"
+    );
+}
