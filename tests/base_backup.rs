@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use support::relay_topology::{relay_repl, wait_replayed};
 use support::*;
-use walrelay::testkit::localpg::{free_port, require_postgres};
+use walrelay::testkit::localpg::{free_port, require_postgres, wait_until};
 
 #[test]
 fn pg_basebackup_through_the_relay_verifies_and_streams() {
@@ -132,4 +132,77 @@ fn bad_options_get_the_primarys_errors_and_server_targets_are_refused() {
         blackhole.contains("unrecognized target: \"blackhole\""),
         "{blackhole}"
     );
+}
+
+/// A client killed in the middle of a throttled backup: the relay drops its upstream
+/// connection, the primary's walsender fails its next write and aborts the backup, and
+/// nothing of it is left on the primary within a few seconds.
+#[test]
+fn a_killed_client_leaves_no_backup_running_on_the_primary() {
+    use std::os::unix::process::CommandExt;
+    let Some(bins) = require_postgres() else {
+        return;
+    };
+    let dir = scratch(&bins, "basebackup-abort");
+    let primary = archiving_primary(&bins, dir.path(), 1);
+    primary
+        .psql("CREATE TABLE t AS SELECT g AS id, repeat('x', 200) AS pad FROM generate_series(1, 20000) g")
+        .unwrap();
+    let relay_port = free_port().unwrap();
+    let listen = format!("127.0.0.1:{relay_port}");
+    let relay = RelayProcess::start(
+        &primary.conninfo(),
+        &dir.path().join("relay"),
+        &["--listen", &listen, "--max-base-backups", "1"],
+    );
+    let now = primary.current_wal_flush_lsn().unwrap();
+    wait_acked(&primary, now, Duration::from_secs(30));
+
+    let target = bins.scratch_dir(dir.path(), "copy").unwrap();
+    let mut cmd = bins.command("pg_basebackup");
+    cmd.arg("-D")
+        .arg(target.path().join("data"))
+        .args([
+            "-d",
+            &format!("host=127.0.0.1 port={relay_port} user=postgres"),
+        ])
+        .args(["-X", "stream", "-c", "fast", "--max-rate=32k", "--no-sync"])
+        .process_group(0);
+    let mut client = cmd.spawn().unwrap();
+    let running = || {
+        primary
+            .psql("SELECT count(*) FROM pg_stat_progress_basebackup WHERE phase = 'streaming database files'")
+            .map(|n| n == "1")
+    };
+    wait_until(Duration::from_secs(30), "backup streaming", running).unwrap();
+    let group = format!("-{}", client.id());
+    let killed = std::process::Command::new("kill")
+        .args(["-9", "--", &group])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let _ = client.wait();
+    let gone = || {
+        primary
+            .psql("SELECT count(*) FROM pg_stat_progress_basebackup")
+            .map(|n| n == "0")
+    };
+    wait_until(Duration::from_secs(5), "backup gone from the primary", gone)
+        .unwrap_or_else(|e| panic!("{e}\n{}", relay.log_contents()));
+    let log = relay.log_contents();
+    assert!(
+        log.contains("BASE_BACKUP aborted") || log.contains("BASE_BACKUP ended early"),
+        "{log}"
+    );
+    // The relay's only place is free again: the next backup gets it and completes.
+    let again = bins.scratch_dir(dir.path(), "again").unwrap();
+    let mut cmd = bins.command("pg_basebackup");
+    cmd.arg("-D")
+        .arg(again.path().join("data"))
+        .args([
+            "-d",
+            &format!("host=127.0.0.1 port={relay_port} user=postgres"),
+        ])
+        .args(["-X", "stream", "-c", "fast", "--no-sync"]);
+    walrelay::testkit::localpg::run(&mut cmd).unwrap();
 }
