@@ -15,9 +15,9 @@ mod support;
 
 use std::time::Duration;
 
-use support::relay_topology::{relay_repl, wait_replayed};
+use support::relay_topology::{primary_with, relay_repl, wait_replayed};
 use support::*;
-use walrelay::testkit::localpg::{free_port, require_postgres, wait_until};
+use walrelay::testkit::localpg::{Cluster, PgBinaries, free_port, require_postgres, wait_until};
 
 #[test]
 fn pg_basebackup_through_the_relay_verifies_and_streams() {
@@ -134,17 +134,15 @@ fn bad_options_get_the_primarys_errors_and_server_targets_are_refused() {
     );
 }
 
-/// A client killed in the middle of a throttled backup: the relay drops its upstream
-/// connection, the primary's walsender fails its next write and aborts the backup, and
-/// nothing of it is left on the primary within a few seconds.
-#[test]
-fn a_killed_client_leaves_no_backup_running_on_the_primary() {
-    use std::os::unix::process::CommandExt;
-    let Some(bins) = require_postgres() else {
-        return;
-    };
-    let dir = scratch(&bins, "basebackup-abort");
-    let primary = archiving_primary(&bins, dir.path(), 1);
+/// A primary with a table of 20 000 rows (a few MB: minutes at 32 kB/s, and enough dirty
+/// buffers to make a spread checkpoint with `checkpoint_timeout = 1h` last a minute), a relay
+/// with one backup place in front of it, and the relay's port.
+fn primary_and_relay(bins: &PgBinaries, dir: &std::path::Path) -> (Cluster, RelayProcess, u16) {
+    let primary = primary_with(
+        bins,
+        dir,
+        &[("checkpoint_timeout", "1h"), ("max_wal_size", "4GB")],
+    );
     primary
         .psql("CREATE TABLE t AS SELECT g AS id, repeat('x', 200) AS pad FROM generate_series(1, 20000) g")
         .unwrap();
@@ -152,13 +150,28 @@ fn a_killed_client_leaves_no_backup_running_on_the_primary() {
     let listen = format!("127.0.0.1:{relay_port}");
     let relay = RelayProcess::start(
         &primary.conninfo(),
-        &dir.path().join("relay"),
+        &dir.join("relay"),
         &["--listen", &listen, "--max-base-backups", "1"],
     );
     let now = primary.current_wal_flush_lsn().unwrap();
     wait_acked(&primary, now, Duration::from_secs(30));
+    (primary, relay, relay_port)
+}
 
-    let target = bins.scratch_dir(dir.path(), "copy").unwrap();
+/// Starts `pg_basebackup -X stream` through the relay in a process group of its own, waits
+/// until the primary's backup is in `phase`, then kills the group with SIGKILL (the `-X
+/// stream` streamer is a forked child), and waits until no backup runs on the primary.
+fn kill_client_during(
+    bins: &PgBinaries,
+    parent: &std::path::Path,
+    primary: &Cluster,
+    relay: &RelayProcess,
+    relay_port: u16,
+    args: &[&str],
+    phase: &str,
+) {
+    use std::os::unix::process::CommandExt;
+    let target = bins.scratch_dir(parent, "copy").unwrap();
     let mut cmd = bins.command("pg_basebackup");
     cmd.arg("-D")
         .arg(target.path().join("data"))
@@ -166,15 +179,14 @@ fn a_killed_client_leaves_no_backup_running_on_the_primary() {
             "-d",
             &format!("host=127.0.0.1 port={relay_port} user=postgres"),
         ])
-        .args(["-X", "stream", "-c", "fast", "--max-rate=32k", "--no-sync"])
+        .args(["-X", "stream", "--no-sync"])
+        .args(args)
         .process_group(0);
     let mut client = cmd.spawn().unwrap();
-    let running = || {
-        primary
-            .psql("SELECT count(*) FROM pg_stat_progress_basebackup WHERE phase = 'streaming database files'")
-            .map(|n| n == "1")
-    };
-    wait_until(Duration::from_secs(30), "backup streaming", running).unwrap();
+    let sql = format!("SELECT count(*) FROM pg_stat_progress_basebackup WHERE phase = '{phase}'");
+    let running = || primary.psql(&sql).map(|n| n == "1");
+    wait_until(Duration::from_secs(30), phase, running)
+        .unwrap_or_else(|e| panic!("{e}\n{}", relay.log_contents()));
     let group = format!("-{}", client.id());
     let killed = std::process::Command::new("kill")
         .args(["-9", "--", &group])
@@ -194,8 +206,11 @@ fn a_killed_client_leaves_no_backup_running_on_the_primary() {
         log.contains("BASE_BACKUP aborted") || log.contains("BASE_BACKUP ended early"),
         "{log}"
     );
-    // The relay's only place is free again: the next backup gets it and completes.
-    let again = bins.scratch_dir(dir.path(), "again").unwrap();
+}
+
+/// The relay's only place is free again: the next backup gets it and completes.
+fn backup_completes(bins: &PgBinaries, parent: &std::path::Path, relay_port: u16) {
+    let again = bins.scratch_dir(parent, "again").unwrap();
     let mut cmd = bins.command("pg_basebackup");
     cmd.arg("-D")
         .arg(again.path().join("data"))
@@ -205,4 +220,51 @@ fn a_killed_client_leaves_no_backup_running_on_the_primary() {
         ])
         .args(["-X", "stream", "-c", "fast", "--no-sync"]);
     walrelay::testkit::localpg::run(&mut cmd).unwrap();
+}
+
+/// A client killed in the middle of a throttled backup: the relay drops its upstream
+/// connection, the primary's walsender fails its next write and aborts the backup, and
+/// nothing of it is left on the primary within a few seconds.
+#[test]
+fn a_client_killed_while_streaming_leaves_no_backup_running() {
+    let Some(bins) = require_postgres() else {
+        return;
+    };
+    let dir = scratch(&bins, "basebackup-abort");
+    let (primary, relay, port) = primary_and_relay(&bins, dir.path());
+    let args = ["-c", "fast", "--max-rate=32k"];
+    kill_client_during(
+        &bins,
+        dir.path(),
+        &primary,
+        &relay,
+        port,
+        &args,
+        "streaming database files",
+    );
+    backup_completes(&bins, dir.path(), port);
+}
+
+/// A client killed while the primary's walsender waits for a spread checkpoint, writing
+/// nothing: the relay's CancelRequest interrupts the wait, where a dropped connection alone
+/// would be noticed only after the checkpoint.
+#[test]
+fn a_client_killed_during_the_checkpoint_leaves_no_backup_running() {
+    let Some(bins) = require_postgres() else {
+        return;
+    };
+    let dir = scratch(&bins, "basebackup-cancel");
+    let (primary, relay, port) = primary_and_relay(&bins, dir.path());
+    let args = ["-c", "spread"];
+    kill_client_during(
+        &bins,
+        dir.path(),
+        &primary,
+        &relay,
+        port,
+        &args,
+        "waiting for checkpoint to finish",
+    );
+    assert!(relay.log_contents().contains("BASE_BACKUP ended early"));
+    backup_completes(&bins, dir.path(), port);
 }

@@ -4,17 +4,18 @@
 //!
 //! The buffer is read from the upstream only once the client has taken what it held, so a
 //! slow client slows the upstream's walsender (its socket fills) and the relay's memory for a
-//! backup is that buffer, whatever the size of the database. A client that goes away drops
-//! the upstream connection at once; the walsender fails its next write and PostgreSQL aborts
-//! the backup (`do_pg_abort_backup`). A client that stops reading is dropped after the
-//! sender timeout, as a stalled stream is. The client's own messages are not read meanwhile,
+//! backup is that buffer, whatever the size of the database. A client that goes away (or
+//! stops reading for the sender timeout, as a stalled stream) ends the backup upstream: a
+//! CancelRequest interrupts a walsender that waits (for its checkpoint, its size estimate,
+//! its MAX_RATE), and the upstream connection is dropped at once, so one that writes fails;
+//! either way it exits and PostgreSQL aborts the backup (`do_pg_abort_backup`). The client's own messages are not read meanwhile,
 //! as a walsender reads none during a backup: only the end of its stream is watched for,
 //! until it sends something.
 //!
 //! Not done yet (design note §3): checking the upstream's system identifier and major
-//! before sending, a CancelRequest to the upstream on abort (a walsender that is not writing,
-//! in its checkpoint wait, notices the drop only at its next write), and an ERROR rather
-//! than a closed connection at shutdown.
+//! before sending, and an ERROR rather than a closed connection at shutdown.
+
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf};
@@ -25,11 +26,14 @@ use crate::proto::basebackup::AnswerScanner;
 use crate::proto::downstream::BackupEnd;
 use crate::service::conn::{ConnError, Socket};
 use crate::service::downstream::Transport;
-use crate::service::upstream::connect::connect;
+use crate::service::upstream::connect::{cancel, connect};
 use crate::wire::frontend::FrontendMessage;
 
 /// The one buffer between the upstream and the client.
 const BACKUP_BUFFER: usize = 256 * 1024;
+
+/// How long a CancelRequest to the upstream may take.
+const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The `application_name` of the upstream connection, unless the connection string sets one.
 const APPLICATION_NAME: &str = "walrelay_basebackup";
@@ -55,6 +59,7 @@ impl<T: Transport> Connection<T> {
             }
         };
         let pid = up.server.backend_pid;
+        let (key, endpoint) = (up.server.cancel_key, up.endpoint);
         let (mut rd, read, mut wr) = up.conn.into_parts();
         let mut message = BytesMut::new();
         FrontendMessage::Query(query).write(&mut message)?;
@@ -76,7 +81,17 @@ impl<T: Transport> Connection<T> {
             Ok(other) => info!(pid, relayed, outcome = ?other, "BASE_BACKUP ended early"),
             Err(e) => info!(pid, relayed, error = %e, "BASE_BACKUP aborted: client lost"),
         }
-        // Dropping the upstream halves closes the socket: a walsender still sending fails.
+        let aborted = !matches!(end, Ok(BackupEnd::Done | BackupEnd::UpstreamLost { .. }));
+        if let (true, Some(endpoint)) = (aborted, endpoint) {
+            // A walsender waiting (checkpoint, size estimate, MAX_RATE) is interrupted by the
+            // cancel; one writing fails on the socket dropped below.
+            tokio::spawn(async move {
+                if let Err(e) = cancel(&endpoint, pid, key, CANCEL_TIMEOUT).await {
+                    info!(pid, error = %e, "could not cancel the upstream BASE_BACKUP");
+                }
+            });
+        }
+        // Dropping the upstream halves closes the socket.
         end
     }
 
