@@ -268,3 +268,55 @@ fn a_client_killed_during_the_checkpoint_leaves_no_backup_running() {
     assert!(relay.log_contents().contains("BASE_BACKUP ended early"));
     backup_completes(&bins, dir.path(), port);
 }
+
+/// The other shapes of the answer pass through whole: server-side compression (larger CopyData
+/// of the compressing sinks), WAL in the archive (`-X fetch`), tar format, SHA-512 manifest
+/// checksums. Each plain copy passes `pg_verifybackup`; the tar one is checked by listing it.
+#[test]
+fn other_answer_shapes_pass_through() {
+    let Some(bins) = require_postgres() else {
+        return;
+    };
+    let dir = scratch(&bins, "basebackup-shapes");
+    let (primary, relay, port) = primary_and_relay(&bins, dir.path());
+    let source = format!("host=127.0.0.1 port={port} user=postgres");
+    let cases: [&[&str]; 4] = [
+        &["-X", "stream", "--compress=server-zstd"],
+        &["-X", "stream", "--compress=server-gzip:5"],
+        &["-X", "fetch", "--manifest-checksums=SHA512"],
+        &["-X", "stream", "-Ft"],
+    ];
+    for args in cases {
+        let copy = bins.scratch_dir(dir.path(), "shape").unwrap();
+        let data = copy.path().join("data");
+        let mut cmd = bins.command("pg_basebackup");
+        cmd.arg("-D")
+            .arg(&data)
+            .args(["-d", &source, "-c", "fast", "--no-sync"])
+            .args(args);
+        walrelay::testkit::localpg::run(&mut cmd)
+            .unwrap_or_else(|e| panic!("{args:?}: {e}\n{}", relay.log_contents()));
+        if args.contains(&"-Ft") {
+            let listed = std::process::Command::new("tar")
+                .arg("tf")
+                .arg(data.join("base.tar"))
+                .output()
+                .unwrap();
+            assert!(listed.status.success(), "{args:?}");
+            let names = String::from_utf8_lossy(&listed.stdout);
+            assert!(names.lines().any(|l| l == "PG_VERSION"), "{names}");
+            assert!(data.join("pg_wal.tar").exists() && data.join("backup_manifest").exists());
+        } else {
+            let mut verify = bins.command("pg_verifybackup");
+            verify.arg(&data);
+            walrelay::testkit::localpg::run(&mut verify)
+                .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        }
+    }
+    assert_eq!(
+        primary
+            .psql("SELECT count(*) FROM pg_stat_progress_basebackup")
+            .unwrap(),
+        "0"
+    );
+}
