@@ -56,6 +56,8 @@ codes! {
     CONFIGURATION_LIMIT_EXCEEDED = "53400";
     /// 54000, `program_limit_exceeded`.
     PROGRAM_LIMIT_EXCEEDED = "54000";
+    /// 55000, `object_not_in_prerequisite_state`.
+    OBJECT_NOT_IN_PREREQUISITE_STATE = "55000";
     /// 55006, `object_in_use`.
     OBJECT_IN_USE = "55006";
     /// 57P01, `admin_shutdown`.

@@ -11,12 +11,12 @@
 //! does the session. [`BackupEnd`] says how that went, and the session adds what the client
 //! still needs: nothing after a complete answer, ReadyForQuery after an upstream
 //! ErrorResponse, an ERROR and ReadyForQuery when the upstream could not be reached or was
-//! lost between messages. A connection lost inside a message cannot be answered on: the
-//! client connection closes.
+//! lost between messages, FATAL 57P01 when the relay shuts down between messages. A stream
+//! cut inside a message cannot be answered on: the client connection closes.
 
 use super::reply::{self, failed, ready, starting_up};
 use super::{Action, Outbox, Pending, Phase, RelayView, SessionConfig};
-use crate::types::SqlState;
+use crate::types::{SqlState, SystemId, UpstreamInfo};
 use crate::wire::ErrorFields;
 use crate::wire::command::BackupRequest;
 
@@ -27,6 +27,9 @@ pub enum BackupEnd {
     Done,
     /// No upstream connection could be opened; the upstream's error, for the DETAIL.
     ConnectFailed(String),
+    /// The upstream was not sent the command: this error says why (see
+    /// [`check_backup_upstream`]).
+    Refused(ErrorFields),
     /// The upstream connection ended between two messages of the answer, after an
     /// ErrorResponse or not; the error, for the DETAIL.
     UpstreamLost {
@@ -35,8 +38,12 @@ pub enum BackupEnd {
         /// Why the connection ended.
         detail: String,
     },
+    /// The relay shuts down, between two messages of the answer: the client gets FATAL 57P01
+    /// as in command mode.
+    Shutdown,
     /// The client stream cannot go on: the upstream was lost inside a message, sent what
-    /// has no place in the answer, or the client went away.
+    /// has no place in the answer, the client went away, or the relay shut down inside a
+    /// message.
     Broken,
 }
 
@@ -91,6 +98,13 @@ pub(super) fn ended(io: &mut Outbox, end: BackupEnd) -> Phase {
     let (code, message, detail) = match end {
         BackupEnd::Done => return Phase::Command,
         BackupEnd::Broken => return io.close(),
+        BackupEnd::Refused(e) => return failed(io, &e),
+        BackupEnd::Shutdown => {
+            return io.fatal(&ErrorFields::fatal(
+                SqlState::ADMIN_SHUTDOWN,
+                "terminating connection due to administrator command",
+            ));
+        }
         BackupEnd::UpstreamLost {
             after_error: true, ..
         } => return ready(io),
@@ -110,4 +124,44 @@ pub(super) fn ended(io: &mut Outbox, end: BackupEnd) -> Phase {
         &ErrorFields::error(code, message).with_detail(detail),
     );
     ready(io)
+}
+
+/// Whether the server a backup connection reached is the relay's upstream as its clients
+/// know it: the same system (else 55000 in the words of `walreceiver.c`, which refuses a
+/// primary of another system), and the same major, by which the client chose its syntax and
+/// will read the answer.
+///
+/// # Errors
+/// The error the client gets instead of the backup.
+pub fn check_backup_upstream(
+    known: &UpstreamInfo,
+    system_id: SystemId,
+    version_num: u32,
+) -> Result<(), ErrorFields> {
+    let refusal = |message: &str, detail: String| {
+        Err(
+            ErrorFields::error(SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE, message)
+                .with_detail(detail),
+        )
+    };
+    if system_id != known.system_id {
+        return refusal(
+            "database system identifier differs between the primary and standby",
+            format!(
+                "The primary's identifier is {system_id}, the standby's identifier is {}.",
+                known.system_id
+            ),
+        );
+    }
+    if version_num / 10_000 != known.version_num / 10_000 {
+        return refusal(
+            "the upstream server's major version differs from the one this server reports",
+            format!(
+                "The upstream server runs {}, this server reports {}.",
+                version_num / 10_000,
+                known.version_num / 10_000
+            ),
+        );
+    }
+    Ok(())
 }

@@ -52,7 +52,7 @@ use crate::wire::frame::{COMMAND_FRAME_LIMIT, MAX_STARTUP_PACKET_LEN, SMALL_FRAM
 use crate::wire::{ErrorFields, Frame, StartupMessage, StartupPacket, WireError};
 
 pub use authenticate::{AccessPolicy, Authenticated, Peer};
-pub use backup::BackupEnd;
+pub use backup::{BackupEnd, check_backup_upstream};
 pub use send::{AheadOfServer, ClientPositions, Reply, SendStream};
 
 use crate::proto::auth::server::SERVER_NONCE_LEN;

@@ -6,6 +6,7 @@
 //! adds to the relayed answer.
 
 use super::*;
+use crate::types::SystemId;
 use crate::wire::command::BackupRequest;
 
 /// A logged-in session of a relay that relays two BASE_BACKUPs at once.
@@ -182,4 +183,54 @@ fn zero_places_keeps_the_old_refusal_and_shutdown_closes_a_backup() {
     actions(&mut s);
     s.shutdown(at(1));
     assert_eq!(actions(&mut s), [Action::Close]);
+    // The caller stopped between two messages of the answer.
+    let mut s = relaying();
+    start(&mut s, SENT, true);
+    actions(&mut s);
+    s.backup_ended(BackupEnd::Shutdown);
+    let fatal = ErrorFields::fatal(
+        SqlState::ADMIN_SHUTDOWN,
+        "terminating connection due to administrator command",
+    );
+    assert_eq!(out(&mut s), wire(&[BackendMessage::ErrorResponse(fatal)]));
+    assert_eq!(actions(&mut s), [Action::Close]);
+}
+
+#[test]
+fn the_backup_upstream_must_be_the_known_one() {
+    let known = upstream_of("15.18 (Debian 15.18-0+deb12u1)");
+    assert_eq!(
+        check_backup_upstream(&known, known.system_id, 150_004),
+        Ok(())
+    );
+    let other = check_backup_upstream(&known, SystemId(42), 150_018).unwrap_err();
+    assert_eq!(
+        (
+            other.code.code(),
+            other.message.as_str(),
+            other.detail.as_deref()
+        ),
+        (
+            "55000",
+            "database system identifier differs between the primary and standby",
+            Some(
+                "The primary's identifier is 42, the standby's identifier is 7351213962143123456."
+            )
+        )
+    );
+    let newer = check_backup_upstream(&known, known.system_id, 160_014).unwrap_err();
+    assert_eq!(
+        newer.detail.as_deref(),
+        Some("The upstream server runs 16, this server reports 15.")
+    );
+    // The refusal reaches the client as an ERROR; the connection goes on.
+    let mut s = relaying();
+    start(&mut s, SENT, true);
+    actions(&mut s);
+    s.backup_ended(BackupEnd::Refused(newer.clone()));
+    assert_eq!(
+        out(&mut s),
+        wire(&[BackendMessage::ErrorResponse(newer), ready()])
+    );
+    assert_eq!(s.expects(), Expect::Frame(COMMAND_FRAME_LIMIT));
 }

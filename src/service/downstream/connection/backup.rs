@@ -12,8 +12,13 @@
 //! as a walsender reads none during a backup: only the end of its stream is watched for,
 //! until it sends something.
 //!
-//! Not done yet (design note §3): checking the upstream's system identifier and major
-//! before sending, and an ERROR rather than a closed connection at shutdown.
+//! At shutdown the backup is cancelled the same way, and the client gets FATAL 57P01 when
+//! the answer stands between two messages (else its connection closes).
+//!
+//! Before the command goes upstream, the server reached must be the relay's upstream as its
+//! clients know it: same system identifier, same major ([`check_backup_upstream`]); a
+//! `--upstream` whose hosts include another cluster, or a failover to another major, gets
+//! an error rather than a backup of something else.
 
 use std::time::Duration;
 
@@ -23,10 +28,13 @@ use tracing::{debug, info};
 
 use super::Connection;
 use crate::proto::basebackup::AnswerScanner;
-use crate::proto::downstream::BackupEnd;
+use crate::proto::downstream::{BackupEnd, check_backup_upstream};
+use crate::proto::query::IdentifySystem;
 use crate::service::conn::{ConnError, Socket};
 use crate::service::downstream::Transport;
-use crate::service::upstream::connect::{cancel, connect};
+use crate::service::upstream::connect::{Upstream, cancel, connect};
+use crate::types::SqlState;
+use crate::wire::ErrorFields;
 use crate::wire::frontend::FrontendMessage;
 
 /// The one buffer between the upstream and the client.
@@ -51,13 +59,17 @@ impl<T: Transport> Connection<T> {
             let detail = "no upstream connection string is configured".to_owned();
             return Ok(BackupEnd::ConnectFailed(detail));
         };
-        let up = match connect(&settings.conninfo, APPLICATION_NAME, &self.shutdown).await {
+        let mut up = match connect(&settings.conninfo, APPLICATION_NAME, &self.shutdown).await {
             Ok(up) => up,
             Err(e) => {
                 info!(error = %e, "could not connect upstream for BASE_BACKUP");
                 return Ok(BackupEnd::ConnectFailed(e.to_string()));
             }
         };
+        if let Err(e) = self.check_upstream(&mut up).await {
+            up.conn.shutdown().await;
+            return Ok(BackupEnd::Refused(e));
+        }
         let pid = up.server.backend_pid;
         let (key, endpoint) = (up.server.cancel_key, up.endpoint);
         let (mut rd, read, mut wr) = up.conn.into_parts();
@@ -95,6 +107,33 @@ impl<T: Transport> Connection<T> {
         end
     }
 
+    /// Asks the server reached who it is: it must be the upstream the relay's clients know.
+    async fn check_upstream(&self, up: &mut Upstream) -> Result<(), ErrorFields> {
+        let known = self
+            .ctx
+            .view(self.ctx.hub.durable())
+            .upstream
+            .ok_or_else(|| {
+                ErrorFields::error(
+                    SqlState::CANNOT_CONNECT_NOW,
+                    "the database system is starting up",
+                )
+            })?;
+        let lost = |detail: String| {
+            ErrorFields::error(
+                SqlState::CONNECTION_FAILURE,
+                "lost connection to the upstream server during BASE_BACKUP",
+            )
+            .with_detail(detail)
+        };
+        let result = up
+            .query("IDENTIFY_SYSTEM")
+            .await
+            .map_err(|e| lost(e.to_string()))?;
+        let id = IdentifySystem::from_result(&result).map_err(|e| lost(e.to_string()))?;
+        check_backup_upstream(&known, id.system_id, up.server.version_num)
+    }
+
     /// Moves the answer from `rd` (after the bytes in `read`) to the client.
     async fn forward(
         &mut self,
@@ -109,7 +148,13 @@ impl<T: Transport> Connection<T> {
             if buf.is_empty() {
                 buf.reserve(BACKUP_BUFFER);
                 let got = tokio::select! {
-                    () = self.shutdown.cancelled() => return Ok(BackupEnd::Broken),
+                    () = self.shutdown.cancelled() => {
+                        return Ok(if scanner.at_boundary() {
+                            BackupEnd::Shutdown
+                        } else {
+                            BackupEnd::Broken
+                        });
+                    }
                     first = self.rd.first_byte(), if watch_client => {
                         match first {
                             // Held until the answer is over; the client is not read again.
