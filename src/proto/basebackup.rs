@@ -149,9 +149,47 @@ fn header_to_payload(header: [u8; 5]) -> Result<Position, WireError> {
     }
 }
 
+/// The fuzz property of the scanner: any bytes scan or fail without panicking, never more
+/// bytes are taken than given, and the same bytes cut in two scan to the same outcome.
+#[cfg(any(fuzzing, test))]
+pub fn fuzz_answer_scanner(data: &[u8]) {
+    let whole = AnswerScanner::new().scan(data);
+    if let Ok(scanned) = &whole {
+        assert!(scanned.answer <= data.len());
+    }
+    let cut = data.first().map_or(0, |&b| usize::from(b)).min(data.len());
+    let (head, tail) = data.split_at(cut);
+    let mut split = AnswerScanner::new();
+    let outcome = split.scan(head).and_then(|first| {
+        if first.done {
+            return Ok(first);
+        }
+        split.scan(tail).map(|second| Scanned {
+            answer: first.answer + second.answer,
+            done: second.done,
+        })
+    });
+    assert_eq!(whole.is_ok(), outcome.is_ok());
+    if let (Ok(a), Ok(b)) = (whole, outcome) {
+        assert_eq!(a, b);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_fuzz_property_holds_on_answers_and_noise() {
+        let mut bytes = answer();
+        fuzz_answer_scanner(&bytes);
+        for cut in [0, 1, 5, 17, 40] {
+            bytes.insert(0, cut);
+            fuzz_answer_scanner(&bytes);
+        }
+        fuzz_answer_scanner(b"");
+        fuzz_answer_scanner(&[7, b'W', 0, 0, 0, 4]);
+    }
 
     fn message(tag: u8, payload: &[u8]) -> Vec<u8> {
         let mut m = vec![tag];

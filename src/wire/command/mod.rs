@@ -234,4 +234,12 @@ pub fn fuzz_command(data: &[u8]) {
     if !matches!(command, ReplicationCommand::Sql(_)) {
         assert!(again.notices.is_empty(), "printed as {printed:?}");
     }
+    // Checking a BASE_BACKUP's options never panics, as any major.
+    for major in 12..=NEWEST_MAJOR + 1 {
+        if let Ok(ReplicationCommand::BaseBackup { options, legacy }) =
+            ReplicationCommand::parse_as(&text, major).command
+        {
+            let _ = check_base_backup(&options, legacy, major);
+        }
+    }
 }
