@@ -13,11 +13,15 @@
 
 mod support;
 
+use std::path::Path;
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use support::relay_topology::{primary_with, relay_repl, wait_replayed};
 use support::*;
-use walrelay::testkit::localpg::{Cluster, PgBinaries, free_port, require_postgres, wait_until};
+use walrelay::testkit::localpg::{
+    Cluster, PgBinaries, ScratchDir, free_port, require_postgres, wait_until,
+};
 
 #[test]
 fn pg_basebackup_through_the_relay_verifies_and_streams() {
@@ -134,43 +138,43 @@ fn bad_options_get_the_primarys_errors_and_server_targets_are_refused() {
     );
 }
 
-/// A primary with a table of 20 000 rows (a few MB: minutes at 32 kB/s, and enough dirty
-/// buffers to make a spread checkpoint with `checkpoint_timeout = 1h` last a minute), a relay
-/// with one backup place in front of it, and the relay's port.
-fn primary_and_relay(bins: &PgBinaries, dir: &std::path::Path) -> (Cluster, RelayProcess, u16) {
+/// A primary with a table of `rows` rows (20 000 is a few MB: minutes at 32 kB/s, and enough
+/// dirty buffers to make a spread checkpoint with `checkpoint_timeout = 1h` last a minute),
+/// a relay with one backup place and `relay_args` in front of it, and the relay's port.
+fn primary_and_relay(
+    bins: &PgBinaries,
+    dir: &Path,
+    rows: u32,
+    relay_args: &[&str],
+) -> (Cluster, RelayProcess, u16) {
     let primary = primary_with(
         bins,
         dir,
         &[("checkpoint_timeout", "1h"), ("max_wal_size", "4GB")],
     );
     primary
-        .psql("CREATE TABLE t AS SELECT g AS id, repeat('x', 200) AS pad FROM generate_series(1, 20000) g")
+        .psql(&format!(
+            "CREATE TABLE t AS SELECT g AS id, repeat('x', 200) AS pad FROM generate_series(1, {rows}) g"
+        ))
         .unwrap();
     let relay_port = free_port().unwrap();
     let listen = format!("127.0.0.1:{relay_port}");
-    let relay = RelayProcess::start(
-        &primary.conninfo(),
-        &dir.join("relay"),
-        &["--listen", &listen, "--max-base-backups", "1"],
-    );
+    let mut args = vec!["--listen", &listen, "--max-base-backups", "1"];
+    args.extend_from_slice(relay_args);
+    let relay = RelayProcess::start(&primary.conninfo(), &dir.join("relay"), &args);
     let now = primary.current_wal_flush_lsn().unwrap();
     wait_acked(&primary, now, Duration::from_secs(30));
     (primary, relay, relay_port)
 }
 
-/// Starts `pg_basebackup -X stream` through the relay in a process group of its own, waits
-/// until the primary's backup is in `phase`, then kills the group with SIGKILL (the `-X
-/// stream` streamer is a forked child), and waits until no backup runs on the primary.
-fn kill_client_during(
+/// `pg_basebackup -X stream --no-sync` through the relay into a new directory under
+/// `parent` (removed when the returned guard drops), with `args`.
+fn pg_basebackup(
     bins: &PgBinaries,
-    parent: &std::path::Path,
-    primary: &Cluster,
-    relay: &RelayProcess,
+    parent: &Path,
     relay_port: u16,
     args: &[&str],
-    phase: &str,
-) {
-    use std::os::unix::process::CommandExt;
+) -> (Command, ScratchDir) {
     let target = bins.scratch_dir(parent, "copy").unwrap();
     let mut cmd = bins.command("pg_basebackup");
     cmd.arg("-D")
@@ -180,67 +184,90 @@ fn kill_client_during(
             &format!("host=127.0.0.1 port={relay_port} user=postgres"),
         ])
         .args(["-X", "stream", "--no-sync"])
-        .args(args)
-        .process_group(0);
-    let mut client = cmd.spawn().unwrap();
+        .args(args);
+    (cmd, target)
+}
+
+/// [`pg_basebackup`] started in a process group of its own (the `-X stream` streamer is a
+/// forked child), once the primary's backup is in `phase`.
+fn client_in_phase(
+    bins: &PgBinaries,
+    parent: &Path,
+    primary: &Cluster,
+    relay: &RelayProcess,
+    relay_port: u16,
+    args: &[&str],
+    phase: &str,
+) -> (Child, ScratchDir) {
+    use std::os::unix::process::CommandExt;
+    let (mut cmd, target) = pg_basebackup(bins, parent, relay_port, args);
+    let client = cmd.process_group(0).spawn().unwrap();
     let sql = format!("SELECT count(*) FROM pg_stat_progress_basebackup WHERE phase = '{phase}'");
     let running = || primary.psql(&sql).map(|n| n == "1");
     wait_until(Duration::from_secs(30), phase, running)
         .unwrap_or_else(|e| panic!("{e}\n{}", relay.log_contents()));
+    (client, target)
+}
+
+/// Sends `sig` to the client's process group.
+fn signal_group(client: &Child, sig: &str) {
     let group = format!("-{}", client.id());
-    let killed = std::process::Command::new("kill")
-        .args(["-9", "--", &group])
+    let sent = Command::new("kill")
+        .args([sig, "--", &group])
         .status()
         .unwrap();
-    assert!(killed.success());
-    let _ = client.wait();
+    assert!(sent.success());
+}
+
+/// Waits until no backup runs on the primary, within `limit`.
+fn backup_gone(primary: &Cluster, relay: &RelayProcess, limit: Duration) {
     let gone = || {
         primary
             .psql("SELECT count(*) FROM pg_stat_progress_basebackup")
             .map(|n| n == "0")
     };
-    wait_until(Duration::from_secs(5), "backup gone from the primary", gone)
+    wait_until(limit, "backup gone from the primary", gone)
         .unwrap_or_else(|e| panic!("{e}\n{}", relay.log_contents()));
-    let log = relay.log_contents();
-    assert!(
-        log.contains("BASE_BACKUP aborted") || log.contains("BASE_BACKUP ended early"),
-        "{log}"
-    );
 }
 
 /// The relay's only place is free again: the next backup gets it and completes.
-fn backup_completes(bins: &PgBinaries, parent: &std::path::Path, relay_port: u16) {
-    let again = bins.scratch_dir(parent, "again").unwrap();
-    let mut cmd = bins.command("pg_basebackup");
-    cmd.arg("-D")
-        .arg(again.path().join("data"))
-        .args([
-            "-d",
-            &format!("host=127.0.0.1 port={relay_port} user=postgres"),
-        ])
-        .args(["-X", "stream", "-c", "fast", "--no-sync"]);
+fn backup_completes(bins: &PgBinaries, parent: &Path, relay_port: u16) {
+    let (mut cmd, _copy) = pg_basebackup(bins, parent, relay_port, &["-c", "fast"]);
     walrelay::testkit::localpg::run(&mut cmd).unwrap();
 }
 
 /// A client killed in the middle of a throttled backup: the relay drops its upstream
 /// connection, the primary's walsender fails its next write and aborts the backup, and
-/// nothing of it is left on the primary within a few seconds.
+/// nothing of it is left on the primary within a few seconds. Meanwhile a second backup,
+/// beyond `--max-base-backups 1`, is refused.
 #[test]
 fn a_client_killed_while_streaming_leaves_no_backup_running() {
     let Some(bins) = require_postgres() else {
         return;
     };
     let dir = scratch(&bins, "basebackup-abort");
-    let (primary, relay, port) = primary_and_relay(&bins, dir.path());
+    let (primary, relay, port) = primary_and_relay(&bins, dir.path(), 20_000, &[]);
     let args = ["-c", "fast", "--max-rate=32k"];
-    kill_client_during(
-        &bins,
-        dir.path(),
-        &primary,
-        &relay,
-        port,
-        &args,
-        "streaming database files",
+    let phase = "streaming database files";
+    let (mut client, _copy) =
+        client_in_phase(&bins, dir.path(), &primary, &relay, port, &args, phase);
+
+    let (mut second, _copy) = pg_basebackup(&bins, dir.path(), port, &[]);
+    let second = walrelay::testkit::localpg::run(&mut second)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        second.contains("number of requested base backups exceeds max_base_backups (currently 1)"),
+        "{second}"
+    );
+
+    signal_group(&client, "-KILL");
+    let _ = client.wait();
+    backup_gone(&primary, &relay, Duration::from_secs(5));
+    let log = relay.log_contents();
+    assert!(
+        log.contains("BASE_BACKUP aborted") || log.contains("BASE_BACKUP ended early"),
+        "{log}"
     );
     backup_completes(&bins, dir.path(), port);
 }
@@ -254,18 +281,47 @@ fn a_client_killed_during_the_checkpoint_leaves_no_backup_running() {
         return;
     };
     let dir = scratch(&bins, "basebackup-cancel");
-    let (primary, relay, port) = primary_and_relay(&bins, dir.path());
+    let (primary, relay, port) = primary_and_relay(&bins, dir.path(), 20_000, &[]);
     let args = ["-c", "spread"];
-    kill_client_during(
+    let phase = "waiting for checkpoint to finish";
+    let (mut client, _copy) =
+        client_in_phase(&bins, dir.path(), &primary, &relay, port, &args, phase);
+    signal_group(&client, "-KILL");
+    let _ = client.wait();
+    backup_gone(&primary, &relay, Duration::from_secs(5));
+    assert!(relay.log_contents().contains("BASE_BACKUP ended early"));
+    backup_completes(&bins, dir.path(), port);
+}
+
+/// A client that stops reading (SIGSTOP) is dropped after the sender timeout, and the
+/// backup ends on the primary.
+#[test]
+fn a_client_that_stops_reading_is_dropped_after_the_sender_timeout() {
+    let Some(bins) = require_postgres() else {
+        return;
+    };
+    let dir = scratch(&bins, "basebackup-stall");
+    let args = ["--sender-timeout", "2s"];
+    let (primary, relay, port) = primary_and_relay(&bins, dir.path(), 300_000, &args);
+    let phase = "streaming database files";
+    let (mut client, _copy) = client_in_phase(
         &bins,
         dir.path(),
         &primary,
         &relay,
         port,
-        &args,
-        "waiting for checkpoint to finish",
+        &["-c", "fast"],
+        phase,
     );
-    assert!(relay.log_contents().contains("BASE_BACKUP ended early"));
+    signal_group(&client, "-STOP");
+    backup_gone(&primary, &relay, Duration::from_secs(20));
+    assert!(
+        relay.log_contents().contains("the client has not read for"),
+        "{}",
+        relay.log_contents()
+    );
+    signal_group(&client, "-KILL");
+    let _ = client.wait();
     backup_completes(&bins, dir.path(), port);
 }
 
@@ -278,7 +334,7 @@ fn other_answer_shapes_pass_through() {
         return;
     };
     let dir = scratch(&bins, "basebackup-shapes");
-    let (primary, relay, port) = primary_and_relay(&bins, dir.path());
+    let (primary, relay, port) = primary_and_relay(&bins, dir.path(), 20_000, &[]);
     let source = format!("host=127.0.0.1 port={port} user=postgres");
     let cases: [&[&str]; 4] = [
         &["-X", "stream", "--compress=server-zstd"],
