@@ -304,7 +304,12 @@ fn create_slot(
     let checked = upstream(view).and_then(|up| Ok((up.segment_size, slot_name(name)?)));
     match checked {
         Ok((segment_size, name)) => {
-            let reserve = reserve_wal.then(|| segment_size.segment_start(view.durable.lsn));
+            // Where a base backup started now would need WAL from: the last checkpoint's
+            // redo, as `slot.c:ReplicationSlotReserveWal` reserves at `GetRedoRecPtr()`.
+            let from = view
+                .last_redo
+                .map_or(view.durable.lsn, |redo| redo.min(view.durable.lsn));
+            let reserve = reserve_wal.then(|| segment_size.segment_start(from));
             io.act(Action::CreateSlot {
                 name: name.clone(),
                 temporary,

@@ -120,6 +120,7 @@ fn view(choices: u8) -> RelayView {
         },
         histories: Arc::new(tli2.map(|t| (t, history)).into_iter().collect()),
         next_xid: (choices & 8 != 0).then_some((5 << 32) | 1000),
+        last_redo: None,
     }
 }
 

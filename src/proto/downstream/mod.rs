@@ -72,6 +72,9 @@ pub struct RelayView {
     /// The upstream's next transaction id as of the last checkpoint record stored, epoch and
     /// xid as one value; `None` before one was seen.
     pub next_xid: Option<u64>,
+    /// The redo point of the last checkpoint record stored: where a base backup taken now
+    /// would start; `None` before one was seen.
+    pub last_redo: Option<Lsn>,
 }
 
 impl RelayView {

@@ -60,6 +60,7 @@ fn view_of(server_version: &str) -> RelayView {
         },
         histories: Arc::default(),
         next_xid: None,
+        last_redo: None,
     }
 }
 

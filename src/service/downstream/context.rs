@@ -286,6 +286,7 @@ impl ServerContext {
             durable,
             histories: self.hub.histories(),
             next_xid: self.hub.next_xid(),
+            last_redo: self.hub.last_redo(),
         }
     }
 

@@ -665,3 +665,31 @@ fn commands_are_answered_as_the_upstreams_major_answers_them() {
         [Action::ReadSlot(SlotName::new("d1").unwrap())]
     );
 }
+
+/// RESERVE_WAL reserves from the segment of the last checkpoint's redo when it is older than
+/// the durable end, as PostgreSQL reserves at `GetRedoRecPtr()`: a base backup taken with a
+/// spread checkpoint starts there, and its `-X stream` slot must hold that WAL (design note
+/// §4, fix 2).
+#[test]
+fn reserve_wal_reserves_from_the_last_checkpoints_redo() {
+    let mut s = logged_in();
+    let reserved = |s: &mut DownstreamSession, view: &RelayView, name: &str| {
+        let text = format!("CREATE_REPLICATION_SLOT {name} TEMPORARY PHYSICAL RESERVE_WAL");
+        answer_on(s, view, &text);
+        let Some(Action::CreateSlot { reserve, .. }) = actions(s).into_iter().next() else {
+            panic!("no slot created")
+        };
+        s.slot_done(Ok(()), at(0));
+        out(s);
+        reserve
+    };
+    let mut view = view();
+    // 1 MB segments in these tests.
+    view.last_redo = Some(Lsn(0x12_3456));
+    assert_eq!(reserved(&mut s, &view, "r1"), Some(Lsn(0x10_0000)));
+    // A redo ahead of what is durable (not yet stored) does not move the reservation ahead.
+    view.last_redo = Some(Lsn(0x900_0000));
+    assert_eq!(reserved(&mut s, &view, "r2"), Some(Lsn(0x300_0000)));
+    view.last_redo = Some(Lsn(0x2F0_0010));
+    assert_eq!(reserved(&mut s, &view, "r3"), Some(Lsn(0x2F0_0000)));
+}
