@@ -11,6 +11,7 @@
     clippy::indexing_slicing
 )]
 
+mod downstream_client;
 mod support;
 
 use std::path::Path;
@@ -54,11 +55,10 @@ fn pg_basebackup_through_the_relay_verifies_and_streams() {
             Some("sb1"),
         )
         .unwrap_or_else(|e| panic!("{e}\n{}", relay.log_contents()));
-    assert!(
-        relay.log_contents().contains("BASE_BACKUP relayed"),
-        "{}",
-        relay.log_contents()
-    );
+    // The relay logs the backup once it has left the upstream, just after the answer.
+    let logged = || Ok(relay.log_contents().contains("BASE_BACKUP relayed"));
+    wait_until(Duration::from_secs(5), "the backup logged", logged)
+        .unwrap_or_else(|e| panic!("{e}\n{}", relay.log_contents()));
 
     standby.start().unwrap();
     primary
@@ -375,4 +375,43 @@ fn other_answer_shapes_pass_through() {
             .unwrap(),
         "0"
     );
+}
+
+/// Two BASE_BACKUPs pipelined in one write run one after the other, as on a walsender (which
+/// reads nothing during a backup): the second is read only after the first's ReadyForQuery,
+/// and with one backup place it gets the place the first released.
+#[test]
+fn pipelined_backups_run_one_after_the_other() {
+    use downstream_client::{RawClient, first_error, query_msg};
+    let Some(bins) = require_postgres() else {
+        return;
+    };
+    let dir = scratch(&bins, "basebackup-pipelined");
+    let (_primary, relay, port) = primary_and_relay(&bins, dir.path(), 2_000, &[]);
+    let mut client = RawClient::login(port, "pipelined");
+    let mut both = query_msg("BASE_BACKUP (CHECKPOINT 'fast')");
+    both.extend(query_msg("BASE_BACKUP (CHECKPOINT 'fast', MANIFEST 'yes')"));
+    client.send(&both);
+    for (n, manifest) in [(1, false), (2, true)] {
+        let answer = client.until_ready(Duration::from_secs(60));
+        assert!(
+            first_error(&answer).is_none(),
+            "backup {n}: {:?}\n{}",
+            first_error(&answer),
+            relay.log_contents()
+        );
+        let tags: Vec<u8> = answer.iter().map(|m| m.tag).collect();
+        assert_eq!(tags.iter().filter(|t| **t == b'H').count(), 1, "backup {n}");
+        assert!(tags.contains(&b'c'), "backup {n}");
+        let last_tag = answer.iter().rev().find_map(|m| m.command_tag());
+        assert_eq!(last_tag.as_deref(), Some("BASE_BACKUP"), "backup {n}");
+        // PostgreSQL 15's `m` CopyData announces the manifest.
+        let has_manifest = answer
+            .iter()
+            .any(|m| m.copy_data().is_some_and(|d| d.first() == Some(&b'm')));
+        assert_eq!(has_manifest, manifest, "backup {n}");
+    }
+    // The relay logs each backup once it has left the upstream, just after the answer.
+    let logged = || Ok(relay.log_contents().matches("BASE_BACKUP relayed").count() == 2);
+    wait_until(Duration::from_secs(5), "two backups logged", logged).unwrap();
 }
