@@ -125,6 +125,10 @@ pub struct RunArgs {
     /// Most concurrent downstream replication connections [default: 64].
     #[arg(long, value_name = "N")]
     pub max_wal_senders: Option<usize>,
+    /// Most BASE_BACKUPs relayed from the upstream at once; 0 refuses BASE_BACKUP
+    /// [default: 2].
+    #[arg(long, value_name = "N")]
+    pub max_base_backups: Option<usize>,
     /// Most replication slots the relay keeps for its downstreams [default: 64].
     #[arg(long, value_name = "N")]
     pub max_replication_slots: Option<usize>,
@@ -203,6 +207,7 @@ impl RunArgs {
             http_token_file: self.http_token_file,
             log_level: self.log_level,
             max_wal_senders: self.max_wal_senders,
+            max_base_backups: self.max_base_backups,
             max_replication_slots: self.max_replication_slots,
             sender_timeout: self.sender_timeout,
             authentication_timeout: self.authentication_timeout,

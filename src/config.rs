@@ -47,6 +47,8 @@ pub struct Config {
     pub http_token_file: Option<PathBuf>,
     /// Most concurrent downstream replication connections.
     pub max_wal_senders: usize,
+    /// Most BASE_BACKUPs relayed from the upstream at once; 0 refuses BASE_BACKUP.
+    pub max_base_backups: usize,
     /// Most relay-owned replication slots.
     pub max_replication_slots: usize,
     /// Drop a streaming downstream silent this long; zero disables.
@@ -130,6 +132,7 @@ impl std::fmt::Debug for Config {
             .field("http_token_file", &self.http_token_file)
             .field("log_level", &self.log_level)
             .field("max_wal_senders", &self.max_wal_senders)
+            .field("max_base_backups", &self.max_base_backups)
             .field("max_replication_slots", &self.max_replication_slots)
             .field("sender_timeout", &self.sender_timeout)
             .field("authentication_timeout", &self.authentication_timeout)
@@ -174,6 +177,8 @@ pub struct Settings {
     pub log_level: Option<String>,
     /// See [`Config::max_wal_senders`].
     pub max_wal_senders: Option<usize>,
+    /// See [`Config::max_base_backups`].
+    pub max_base_backups: Option<usize>,
     /// See [`Config::max_replication_slots`].
     pub max_replication_slots: Option<usize>,
     /// See [`Config::sender_timeout`].
@@ -279,6 +284,7 @@ impl Settings {
             http_token_file: self.http_token_file.or(fallback.http_token_file),
             log_level: self.log_level.or(fallback.log_level),
             max_wal_senders: self.max_wal_senders.or(fallback.max_wal_senders),
+            max_base_backups: self.max_base_backups.or(fallback.max_base_backups),
             max_replication_slots: self
                 .max_replication_slots
                 .or(fallback.max_replication_slots),
@@ -378,6 +384,7 @@ impl Settings {
             http_token_file: self.http_token_file,
             log_level: self.log_level,
             max_wal_senders: self.max_wal_senders.unwrap_or(d.max_wal_senders),
+            max_base_backups: self.max_base_backups.unwrap_or(d.max_base_backups),
             max_replication_slots: self
                 .max_replication_slots
                 .unwrap_or(d.max_replication_slots),
@@ -456,6 +463,7 @@ impl Config {
             http_token_file: None,
             log_level: None,
             max_wal_senders: 64,
+            max_base_backups: 2,
             max_replication_slots: 64,
             sender_timeout: Duration::from_secs(60),
             authentication_timeout: Duration::from_secs(60),

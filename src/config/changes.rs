@@ -49,6 +49,10 @@ impl Config {
             "max_wal_senders",
             self.max_wal_senders != new.max_wal_senders,
         );
+        applied(
+            "max_base_backups",
+            self.max_base_backups != new.max_base_backups,
+        );
         applied("sender_timeout", self.sender_timeout != new.sender_timeout);
         applied(
             "authentication_timeout",

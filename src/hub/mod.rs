@@ -99,6 +99,8 @@ struct Shared {
     removed_below: AtomicU64,
     /// The upstream's next transaction id at its last checkpoint in the WAL; 0 until known.
     next_xid: AtomicU64,
+    /// `redo` of the newest checkpoint record written; 0 before one.
+    last_redo: AtomicU64,
 }
 
 /// The published end and the tail of its timeline, changed together, and the history files.
@@ -139,6 +141,7 @@ impl Hub {
             from_disk: AtomicU64::new(0),
             removed_below: AtomicU64::new(0),
             next_xid: AtomicU64::new(0),
+            last_redo: AtomicU64::new(0),
         });
         let feed = HubFeed {
             shared: Arc::clone(&shared),
@@ -258,6 +261,14 @@ impl Hub {
         Some(self.shared.next_xid.load(Ordering::Relaxed)).filter(|x| *x != 0)
     }
 
+    /// The redo point of the last checkpoint record in the stored WAL, or the oldest WAL
+    /// retention has left if that redo was removed; `None` before the writer has seen one.
+    pub fn last_redo(&self) -> Option<Lsn> {
+        let redo = Some(Lsn(self.shared.last_redo.load(Ordering::Relaxed))).filter(|l| l.0 != 0);
+        let removed = Lsn(self.shared.removed_below.load(Ordering::Acquire));
+        redo.map(|r| r.max(removed))
+    }
+
     /// What was served so far and what the tail holds.
     pub fn stats(&self) -> HubStats {
         HubStats {
@@ -348,6 +359,12 @@ impl HubFeed {
     /// [`Hub::next_xid`]).
     pub fn set_next_xid(&self, next_xid: u64) {
         self.shared.next_xid.store(next_xid, Ordering::Relaxed);
+    }
+
+    /// Records the redo point of the newest checkpoint record written (see
+    /// [`Hub::last_redo`]).
+    pub fn set_last_redo(&self, redo: Lsn) {
+        self.shared.last_redo.store(redo.0, Ordering::Relaxed);
     }
 
     /// Moves on to `timeline`, whose durable WAL ends at `start`: the tail is emptied, and the

@@ -5,6 +5,7 @@
 //! - [`upstream`]: the relay as a client of its upstream server, as a walreceiver is: login,
 //!   replication commands and their results, the received stream;
 //! - [`liveness`]: the silence rule both ends of a stream follow;
+//! - [`basebackup`]: the boundaries of a relayed BASE_BACKUP answer;
 //! - [`auth`]: PostgreSQL authentication: the client side (SCRAM, MD5, cleartext) and the
 //!   server side for the relay's own clients (secrets and the auth file, SCRAM, MD5, cleartext);
 //! - [`certificate`]: the channel-binding hash, serial and common name of an X.509 certificate;
@@ -20,6 +21,7 @@
 
 pub mod access;
 pub mod auth;
+pub mod basebackup;
 pub mod certificate;
 pub mod conninfo;
 pub mod downstream;

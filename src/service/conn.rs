@@ -166,6 +166,13 @@ impl Connection {
     pub async fn shutdown(&mut self) {
         self.wr.close().await;
     }
+
+    /// The two halves of the socket, for bytes that are relayed rather than parsed, with
+    /// what was read and not yet taken. Anything not yet sent is dropped.
+    pub fn into_parts(self) -> (ReadHalf<Socket>, BytesMut, WriteHalf<Socket>) {
+        let (rd, read) = self.rd.into_parts();
+        (rd, read, self.wr.into_inner())
+    }
 }
 
 /// Bytes asked per read for a connection's first packet: a startup packet is short, and a

@@ -238,6 +238,7 @@ fn retention_policy(config: &Config) -> RetentionPolicy {
 fn downstream_config(config: &Config) -> DownstreamConfig {
     DownstreamConfig {
         max_wal_senders: config.max_wal_senders,
+        max_base_backups: config.max_base_backups,
         sender_timeout: config.sender_timeout,
         authentication_timeout: config.authentication_timeout,
     }
@@ -358,6 +359,7 @@ impl Relay {
     /// registry that cannot be opened, or an address that cannot be bound.
     pub fn open(config: &Config) -> Result<Relay, RelayError> {
         let settings = upstream_settings(config)?;
+        let upstream = Arc::new(watch::channel(settings).0);
         let lock = DataDirLock::acquire(&config.data_dir)?;
         let (hub, feed) = Hub::new(config.data_dir.join("wal"), TAIL_CACHE_BYTES);
         let feed = Arc::new(feed);
@@ -381,7 +383,8 @@ impl Relay {
                     Access::load(&config.access, mock_nonce)?,
                 )
                 .with_counters(Arc::clone(&counters))
-                .with_synchronous(sync_names, sync_tx);
+                .with_synchronous(sync_names, sync_tx)
+                .with_backup_upstream(upstream.subscribe());
                 let listener = bind(address)?;
                 let unix = match &config.unix_socket_dir {
                     None => None,
@@ -436,7 +439,7 @@ impl Relay {
             http,
             counters,
             config: Arc::new(Mutex::new(config.clone())),
-            upstream: Arc::new(watch::channel(settings).0),
+            upstream,
             retention: Arc::new(watch::channel(retention_policy(config)).0),
             data_dir: config.data_dir.clone(),
             hub,

@@ -432,6 +432,9 @@ impl WriterState {
         if let Some(next_xid) = self.store.validator().and_then(|v| v.next_xid()) {
             self.feed.set_next_xid(next_xid);
         }
+        if let Some(redo) = self.store.validator().and_then(|v| v.last_redo()) {
+            self.feed.set_last_redo(redo);
+        }
         self.feed.publish(end.timeline, end.valid, chunks);
     }
 }

@@ -20,6 +20,10 @@ macro_rules! codes {
 codes! {
     /// 00000, `successful_completion`.
     SUCCESSFUL_COMPLETION = "00000";
+    /// 08001, `sqlclient_unable_to_establish_sqlconnection`.
+    SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION = "08001";
+    /// 08006, `connection_failure`.
+    CONNECTION_FAILURE = "08006";
     /// 08P01, `protocol_violation`.
     PROTOCOL_VIOLATION = "08P01";
     /// 0A000, `feature_not_supported`.
@@ -34,6 +38,8 @@ codes! {
     INVALID_AUTHORIZATION_SPECIFICATION = "28000";
     /// 28P01, `invalid_password`.
     INVALID_PASSWORD = "28P01";
+    /// 42501, `insufficient_privilege`.
+    INSUFFICIENT_PRIVILEGE = "42501";
     /// 42601, `syntax_error`.
     SYNTAX_ERROR = "42601";
     /// 42602, `invalid_name`.
@@ -50,6 +56,8 @@ codes! {
     CONFIGURATION_LIMIT_EXCEEDED = "53400";
     /// 54000, `program_limit_exceeded`.
     PROGRAM_LIMIT_EXCEEDED = "54000";
+    /// 55000, `object_not_in_prerequisite_state`.
+    OBJECT_NOT_IN_PREREQUISITE_STATE = "55000";
     /// 55006, `object_in_use`.
     OBJECT_IN_USE = "55006";
     /// 57P01, `admin_shutdown`.

@@ -1,4 +1,4 @@
-//! The next transaction id, as checkpoint records carry it.
+//! The next transaction id and the redo point, as checkpoint records carry them.
 //!
 //! An `XLOG_CHECKPOINT_SHUTDOWN` or `XLOG_CHECKPOINT_ONLINE` record (resource manager 0, info
 //! 0x00 or 0x10) has no block references; its main data is a `CheckPoint` (`pg_control.h`)
@@ -7,8 +7,10 @@
 //! primary: a 64-bit `FullTransactionId` at offset 24 in every major the relay serves, 12 to
 //! 18 (`XLogRecordAssemble`, `CreateCheckPoint`). 12 replaced 11's `nextXidEpoch` (at 20) and
 //! 32-bit `nextXid` (at 24) with it; 17 added `wal_level` at 20, in what had been padding
-//! (`pg_control.h` of each major). The unit tests read checkpoint records written by a server
-//! of each major on clusters whose epoch is above 0 (`tests/data/checkpoints`).
+//! (`pg_control.h` of each major). Its `redo`, where recovery from it starts and so where a
+//! base backup taken with it starts, is the first field (offset 0) in every major. The unit
+//! tests read checkpoint records written by a server of each major on clusters whose epoch
+//! is above 0 (`tests/data/checkpoints`).
 
 use super::RecordHeader;
 
@@ -58,6 +60,16 @@ impl CheckpointCapture {
     /// The checkpoint's `nextXid` (epoch and xid as one 64-bit value), once the record at
     /// `start` is complete and checked; `None` if the body is not laid out as a checkpoint's.
     pub(super) fn next_xid(&self, start: u64) -> Option<u64> {
+        self.field(start, 24)
+    }
+
+    /// The checkpoint's `redo`, as [`Self::next_xid`] gives its `nextXid`.
+    pub(super) fn redo(&self, start: u64) -> Option<u64> {
+        self.field(start, 0)
+    }
+
+    /// The 8-byte field at `offset` of the `CheckPoint`.
+    fn field(&self, start: u64, offset: usize) -> Option<u64> {
         if start != self.start || self.have < CAPTURE {
             return None;
         }
@@ -65,7 +77,7 @@ impl CheckpointCapture {
         if id != XLR_BLOCK_ID_DATA_SHORT || usize::from(len) < CAPTURE - 2 {
             return None;
         }
-        let bytes = fields.get(24..32)?;
+        let bytes = fields.get(offset..offset + 8)?;
         Some(u64::from_le_bytes(bytes.try_into().ok()?))
     }
 }
@@ -150,6 +162,10 @@ mod tests {
                     v.feed(piece).unwrap();
                 }
                 assert_eq!(v.next_xid(), Some(c.next_xid()), "PG {major}");
+                // The redo point lies in the checkpoint's segment, at or before the record.
+                let redo = v.last_redo().unwrap().0;
+                let range = c.lsn("segment_start")..=c.lsn("checkpoint_lsn");
+                assert!(range.contains(&redo), "PG {major}: redo {redo:X}");
                 assert_eq!(v.page_magic().and_then(major_version_of_magic), Some(major));
                 assert_eq!(v.position(), Lsn(start.0 + c.wal.len() as u64));
             }
@@ -197,6 +213,8 @@ mod tests {
         }
         c.take(200, &[9; 40]);
         assert_eq!(c.next_xid(100), Some((7 << 32) | 1234));
+        assert_eq!(c.redo(100), Some(0), "the test body's redo");
+        assert_eq!(c.redo(200), None);
         assert_eq!(c.next_xid(200), None, "another record");
         let mut short = CheckpointCapture::begin(0, &header(0, 0)).unwrap();
         short.take(0, &body(28, 24)[..20]);

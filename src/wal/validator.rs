@@ -105,6 +105,8 @@ pub struct WalValidator {
     checkpoint: Option<CheckpointCapture>,
     /// `nextXid` of the last checkpoint record checked.
     next_xid: Option<u64>,
+    /// `redo` of the last checkpoint record checked.
+    last_redo: Option<Lsn>,
 }
 
 impl WalValidator {
@@ -162,6 +164,7 @@ impl WalValidator {
             boundary,
             checkpoint: None,
             next_xid: None,
+            last_redo: None,
         }
     }
 
@@ -224,6 +227,12 @@ impl WalValidator {
     /// record that passed its checks since this validator started; `None` before one has.
     pub fn next_xid(&self) -> Option<u64> {
         self.next_xid
+    }
+
+    /// The redo point of the last checkpoint record that passed its checks since this
+    /// validator started: where a base backup taken with that checkpoint starts.
+    pub fn last_redo(&self) -> Option<Lsn> {
+        self.last_redo
     }
 
     /// Consumes a prefix of `input` (at least one byte) and returns its length.
@@ -456,6 +465,7 @@ impl WalValidator {
         }
         if let Some(capture) = self.checkpoint.take() {
             self.next_xid = capture.next_xid(start).or(self.next_xid);
+            self.last_redo = capture.redo(start).map(Lsn).or(self.last_redo);
         }
         self.prev = Some(Lsn(start));
         if !hdr.is_switch() {

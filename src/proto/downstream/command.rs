@@ -10,12 +10,14 @@
 
 use bytes::Bytes;
 
+use super::backup;
 use super::reply::{self, Column, ColumnType, failed, ready, starting_up};
 use super::streaming::{self, Request};
 use super::{Action, FoundSlot, Now, Outbox, Pending, Phase, RelayView, SessionConfig};
 use crate::types::{Lsn, SlotName, SqlState, TimelineId, UpstreamInfo};
 use crate::wire::command::{
     GenericOption, NEWEST_MAJOR, ReplicationCommand, SlotKind, check_alter_options,
+    check_base_backup,
 };
 use crate::wire::frontend::FrontendMessage;
 use crate::wire::{ErrorFields, Frame};
@@ -107,9 +109,12 @@ fn execute(
         ReplicationCommand::StartLogicalReplication { .. } => {
             refused("logical decoding requires a database connection")
         }
-        ReplicationCommand::BaseBackup { .. } => {
-            refused("BASE_BACKUP is not supported by walrelay")
-                .map_err(|e| e.with_hint("Take the base backup from the primary server."))
+        ReplicationCommand::BaseBackup { options, legacy } => {
+            // PostgreSQL's own refusals of bad options; a sound request is relayed.
+            match check_base_backup(&options, legacy, major) {
+                Err(e) => Err(e.to_error()),
+                Ok(request) => return backup::begin(io, config, text, request, view),
+            }
         }
         ReplicationCommand::AlterReplicationSlot { name, options } => {
             return alter_slot(io, &name, &options);
@@ -299,7 +304,12 @@ fn create_slot(
     let checked = upstream(view).and_then(|up| Ok((up.segment_size, slot_name(name)?)));
     match checked {
         Ok((segment_size, name)) => {
-            let reserve = reserve_wal.then(|| segment_size.segment_start(view.durable.lsn));
+            // Where a base backup started now would need WAL from: the last checkpoint's
+            // redo, as `slot.c:ReplicationSlotReserveWal` reserves at `GetRedoRecPtr()`.
+            let from = view
+                .last_redo
+                .map_or(view.durable.lsn, |redo| redo.min(view.durable.lsn));
+            let reserve = reserve_wal.then(|| segment_size.segment_start(from));
             io.act(Action::CreateSlot {
                 name: name.clone(),
                 temporary,

@@ -33,6 +33,7 @@ pub fn fuzz_session(data: &[u8]) {
     };
     let config = SessionConfig {
         max_wal_senders: 2,
+        max_base_backups: 0,
         sender_timeout: Duration::from_secs(10),
         shutdown_wait: Duration::from_secs(2),
         tls: false,
@@ -119,6 +120,7 @@ fn view(choices: u8) -> RelayView {
         },
         histories: Arc::new(tli2.map(|t| (t, history)).into_iter().collect()),
         next_xid: (choices & 8 != 0).then_some((5 << 32) | 1000),
+        last_redo: None,
     }
 }
 

@@ -17,6 +17,7 @@
 //!   checks, the connection limit and the greeting (`postmaster.c`, `postinit.c`);
 //! - [`authenticate`]: the access rules and the authentication exchanges (`auth.c`);
 //! - [`command`]: the replication commands, answered as `walsender.c` answers them;
+//! - [`backup`]: a BASE_BACKUP relayed from the upstream: its place, its end;
 //! - [`streaming`]: `START_REPLICATION`, client messages while streaming, keepalives, the end
 //!   of a historic timeline, and the end of the stream at shutdown (`WalSndLoop`,
 //!   `ProcessRepliesIfAny`, `WalSndDone`);
@@ -24,6 +25,7 @@
 //! - `reply`: encoding answers into the output.
 
 pub mod authenticate;
+pub mod backup;
 pub mod command;
 #[cfg(any(fuzzing, test))]
 pub mod fuzzing;
@@ -50,6 +52,7 @@ use crate::wire::frame::{COMMAND_FRAME_LIMIT, MAX_STARTUP_PACKET_LEN, SMALL_FRAM
 use crate::wire::{ErrorFields, Frame, StartupMessage, StartupPacket, WireError};
 
 pub use authenticate::{AccessPolicy, Authenticated, Peer};
+pub use backup::{BackupEnd, check_backup_upstream};
 pub use send::{AheadOfServer, ClientPositions, Reply, SendStream};
 
 use crate::proto::auth::server::SERVER_NONCE_LEN;
@@ -69,6 +72,9 @@ pub struct RelayView {
     /// The upstream's next transaction id as of the last checkpoint record stored, epoch and
     /// xid as one value; `None` before one was seen.
     pub next_xid: Option<u64>,
+    /// The redo point of the last checkpoint record stored: where a base backup taken now
+    /// would start; `None` before one was seen.
+    pub last_redo: Option<Lsn>,
 }
 
 impl RelayView {
@@ -93,6 +99,8 @@ impl RelayView {
 pub struct SessionConfig {
     /// `max_wal_senders`, named in the error for a connection beyond it.
     pub max_wal_senders: usize,
+    /// Most BASE_BACKUPs relayed at once; 0 refuses BASE_BACKUP.
+    pub max_base_backups: usize,
     /// Drop a streaming client silent this long (`wal_sender_timeout`); zero disables.
     pub sender_timeout: Duration,
     /// How long a stream waits at shutdown for its client to confirm what it was sent.
@@ -225,6 +233,17 @@ pub enum Action {
         /// No SSLRequest came first: ALPN `postgresql` is required.
         direct: bool,
     },
+    /// Take one of `max_base_backups`; answer with [`DownstreamSession::backup_claimed`].
+    ClaimBackup,
+    /// Send what is in the output, then relay a BASE_BACKUP: send `query` upstream on a
+    /// connection of its own and forward the answer up to its ReadyForQuery; answer with
+    /// [`DownstreamSession::backup_ended`].
+    StartBackup {
+        /// The client's Query text, unchanged.
+        query: String,
+        /// What the checked options ask for.
+        request: crate::wire::command::BackupRequest,
+    },
     /// Send what is in the output, then close the connection.
     Close,
 }
@@ -271,6 +290,8 @@ enum Pending {
     Acquire(Box<streaming::Checked>),
     /// The TLS handshake runs.
     Tls(Box<Startup>),
+    /// A BASE_BACKUP waits for its place: its Query text and request.
+    Backup(Box<(String, crate::wire::command::BackupRequest)>),
 }
 
 /// What the caller should read next.
@@ -297,6 +318,8 @@ enum Phase {
     Authenticating(Box<authenticate::Exchange>),
     /// `START_REPLICATION` is streaming.
     Streaming(Box<Streaming>),
+    /// The caller relays a BASE_BACKUP's answer.
+    BaseBackup,
     /// The connection is to be closed.
     Closed,
 }
@@ -377,7 +400,7 @@ impl DownstreamSession {
             Phase::Authenticating(a) => Expect::Frame(a.frame_limit()),
             Phase::Command => Expect::Frame(COMMAND_FRAME_LIMIT),
             Phase::Streaming(_) => Expect::Frame(SMALL_FRAME_LIMIT),
-            Phase::Waiting(_) | Phase::Closed => Expect::Nothing,
+            Phase::Waiting(_) | Phase::BaseBackup | Phase::Closed => Expect::Nothing,
         }
     }
 
@@ -399,6 +422,11 @@ impl DownstreamSession {
     /// Whether `START_REPLICATION` is streaming (or ending its stream).
     pub fn is_streaming(&self) -> bool {
         matches!(self.phase, Phase::Streaming(_))
+    }
+
+    /// Whether a BASE_BACKUP is being relayed.
+    pub fn is_backing_up(&self) -> bool {
+        matches!(self.phase, Phase::BaseBackup)
     }
 
     /// Whether the connection is to be closed.
@@ -481,6 +509,24 @@ impl DownstreamSession {
         };
     }
 
+    /// Answers [`Action::ClaimBackup`]: whether a place was free.
+    pub fn backup_claimed(&mut self, granted: bool) {
+        self.phase = match self.take_phase() {
+            Phase::Waiting(Pending::Backup(pending)) => {
+                backup::claimed(&mut self.io, &self.config, *pending, granted)
+            }
+            other => self.out_of_order(other, "a backup claim"),
+        };
+    }
+
+    /// Answers [`Action::StartBackup`]: how the relayed answer ended.
+    pub fn backup_ended(&mut self, end: BackupEnd) {
+        self.phase = match self.take_phase() {
+            Phase::BaseBackup => backup::ended(&mut self.io, end),
+            other => self.out_of_order(other, "the end of a backup"),
+        };
+    }
+
     /// Answers [`Action::ReadSlot`].
     pub fn slot_read(&mut self, slot: Option<FoundSlot>, view: &RelayView) {
         self.phase = match self.take_phase() {
@@ -501,7 +547,11 @@ impl DownstreamSession {
             Phase::Waiting(pending)
                 if !matches!(
                     pending,
-                    Pending::Claim(_) | Pending::ReadSlot | Pending::AlterSlot(_) | Pending::Tls(_)
+                    Pending::Claim(_)
+                        | Pending::ReadSlot
+                        | Pending::AlterSlot(_)
+                        | Pending::Tls(_)
+                        | Pending::Backup(_)
                 ) =>
             {
                 command::slot_done(&mut self.io, &self.config, pending, outcome, now)
@@ -572,7 +622,10 @@ impl DownstreamSession {
     /// gets FATAL 57P01, a stream asks its client to confirm what it was sent, then ends.
     pub fn shutdown(&mut self, now: Now) {
         self.phase = match self.take_phase() {
-            Phase::Startup(_) | Phase::Authenticating(_) | Phase::Waiting(_) => self.io.close(),
+            Phase::Startup(_)
+            | Phase::Authenticating(_)
+            | Phase::Waiting(_)
+            | Phase::BaseBackup => self.io.close(),
             Phase::Command => self.io.fatal(&ErrorFields::fatal(
                 SqlState::ADMIN_SHUTDOWN,
                 "terminating connection due to administrator command",

@@ -6,6 +6,7 @@
 //! Built only for tests: the parent declares this module under `#[cfg(test)]`.
 
 mod authenticate;
+mod backup;
 mod commands;
 mod startup;
 mod streaming;
@@ -29,6 +30,7 @@ const SENDER_TIMEOUT: Duration = Duration::from_secs(10);
 fn config() -> SessionConfig {
     SessionConfig {
         max_wal_senders: 3,
+        max_base_backups: 0,
         sender_timeout: SENDER_TIMEOUT,
         shutdown_wait: Duration::from_secs(2),
         tls: false,
@@ -58,6 +60,7 @@ fn view_of(server_version: &str) -> RelayView {
         },
         histories: Arc::default(),
         next_xid: None,
+        last_redo: None,
     }
 }
 

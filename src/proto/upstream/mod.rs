@@ -51,10 +51,22 @@ pub struct ServerInfo {
     pub version_num: u32,
     /// The backend pid from BackendKeyData.
     pub backend_pid: i32,
+    /// The secret key from BackendKeyData, for a CancelRequest.
+    pub cancel_key: CancelKey,
     /// `default_transaction_read_only`, if reported (PostgreSQL 14 and later).
     pub default_read_only: Option<bool>,
     /// `in_hot_standby`, if reported (PostgreSQL 14 and later).
     pub in_hot_standby: Option<bool>,
+}
+
+/// The secret of BackendKeyData: what a CancelRequest must carry. Never printed.
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+pub struct CancelKey(pub i32);
+
+impl std::fmt::Debug for CancelKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CancelKey(..)")
+    }
 }
 
 /// Why the session with the upstream cannot go on.
@@ -398,8 +410,12 @@ impl UpstreamSession {
                 "in_hot_standby" => self.server.in_hot_standby = Some(value == "on"),
                 _ => {}
             },
-            BackendMessage::BackendKeyData { process_id, .. } => {
+            BackendMessage::BackendKeyData {
+                process_id,
+                secret_key,
+            } => {
                 self.server.backend_pid = process_id;
+                self.server.cancel_key = CancelKey(secret_key);
             }
             BackendMessage::NoticeResponse(_) => {}
             BackendMessage::ErrorResponse(e) => return Err(SessionError::Server(e)),

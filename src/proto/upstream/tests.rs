@@ -142,6 +142,7 @@ fn login_sends_the_startup_message_and_reads_until_ready() {
         server_version: "15.18 (Debian 15.18-0+deb12u1)".into(),
         version_num: 150_018,
         backend_pid: 4242,
+        cancel_key: CancelKey(7),
         default_read_only: Some(false),
         in_hot_standby: Some(true),
     };

@@ -15,8 +15,10 @@ use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
+mod backup;
+
 use super::DOWNSTREAM_READ_CHUNK;
-use super::context::{SenderPlace, ServerContext, StreamStatus};
+use super::context::{BackupPlace, SenderPlace, ServerContext, StreamStatus};
 use super::transport::{Replay, Transport};
 use crate::hub::ReadBuffer;
 use crate::metrics::Refusal;
@@ -78,6 +80,8 @@ pub(crate) struct Connection<T: Transport> {
     shutdown: CancellationToken,
     place: Option<SenderPlace>,
     stream: Option<StreamIo>,
+    /// A place among `max_base_backups`, while a BASE_BACKUP is relayed.
+    backup: Option<BackupPlace>,
 }
 
 /// A connection that has logged in, over the stream it came on or over TLS.
@@ -124,6 +128,7 @@ impl<T: Transport> Connection<T> {
             shutdown,
             place: None,
             stream: None,
+            backup: None,
         }
     }
 
@@ -200,6 +205,7 @@ impl<T: Transport> Connection<T> {
             shutdown,
             place,
             stream,
+            backup,
         } = self;
         let (rd, read) = rd.into_parts();
         let socket = T::whole(rd, wr.into_inner())?;
@@ -230,6 +236,7 @@ impl<T: Transport> Connection<T> {
                     shutdown,
                     place,
                     stream,
+                    backup,
                 })
             }
             Err(e) => {
@@ -502,6 +509,15 @@ impl<T: Transport> Connection<T> {
                 self.session
                     .slot_done(acquired.map_err(|e| slot_refusal(&e)), now());
             }
+            Action::ClaimBackup => {
+                self.backup = self.ctx.claim_backup();
+                self.session.backup_claimed(self.backup.is_some());
+            }
+            Action::StartBackup { query, .. } => {
+                let end = self.relay_backup(query).await;
+                self.backup = None;
+                self.session.backup_ended(end?);
+            }
             other => self.record(other, pid),
         }
         Ok(())
@@ -563,6 +579,8 @@ impl<T: Transport> Connection<T> {
             | Action::CreateSlot { .. }
             | Action::DropSlot { .. }
             | Action::AcquireSlot(_)
+            | Action::ClaimBackup
+            | Action::StartBackup { .. }
             | Action::StartTls { .. }
             | Action::Close => {}
         }

@@ -22,6 +22,7 @@ use crate::metrics::Counters;
 use crate::metrics::lag::{DurableTimes, LagReader, Reported};
 use crate::proto::downstream::{ClientPositions, Peer, RelayView, SessionConfig};
 use crate::proto::syncrep::{AckPositions, Standby, SyncAck, SyncStandbyNames};
+use crate::service::upstream::UpstreamSettings;
 use crate::slots::{Pending, Persistency, SlotError, SlotPersister, SlotRegistry};
 use crate::types::{BackendPid, DurableEnd, Lsn, SlotName, TimelineId, UpstreamInfo, XminHorizon};
 
@@ -36,6 +37,8 @@ const DROP_WAIT_POLL: Duration = Duration::from_millis(100);
 pub struct DownstreamConfig {
     /// Most concurrent replication connections (`max_wal_senders`).
     pub max_wal_senders: usize,
+    /// Most BASE_BACKUPs relayed at once; 0 refuses BASE_BACKUP.
+    pub max_base_backups: usize,
     /// Drop a streaming client silent this long (`wal_sender_timeout`); zero disables.
     pub sender_timeout: Duration,
     /// Close a connection that has not logged in after this long (`authentication_timeout`).
@@ -95,6 +98,10 @@ pub(crate) struct ServerContext {
     slot_file: Arc<dyn SlotPersister>,
     next_pid: AtomicI32,
     senders: AtomicUsize,
+    /// BASE_BACKUPs being relayed.
+    backups: AtomicUsize,
+    /// Where a BASE_BACKUP is taken from: the upstream side's settings, as reloaded.
+    backup_upstream: Option<watch::Receiver<UpstreamSettings>>,
     cancel_seed: i32,
     live: Mutex<Live>,
     horizon: watch::Sender<XminHorizon>,
@@ -146,6 +153,8 @@ impl ServerContext {
                 i32::try_from(std::process::id() % 1_000_000).unwrap_or(1) * 1000 + 1,
             ),
             senders: AtomicUsize::new(0),
+            backups: AtomicUsize::new(0),
+            backup_upstream: None,
             cancel_seed: i32::from_ne_bytes(seed.to_ne_bytes()),
             live: Mutex::new(Live::default()),
             horizon,
@@ -236,6 +245,34 @@ impl ServerContext {
         *self.config.write().unwrap_or_else(PoisonError::into_inner) = config;
     }
 
+    /// Takes BASE_BACKUPs from the upstream `settings` name (none: BASE_BACKUP fails with
+    /// "could not connect").
+    pub(crate) fn with_backup_upstream(
+        mut self,
+        settings: watch::Receiver<UpstreamSettings>,
+    ) -> ServerContext {
+        self.backup_upstream = Some(settings);
+        self
+    }
+
+    /// The upstream a BASE_BACKUP is taken from, as configured now.
+    pub(crate) fn backup_upstream(&self) -> Option<UpstreamSettings> {
+        self.backup_upstream.as_ref().map(|s| s.borrow().clone())
+    }
+
+    /// Takes one of `max_base_backups` places; `None` when all are taken.
+    pub(crate) fn claim_backup(self: &Arc<Self>) -> Option<BackupPlace> {
+        let max = self.config().max_base_backups;
+        self.backups
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()?;
+        Some(BackupPlace {
+            ctx: Arc::clone(self),
+        })
+    }
+
     /// Counts into `counters` (the relay's) rather than a set of its own.
     pub(crate) fn with_counters(mut self, counters: Arc<Counters>) -> ServerContext {
         self.counters = counters;
@@ -249,6 +286,7 @@ impl ServerContext {
             durable,
             histories: self.hub.histories(),
             next_xid: self.hub.next_xid(),
+            last_redo: self.hub.last_redo(),
         }
     }
 
@@ -263,6 +301,7 @@ impl ServerContext {
     pub(crate) fn session_config(&self, access: &Access, peer: Peer) -> SessionConfig {
         SessionConfig {
             max_wal_senders: self.config().max_wal_senders,
+            max_base_backups: self.config().max_base_backups,
             sender_timeout: self.config().sender_timeout,
             shutdown_wait: SHUTDOWN_WAIT,
             tls: access.tls.is_some() && peer != Peer::Local,
@@ -495,5 +534,17 @@ impl Drop for SenderPlace {
             debug!(slots = ?dropped, "dropped temporary slots");
         }
         self.ctx.senders.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// One of the `max_base_backups` places, held while a BASE_BACKUP is relayed.
+#[derive(Debug)]
+pub(crate) struct BackupPlace {
+    ctx: Arc<ServerContext>,
+}
+
+impl Drop for BackupPlace {
+    fn drop(&mut self) {
+        self.ctx.backups.fetch_sub(1, Ordering::AcqRel);
     }
 }

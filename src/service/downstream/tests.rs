@@ -120,6 +120,7 @@ fn relay(dir: &std::path::Path) -> Relay {
     let (horizon, _) = watch::channel(Default::default());
     let config = DownstreamConfig {
         max_wal_senders: 4,
+        max_base_backups: 2,
         sender_timeout: Duration::from_secs(60),
         authentication_timeout: Duration::from_secs(60),
     };

@@ -24,10 +24,10 @@ use crate::proto::pgpass::{self, PassfileKey};
 use crate::proto::query::single_text;
 use crate::proto::query::{EndOfTimeline, QueryResult};
 use crate::proto::upstream::target::{self, Pass, ServerKind, TargetCheck};
-use crate::proto::upstream::{Event, ServerInfo, SessionError, UpstreamSession};
+use crate::proto::upstream::{CancelKey, Event, ServerInfo, SessionError, UpstreamSession};
 use crate::service::conn::{ConnError, Connection, Socket};
 use crate::service::tls;
-use crate::wire::WireError;
+use crate::wire::{StartupPacket, WireError};
 
 /// How long a whole login may take when the connection string sets no `connect_timeout`.
 const DEFAULT_LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -133,6 +133,8 @@ pub(crate) struct Upstream {
     pub session: UpstreamSession,
     /// The server's version and pid.
     pub server: ServerInfo,
+    /// The server it reached, for a CancelRequest.
+    pub endpoint: Option<Endpoint>,
 }
 
 /// Connects to the first host of `ci` that accepts the login and is of the kind
@@ -158,6 +160,7 @@ pub(crate) async fn connect(
             let attempt = tokio::time::timeout(limit, async {
                 let mut up = connect_endpoint(ci, endpoint, application_name).await?;
                 up.check_target(pass, endpoint).await?;
+                up.endpoint = Some(endpoint.clone());
                 Ok::<_, ConnectError>(up)
             });
             let outcome = tokio::select! {
@@ -230,6 +233,47 @@ async fn connect_endpoint(
     let tcp = open_tcp(endpoint, &host).await?;
     let (socket, channel) = negotiate_tls(ci, tcp, &host).await?;
     login(ci, socket, channel, &host, endpoint.port, application_name).await
+}
+
+/// Asks the server at `endpoint` to cancel what backend `pid` runs (a CancelRequest on a
+/// connection of its own, in plaintext as libpq's `PQcancel` sends it), within `limit`.
+///
+/// # Errors
+/// The server could not be reached or the request not written in time.
+pub(crate) async fn cancel(
+    endpoint: &Endpoint,
+    pid: i32,
+    key: CancelKey,
+    limit: Duration,
+) -> Result<(), ConnectError> {
+    let mut request = bytes::BytesMut::new();
+    StartupPacket::Cancel {
+        process_id: pid,
+        secret_key: key.0,
+    }
+    .write(&mut request)?;
+    let host = endpoint.pgpass_host();
+    let send = async {
+        let io_err = |source| ConnectError::Connect {
+            host: host.clone(),
+            port: endpoint.port,
+            source,
+        };
+        match &endpoint.host {
+            Some(Host::UnixSocket(dir)) => {
+                let path = dir.join(format!(".s.PGSQL.{}", endpoint.port));
+                let mut sock = UnixStream::connect(&path).await.map_err(io_err)?;
+                sock.write_all(&request).await.map_err(io_err)
+            }
+            _ => {
+                let mut sock = open_tcp(endpoint, &host).await?;
+                sock.write_all(&request).await.map_err(io_err)
+            }
+        }
+    };
+    tokio::time::timeout(limit, send)
+        .await
+        .map_err(|_| ConnectError::Timeout)?
 }
 
 async fn open_tcp(endpoint: &Endpoint, host: &str) -> Result<TcpStream, ConnectError> {
@@ -322,6 +366,7 @@ async fn login(
                 conn,
                 session,
                 server,
+                endpoint: None,
             });
         }
     }

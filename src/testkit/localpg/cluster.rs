@@ -606,6 +606,32 @@ impl Cluster {
         self.standby_in(dir, primary_conninfo, slot)
     }
 
+    /// [`basebackup_standby`](Cluster::basebackup_standby), with the backup taken through
+    /// `source` (a connection string: the relay, say) with `pg_basebackup -X stream -c fast`
+    /// and `args`, and checked with `pg_verifybackup` before it is configured.
+    ///
+    /// # Errors
+    /// When pg_basebackup or pg_verifybackup fails, or the configuration cannot be written.
+    pub fn verified_standby_through(
+        &self,
+        source: &str,
+        args: &[&str],
+        primary_conninfo: &str,
+        slot: Option<&str>,
+    ) -> Result<Cluster> {
+        let parent = self.dir.path().parent().unwrap_or(Path::new("/"));
+        let dir = self.bins.scratch_dir(parent, "standby")?;
+        let data = dir.path().join("data");
+        let mut cmd = self.bins.command("pg_basebackup");
+        cmd.arg("-D")
+            .arg(&data)
+            .args(["-d", source, "-X", "stream", "-c", "fast", "--no-sync"])
+            .args(args);
+        run(&mut cmd)?;
+        run(self.bins.command("pg_verifybackup").arg(&data))?;
+        self.standby_in(dir, primary_conninfo, slot)
+    }
+
     /// Sets the transaction-id epoch of this stopped, cleanly shut down cluster to `epoch`:
     /// with the build's own `pg_resetwal -e`, or where it has none (the server-only builds of
     /// 12 and 13), by changing what `pg_resetwal -e` changes in `pg_control` and the last

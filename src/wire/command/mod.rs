@@ -16,8 +16,12 @@
 //! - `ALTER_REPLICATION_SLOT` and `UPLOAD_MANIFEST` (PostgreSQL 17), recognised so they can be
 //!   refused cleanly;
 //! - CREATE_REPLICATION_SLOT's bare option keywords of PostgreSQL 10–14, which 15 still takes;
-//! - BASE_BACKUP's keyword options of PostgreSQL 11–14 (`LABEL 'x' PROGRESS FAST …`), which 15
-//!   refuses, so that a proxy can serve older tools against an older upstream.
+//! - when parsing as 12–14 only, BASE_BACKUP's keyword options of those majors
+//!   (`LABEL 'x' PROGRESS FAST …`, `MANIFEST*` from 13) instead of the parenthesized list,
+//!   which they refuse as 15 refuses the keywords **\[obs\]**.
+//!
+//! What BASE_BACKUP's options mean is checked apart, by [`check_base_backup`], as the
+//! walsender checks them when it runs the command.
 //!
 //! Where PostgreSQL silently wraps a number (`TIMELINE 4294967296` is timeline 0 there,
 //! `99999999999` timeline 1215752191) or drops the high digits of a location half
@@ -33,6 +37,7 @@
 //!
 //! **\[obs\]** marks behaviour checked against a PostgreSQL 15.18 walsender.
 
+mod basebackup;
 mod display;
 mod error;
 mod lexer;
@@ -43,6 +48,7 @@ mod tests;
 
 use std::str::FromStr;
 
+pub use basebackup::{BackupRequest, Compression, check_base_backup};
 pub use error::{Notice, ParseError};
 pub use options::check_alter_options;
 
@@ -94,7 +100,9 @@ pub enum ReplicationCommand {
         /// The output plugin's options, names and optional values.
         options: Vec<(String, Option<String>)>,
     },
-    /// `BASE_BACKUP [(option [value] [, …])]`, or the PostgreSQL 11–14 keyword form.
+    /// `BASE_BACKUP [(option [value] [, …])]` (PostgreSQL 15+), or the keyword form of
+    /// PostgreSQL 11–14 (parsed as 12–14 only). The options are not checked here: see
+    /// [`check_base_backup`].
     BaseBackup {
         /// The options in the order given. Legacy keywords become their lowercase names
         /// (`FAST` is `fast`, with no value).
@@ -192,7 +200,8 @@ impl ReplicationCommand {
     /// `ALTER_REPLICATION_SLOT` and `UPLOAD_MANIFEST` before 17) makes the text SQL, which a
     /// physical walsender refuses; `CREATE_REPLICATION_SLOT`'s parenthesized options are a
     /// syntax error before 15, and so is its `TWO_PHASE` keyword; and its `failover` option is
-    /// unrecognized before 17 **\[obs\]** (12 to 18).
+    /// unrecognized before 17 **\[obs\]** (12 to 18). BASE_BACKUP takes the keyword form
+    /// before 15 and the parenthesized one from 15, each a syntax error in the other's majors.
     pub fn parse_as(text: &str, major: u32) -> Parsed {
         parser::parse(text, major)
     }
@@ -224,5 +233,13 @@ pub fn fuzz_command(data: &[u8]) {
     );
     if !matches!(command, ReplicationCommand::Sql(_)) {
         assert!(again.notices.is_empty(), "printed as {printed:?}");
+    }
+    // Checking a BASE_BACKUP's options never panics, as any major.
+    for major in 12..=NEWEST_MAJOR + 1 {
+        if let Ok(ReplicationCommand::BaseBackup { options, legacy }) =
+            ReplicationCommand::parse_as(&text, major).command
+        {
+            let _ = check_base_backup(&options, legacy, major);
+        }
     }
 }

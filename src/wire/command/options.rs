@@ -82,7 +82,7 @@ pub fn check_alter_options(options: &[GenericOption]) -> Result<(), ParseError> 
 }
 
 /// `defGetBoolean`: no value is true; 0 and 1; true/false/on/off in any case.
-fn boolean(option: &GenericOption) -> Result<bool, ParseError> {
+pub(super) fn boolean(option: &GenericOption) -> Result<bool, ParseError> {
     let text = match &option.value {
         None => return Ok(true),
         Some(OptionValue::Int(0)) => return Ok(false),

@@ -1,5 +1,5 @@
 //! A recursive-descent rendering of PostgreSQL 15's `repl_gram.y`, plus the PostgreSQL 17
-//! commands and the PostgreSQL 12–14 BASE_BACKUP keywords.
+//! commands and, when parsing as 12–14, those majors' BASE_BACKUP keywords.
 //!
 //! Like bison, it reads one token of lookahead and only when the grammar needs it, so
 //! `IDENTIFY_SYSTEM 'abc` is "unterminated quoted string" and `SHOW x 'abc` a "syntax error"
@@ -13,20 +13,24 @@ use super::options::slot_kind;
 use super::{GenericOption, OptionValue, Parsed, ReplicationCommand};
 use crate::types::{Lsn, TimelineId};
 
-/// The BASE_BACKUP keywords of PostgreSQL 11–14 (`MANIFEST*` from 13), which PostgreSQL 15
-/// no longer accepts **\[obs\]**, and whether each takes a value.
-const LEGACY_BASE_BACKUP: [(&str, LegacyValue); 10] = [
-    ("LABEL", LegacyValue::Str),
-    ("PROGRESS", LegacyValue::None),
-    ("FAST", LegacyValue::None),
-    ("WAL", LegacyValue::None),
-    ("NOWAIT", LegacyValue::None),
-    ("MAX_RATE", LegacyValue::Int),
-    ("TABLESPACE_MAP", LegacyValue::None),
-    ("NOVERIFY_CHECKSUMS", LegacyValue::None),
-    ("MANIFEST", LegacyValue::Str),
-    ("MANIFEST_CHECKSUMS", LegacyValue::Str),
+/// The BASE_BACKUP keywords of PostgreSQL 11–14, the first major (of those the relay serves)
+/// that knows each, and whether each takes a value. PostgreSQL 15 no longer accepts them
+/// **\[obs\]**.
+const LEGACY_BASE_BACKUP: [(&str, u32, LegacyValue); 10] = [
+    ("LABEL", 12, LegacyValue::Str),
+    ("PROGRESS", 12, LegacyValue::None),
+    ("FAST", 12, LegacyValue::None),
+    ("WAL", 12, LegacyValue::None),
+    ("NOWAIT", 12, LegacyValue::None),
+    ("MAX_RATE", 12, LegacyValue::Int),
+    ("TABLESPACE_MAP", 12, LegacyValue::None),
+    ("NOVERIFY_CHECKSUMS", 12, LegacyValue::None),
+    ("MANIFEST", 13, LegacyValue::Str),
+    ("MANIFEST_CHECKSUMS", 13, LegacyValue::Str),
 ];
+
+/// The first major whose BASE_BACKUP takes a parenthesized option list, and no keywords.
+const PARENTHESIZED_BASE_BACKUP: u32 = 15;
 
 #[derive(Clone, Copy)]
 enum LegacyValue {
@@ -300,21 +304,31 @@ impl<'a> Parser<'a> {
         }
     }
 
-    /// `BASE_BACKUP [( options )]`, or the PostgreSQL 11–14 keyword list.
+    /// `BASE_BACKUP [( options )]` from PostgreSQL 15, or the keyword list of PostgreSQL
+    /// 11–14 (`MANIFEST*` from 13) before it: each major accepts only its own form
+    /// **\[obs\]** (12.22, 14.23, 15.18, 16.14, 17).
     fn base_backup(&mut self) -> Result<ReplicationCommand, ParseError> {
-        if self.eat_char('(')? {
+        if self.major >= PARENTHESIZED_BASE_BACKUP {
+            let options = if self.eat_char('(')? {
+                self.option_list()?
+            } else {
+                Vec::new()
+            };
             return Ok(ReplicationCommand::BaseBackup {
-                options: self.option_list()?,
+                options,
                 legacy: false,
             });
         }
+        let major = self.major;
         let mut options = Vec::new();
         while let Some((name, kind)) = self.take(|t| {
             let found = match &t {
-                Token::Ident { raw, .. } => LEGACY_BASE_BACKUP.iter().find(|(w, _)| w == raw),
+                Token::Ident { raw, .. } => LEGACY_BASE_BACKUP
+                    .iter()
+                    .find(|(word, since, _)| word == raw && *since <= major),
                 _ => None,
             };
-            found.copied().ok_or(t)
+            found.map(|&(word, _, kind)| (word, kind)).ok_or(t)
         })? {
             let value = match kind {
                 LegacyValue::None => None,

@@ -585,18 +585,21 @@ fn base_backup_new_and_legacy_syntax() {
             legacy: false
         }
     );
-    // The keyword syntax of PostgreSQL 11–14 pg_basebackup (refused by PG 15 [obs]).
+    // The keyword syntax of PostgreSQL 11–14 pg_basebackup, parsed as 14 (refused by PG 15
+    // [obs], see each_major_parses_its_own_grammar).
     let legacy = "BASE_BACKUP LABEL 'pg_basebackup base backup' PROGRESS FAST WAL NOWAIT MAX_RATE 32 TABLESPACE_MAP NOVERIFY_CHECKSUMS MANIFEST 'yes' MANIFEST_CHECKSUMS 'CRC32C'";
+    let as14 = |text: &str| ReplicationCommand::parse_as(text, 14).command.unwrap();
     let C::BaseBackup {
         options,
         legacy: true,
-    } = ok(legacy)
+    } = as14(legacy)
     else {
         panic!("not legacy")
     };
     assert_eq!(options.len(), 10);
     assert_eq!(options[5], opt("max_rate", Some(OptionValue::Int(32))));
-    assert_eq!(ok(legacy).to_string(), legacy);
+    assert_eq!(as14(legacy).to_string(), legacy);
+    assert_eq!(err(legacy), syntax());
     // [obs] PG 15.18: 42601 "syntax error".
     for text in [
         "BASE_BACKUP ()",
@@ -612,9 +615,8 @@ fn base_backup_new_and_legacy_syntax() {
     ] {
         assert_eq!(err(text), syntax(), "{text}");
     }
-    // Option meanings are the upstream's business: unknown and duplicate options parse (PG
-    // refuses them when it runs the backup: "unrecognized base backup option", "duplicate
-    // option" [obs]).
+    // Option meanings are checked apart (`check_base_backup`), as PG checks them when it runs
+    // the backup: unknown and duplicate options parse.
     assert!(matches!(
         ok("BASE_BACKUP (FOO, label 'a', label 'b')"),
         C::BaseBackup { .. }
@@ -734,4 +736,77 @@ fn each_major_parses_its_own_grammar() {
         ReplicationCommand::parse("UPLOAD_MANIFEST").command,
         Ok(C::UploadManifest)
     );
+}
+
+/// BASE_BACKUP's two forms: the keywords up to 14 (`MANIFEST*` from 13), the parenthesized
+/// list from 15, each a syntax error in the other's majors **\[obs\]** (12.22, 14.23,
+/// 15.18, 16.14, 17).
+#[test]
+fn each_major_takes_its_own_base_backup_form() {
+    let answer = |text: &str, major: u32| ReplicationCommand::parse_as(text, major).command;
+    let backup = |options: Vec<GenericOption>, legacy| Ok(C::BaseBackup { options, legacy });
+    let rate = || opt("max_rate", Some(OptionValue::Int(1)));
+    let label = || opt("label", s("x"));
+    for major in [12, 13, 14, 15, 16, 17, NEWEST_MAJOR] {
+        assert_eq!(
+            answer("BASE_BACKUP", major),
+            backup(vec![], false),
+            "{major}"
+        );
+    }
+    for major in [12, 13, 14] {
+        assert_eq!(
+            answer("BASE_BACKUP LABEL 'x' MAX_RATE 1", major),
+            backup(vec![label(), rate()], true),
+            "{major}"
+        );
+        assert_eq!(
+            answer("BASE_BACKUP MAX_RATE 1;", major),
+            backup(vec![rate()], true)
+        );
+        assert!(answer("BASE_BACKUP LABEL 'a' LABEL 'b'", major).is_ok());
+        for text in [
+            "BASE_BACKUP (LABEL 'x')",
+            "BASE_BACKUP (MAX_RATE 1)",
+            "BASE_BACKUP (TARGET 'server', TARGET_DETAIL '/x')",
+            "BASE_BACKUP (INCREMENTAL)",
+            "BASE_BACKUP label 'x' MAX_RATE 1",
+            "BASE_BACKUP MAX_RATE 'x'",
+            "BASE_BACKUP LABEL x",
+        ] {
+            assert_eq!(
+                answer(text, major),
+                Err(ParseError::Syntax),
+                "{major}: {text}"
+            );
+        }
+    }
+    // MANIFEST and MANIFEST_CHECKSUMS came with 13.
+    for text in [
+        "BASE_BACKUP MANIFEST 'yes' MAX_RATE 1",
+        "BASE_BACKUP MANIFEST_CHECKSUMS 'x' MAX_RATE 1",
+    ] {
+        assert_eq!(answer(text, 12), Err(ParseError::Syntax), "{text}");
+        assert!(answer(text, 13).is_ok(), "{text}");
+        assert!(answer(text, 14).is_ok(), "{text}");
+    }
+    for major in [15, 16, 17, NEWEST_MAJOR] {
+        assert_eq!(
+            answer("BASE_BACKUP (LABEL 'x', MAX_RATE 1)", major),
+            backup(vec![label(), rate()], false)
+        );
+        for text in [
+            "BASE_BACKUP LABEL 'x' MAX_RATE 1",
+            "BASE_BACKUP MANIFEST 'yes' MAX_RATE 1",
+            "BASE_BACKUP LABEL 'a' LABEL 'b'",
+            "BASE_BACKUP MAX_RATE 1;",
+            "BASE_BACKUP PROGRESS FAST WAL NOWAIT TABLESPACE_MAP NOVERIFY_CHECKSUMS MAX_RATE 1",
+        ] {
+            assert_eq!(
+                answer(text, major),
+                Err(ParseError::Syntax),
+                "{major}: {text}"
+            );
+        }
+    }
 }

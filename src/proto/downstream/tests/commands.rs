@@ -217,8 +217,70 @@ fn unsupported_commands_are_refused_clearly() {
     .with_hint("Take the base backup from the primary server.");
     assert_eq!(
         answer(&mut s, "BASE_BACKUP (CHECKPOINT 'fast')"),
+        wire(&[BackendMessage::ErrorResponse(backup.clone()), ready()])
+    );
+    // A 14 upstream: its keyword form parses, and is refused the same way.
+    assert_eq!(
+        answer_on(&mut s, &view_of("14.23"), "BASE_BACKUP LABEL 'x' FAST"),
         wire(&[BackendMessage::ErrorResponse(backup), ready()])
     );
+    assert!(actions(&mut s).is_empty());
+}
+
+/// Before the relay refuses BASE_BACKUP itself, its options get PostgreSQL's own errors, in
+/// the wording of the upstream's major (`check_base_backup`).
+#[test]
+fn base_backup_options_get_postgres_errors_first() {
+    let mut s = logged_in();
+    let refusal = |e: ErrorFields| wire(&[BackendMessage::ErrorResponse(e), ready()]);
+    assert_eq!(
+        answer(&mut s, "BASE_BACKUP (MAX_RATE 1)"),
+        refusal(ErrorFields::error(
+            SqlState::NUMERIC_VALUE_OUT_OF_RANGE,
+            "1 is outside the valid range for parameter \"MAX_RATE\" (32 .. 1048576)"
+        ))
+    );
+    assert_eq!(
+        answer(&mut s, "BASE_BACKUP (LABEL 'a', LABEL 'b')"),
+        refusal(ErrorFields::error(
+            SqlState::SYNTAX_ERROR,
+            "duplicate option \"label\""
+        ))
+    );
+    let server = "BASE_BACKUP (TARGET 'server', TARGET_DETAIL '/tmp/x')";
+    assert_eq!(
+        answer(&mut s, server),
+        refusal(ErrorFields::error(
+            SqlState::INSUFFICIENT_PRIVILEGE,
+            "must be superuser or a role with privileges of the pg_write_server_files role to create backup stored on server"
+        ))
+    );
+    assert_eq!(
+        answer_on(&mut s, &view_of("16.14"), server),
+        refusal(
+            ErrorFields::error(
+                SqlState::INSUFFICIENT_PRIVILEGE,
+                "permission denied to create backup stored on server"
+            )
+            .with_detail("Only roles with privileges of the \"pg_write_server_files\" role may create a backup stored on the server.")
+        )
+    );
+    assert_eq!(
+        answer(&mut s, "BASE_BACKUP (TARGET 'blackhole')"),
+        refusal(
+            ErrorFields::error(
+                SqlState::FEATURE_NOT_SUPPORTED,
+                "unrecognized target: \"blackhole\""
+            )
+            .with_hint("walrelay sends base backups to the client only.")
+        )
+    );
+    // The keyword form on a 15 upstream is PostgreSQL 15's syntax error.
+    assert_eq!(
+        answer(&mut s, "BASE_BACKUP LABEL 'x'"),
+        wire(&[error(SqlState::SYNTAX_ERROR, "syntax error"), ready()])
+    );
+    assert!(actions(&mut s).is_empty());
 }
 
 #[test]
@@ -602,4 +664,32 @@ fn commands_are_answered_as_the_upstreams_major_answers_them() {
         actions(&mut s),
         [Action::ReadSlot(SlotName::new("d1").unwrap())]
     );
+}
+
+/// RESERVE_WAL reserves from the segment of the last checkpoint's redo when it is older than
+/// the durable end, as PostgreSQL reserves at `GetRedoRecPtr()`: a base backup taken with a
+/// spread checkpoint starts there, and its `-X stream` slot must hold that WAL (design note
+/// §4, fix 2).
+#[test]
+fn reserve_wal_reserves_from_the_last_checkpoints_redo() {
+    let mut s = logged_in();
+    let reserved = |s: &mut DownstreamSession, view: &RelayView, name: &str| {
+        let text = format!("CREATE_REPLICATION_SLOT {name} TEMPORARY PHYSICAL RESERVE_WAL");
+        answer_on(s, view, &text);
+        let Some(Action::CreateSlot { reserve, .. }) = actions(s).into_iter().next() else {
+            panic!("no slot created")
+        };
+        s.slot_done(Ok(()), at(0));
+        out(s);
+        reserve
+    };
+    let mut view = view();
+    // 1 MB segments in these tests.
+    view.last_redo = Some(Lsn(0x12_3456));
+    assert_eq!(reserved(&mut s, &view, "r1"), Some(Lsn(0x10_0000)));
+    // A redo ahead of what is durable (not yet stored) does not move the reservation ahead.
+    view.last_redo = Some(Lsn(0x900_0000));
+    assert_eq!(reserved(&mut s, &view, "r2"), Some(Lsn(0x300_0000)));
+    view.last_redo = Some(Lsn(0x2F0_0010));
+    assert_eq!(reserved(&mut s, &view, "r3"), Some(Lsn(0x2F0_0000)));
 }

@@ -360,6 +360,7 @@ fn hot_standby_feedback_is_forwarded_unless_not_in_the_recent_past() {
     // With the upstream at epoch 5, an epoch-0 xmin is not in the recent past: ignored.
     let epoch5 = RelayView {
         next_xid: Some((5 << 32) | 1000),
+        last_redo: None,
         ..view()
     };
     s.frame(Ok(feedback(0, 748)), at(1), &epoch5);

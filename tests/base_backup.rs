@@ -1,0 +1,417 @@
+//! BASE_BACKUP through the relay (issue 13), against a real PostgreSQL: `pg_basebackup -X
+//! stream -c fast` aimed at the relay gets its backup from the relay's upstream and its WAL
+//! from the relay's store, `pg_verifybackup` passes, and the copy starts as a hot standby on a
+//! relay slot and replays to the primary's position. Bad options get the primary's own
+//! errors, and the targets that would write on the primary are refused.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod downstream_client;
+mod support;
+
+use std::path::Path;
+use std::process::{Child, Command};
+use std::time::Duration;
+
+use support::relay_topology::{primary_with, relay_repl, wait_replayed};
+use support::*;
+use walrelay::testkit::localpg::{
+    Cluster, PgBinaries, ScratchDir, free_port, require_postgres, wait_until,
+};
+
+#[test]
+fn pg_basebackup_through_the_relay_verifies_and_streams() {
+    let Some(bins) = require_postgres() else {
+        return;
+    };
+    let dir = scratch(&bins, "basebackup");
+    let primary = archiving_primary(&bins, dir.path(), 1);
+    primary
+        .psql("CREATE TABLE t AS SELECT g AS id, repeat('x', 200) AS pad FROM generate_series(1, 20000) g")
+        .unwrap();
+    let relay_port = free_port().unwrap();
+    let listen = format!("127.0.0.1:{relay_port}");
+    let relay = RelayProcess::start(
+        &primary.conninfo(),
+        &dir.path().join("relay"),
+        &["--listen", &listen, "--max-base-backups", "2"],
+    );
+    let now = primary.current_wal_flush_lsn().unwrap();
+    wait_acked(&primary, now, Duration::from_secs(30));
+
+    let via_relay = format!("host=127.0.0.1 port={relay_port} user=postgres");
+    relay_repl(&bins, relay_port, "CREATE_REPLICATION_SLOT sb1 PHYSICAL");
+    let standby_conninfo = format!("{via_relay} application_name=sb1");
+    let mut standby = primary
+        .verified_standby_through(
+            &via_relay,
+            &["--manifest-checksums=SHA256"],
+            &standby_conninfo,
+            Some("sb1"),
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{}", relay.log_contents()));
+    // The relay logs the backup once it has left the upstream, just after the answer.
+    let logged = || Ok(relay.log_contents().contains("BASE_BACKUP relayed"));
+    wait_until(Duration::from_secs(5), "the backup logged", logged)
+        .unwrap_or_else(|e| panic!("{e}\n{}", relay.log_contents()));
+
+    standby.start().unwrap();
+    primary
+        .psql("INSERT INTO t SELECT g, 'after' FROM generate_series(20001, 21000) g")
+        .unwrap();
+    let target = primary.current_wal_flush_lsn().unwrap();
+    wait_replayed(&standby, target, Duration::from_secs(60));
+    assert_eq!(
+        standby.psql("SELECT count(*) FROM t").unwrap(),
+        primary.psql("SELECT count(*) FROM t").unwrap()
+    );
+    // Nothing of the backup is left running on the primary.
+    assert_eq!(
+        primary
+            .psql("SELECT count(*) FROM pg_stat_progress_basebackup")
+            .unwrap(),
+        "0"
+    );
+}
+
+#[test]
+fn bad_options_get_the_primarys_errors_and_server_targets_are_refused() {
+    let Some(bins) = require_postgres() else {
+        return;
+    };
+    let dir = scratch(&bins, "basebackup-refusals");
+    let primary = archiving_primary(&bins, dir.path(), 1);
+    let relay_port = free_port().unwrap();
+    let listen = format!("127.0.0.1:{relay_port}");
+    let relay = RelayProcess::start(
+        &primary.conninfo(),
+        &dir.path().join("relay"),
+        &["--listen", &listen],
+    );
+    let now = primary.current_wal_flush_lsn().unwrap();
+    wait_acked(&primary, now, Duration::from_secs(30));
+    let error_of = |conninfo: &str, sql: &str| {
+        bins.psql(&format!("{conninfo} replication=1"), sql)
+            .unwrap_err()
+            .to_string()
+    };
+    let via_relay = format!("host=127.0.0.1 port={relay_port} user=postgres");
+    // The primary answers these itself; the relay must answer the same.
+    for sql in [
+        "BASE_BACKUP (FOO)",
+        "BASE_BACKUP (LABEL 'a', LABEL 'b')",
+        "BASE_BACKUP (MAX_RATE 1)",
+        "BASE_BACKUP (TARGET 'bogus')",
+        "BASE_BACKUP (MANIFEST_CHECKSUMS 'sha256')",
+        "BASE_BACKUP LABEL 'x'",
+    ] {
+        let theirs = error_of(&primary.conninfo(), sql);
+        let ours = error_of(&via_relay, sql);
+        let message = |e: &str| {
+            e.lines()
+                .find(|l| l.contains("ERROR:"))
+                .map(|l| l[l.find("ERROR:").unwrap()..].to_owned())
+                .unwrap_or_default()
+        };
+        assert_eq!(message(&ours), message(&theirs), "{sql}");
+        assert!(!message(&ours).is_empty(), "{sql}: {ours}");
+    }
+    let server = error_of(
+        &via_relay,
+        "BASE_BACKUP (TARGET 'server', TARGET_DETAIL '/tmp/walrelay-never')",
+    );
+    assert!(
+        server.contains("backup stored on server"),
+        "{server}\n{}",
+        relay.log_contents()
+    );
+    assert!(!std::path::Path::new("/tmp/walrelay-never").exists());
+    let blackhole = error_of(&via_relay, "BASE_BACKUP (TARGET 'blackhole')");
+    assert!(
+        blackhole.contains("unrecognized target: \"blackhole\""),
+        "{blackhole}"
+    );
+}
+
+/// A primary with a table of `rows` rows (20 000 is a few MB: minutes at 32 kB/s, and enough
+/// dirty buffers to make a spread checkpoint with `checkpoint_timeout = 1h` last a minute),
+/// a relay with one backup place and `relay_args` in front of it, and the relay's port.
+fn primary_and_relay(
+    bins: &PgBinaries,
+    dir: &Path,
+    rows: u32,
+    relay_args: &[&str],
+) -> (Cluster, RelayProcess, u16) {
+    let primary = primary_with(
+        bins,
+        dir,
+        &[("checkpoint_timeout", "1h"), ("max_wal_size", "4GB")],
+    );
+    primary
+        .psql(&format!(
+            "CREATE TABLE t AS SELECT g AS id, repeat('x', 200) AS pad FROM generate_series(1, {rows}) g"
+        ))
+        .unwrap();
+    let relay_port = free_port().unwrap();
+    let listen = format!("127.0.0.1:{relay_port}");
+    let mut args = vec!["--listen", &listen, "--max-base-backups", "1"];
+    args.extend_from_slice(relay_args);
+    let relay = RelayProcess::start(&primary.conninfo(), &dir.join("relay"), &args);
+    let now = primary.current_wal_flush_lsn().unwrap();
+    wait_acked(&primary, now, Duration::from_secs(30));
+    (primary, relay, relay_port)
+}
+
+/// `pg_basebackup -X stream --no-sync` through the relay into a new directory under
+/// `parent` (removed when the returned guard drops), with `args`.
+fn pg_basebackup(
+    bins: &PgBinaries,
+    parent: &Path,
+    relay_port: u16,
+    args: &[&str],
+) -> (Command, ScratchDir) {
+    let target = bins.scratch_dir(parent, "copy").unwrap();
+    let mut cmd = bins.command("pg_basebackup");
+    cmd.arg("-D")
+        .arg(target.path().join("data"))
+        .args([
+            "-d",
+            &format!("host=127.0.0.1 port={relay_port} user=postgres"),
+        ])
+        .args(["-X", "stream", "--no-sync"])
+        .args(args);
+    (cmd, target)
+}
+
+/// [`pg_basebackup`] started in a process group of its own (the `-X stream` streamer is a
+/// forked child), once the primary's backup is in `phase`.
+fn client_in_phase(
+    bins: &PgBinaries,
+    parent: &Path,
+    primary: &Cluster,
+    relay: &RelayProcess,
+    relay_port: u16,
+    args: &[&str],
+    phase: &str,
+) -> (Child, ScratchDir) {
+    use std::os::unix::process::CommandExt;
+    let (mut cmd, target) = pg_basebackup(bins, parent, relay_port, args);
+    let client = cmd.process_group(0).spawn().unwrap();
+    let sql = format!("SELECT count(*) FROM pg_stat_progress_basebackup WHERE phase = '{phase}'");
+    let running = || primary.psql(&sql).map(|n| n == "1");
+    wait_until(Duration::from_secs(30), phase, running)
+        .unwrap_or_else(|e| panic!("{e}\n{}", relay.log_contents()));
+    (client, target)
+}
+
+/// Sends `sig` to the client's process group.
+fn signal_group(client: &Child, sig: &str) {
+    let group = format!("-{}", client.id());
+    let sent = Command::new("kill")
+        .args([sig, "--", &group])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+}
+
+/// Waits until no backup runs on the primary, within `limit`.
+fn backup_gone(primary: &Cluster, relay: &RelayProcess, limit: Duration) {
+    let gone = || {
+        primary
+            .psql("SELECT count(*) FROM pg_stat_progress_basebackup")
+            .map(|n| n == "0")
+    };
+    wait_until(limit, "backup gone from the primary", gone)
+        .unwrap_or_else(|e| panic!("{e}\n{}", relay.log_contents()));
+}
+
+/// The relay's only place is free again: the next backup gets it and completes.
+fn backup_completes(bins: &PgBinaries, parent: &Path, relay_port: u16) {
+    let (mut cmd, _copy) = pg_basebackup(bins, parent, relay_port, &["-c", "fast"]);
+    walrelay::testkit::localpg::run(&mut cmd).unwrap();
+}
+
+/// A client killed in the middle of a throttled backup: the relay drops its upstream
+/// connection, the primary's walsender fails its next write and aborts the backup, and
+/// nothing of it is left on the primary within a few seconds. Meanwhile a second backup,
+/// beyond `--max-base-backups 1`, is refused.
+#[test]
+fn a_client_killed_while_streaming_leaves_no_backup_running() {
+    let Some(bins) = require_postgres() else {
+        return;
+    };
+    let dir = scratch(&bins, "basebackup-abort");
+    let (primary, relay, port) = primary_and_relay(&bins, dir.path(), 20_000, &[]);
+    let args = ["-c", "fast", "--max-rate=32k"];
+    let phase = "streaming database files";
+    let (mut client, _copy) =
+        client_in_phase(&bins, dir.path(), &primary, &relay, port, &args, phase);
+
+    let (mut second, _copy) = pg_basebackup(&bins, dir.path(), port, &[]);
+    let second = walrelay::testkit::localpg::run(&mut second)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        second.contains("number of requested base backups exceeds max_base_backups (currently 1)"),
+        "{second}"
+    );
+
+    signal_group(&client, "-KILL");
+    let _ = client.wait();
+    backup_gone(&primary, &relay, Duration::from_secs(5));
+    let log = relay.log_contents();
+    assert!(
+        log.contains("BASE_BACKUP aborted") || log.contains("BASE_BACKUP ended early"),
+        "{log}"
+    );
+    backup_completes(&bins, dir.path(), port);
+}
+
+/// A client killed while the primary's walsender waits for a spread checkpoint, writing
+/// nothing: the relay's CancelRequest interrupts the wait, where a dropped connection alone
+/// would be noticed only after the checkpoint.
+#[test]
+fn a_client_killed_during_the_checkpoint_leaves_no_backup_running() {
+    let Some(bins) = require_postgres() else {
+        return;
+    };
+    let dir = scratch(&bins, "basebackup-cancel");
+    let (primary, relay, port) = primary_and_relay(&bins, dir.path(), 20_000, &[]);
+    let args = ["-c", "spread"];
+    let phase = "waiting for checkpoint to finish";
+    let (mut client, _copy) =
+        client_in_phase(&bins, dir.path(), &primary, &relay, port, &args, phase);
+    signal_group(&client, "-KILL");
+    let _ = client.wait();
+    backup_gone(&primary, &relay, Duration::from_secs(5));
+    assert!(relay.log_contents().contains("BASE_BACKUP ended early"));
+    backup_completes(&bins, dir.path(), port);
+}
+
+/// A client that stops reading (SIGSTOP) is dropped after the sender timeout, and the
+/// backup ends on the primary.
+#[test]
+fn a_client_that_stops_reading_is_dropped_after_the_sender_timeout() {
+    let Some(bins) = require_postgres() else {
+        return;
+    };
+    let dir = scratch(&bins, "basebackup-stall");
+    let args = ["--sender-timeout", "2s"];
+    let (primary, relay, port) = primary_and_relay(&bins, dir.path(), 300_000, &args);
+    let phase = "streaming database files";
+    let (mut client, _copy) = client_in_phase(
+        &bins,
+        dir.path(),
+        &primary,
+        &relay,
+        port,
+        &["-c", "fast"],
+        phase,
+    );
+    signal_group(&client, "-STOP");
+    backup_gone(&primary, &relay, Duration::from_secs(20));
+    assert!(
+        relay.log_contents().contains("the client has not read for"),
+        "{}",
+        relay.log_contents()
+    );
+    signal_group(&client, "-KILL");
+    let _ = client.wait();
+    backup_completes(&bins, dir.path(), port);
+}
+
+/// The other shapes of the answer pass through whole: server-side compression (larger CopyData
+/// of the compressing sinks), WAL in the archive (`-X fetch`), tar format, SHA-512 manifest
+/// checksums. Each plain copy passes `pg_verifybackup`; the tar one is checked by listing it.
+#[test]
+fn other_answer_shapes_pass_through() {
+    let Some(bins) = require_postgres() else {
+        return;
+    };
+    let dir = scratch(&bins, "basebackup-shapes");
+    let (primary, relay, port) = primary_and_relay(&bins, dir.path(), 20_000, &[]);
+    let source = format!("host=127.0.0.1 port={port} user=postgres");
+    let cases: [&[&str]; 4] = [
+        &["-X", "stream", "--compress=server-zstd"],
+        &["-X", "stream", "--compress=server-gzip:5"],
+        &["-X", "fetch", "--manifest-checksums=SHA512"],
+        &["-X", "stream", "-Ft"],
+    ];
+    for args in cases {
+        let copy = bins.scratch_dir(dir.path(), "shape").unwrap();
+        let data = copy.path().join("data");
+        let mut cmd = bins.command("pg_basebackup");
+        cmd.arg("-D")
+            .arg(&data)
+            .args(["-d", &source, "-c", "fast", "--no-sync"])
+            .args(args);
+        walrelay::testkit::localpg::run(&mut cmd)
+            .unwrap_or_else(|e| panic!("{args:?}: {e}\n{}", relay.log_contents()));
+        if args.contains(&"-Ft") {
+            let listed = std::process::Command::new("tar")
+                .arg("tf")
+                .arg(data.join("base.tar"))
+                .output()
+                .unwrap();
+            assert!(listed.status.success(), "{args:?}");
+            let names = String::from_utf8_lossy(&listed.stdout);
+            assert!(names.lines().any(|l| l == "PG_VERSION"), "{names}");
+            assert!(data.join("pg_wal.tar").exists() && data.join("backup_manifest").exists());
+        } else {
+            let mut verify = bins.command("pg_verifybackup");
+            verify.arg(&data);
+            walrelay::testkit::localpg::run(&mut verify)
+                .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        }
+    }
+    assert_eq!(
+        primary
+            .psql("SELECT count(*) FROM pg_stat_progress_basebackup")
+            .unwrap(),
+        "0"
+    );
+}
+
+/// Two BASE_BACKUPs pipelined in one write run one after the other, as on a walsender (which
+/// reads nothing during a backup): the second is read only after the first's ReadyForQuery,
+/// and with one backup place it gets the place the first released.
+#[test]
+fn pipelined_backups_run_one_after_the_other() {
+    use downstream_client::{RawClient, first_error, query_msg};
+    let Some(bins) = require_postgres() else {
+        return;
+    };
+    let dir = scratch(&bins, "basebackup-pipelined");
+    let (_primary, relay, port) = primary_and_relay(&bins, dir.path(), 2_000, &[]);
+    let mut client = RawClient::login(port, "pipelined");
+    let mut both = query_msg("BASE_BACKUP (CHECKPOINT 'fast')");
+    both.extend(query_msg("BASE_BACKUP (CHECKPOINT 'fast', MANIFEST 'yes')"));
+    client.send(&both);
+    for (n, manifest) in [(1, false), (2, true)] {
+        let answer = client.until_ready(Duration::from_secs(60));
+        assert!(
+            first_error(&answer).is_none(),
+            "backup {n}: {:?}\n{}",
+            first_error(&answer),
+            relay.log_contents()
+        );
+        let tags: Vec<u8> = answer.iter().map(|m| m.tag).collect();
+        assert_eq!(tags.iter().filter(|t| **t == b'H').count(), 1, "backup {n}");
+        assert!(tags.contains(&b'c'), "backup {n}");
+        let last_tag = answer.iter().rev().find_map(|m| m.command_tag());
+        assert_eq!(last_tag.as_deref(), Some("BASE_BACKUP"), "backup {n}");
+        // PostgreSQL 15's `m` CopyData announces the manifest.
+        let has_manifest = answer
+            .iter()
+            .any(|m| m.copy_data().is_some_and(|d| d.first() == Some(&b'm')));
+        assert_eq!(has_manifest, manifest, "backup {n}");
+    }
+    // The relay logs each backup once it has left the upstream, just after the answer.
+    let logged = || Ok(relay.log_contents().matches("BASE_BACKUP relayed").count() == 2);
+    wait_until(Duration::from_secs(5), "two backups logged", logged).unwrap();
+}
