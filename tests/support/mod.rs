@@ -620,27 +620,7 @@ impl RelayProcess {
     /// `walrelay run ARGS…` and nothing else (a `--config` file, say), its log beside
     /// `data_dir`.
     pub fn start_run(binary: &Path, data_dir: &Path, args: &[&str]) -> RelayProcess {
-        fs::create_dir_all(data_dir.parent().unwrap()).unwrap();
-        let log = data_dir.with_extension("log");
-        let out = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .unwrap();
-        let child = Command::new(binary)
-            .arg("run")
-            .args(args)
-            .env("WALRELAY_LOG", "info,walrelay=debug")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .expect("start walrelay");
-        RelayProcess {
-            child: Some(child),
-            data_dir: data_dir.to_owned(),
-            log,
-        }
+        RelayProcess::start_run_env(binary, data_dir, args, &[])
     }
 }
 
