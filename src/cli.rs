@@ -129,6 +129,10 @@ pub struct RunArgs {
     /// [default: 2].
     #[arg(long, value_name = "N")]
     pub max_base_backups: Option<usize>,
+    /// Relay BASE_BACKUP from the server this connection string names rather than from
+    /// --upstream (libpq syntax; it must be the same cluster) [default: the upstream's].
+    #[arg(long, value_name = "CONNINFO")]
+    pub base_backup_upstream: Option<String>,
     /// Most replication slots the relay keeps for its downstreams [default: 64].
     #[arg(long, value_name = "N")]
     pub max_replication_slots: Option<usize>,
@@ -208,6 +212,7 @@ impl RunArgs {
             log_level: self.log_level,
             max_wal_senders: self.max_wal_senders,
             max_base_backups: self.max_base_backups,
+            base_backup_upstream: self.base_backup_upstream,
             max_replication_slots: self.max_replication_slots,
             sender_timeout: self.sender_timeout,
             authentication_timeout: self.authentication_timeout,

@@ -49,6 +49,9 @@ pub struct Config {
     pub max_wal_senders: usize,
     /// Most BASE_BACKUPs relayed from the upstream at once; 0 refuses BASE_BACKUP.
     pub max_base_backups: usize,
+    /// The connection string of the server BASE_BACKUP is relayed from (libpq syntax);
+    /// `None`: the upstream's. May hold a password: never log it.
+    pub base_backup_upstream: Option<String>,
     /// Most relay-owned replication slots.
     pub max_replication_slots: usize,
     /// Drop a streaming downstream silent this long; zero disables.
@@ -133,6 +136,10 @@ impl std::fmt::Debug for Config {
             .field("log_level", &self.log_level)
             .field("max_wal_senders", &self.max_wal_senders)
             .field("max_base_backups", &self.max_base_backups)
+            .field(
+                "base_backup_upstream",
+                &self.base_backup_upstream.as_ref().map(|_| "<conninfo>"),
+            )
             .field("max_replication_slots", &self.max_replication_slots)
             .field("sender_timeout", &self.sender_timeout)
             .field("authentication_timeout", &self.authentication_timeout)
@@ -179,6 +186,8 @@ pub struct Settings {
     pub max_wal_senders: Option<usize>,
     /// See [`Config::max_base_backups`].
     pub max_base_backups: Option<usize>,
+    /// See [`Config::base_backup_upstream`].
+    pub base_backup_upstream: Option<String>,
     /// See [`Config::max_replication_slots`].
     pub max_replication_slots: Option<usize>,
     /// See [`Config::sender_timeout`].
@@ -285,6 +294,7 @@ impl Settings {
             log_level: self.log_level.or(fallback.log_level),
             max_wal_senders: self.max_wal_senders.or(fallback.max_wal_senders),
             max_base_backups: self.max_base_backups.or(fallback.max_base_backups),
+            base_backup_upstream: self.base_backup_upstream.or(fallback.base_backup_upstream),
             max_replication_slots: self
                 .max_replication_slots
                 .or(fallback.max_replication_slots),
@@ -385,6 +395,7 @@ impl Settings {
             log_level: self.log_level,
             max_wal_senders: self.max_wal_senders.unwrap_or(d.max_wal_senders),
             max_base_backups: self.max_base_backups.unwrap_or(d.max_base_backups),
+            base_backup_upstream: self.base_backup_upstream.filter(|s| !s.trim().is_empty()),
             max_replication_slots: self
                 .max_replication_slots
                 .unwrap_or(d.max_replication_slots),
@@ -464,6 +475,7 @@ impl Config {
             log_level: None,
             max_wal_senders: 64,
             max_base_backups: 2,
+            base_backup_upstream: None,
             max_replication_slots: 64,
             sender_timeout: Duration::from_secs(60),
             authentication_timeout: Duration::from_secs(60),
@@ -612,6 +624,27 @@ mod tests {
         assert_eq!(c.status_interval, Duration::from_secs(2));
         assert_eq!(c.receive_timeout, Duration::from_secs(60));
         assert!(!format!("{c:?}").contains("host=a"));
+    }
+
+    #[test]
+    fn the_base_backup_upstream_is_optional_and_never_printed() {
+        let file = Settings::from_toml(
+            "upstream = \"host=a\"\ndata_dir = \"/x\"\nbase_backup_upstream = \"host=b password=secret\"\n",
+        )
+        .unwrap();
+        let c = file.clone().into_config().unwrap();
+        assert_eq!(
+            c.base_backup_upstream.as_deref(),
+            Some("host=b password=secret")
+        );
+        assert!(!format!("{c:?}").contains("secret"));
+        let blank = Settings {
+            base_backup_upstream: Some(" ".into()),
+            ..file
+        };
+        assert_eq!(blank.into_config().unwrap().base_backup_upstream, None);
+        let old = Config::new("host=a", "/x");
+        assert_eq!(old.changes(&c).applied, ["base_backup_upstream"]);
     }
 
     #[test]

@@ -34,12 +34,20 @@ fn pg_basebackup_through_the_relay_verifies_and_streams() {
     primary
         .psql("CREATE TABLE t AS SELECT g AS id, repeat('x', 200) AS pad FROM generate_series(1, 20000) g")
         .unwrap();
-    let relay_port = free_port().unwrap();
+    let (relay_port, http_port) = (free_port().unwrap(), free_port().unwrap());
     let listen = format!("127.0.0.1:{relay_port}");
+    let http = format!("127.0.0.1:{http_port}");
     let relay = RelayProcess::start(
         &primary.conninfo(),
         &dir.path().join("relay"),
-        &["--listen", &listen, "--max-base-backups", "2"],
+        &[
+            "--listen",
+            &listen,
+            "--max-base-backups",
+            "2",
+            "--http-listen",
+            &http,
+        ],
     );
     let now = primary.current_wal_flush_lsn().unwrap();
     wait_acked(&primary, now, Duration::from_secs(30));
@@ -59,6 +67,26 @@ fn pg_basebackup_through_the_relay_verifies_and_streams() {
     let logged = || Ok(relay.log_contents().contains("BASE_BACKUP relayed"));
     wait_until(Duration::from_secs(5), "the backup logged", logged)
         .unwrap_or_else(|e| panic!("{e}\n{}", relay.log_contents()));
+    let (_, _, metrics) = http_get(http_port, "/metrics", &[]);
+    let value = |name: &str| -> f64 {
+        let line = metrics.lines().find(|l| l.starts_with(name));
+        line.and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing:\n{metrics}"))
+    };
+    assert_eq!(
+        value("walrelay_base_backups_total{outcome=\"completed\"}"),
+        1.0
+    );
+    assert_eq!(
+        value("walrelay_base_backups_total{outcome=\"aborted\"}"),
+        0.0
+    );
+    assert_eq!(value("walrelay_base_backups_running "), 0.0);
+    let table = primary.psql("SELECT pg_table_size('t')").unwrap();
+    assert!(
+        value("walrelay_base_backup_bytes_total ") > table.parse::<f64>().unwrap(),
+        "a backup holds the table"
+    );
 
     standby.start().unwrap();
     primary
@@ -291,6 +319,168 @@ fn a_client_killed_during_the_checkpoint_leaves_no_backup_running() {
     backup_gone(&primary, &relay, Duration::from_secs(5));
     assert!(relay.log_contents().contains("BASE_BACKUP ended early"));
     backup_completes(&bins, dir.path(), port);
+}
+
+/// The client's own CancelRequest, sent to the relay with the BackendKeyData the relay gave
+/// it, interrupts its BASE_BACKUP as it would on PostgreSQL: the primary's walsender answers
+/// 57014, the client gets that error and ReadyForQuery, its connection stays usable, and no
+/// backup is left on the primary. A request with a wrong key changes nothing.
+#[test]
+fn the_clients_cancel_request_interrupts_its_backup() {
+    use downstream_client::{RawClient, cancel_request, first_error, query_msg, startup_packet};
+    let Some(bins) = require_postgres() else {
+        return;
+    };
+    let dir = scratch(&bins, "basebackup-client-cancel");
+    let (primary, relay, port) = primary_and_relay(&bins, dir.path(), 20_000, &[]);
+    let mut client = RawClient::connect(port);
+    client.send(&startup_packet(&[
+        ("user", "postgres"),
+        ("database", "replication"),
+        ("replication", "true"),
+    ]));
+    let greeting = client.until_ready(Duration::from_secs(10));
+    let key_data = greeting
+        .iter()
+        .find(|m| m.tag == b'K')
+        .expect("BackendKeyData");
+    let (pid, key) = (
+        u32::from_be_bytes(key_data.body[..4].try_into().unwrap()),
+        u32::from_be_bytes(key_data.body[4..8].try_into().unwrap()),
+    );
+    client.send(&query_msg(
+        "BASE_BACKUP (LABEL 'cancelled', PROGRESS, CHECKPOINT 'spread', WAIT 0)",
+    ));
+    let waiting = || {
+        primary
+            .psql("SELECT count(*) FROM pg_stat_progress_basebackup WHERE phase = 'waiting for checkpoint to finish'")
+            .map(|n| n == "1")
+    };
+    wait_until(Duration::from_secs(30), "the spread checkpoint", waiting)
+        .unwrap_or_else(|e| panic!("{e}\n{}", relay.log_contents()));
+
+    let cancel = |key: u32| {
+        let mut c = RawClient::connect(port);
+        c.send(&cancel_request(pid, key));
+        assert!(c.until_closed(Duration::from_secs(5)).is_some());
+    };
+    cancel(key.wrapping_add(1));
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        primary
+            .psql("SELECT count(*) FROM pg_stat_progress_basebackup")
+            .unwrap(),
+        "1",
+        "a wrong key cancelled the backup"
+    );
+
+    cancel(key);
+    let answer = client.until_ready(Duration::from_secs(10));
+    let error = first_error(&answer).unwrap_or_else(|| panic!("{answer:?}"));
+    assert_eq!(error.sqlstate(), "57014", "{answer:?}");
+    assert_eq!(error.message(), "canceling statement due to user request");
+    backup_gone(&primary, &relay, Duration::from_secs(5));
+    let (system, _, _) = client.identify_system();
+    assert_eq!(system, primary.system_id().unwrap().to_string());
+    assert!(
+        relay
+            .log_contents()
+            .contains("cancel request for a relayed BASE_BACKUP")
+    );
+    drop(client);
+    backup_completes(&bins, dir.path(), port);
+}
+
+/// `--base-backup-upstream` takes backups from another server of the same cluster (here a
+/// standby of the primary, so the backup says `BACKUP FROM: standby`) while the relay streams
+/// from its upstream; a server of another cluster is refused with PostgreSQL's words for a
+/// standby of the wrong primary.
+#[test]
+fn backups_come_from_the_base_backup_upstream() {
+    let Some(bins) = require_postgres() else {
+        return;
+    };
+    let dir = scratch(&bins, "basebackup-other-upstream");
+    let primary = archiving_primary(&bins, dir.path(), 1);
+    primary
+        .psql("CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 1000) g")
+        .unwrap();
+    let mut standby = primary
+        .basebackup_standby(&primary.conninfo(), None)
+        .unwrap();
+    standby.start().unwrap();
+    primary.psql("CHECKPOINT").unwrap();
+    wait_replayed(
+        &standby,
+        primary.current_wal_flush_lsn().unwrap(),
+        Duration::from_secs(30),
+    );
+
+    let relay_port = free_port().unwrap();
+    let listen = format!("127.0.0.1:{relay_port}");
+    let relay = RelayProcess::start(
+        &primary.conninfo(),
+        &dir.path().join("relay"),
+        &[
+            "--listen",
+            &listen,
+            "--base-backup-upstream",
+            &standby.conninfo(),
+        ],
+    );
+    wait_acked(
+        &primary,
+        primary.current_wal_flush_lsn().unwrap(),
+        Duration::from_secs(30),
+    );
+    let (mut cmd, copy) = pg_basebackup(&bins, dir.path(), relay_port, &["-c", "fast"]);
+    walrelay::testkit::localpg::run(&mut cmd)
+        .unwrap_or_else(|e| panic!("{e}\n{}", relay.log_contents()));
+    let label = std::fs::read_to_string(copy.path().join("data/backup_label")).unwrap();
+    assert!(label.contains("BACKUP FROM: standby"), "{label}");
+    walrelay::testkit::localpg::run(
+        bins.command("pg_verifybackup")
+            .arg(copy.path().join("data")),
+    )
+    .unwrap();
+
+    let other = archiving_primary(&bins, dir.path(), 1);
+    let other_port = free_port().unwrap();
+    let listen = format!("127.0.0.1:{other_port}");
+    let wrong_args = [
+        "--listen",
+        &listen,
+        "--base-backup-upstream",
+        &other.conninfo(),
+        "--upstream-slot",
+        "relay_wrong",
+        "--application-name",
+        "relay_wrong",
+    ];
+    let _wrong = RelayProcess::start(
+        &primary.conninfo(),
+        &dir.path().join("relay-wrong"),
+        &wrong_args,
+    );
+    let now = primary.current_wal_flush_lsn().unwrap();
+    wait_until(Duration::from_secs(30), "the second relay streams", || {
+        Ok(acked_flush(&primary, "relay_wrong").is_some_and(|f| f >= now))
+    })
+    .unwrap();
+    let (mut cmd, _copy) = pg_basebackup(&bins, dir.path(), other_port, &["-c", "fast"]);
+    let refused = walrelay::testkit::localpg::run(&mut cmd)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("database system identifier differs"),
+        "{refused}"
+    );
+    assert_eq!(
+        other
+            .psql("SELECT count(*) FROM pg_stat_replication")
+            .unwrap(),
+        "0"
+    );
 }
 
 /// A client that stops reading (SIGSTOP) is dropped after the sender timeout, and the

@@ -11,6 +11,7 @@
 //!   relay reports it, stays up, and never skips ahead (O3 on what it stored).
 //! - G6: under pgbench, the primary's slot never runs ahead of what the relay acknowledged and
 //!   stored, keeps advancing, and the primary's `pg_wal` stays bounded.
+//! - The upstream connection has the TCP keepalives its connection string asks for.
 //!
 //! Tunable: `WALRELAY_D1_SECS` (12), `WALRELAY_D4_MB` (3), `WALRELAY_G6_SCALE` (5),
 //! `WALRELAY_G6_SECS` (15).
@@ -454,4 +455,63 @@ fn g6_upstream_slot_follows_durable_end() {
         seen.max_pg_wal_files
     );
     assert_no_panic(&relay);
+}
+
+/// The upstream connection has TCP keepalives, as libpq gives a walreceiver's: on by default
+/// with the connection string's `keepalives_idle`, `_interval` and `_count`, and off with
+/// `keepalives=0`. They find a dead upstream that is silent by right, as a walsender is
+/// during a base backup's checkpoint.
+#[test]
+fn the_upstream_connection_has_the_keepalives_the_conninfo_asks_for() {
+    let Some(bins) = require_postgres() else {
+        return;
+    };
+    let dir = scratch(&bins, "keepalives");
+    let primary = primary(&bins, dir.path(), &[]);
+    let upstream = format!(
+        "{} keepalives_idle=7 keepalives_interval=2 keepalives_count=3",
+        primary.conninfo()
+    );
+    let relay = start_relay(&primary, &upstream, &dir.path().join("relay"), &[]);
+    let timer = || upstream_socket_timer(relay.pid(), primary.port());
+    // An idle connection shows the keepalive timer, at most `keepalives_idle` away.
+    wait_until(Duration::from_secs(10), "a keepalive timer", || {
+        Ok(timer().is_some_and(|t| t.starts_with("keepalive,")))
+    })
+    .unwrap_or_else(|e| panic!("{e}: {:?}", timer()));
+    let t = timer().unwrap();
+    // Without keepalives_idle the kernel's 2 hours show ("119min"). iproute2 6.1 prints
+    // seconds under 60 with an "ms" suffix, later versions with "sec": the number is read.
+    let remaining = t.split(',').nth(1).unwrap_or_default();
+    let secs: f64 = remaining
+        .trim_end_matches(|c: char| c.is_ascii_alphabetic())
+        .parse()
+        .unwrap_or_else(|_| panic!("{t}"));
+    assert!(!remaining.ends_with("min"), "{t}");
+    assert!(secs <= 7.0, "{t}");
+    drop(relay);
+
+    let off = format!("{} keepalives=0", primary.conninfo());
+    let relay = start_relay(&primary, &off, &dir.path().join("relay-off"), &[]);
+    std::thread::sleep(Duration::from_secs(1));
+    let t = upstream_socket_timer(relay.pid(), primary.port());
+    assert!(
+        !t.is_some_and(|t| t.starts_with("keepalive")),
+        "keepalives=0"
+    );
+}
+
+/// The timer `ss` shows on the relay `pid`'s connection to `port` ("keepalive,6.9sec,0"),
+/// `None` when there is no timer or no such connection.
+fn upstream_socket_timer(pid: u32, port: u16) -> Option<String> {
+    let out = std::process::Command::new("ss")
+        .args(["-tnopH", "state", "established"])
+        .arg(format!("( dport = :{port} )"))
+        .output()
+        .expect("ss (iproute2) runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().find(|l| l.contains(&format!("pid={pid},")))?;
+    let start = line.find("timer:(")? + "timer:(".len();
+    let end = line[start..].find(')')? + start;
+    Some(line[start..end].to_owned())
 }

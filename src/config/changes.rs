@@ -53,6 +53,10 @@ impl Config {
             "max_base_backups",
             self.max_base_backups != new.max_base_backups,
         );
+        applied(
+            "base_backup_upstream",
+            self.base_backup_upstream != new.base_backup_upstream,
+        );
         applied("sender_timeout", self.sender_timeout != new.sender_timeout);
         applied(
             "authentication_timeout",

@@ -249,11 +249,43 @@ impl Refusal {
     }
 }
 
+/// How a relayed BASE_BACKUP ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackupOutcome {
+    /// The answer reached the client whole, with no error in it.
+    Completed,
+    /// The upstream refused or failed it, could not be reached, or was lost.
+    Failed,
+    /// The client went away or stopped reading, or the relay shut down.
+    Aborted,
+}
+
+impl BackupOutcome {
+    /// Every outcome, in label order.
+    pub const ALL: [BackupOutcome; 3] = [
+        BackupOutcome::Completed,
+        BackupOutcome::Failed,
+        BackupOutcome::Aborted,
+    ];
+
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            BackupOutcome::Completed => "completed",
+            BackupOutcome::Failed => "failed",
+            BackupOutcome::Aborted => "aborted",
+        }
+    }
+}
+
 /// The downstream side's counters.
 #[derive(Debug, Default)]
 pub struct DownstreamCounters {
     accepted: AtomicU64,
     refused: [AtomicU64; 5],
+    backups_started: AtomicU64,
+    backups_ended: [AtomicU64; 3],
+    backup_bytes: AtomicU64,
 }
 
 impl DownstreamCounters {
@@ -279,6 +311,41 @@ impl DownstreamCounters {
         self.refused
             .get(reason as usize)
             .map_or(0, |n| n.load(Relaxed))
+    }
+
+    /// A BASE_BACKUP is being relayed.
+    pub fn backup_started(&self) {
+        self.backups_started.fetch_add(1, Relaxed);
+    }
+
+    /// `bytes` more of a BASE_BACKUP's answer went to its client.
+    pub fn backup_relayed(&self, bytes: u64) {
+        self.backup_bytes.fetch_add(bytes, Relaxed);
+    }
+
+    /// A BASE_BACKUP counted by [`backup_started`](Self::backup_started) ended so.
+    pub fn backup_ended(&self, outcome: BackupOutcome) {
+        if let Some(n) = self.backups_ended.get(outcome as usize) {
+            n.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// BASE_BACKUPs being relayed now.
+    pub fn backups_running(&self) -> u64 {
+        let ended: u64 = self.backups_ended.iter().map(|n| n.load(Relaxed)).sum();
+        self.backups_started.load(Relaxed).saturating_sub(ended)
+    }
+
+    /// BASE_BACKUPs that ended with `outcome`.
+    pub fn backups_total(&self, outcome: BackupOutcome) -> u64 {
+        self.backups_ended
+            .get(outcome as usize)
+            .map_or(0, |n| n.load(Relaxed))
+    }
+
+    /// Bytes of BASE_BACKUP answers sent to clients.
+    pub fn backup_bytes_total(&self) -> u64 {
+        self.backup_bytes.load(Relaxed)
     }
 }
 
@@ -310,6 +377,22 @@ mod tests {
         assert_eq!(buckets[11], (2.5, 2));
         assert_eq!(count, 3);
         assert!((sum - 4.0303).abs() < 1e-9);
+    }
+
+    #[test]
+    fn backups_by_outcome() {
+        let d = DownstreamCounters::default();
+        d.backup_started();
+        d.backup_started();
+        d.backup_relayed(10);
+        d.backup_relayed(5);
+        d.backup_ended(BackupOutcome::Aborted);
+        assert_eq!(d.backups_running(), 1);
+        assert_eq!(d.backups_total(BackupOutcome::Aborted), 1);
+        assert_eq!(d.backups_total(BackupOutcome::Completed), 0);
+        assert_eq!(d.backup_bytes_total(), 15);
+        let labels: Vec<_> = BackupOutcome::ALL.iter().map(|o| o.label()).collect();
+        assert_eq!(labels, ["completed", "failed", "aborted"]);
     }
 
     #[test]

@@ -8,6 +8,6 @@ pub mod exposition;
 pub mod lag;
 
 pub use counters::{
-    Counters, DownstreamCounters, EndReason, FSYNC_BUCKETS, Refusal, StoreCounters,
+    BackupOutcome, Counters, DownstreamCounters, EndReason, FSYNC_BUCKETS, Refusal, StoreCounters,
     UpstreamCounters,
 };

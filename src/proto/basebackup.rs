@@ -46,6 +46,8 @@ pub struct AnswerScanner {
     position: Position,
     /// The type of the last complete message.
     last: Option<u8>,
+    /// An ErrorResponse was among the messages.
+    errors: bool,
 }
 
 impl Default for AnswerScanner {
@@ -53,6 +55,7 @@ impl Default for AnswerScanner {
         AnswerScanner {
             position: Position::Header(Vec::new()),
             last: None,
+            errors: false,
         }
     }
 }
@@ -102,6 +105,7 @@ impl AnswerScanner {
     fn complete_message(&mut self) {
         if let Position::Payload { tag, left: 0 } = self.position {
             self.last = Some(tag);
+            self.errors |= tag == b'E';
             self.position = if tag == b'Z' {
                 Position::Done
             } else {
@@ -119,6 +123,11 @@ impl AnswerScanner {
     /// Whether the last complete message was an ErrorResponse.
     pub fn after_error(&self) -> bool {
         self.last == Some(b'E')
+    }
+
+    /// Whether any complete message so far was an ErrorResponse: the backup failed.
+    pub fn saw_error(&self) -> bool {
+        self.errors
     }
 
     /// Whether the answer is complete.
@@ -262,16 +271,17 @@ mod tests {
         assert!(!s.at_boundary());
         let mut s = AnswerScanner::new();
         s.scan(&message(b'T', b"start")).unwrap();
-        assert!(s.at_boundary() && !s.after_error());
+        assert!(s.at_boundary() && !s.after_error() && !s.saw_error());
     }
 
     #[test]
     fn an_error_then_ready_for_query() {
         let mut s = AnswerScanner::new();
         s.scan(&message(b'E', b"SERROR\0")).unwrap();
-        assert!(s.at_boundary() && s.after_error());
+        assert!(s.at_boundary() && s.after_error() && s.saw_error());
         let done = s.scan(&message(b'Z', b"I")).unwrap();
         assert!(done.done);
+        assert!(!s.after_error() && s.saw_error());
     }
 
     #[test]

@@ -50,6 +50,9 @@ pub enum RelayError {
     /// The upstream connection string is invalid.
     #[error("invalid upstream connection string: {0}")]
     ConnInfo(#[from] ConnInfoError),
+    /// The `base_backup_upstream` connection string is invalid.
+    #[error("invalid base_backup_upstream connection string: {0}")]
+    BackupConnInfo(ConnInfoError),
     /// The store cannot be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -143,6 +146,7 @@ impl Reloader {
         let new = running.reloaded(new);
         let settings = upstream_settings(&new)?;
         let sync_names = sync_standby_names(&new)?;
+        let backup_conninfo = backup_conninfo(&new)?;
         let token = match (&self.http, &new.http_token_file) {
             (Some(_), Some(path)) => Some(http::read_token(path)?),
             _ => None,
@@ -156,6 +160,7 @@ impl Reloader {
             ctx.reload(&next)?;
             *reload = next;
             ctx.set_config(downstream_config(&new));
+            ctx.set_backup_conninfo(backup_conninfo);
             if changes.applied.contains(&"synchronous_standby_names") {
                 ctx.set_synchronous(sync_names);
             }
@@ -217,6 +222,16 @@ fn upstream_settings(config: &Config) -> Result<UpstreamSettings, RelayError> {
         reconnect_min: config.reconnect_min,
         reconnect_max: config.reconnect_max.max(config.reconnect_min),
     })
+}
+
+/// The server BASE_BACKUP is taken from, when `config` names one other than the upstream.
+fn backup_conninfo(config: &Config) -> Result<Option<ConnInfo>, RelayError> {
+    config
+        .base_backup_upstream
+        .as_deref()
+        .map(|s| ConnInfo::parse(s, &process_env()))
+        .transpose()
+        .map_err(RelayError::BackupConnInfo)
 }
 
 /// The synchronous standbys `config` names, parsed.
@@ -385,6 +400,7 @@ impl Relay {
                 .with_counters(Arc::clone(&counters))
                 .with_synchronous(sync_names, sync_tx)
                 .with_backup_upstream(upstream.subscribe());
+                ctx.set_backup_conninfo(backup_conninfo(config)?);
                 let listener = bind(address)?;
                 let unix = match &config.unix_socket_dir {
                     None => None,

@@ -244,6 +244,15 @@ pub enum Action {
         /// What the checked options ask for.
         request: crate::wire::command::BackupRequest,
     },
+    /// A CancelRequest: interrupt what the connection this BackendKeyData names runs (a
+    /// relayed BASE_BACKUP is cancelled upstream; anything else has nothing to cancel). No
+    /// answer; the session closes next.
+    Cancel {
+        /// The pid of the connection to interrupt.
+        pid: BackendPid,
+        /// The secret key it must have been given.
+        secret_key: i32,
+    },
     /// Send what is in the output, then close the connection.
     Close,
 }

@@ -6,8 +6,9 @@
 //!   again (a second of a kind, either one over TLS) falls to the protocol version check
 //!   (0A000 "unsupported frontend protocol 1234.5679 …");
 //! - a TLS ClientHello as the first bytes is PostgreSQL 17's direct TLS;
-//! - a CancelRequest is closed silently (the relay has nothing to cancel), as is a first
-//!   packet whose length is out of range (PostgreSQL only logs it);
+//! - a CancelRequest is closed silently, as is a first packet whose length is out of range
+//!   (PostgreSQL only logs it); the request itself goes to the service ([`Action::Cancel`]),
+//!   which cancels a relayed BASE_BACKUP upstream when the pid and key match;
 //! - the StartupMessage: a user is required (28000), `replication` must be a Boolean that is
 //!   true (`database` is refused: logical replication is not relayed; other values are 22023);
 //!   a plain SQL connection gets PostgreSQL's "no pg_hba.conf entry" rejection;
@@ -24,7 +25,7 @@ use super::{
     Action, Login, Outbox, Pending, PendingLogin, Phase, RelayView, SenderClaim, SessionConfig,
     TlsSession, reply,
 };
-use crate::types::SqlState;
+use crate::types::{BackendPid, SqlState};
 use crate::wire::{
     Authentication, BackendMessage, ErrorFields, StartupMessage, StartupPacket, WireError,
 };
@@ -65,7 +66,16 @@ impl Startup {
         let (allowed, code, accept) = match packet {
             StartupPacket::SslRequest => (!self.ssl_done, "1234.5679", config.tls),
             StartupPacket::GssEncRequest => (!self.gss_done, "1234.5680", false),
-            StartupPacket::Cancel { .. } => return io.close(),
+            StartupPacket::Cancel {
+                process_id,
+                secret_key,
+            } => {
+                io.act(Action::Cancel {
+                    pid: BackendPid(process_id),
+                    secret_key,
+                });
+                return io.close();
+            }
             StartupPacket::Startup(message) => {
                 let client = Client {
                     tls: self.tls.as_ref(),

@@ -513,6 +513,7 @@ impl<T: Transport> Connection<T> {
                 self.backup = self.ctx.claim_backup();
                 self.session.backup_claimed(self.backup.is_some());
             }
+            Action::Cancel { pid, secret_key } => self.ctx.cancel(pid, secret_key),
             Action::StartBackup { query, .. } => {
                 let end = self.relay_backup(query).await;
                 self.backup = None;
@@ -581,6 +582,7 @@ impl<T: Transport> Connection<T> {
             | Action::AcquireSlot(_)
             | Action::ClaimBackup
             | Action::StartBackup { .. }
+            | Action::Cancel { .. }
             | Action::StartTls { .. }
             | Action::Close => {}
         }

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -20,6 +20,7 @@ use super::access::{Access, AccessError, Reload};
 use crate::hub::Hub;
 use crate::metrics::Counters;
 use crate::metrics::lag::{DurableTimes, LagReader, Reported};
+use crate::proto::conninfo::ConnInfo;
 use crate::proto::downstream::{ClientPositions, Peer, RelayView, SessionConfig};
 use crate::proto::syncrep::{AckPositions, Standby, SyncAck, SyncStandbyNames};
 use crate::service::upstream::UpstreamSettings;
@@ -100,9 +101,15 @@ pub(crate) struct ServerContext {
     senders: AtomicUsize,
     /// BASE_BACKUPs being relayed.
     backups: AtomicUsize,
-    /// Where a BASE_BACKUP is taken from: the upstream side's settings, as reloaded.
+    /// The upstream side's settings, as reloaded: BASE_BACKUP is taken from its server
+    /// unless `backup_conninfo` names another.
     backup_upstream: Option<watch::Receiver<UpstreamSettings>>,
+    /// `base_backup_upstream`, parsed.
+    backup_conninfo: RwLock<Option<ConnInfo>>,
     cancel_seed: i32,
+    /// The connections relaying a BASE_BACKUP, by pid: their cancel key, and what wakes them
+    /// when a CancelRequest names them.
+    backup_cancels: Mutex<BTreeMap<BackendPid, (i32, Arc<Notify>)>>,
     live: Mutex<Live>,
     horizon: watch::Sender<XminHorizon>,
     access: RwLock<Arc<Access>>,
@@ -155,7 +162,9 @@ impl ServerContext {
             senders: AtomicUsize::new(0),
             backups: AtomicUsize::new(0),
             backup_upstream: None,
+            backup_conninfo: RwLock::new(None),
             cancel_seed: i32::from_ne_bytes(seed.to_ne_bytes()),
+            backup_cancels: Mutex::default(),
             live: Mutex::new(Live::default()),
             horizon,
             access: RwLock::new(Arc::new(access)),
@@ -255,9 +264,27 @@ impl ServerContext {
         self
     }
 
-    /// The upstream a BASE_BACKUP is taken from, as configured now.
-    pub(crate) fn backup_upstream(&self) -> Option<UpstreamSettings> {
-        self.backup_upstream.as_ref().map(|s| s.borrow().clone())
+    /// Takes BASE_BACKUPs from the server `conninfo` names rather than from the upstream;
+    /// `None`: from the upstream. For the backups that come next.
+    pub(crate) fn set_backup_conninfo(&self, conninfo: Option<ConnInfo>) {
+        *self
+            .backup_conninfo
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = conninfo;
+    }
+
+    /// The connection string a BASE_BACKUP is taken with, as configured now.
+    pub(crate) fn backup_upstream(&self) -> Option<ConnInfo> {
+        let own = self
+            .backup_conninfo
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        own.or_else(|| {
+            self.backup_upstream
+                .as_ref()
+                .map(|s| s.borrow().conninfo.clone())
+        })
     }
 
     /// Takes one of `max_base_backups` places; `None` when all are taken.
@@ -348,11 +375,43 @@ impl ServerContext {
             })
             .ok()?;
         let pid = BackendPid(self.next_pid.fetch_add(1, Ordering::Relaxed));
+        // Unguessable: a CancelRequest with it interrupts the connection's BASE_BACKUP.
+        let cancel_key = getrandom::u32().map_or(self.cancel_seed ^ pid.0, |k| {
+            i32::from_ne_bytes(k.to_ne_bytes())
+        });
         Some(SenderPlace {
             ctx: Arc::clone(self),
             pid,
-            cancel_key: self.cancel_seed ^ pid.0,
+            cancel_key,
         })
+    }
+
+    /// Lets a CancelRequest carrying `pid` and `key` reach the BASE_BACKUP this connection
+    /// relays, until the returned watch is dropped.
+    pub(crate) fn watch_cancel(self: &Arc<Self>, pid: BackendPid, key: i32) -> CancelWatch {
+        let notify = Arc::new(Notify::new());
+        lock(&self.backup_cancels).insert(pid, (key, Arc::clone(&notify)));
+        CancelWatch {
+            ctx: Arc::clone(self),
+            pid,
+            notify,
+        }
+    }
+
+    /// A CancelRequest: wakes the BASE_BACKUP of connection `pid` if `key` is its key. As
+    /// PostgreSQL, says nothing to the requester either way.
+    pub(crate) fn cancel(&self, pid: BackendPid, key: i32) {
+        match lock(&self.backup_cancels).get(&pid) {
+            Some((k, notify)) if *k == key => {
+                info!(pid = pid.0, "cancel request for a relayed BASE_BACKUP");
+                notify.notify_one();
+            }
+            Some(_) => debug!(pid = pid.0, "wrong key in cancel request"),
+            None => debug!(
+                pid = pid.0,
+                "cancel request for a connection with nothing to cancel"
+            ),
+        }
     }
 
     /// Creates a slot; a persistent one is on disk before this returns.
@@ -514,6 +573,27 @@ fn blocking_failed(e: tokio::task::JoinError) -> SlotError {
     }
 }
 
+/// While it lives, a CancelRequest for its connection wakes [`CancelWatch::cancelled`].
+#[derive(Debug)]
+pub(crate) struct CancelWatch {
+    ctx: Arc<ServerContext>,
+    pid: BackendPid,
+    notify: Arc<Notify>,
+}
+
+impl CancelWatch {
+    /// Waits for a CancelRequest (one that came before this is waited on is not lost).
+    pub(crate) async fn cancelled(&self) {
+        self.notify.notified().await;
+    }
+}
+
+impl Drop for CancelWatch {
+    fn drop(&mut self) {
+        lock(&self.ctx.backup_cancels).remove(&self.pid);
+    }
+}
+
 /// One of the `max_wal_senders` places, held for the life of a connection. Dropping it frees
 /// the place, forgets the connection's stream, and releases its slots and drops its temporary
 /// ones, as `ReplicationSlotCleanup` does.
@@ -522,7 +602,7 @@ pub(crate) struct SenderPlace {
     ctx: Arc<ServerContext>,
     /// The pid reported in BackendKeyData.
     pub(crate) pid: BackendPid,
-    /// The secret reported with it (the relay has nothing to cancel; it is only unique-ish).
+    /// The secret reported with it, which a CancelRequest must carry.
     pub(crate) cancel_key: i32,
 }
 

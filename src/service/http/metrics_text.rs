@@ -7,7 +7,7 @@
 
 use super::snapshot::Snapshot;
 use crate::metrics::exposition::{Exposition, Format, Kind};
-use crate::metrics::{EndReason, Refusal};
+use crate::metrics::{BackupOutcome, EndReason, Refusal};
 use crate::proto::syncrep::SyncAck;
 use crate::types::Lsn;
 
@@ -340,6 +340,29 @@ fn connections(e: &mut Exposition, s: &Snapshot<'_>) {
         "walrelay_downstream_authentication_failures",
         "Downstream logins that failed authentication.",
         d.refused_total(Refusal::Authentication),
+    );
+    gauge(
+        e,
+        "walrelay_base_backups_running",
+        "BASE_BACKUPs being relayed from the upstream now.",
+        d.backups_running() as f64,
+    );
+    let mut backups = e.family(
+        "walrelay_base_backups",
+        Kind::Counter,
+        "BASE_BACKUPs relayed, by how they ended.",
+    );
+    for outcome in BackupOutcome::ALL {
+        backups.sample(
+            &[("outcome", outcome.label())],
+            d.backups_total(outcome) as f64,
+        );
+    }
+    counter(
+        e,
+        "walrelay_base_backup_bytes",
+        "Bytes of BASE_BACKUP answers relayed to clients.",
+        d.backup_bytes_total(),
     );
     let streaming = s.status.streams.len();
     let mut current = e.family(

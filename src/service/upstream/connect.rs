@@ -19,7 +19,7 @@ use tracing::{debug, warn};
 
 use super::UpstreamError;
 use crate::proto::auth::{Channel, ClientAuth};
-use crate::proto::conninfo::{ConnInfo, Endpoint, Host, Password, SslMode};
+use crate::proto::conninfo::{ConnInfo, Endpoint, Host, Keepalives, Password, SslMode};
 use crate::proto::pgpass::{self, PassfileKey};
 use crate::proto::query::single_text;
 use crate::proto::query::{EndOfTimeline, QueryResult};
@@ -213,7 +213,7 @@ async fn connect_endpoint(
     }
     if ci.sslmode == SslMode::Allow {
         // libpq's "allow": plaintext first, TLS if that is refused.
-        let plain = open_tcp(endpoint, &host).await?;
+        let plain = open_tcp(endpoint, &host, Some(&ci.keepalives)).await?;
         match login(
             ci,
             Socket::Plain(plain),
@@ -230,7 +230,7 @@ async fn connect_endpoint(
             other => return other,
         }
     }
-    let tcp = open_tcp(endpoint, &host).await?;
+    let tcp = open_tcp(endpoint, &host, Some(&ci.keepalives)).await?;
     let (socket, channel) = negotiate_tls(ci, tcp, &host).await?;
     login(ci, socket, channel, &host, endpoint.port, application_name).await
 }
@@ -266,7 +266,7 @@ pub(crate) async fn cancel(
                 sock.write_all(&request).await.map_err(io_err)
             }
             _ => {
-                let mut sock = open_tcp(endpoint, &host).await?;
+                let mut sock = open_tcp(endpoint, &host, None).await?;
                 sock.write_all(&request).await.map_err(io_err)
             }
         }
@@ -276,7 +276,11 @@ pub(crate) async fn cancel(
         .map_err(|_| ConnectError::Timeout)?
 }
 
-async fn open_tcp(endpoint: &Endpoint, host: &str) -> Result<TcpStream, ConnectError> {
+async fn open_tcp(
+    endpoint: &Endpoint,
+    host: &str,
+    keepalives: Option<&Keepalives>,
+) -> Result<TcpStream, ConnectError> {
     let err = |source| ConnectError::Connect {
         host: host.to_owned(),
         port: endpoint.port,
@@ -288,7 +292,32 @@ async fn open_tcp(endpoint: &Endpoint, host: &str) -> Result<TcpStream, ConnectE
     }
     .map_err(err)?;
     stream.set_nodelay(true).map_err(err)?;
+    if let Some(k) = keepalives {
+        set_keepalives(&stream, k).map_err(err)?;
+    }
     Ok(stream)
+}
+
+/// TCP keepalives as libpq sets them (`setKeepalivesIdle` and its siblings): on unless
+/// `keepalives=0`, with the kernel's timings except those the connection string gives.
+/// They find a dead upstream that stays silent for long by right, as a walsender does
+/// during a base backup's checkpoint.
+fn set_keepalives(stream: &TcpStream, k: &Keepalives) -> std::io::Result<()> {
+    let sock = socket2::SockRef::from(stream);
+    if !k.enabled {
+        return sock.set_keepalive(false);
+    }
+    let mut params = socket2::TcpKeepalive::new();
+    if let Some(idle) = k.idle.filter(|s| *s > 0) {
+        params = params.with_time(Duration::from_secs(idle.into()));
+    }
+    if let Some(interval) = k.interval.filter(|s| *s > 0) {
+        params = params.with_interval(Duration::from_secs(interval.into()));
+    }
+    if let Some(count) = k.count.filter(|n| *n > 0) {
+        params = params.with_retries(count);
+    }
+    sock.set_tcp_keepalive(&params)
 }
 
 /// Sends SSLRequest when `sslmode` asks for it and starts TLS on `S`.

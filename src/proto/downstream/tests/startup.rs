@@ -277,7 +277,7 @@ fn a_second_request_of_a_kind_is_an_unsupported_protocol() {
 }
 
 #[test]
-fn a_cancel_request_closes_silently() {
+fn a_cancel_request_is_passed_on_and_closes_silently() {
     let mut s = fresh();
     let cancel = StartupPacket::Cancel {
         process_id: 0x1234_5678,
@@ -285,7 +285,11 @@ fn a_cancel_request_closes_silently() {
     };
     s.startup_packet(Ok(cancel), false, &view());
     assert!(out(&mut s).is_empty());
-    assert_eq!(actions(&mut s), [Action::Close]);
+    let passed_on = Action::Cancel {
+        pid: BackendPid(0x1234_5678),
+        secret_key: 0x0bad_cafe,
+    };
+    assert_eq!(actions(&mut s), [passed_on, Action::Close]);
 }
 
 #[test]

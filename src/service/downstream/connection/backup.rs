@@ -20,6 +20,7 @@
 //! `--upstream` whose hosts include another cluster, or a failover to another major, gets
 //! an error rather than a backup of something else.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -27,11 +28,15 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf};
 use tracing::{debug, info};
 
 use super::Connection;
+use crate::metrics::BackupOutcome;
 use crate::proto::basebackup::AnswerScanner;
+use crate::proto::conninfo::Endpoint;
 use crate::proto::downstream::{BackupEnd, check_backup_upstream};
 use crate::proto::query::IdentifySystem;
+use crate::proto::upstream::CancelKey;
 use crate::service::conn::{ConnError, Socket};
 use crate::service::downstream::Transport;
+use crate::service::downstream::context::CancelWatch;
 use crate::service::upstream::connect::{Upstream, cancel, connect};
 use crate::types::SqlState;
 use crate::wire::ErrorFields;
@@ -52,14 +57,38 @@ impl<T: Transport> Connection<T> {
     /// # Errors
     /// The client's socket failed or stalled: the connection ends.
     pub(super) async fn relay_backup(&mut self, query: String) -> Result<BackupEnd, ConnError> {
+        let counters = Arc::clone(&self.ctx.counters);
+        counters.downstream.backup_started();
+        let mut scanner = AnswerScanner::new();
+        let end = self.relay_backup_with(query, &mut scanner).await;
+        let outcome = match &end {
+            Ok(BackupEnd::Done) if !scanner.saw_error() => BackupOutcome::Completed,
+            Ok(
+                BackupEnd::Done
+                | BackupEnd::ConnectFailed(_)
+                | BackupEnd::Refused(_)
+                | BackupEnd::UpstreamLost { .. },
+            ) => BackupOutcome::Failed,
+            Ok(BackupEnd::Shutdown | BackupEnd::Broken) | Err(_) => BackupOutcome::Aborted,
+        };
+        counters.downstream.backup_ended(outcome);
+        end
+    }
+
+    /// [`relay_backup`](Self::relay_backup), with `scanner` reading the answer.
+    async fn relay_backup_with(
+        &mut self,
+        query: String,
+        scanner: &mut AnswerScanner,
+    ) -> Result<BackupEnd, ConnError> {
         let out = self.session.take_output();
         self.wr.out().extend_from_slice(&out);
         self.wr.flush().await?;
-        let Some(settings) = self.ctx.backup_upstream() else {
+        let Some(conninfo) = self.ctx.backup_upstream() else {
             let detail = "no upstream connection string is configured".to_owned();
             return Ok(BackupEnd::ConnectFailed(detail));
         };
-        let mut up = match connect(&settings.conninfo, APPLICATION_NAME, &self.shutdown).await {
+        let mut up = match connect(&conninfo, APPLICATION_NAME, &self.shutdown).await {
             Ok(up) => up,
             Err(e) => {
                 info!(error = %e, "could not connect upstream for BASE_BACKUP");
@@ -70,8 +99,12 @@ impl<T: Transport> Connection<T> {
             up.conn.shutdown().await;
             return Ok(BackupEnd::Refused(e));
         }
-        let pid = up.server.backend_pid;
-        let (key, endpoint) = (up.server.cancel_key, up.endpoint);
+        let upstream_cancel = UpstreamCancel {
+            pid: up.server.backend_pid,
+            key: up.server.cancel_key,
+            endpoint: up.endpoint,
+        };
+        let pid = upstream_cancel.pid;
         let (mut rd, read, mut wr) = up.conn.into_parts();
         let mut message = BytesMut::new();
         FrontendMessage::Query(query).write(&mut message)?;
@@ -81,8 +114,21 @@ impl<T: Transport> Connection<T> {
                 detail: e.to_string(),
             });
         }
+        let cancels = self
+            .place
+            .as_ref()
+            .map(|p| self.ctx.watch_cancel(p.pid, p.cancel_key));
         let mut relayed = 0u64;
-        let end = self.forward(&mut rd, read, &mut relayed).await;
+        let end = self
+            .forward(
+                &mut rd,
+                read,
+                scanner,
+                &mut relayed,
+                cancels.as_ref(),
+                &upstream_cancel,
+            )
+            .await;
         match &end {
             Ok(BackupEnd::Done) => {
                 let mut terminate = BytesMut::new();
@@ -93,15 +139,10 @@ impl<T: Transport> Connection<T> {
             Ok(other) => info!(pid, relayed, outcome = ?other, "BASE_BACKUP ended early"),
             Err(e) => info!(pid, relayed, error = %e, "BASE_BACKUP aborted: client lost"),
         }
-        let aborted = !matches!(end, Ok(BackupEnd::Done | BackupEnd::UpstreamLost { .. }));
-        if let (true, Some(endpoint)) = (aborted, endpoint) {
+        if !matches!(end, Ok(BackupEnd::Done | BackupEnd::UpstreamLost { .. })) {
             // A walsender waiting (checkpoint, size estimate, MAX_RATE) is interrupted by the
             // cancel; one writing fails on the socket dropped below.
-            tokio::spawn(async move {
-                if let Err(e) = cancel(&endpoint, pid, key, CANCEL_TIMEOUT).await {
-                    info!(pid, error = %e, "could not cancel the upstream BASE_BACKUP");
-                }
-            });
+            upstream_cancel.send();
         }
         // Dropping the upstream halves closes the socket.
         end
@@ -134,14 +175,18 @@ impl<T: Transport> Connection<T> {
         check_backup_upstream(&known, id.system_id, up.server.version_num)
     }
 
-    /// Moves the answer from `rd` (after the bytes in `read`) to the client.
+    /// Moves the answer from `rd` (after the bytes in `read`) to the client. The client's
+    /// own CancelRequest (`cancels`) is passed on upstream, whose answer (57014) then ends
+    /// the backup as PostgreSQL's would.
     async fn forward(
         &mut self,
         rd: &mut ReadHalf<Socket>,
         read: BytesMut,
+        scanner: &mut AnswerScanner,
         relayed: &mut u64,
+        cancels: Option<&CancelWatch>,
+        upstream: &UpstreamCancel,
     ) -> Result<BackupEnd, ConnError> {
-        let mut scanner = AnswerScanner::new();
         let mut buf = read;
         let mut watch_client = !self.rd.has_buffered();
         loop {
@@ -166,15 +211,19 @@ impl<T: Transport> Connection<T> {
                         }
                         continue;
                     }
+                    () = cancelled(cancels) => {
+                        upstream.send();
+                        continue;
+                    }
                     got = rd.read_buf(&mut buf) => got,
                 };
                 match got {
                     Ok(0) => {
                         let detail = "server closed the connection unexpectedly";
-                        return Ok(lost(&scanner, detail.to_owned()));
+                        return Ok(lost(scanner, detail.to_owned()));
                     }
                     Ok(_) => {}
-                    Err(e) => return Ok(lost(&scanner, e.to_string())),
+                    Err(e) => return Ok(lost(scanner, e.to_string())),
                 }
             }
             let scanned = match scanner.scan(&buf) {
@@ -186,6 +235,10 @@ impl<T: Transport> Connection<T> {
             };
             let answer = buf.split_to(scanned.answer).freeze();
             *relayed += answer.len() as u64;
+            self.ctx
+                .counters
+                .downstream
+                .backup_relayed(answer.len() as u64);
             self.write_answer(answer).await?;
             if scanned.done {
                 return Ok(BackupEnd::Done);
@@ -208,6 +261,36 @@ impl<T: Transport> Connection<T> {
                 Err(ConnError::Timeout(timeout))
             }
         }
+    }
+}
+
+/// What a CancelRequest to the upstream backend relaying a backup carries.
+struct UpstreamCancel {
+    pid: i32,
+    key: CancelKey,
+    endpoint: Option<Endpoint>,
+}
+
+impl UpstreamCancel {
+    /// Sends the CancelRequest, in the background; a failure is only logged.
+    fn send(&self) {
+        let Some(endpoint) = self.endpoint.clone() else {
+            return;
+        };
+        let (pid, key) = (self.pid, self.key);
+        tokio::spawn(async move {
+            if let Err(e) = cancel(&endpoint, pid, key, CANCEL_TIMEOUT).await {
+                info!(pid, error = %e, "could not cancel the upstream BASE_BACKUP");
+            }
+        });
+    }
+}
+
+/// Waits for a CancelRequest on `watch`; forever without one.
+async fn cancelled(watch: Option<&CancelWatch>) {
+    match watch {
+        Some(w) => w.cancelled().await,
+        None => std::future::pending().await,
     }
 }
 
