@@ -240,9 +240,9 @@ fn outside_standbys(
     (behind, direct)
 }
 
-/// A hot standby outside Patroni: a base backup of the leader (the relay does not serve
-/// `BASE_BACKUP`) that streams from `primary_conninfo`, started, with the relay's retry
-/// interval as `wal_retrieve_retry_interval`.
+/// A hot standby outside Patroni: a base backup taken from the leader directly that streams
+/// from `primary_conninfo`, started, with the relay's retry interval as
+/// `wal_retrieve_retry_interval`.
 fn outside_standby(
     bins: &PgBinaries,
     dir: &ScratchDir,
@@ -648,8 +648,8 @@ fn patroni_standby_cluster_bootstraps_through_the_relay() {
     );
     let primary_log = read_log(&primary.log_path());
     let primary_log = primary_log.get(primary_log_offset..).unwrap_or_default();
-    let write = spread_checkpoint_write(primary_log);
-    eprintln!("the backup's spread checkpoint on the primary wrote for {write:.1} s");
+    let (write, complete) = spread_checkpoint_write(primary_log);
+    eprintln!("the backup's spread checkpoint on the primary: {complete}");
     assert!(
         write >= 1.0,
         "the backup's checkpoint was not spread over seconds: {write} s"
@@ -730,9 +730,9 @@ fn patroni_standby_cluster_bootstraps_through_the_relay() {
 }
 
 /// The write phase, in seconds, of the one spread checkpoint (`checkpoint starting: force
-/// wait`, not `immediate`) that PostgreSQL's `log` reports, from its `checkpoint complete`
-/// line.
-fn spread_checkpoint_write(log: &str) -> f64 {
+/// wait`, not `immediate`) that PostgreSQL's `log` reports, and its `checkpoint complete`
+/// line, where that figure comes from.
+fn spread_checkpoint_write(log: &str) -> (f64, &str) {
     let lines: Vec<&str> = log.lines().collect();
     let starts: Vec<usize> = (0..lines.len())
         .filter(|&i| lines[i].contains("checkpoint starting:"))
@@ -751,13 +751,14 @@ fn spread_checkpoint_write(log: &str) -> f64 {
     let complete = lines[spread[0]..]
         .iter()
         .find(|l| l.contains("checkpoint complete:"))
+        .copied()
         .unwrap_or_else(|| panic!("the spread checkpoint did not complete:\n{log}"));
     let write = complete
         .split("write=")
         .nth(1)
         .and_then(|rest| rest.split_whitespace().next())
         .unwrap_or_else(|| panic!("no write= in {complete}"));
-    write.parse().unwrap()
+    (write.parse().unwrap(), complete)
 }
 
 /// A log file's length in bytes, 0 when it does not exist.
