@@ -32,6 +32,14 @@
 //! (its `primary_conninfo` names all three with `target_session_attrs=read-write`, which
 //! PostgreSQL 15's walreceiver honours). Timings are printed, never asserted, beyond the 5 s
 //! above.
+//!
+//! A second test puts a Patroni standby cluster behind the relay: a second scope in the same
+//! etcd whose `standby_cluster` host and port are the relay's, and which leaves Patroni's
+//! defaults for building the standby leader (the `basebackup` method: `pg_basebackup -X
+//! stream` against that host, with a spread checkpoint). Its standby leader must be built
+//! through the relay (one `BASE_BACKUP` relayed to the primary, the WAL of `-X stream` served
+//! by the relay), stream from the relay on a relay slot, and receive what the primary writes
+//! next, as must the replica that clones from it; the primary sees the relay alone.
 
 #![allow(
     clippy::unwrap_used,
@@ -45,7 +53,7 @@ mod support;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use support::patroni::{FirstSeen, PatroniCluster, PgbenchLoad, require_patroni};
+use support::patroni::{FirstSeen, PatroniCluster, PgbenchLoad, Spec, require_patroni};
 use support::*;
 use walrelay::testkit::localpg::{
     Cluster, ClusterBuilder, PgBinaries, ScratchDir, free_port, require_postgres, run, wait_until,
@@ -232,9 +240,9 @@ fn outside_standbys(
     (behind, direct)
 }
 
-/// A hot standby outside Patroni: a base backup of the leader (the relay does not serve
-/// `BASE_BACKUP`) that streams from `primary_conninfo`, started, with the relay's retry
-/// interval as `wal_retrieve_retry_interval`.
+/// A hot standby outside Patroni: a base backup taken from the leader directly that streams
+/// from `primary_conninfo`, started, with the relay's retry interval as
+/// `wal_retrieve_retry_interval`.
 fn outside_standby(
     bins: &PgBinaries,
     dir: &ScratchDir,
@@ -528,4 +536,239 @@ fn streaming_from(s: &Setup<'_>) -> Vec<String> {
         })
         .map(|m| m.name.clone())
         .collect()
+}
+
+/// The standby cluster's scope, its members' name prefix, and its slot on the relay.
+const STANDBY_SCOPE: &str = "walrelay-standby";
+const STANDBY_PREFIX: &str = "standby";
+const STANDBY_SLOT: &str = "patroni_standby";
+
+/// The test table's contents, in one line.
+const ROWS_DIGEST: &str =
+    "SELECT count(*) || ' ' || md5(string_agg(id || ':' || pad, ',' ORDER BY id)) FROM t";
+
+/// A standby cluster (second scope, same etcd, two members) whose `standby_cluster` is the
+/// relay in front of a one-member cluster, with Patroni's defaults for building its standby
+/// leader: `create_replica_methods` unset (so `basebackup`) and no `postgresql.basebackup`
+/// options (so a spread checkpoint). The standby leader's `pg_basebackup -X stream` goes to
+/// the relay, which relays the `BASE_BACKUP` to the primary and serves the WAL itself; the
+/// standby leader then streams from the relay on a relay slot, and the second member clones
+/// from the standby leader and streams from it. Checked: the relay relayed one backup, the
+/// primary ran a spread (not immediate) checkpoint for it, the standby leader's data
+/// directory is that `pg_basebackup` copy with the primary's rows, it streams from the
+/// relay's port on the slot, rows written afterwards reach both members equal, and the
+/// primary has the relay as its only walsender and the relay's slot as its only slot.
+#[test]
+fn patroni_standby_cluster_bootstraps_through_the_relay() {
+    let Some(bins) = require_postgres() else {
+        return;
+    };
+    if !require_patroni() {
+        return;
+    }
+    let dir = scratch(&bins, "patroni-standby");
+    let primary_spec = Spec {
+        members: 1,
+        ..Spec::default()
+    };
+    let cluster = PatroniCluster::start_with(&bins, dir.path(), &primary_spec, None);
+    let primary = &cluster.members[0];
+    let primary_ci = primary.conninfo();
+    bins.psql(&primary_ci, "CREATE ROLE walrelay LOGIN REPLICATION")
+        .unwrap();
+    let (relay, relay_port) = start_relay(&cluster, dir.path());
+    wait_until(
+        Duration::from_secs(30),
+        "relay streams from the primary",
+        || Ok(bins.psql(&primary_ci, RELAY_STREAMS_HERE)? == "t"),
+    )
+    .unwrap();
+    let relay_ci = format!("host=127.0.0.1 port={relay_port} user=postgres");
+    bins.psql(
+        &format!("{relay_ci} replication=1"),
+        &format!("CREATE_REPLICATION_SLOT \"{STANDBY_SLOT}\" PHYSICAL RESERVE_WAL"),
+    )
+    .unwrap();
+    // Then a table of some 40 pages, left dirty in shared buffers with its catalog rows: the
+    // backup's spread checkpoint writes them at the pace PostgreSQL keeps when ahead of
+    // schedule (one buffer every 100 ms), seconds in which the primary sends nothing on the
+    // backup's connection.
+    bins.psql(&primary_ci, "CHECKPOINT").unwrap();
+    bins.psql(
+        &primary_ci,
+        "CREATE TABLE t AS SELECT g AS id, repeat(md5(g::text), 4) AS pad \
+         FROM generate_series(1, 2000) g",
+    )
+    .unwrap();
+    let before = bins.psql(&primary_ci, ROWS_DIGEST).unwrap();
+    let relay_offset = relay.log_len();
+    let primary_log_offset = log_len(&primary.log_path());
+
+    let started = Instant::now();
+    let standby_spec = Spec {
+        scope: STANDBY_SCOPE,
+        prefix: STANDBY_PREFIX,
+        members: 2,
+        standby_of: Some((relay_port, STANDBY_SLOT)),
+    };
+    let standby = PatroniCluster::start_with(&bins, dir.path(), &standby_spec, Some(&cluster));
+    eprintln!(
+        "the standby cluster was up (standby leader and replica streaming) after {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let leader = standby.leader().unwrap();
+    assert_eq!(leader, 0, "the first member bootstraps the standby cluster");
+    let (b1, b2) = (&standby.members[0], &standby.members[1]);
+
+    // The backup went through the relay, once (the replica clones from the standby leader).
+    let relayed = relay.count_log(relay_offset, "BASE_BACKUP relayed");
+    let early = relay.count_log(relay_offset, "BASE_BACKUP ended early")
+        + relay.count_log(relay_offset, "BASE_BACKUP aborted");
+    assert_eq!(
+        (relayed, early),
+        (1, 0),
+        "relay log:\n{}",
+        relay.log_since(relay_offset)
+    );
+    // Its WAL (-X stream) came from the relay's store, on pg_basebackup's temporary slot.
+    let wal_streams = relay
+        .log_since(relay_offset)
+        .lines()
+        .filter(|l| l.contains("streaming timeline=") && l.contains("slot=\"pg_basebackup_"))
+        .count();
+    assert_eq!(wal_streams, 1, "{}", relay.log_since(relay_offset));
+    // By Patroni's built-in method from the relay's address, with a spread checkpoint.
+    let b1_log = read_log(&b1.log_path());
+    let source =
+        format!("bootstrapped clone from remote member postgresql://127.0.0.1:{relay_port}");
+    assert!(b1_log.contains(&source), "{b1_log}");
+    assert!(
+        b1_log.contains("replica has been created using basebackup"),
+        "{b1_log}"
+    );
+    let primary_log = read_log(&primary.log_path());
+    let primary_log = primary_log.get(primary_log_offset..).unwrap_or_default();
+    let (write, complete) = spread_checkpoint_write(primary_log);
+    eprintln!("the backup's spread checkpoint on the primary: {complete}");
+    assert!(
+        write >= 1.0,
+        "the backup's checkpoint was not spread over seconds: {write} s"
+    );
+    let label = bins
+        .psql(&b1.conninfo(), "SELECT pg_read_file('backup_label.old')")
+        .unwrap();
+    assert!(
+        label.contains("LABEL: pg_basebackup base backup")
+            && label.contains("BACKUP FROM: primary"),
+        "{label}"
+    );
+    let manifest = "SELECT count(*) FROM pg_ls_dir('.') AS f WHERE f = 'backup_manifest'";
+    assert_eq!(bins.psql(&b1.conninfo(), manifest).unwrap(), "1");
+    assert_eq!(bins.psql(&b1.conninfo(), ROWS_DIGEST).unwrap(), before);
+
+    // The standby leader streams from the relay on its slot, the replica from the leader.
+    let receiver = "SELECT status || ' ' || sender_host || ' ' || sender_port || ' ' || \
+                    coalesce(slot_name, '-') FROM pg_stat_wal_receiver";
+    assert_eq!(
+        bins.psql(&b1.conninfo(), receiver).unwrap(),
+        format!("streaming 127.0.0.1 {relay_port} {STANDBY_SLOT}")
+    );
+    let b2_receiver = bins.psql(&b2.conninfo(), receiver).unwrap();
+    assert!(
+        b2_receiver.starts_with(&format!("streaming 127.0.0.1 {} ", b1.pg_port)),
+        "{b2_receiver}"
+    );
+
+    // Rows written on the primary afterwards reach both members.
+    bins.psql(
+        &primary_ci,
+        "INSERT INTO t SELECT g, repeat(md5((g * 7)::text), 4) FROM generate_series(20001, 40000) g; \
+         UPDATE t SET pad = 'updated' WHERE id % 100 = 0; DELETE FROM t WHERE id % 1000 = 1",
+    )
+    .unwrap();
+    let end: Lsn = bins
+        .psql(&primary_ci, "SELECT pg_current_wal_flush_lsn()")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let expected = bins.psql(&primary_ci, ROWS_DIGEST).unwrap();
+    assert_ne!(expected, before);
+    for member in [b1, b2] {
+        wait_until(
+            Duration::from_secs(60),
+            &format!("{} replays the primary's end", member.name),
+            || {
+                let replayed: Lsn = bins
+                    .psql(&member.conninfo(), "SELECT pg_last_wal_replay_lsn()")?
+                    .parse()
+                    .unwrap();
+                Ok(replayed >= end)
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            bins.psql(&member.conninfo(), ROWS_DIGEST).unwrap(),
+            expected,
+            "{} differs from the primary",
+            member.name
+        );
+    }
+
+    // The primary serves the relay alone: no walsender and no slot of the standby cluster.
+    let senders = "SELECT string_agg(application_name || ':' || state, ',' \
+                   ORDER BY application_name) FROM pg_stat_replication";
+    assert_eq!(
+        bins.psql(&primary_ci, senders).unwrap(),
+        "walrelay:streaming"
+    );
+    let slots = "SELECT string_agg(slot_name, ',' ORDER BY slot_name) FROM pg_replication_slots";
+    assert_eq!(bins.psql(&primary_ci, slots).unwrap(), "walrelay");
+    eprintln!(
+        "standby cluster bootstrapped through the relay and streaming from it; {:.1} s in all",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// The write phase, in seconds, of the one spread checkpoint (`checkpoint starting: force
+/// wait`, not `immediate`) that PostgreSQL's `log` reports, and its `checkpoint complete`
+/// line, where that figure comes from.
+fn spread_checkpoint_write(log: &str) -> (f64, &str) {
+    let lines: Vec<&str> = log.lines().collect();
+    let starts: Vec<usize> = (0..lines.len())
+        .filter(|&i| lines[i].contains("checkpoint starting:"))
+        .collect();
+    let spread: Vec<usize> = starts
+        .iter()
+        .copied()
+        .filter(|&i| lines[i].ends_with("checkpoint starting: force wait"))
+        .collect();
+    assert_eq!(
+        spread.len(),
+        1,
+        "not one spread checkpoint on the primary: {:?}",
+        starts.iter().map(|&i| lines[i]).collect::<Vec<_>>()
+    );
+    let complete = lines[spread[0]..]
+        .iter()
+        .find(|l| l.contains("checkpoint complete:"))
+        .copied()
+        .unwrap_or_else(|| panic!("the spread checkpoint did not complete:\n{log}"));
+    let write = complete
+        .split("write=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no write= in {complete}"));
+    (write.parse().unwrap(), complete)
+}
+
+/// A log file's length in bytes, 0 when it does not exist.
+fn log_len(path: &Path) -> usize {
+    std::fs::metadata(path).map_or(0, |m| usize::try_from(m.len()).unwrap())
+}
+
+/// A log file's text (lossy), empty when it does not exist.
+fn read_log(path: &Path) -> String {
+    std::fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
 }

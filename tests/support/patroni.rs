@@ -1,9 +1,11 @@
 //! A Patroni cluster on loopback for the tests: one etcd (Debian's `etcd-server`, its v3
-//! API), and three Patroni members (Debian's `patroni`, its `etcd3` DCS) that manage
-//! PostgreSQL servers of the harness's binaries. Every process runs as the `postgres` user when
-//! the test runs as root, on ports from [`free_port`], in one scratch directory; all of them
-//! are killed on `Drop` (Patroni first, so that it restarts nothing, then each postmaster by
-//! the pid in its `postmaster.pid`, then etcd).
+//! API), and Patroni members (Debian's `patroni`, its `etcd3` DCS) that manage PostgreSQL
+//! servers of the harness's binaries: three by default, or as [`Spec`] says, which can also
+//! make it a standby cluster (`standby_cluster` in the DCS configuration) of a second scope in
+//! the etcd of another cluster. Every process runs as the `postgres` user when the test runs
+//! as root, on ports from [`free_port`], in one scratch directory; all of them are killed on
+//! `Drop` (Patroni first, so that it restarts nothing, then each postmaster by the pid in its
+//! `postmaster.pid`, then etcd when the cluster started it).
 //!
 //! Also here: a pgbench load that survives failovers, a sampler that records when a query's
 //! answer first turns into the one awaited, and `pg_waldump` over a WAL directory that
@@ -24,8 +26,35 @@ use walrelay::types::{SegmentName, WalSegmentSize};
 
 use super::{http_get, segment_files};
 
-/// The Patroni cluster's name (`scope`).
+/// The Patroni cluster's name (`scope`) unless [`Spec`] names another.
 pub const SCOPE: &str = "walrelay-test";
+
+/// What [`PatroniCluster::start_with`] builds.
+pub struct Spec<'a> {
+    /// Patroni's `scope`.
+    pub scope: &'a str,
+    /// The members are named `PREFIX1`, `PREFIX2`, …
+    pub prefix: &'a str,
+    pub members: usize,
+    /// A standby cluster: `bootstrap.dcs.standby_cluster` with `host: 127.0.0.1` and this
+    /// `port` and `primary_slot_name`, and nothing else (no `create_replica_methods`, no
+    /// `postgresql.basebackup`), so that its first member is built by Patroni's default
+    /// `basebackup` method against that port. Without it, the cluster is created with
+    /// `initdb` and has the relay's slot (`walrelay`) as a permanent slot.
+    pub standby_of: Option<(u16, &'a str)>,
+}
+
+impl Default for Spec<'_> {
+    /// Three members `node1` to `node3` of [`SCOPE`], not a standby cluster.
+    fn default() -> Self {
+        Spec {
+            scope: SCOPE,
+            prefix: "node",
+            members: 3,
+            standby_of: None,
+        }
+    }
+}
 
 /// Patroni's timing in the tests: a leader key that lives 10 s, an HA loop every second, and
 /// `primary_start_timeout: 0`, so that a primary whose postmaster dies is failed over at
@@ -204,12 +233,33 @@ impl Member {
     }
 
     /// Its `patroni.yml`: the etcd3 DCS at `etcd`, the bootstrap configuration with the
-    /// relay's permanent slot, PostgreSQL on loopback with `bin_dir`.
-    fn config(&self, etcd_port: u16, bin_dir: &Path) -> String {
+    /// relay's permanent slot, or the `standby_cluster` section of a standby cluster,
+    /// PostgreSQL on loopback with `bin_dir`.
+    fn config(&self, spec: &Spec<'_>, etcd_port: u16, bin_dir: &Path) -> String {
         let (name, dir, pg, rest) = (&self.name, self.dir.display(), self.pg_port, self.rest_port);
         let bin_dir = bin_dir.display();
+        let scope = spec.scope;
+        let source = match spec.standby_of {
+            Some((port, slot)) => format!(
+                "    # A standby cluster: its standby leader is built with Patroni's default
+    # create_replica_methods (basebackup) from this host and port, then streams from them
+    # on this slot.
+    standby_cluster:
+      host: 127.0.0.1
+      port: {port}
+      primary_slot_name: {slot}
+"
+            ),
+            None => "    # The relay's slot on the primary: Patroni creates it on whichever member leads, and
+    # does not drop it as an unknown slot.
+    slots:
+      walrelay:
+        type: physical
+"
+            .to_owned(),
+        };
         format!(
-            "scope: {SCOPE}
+            "scope: {scope}
 name: {name}
 restapi:
   listen: 127.0.0.1:{rest}
@@ -232,12 +282,7 @@ bootstrap:
         max_wal_senders: 16
         max_replication_slots: 16
         wal_keep_size: 256MB
-    # The relay's slot on the primary: Patroni creates it on whichever member leads, and
-    # does not drop it as an unknown slot.
-    slots:
-      walrelay:
-        type: physical
-  initdb:
+{source}  initdb:
     - encoding: UTF8
     - locale: C
 postgresql:
@@ -265,12 +310,39 @@ postgresql:
     }
 }
 
-/// etcd and three Patroni members, started by [`PatroniCluster::start`].
+/// etcd in `dir/etcd` on a free client port; returns that port, the process and its log.
+fn start_etcd(dir: &Path) -> (u16, Child, PathBuf) {
+    let etcd_port = free_port().unwrap();
+    let peer_port = free_port().unwrap();
+    let etcd_dir = dir.join("etcd");
+    make_dir_like(&etcd_dir, dir);
+    let etcd_log = dir.join("etcd.log");
+    let client = format!("http://127.0.0.1:{etcd_port}");
+    let peer = format!("http://127.0.0.1:{peer_port}");
+    let mut cmd = command_as_owner_of("etcd", dir);
+    cmd.args(["--name", "etcd1", "--data-dir"])
+        .arg(etcd_dir.join("data"))
+        .args(["--listen-client-urls", &client])
+        .args(["--advertise-client-urls", &client])
+        .args(["--listen-peer-urls", &peer])
+        .args(["--initial-advertise-peer-urls", &peer])
+        .args(["--initial-cluster", &format!("etcd1={peer}")])
+        .args(["--initial-cluster-state", "new"])
+        .args(["--initial-cluster-token", SCOPE]);
+    let etcd = spawn_logged(cmd, &etcd_log);
+    (etcd_port, etcd, etcd_log)
+}
+
+/// Patroni members, and the etcd they use when they started it, started by
+/// [`PatroniCluster::start`] or [`PatroniCluster::start_with`].
 pub struct PatroniCluster {
+    pub scope: String,
     pub members: Vec<Member>,
     pub etcd_port: u16,
+    /// Whether the members are a standby cluster (their leader a standby leader).
+    pub standby: bool,
     etcd: Option<Child>,
-    etcd_log: PathBuf,
+    etcd_log: Option<PathBuf>,
 }
 
 impl PatroniCluster {
@@ -278,37 +350,45 @@ impl PatroniCluster {
     /// two others, and waits until both stream from the leader. `dir` is a scratch directory
     /// (owned by `postgres` when the test is root).
     pub fn start(bins: &PgBinaries, dir: &Path) -> PatroniCluster {
-        let etcd_port = free_port().unwrap();
-        let peer_port = free_port().unwrap();
-        let etcd_dir = dir.join("etcd");
-        make_dir_like(&etcd_dir, dir);
-        let etcd_log = dir.join("etcd.log");
-        let client = format!("http://127.0.0.1:{etcd_port}");
-        let peer = format!("http://127.0.0.1:{peer_port}");
-        let mut cmd = command_as_owner_of("etcd", dir);
-        cmd.args(["--name", "etcd1", "--data-dir"])
-            .arg(etcd_dir.join("data"))
-            .args(["--listen-client-urls", &client])
-            .args(["--advertise-client-urls", &client])
-            .args(["--listen-peer-urls", &peer])
-            .args(["--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &format!("etcd1={peer}")])
-            .args(["--initial-cluster-state", "new"])
-            .args(["--initial-cluster-token", SCOPE]);
-        let etcd = spawn_logged(cmd, &etcd_log);
-        let members = (1..=3)
-            .map(|i| Member {
-                name: format!("node{i}"),
-                pg_port: free_port().unwrap(),
-                rest_port: free_port().unwrap(),
-                dir: dir.join(format!("node{i}")),
-                patroni: None,
+        PatroniCluster::start_with(bins, dir, &Spec::default(), None)
+    }
+
+    /// Starts the cluster `spec` describes: etcd unless it joins the etcd of `beside` (as a
+    /// cluster of another scope), then the first member, which bootstraps the cluster (with
+    /// `initdb`, or from the standby cluster's source) and leads, then the others, and waits
+    /// until they stream from the leader. `dir` is a scratch directory (owned by `postgres`
+    /// when the test is root); each member gets a directory named after it there.
+    pub fn start_with(
+        bins: &PgBinaries,
+        dir: &Path,
+        spec: &Spec<'_>,
+        beside: Option<&PatroniCluster>,
+    ) -> PatroniCluster {
+        let (etcd_port, etcd, etcd_log) = match beside {
+            Some(other) => (other.etcd_port, None, None),
+            None => {
+                let (port, child, log) = start_etcd(dir);
+                (port, Some(child), Some(log))
+            }
+        };
+        let members = (1..=spec.members)
+            .map(|i| {
+                let name = format!("{}{i}", spec.prefix);
+                Member {
+                    pg_port: free_port().unwrap(),
+                    rest_port: free_port().unwrap(),
+                    dir: dir.join(&name),
+                    name,
+                    patroni: None,
+                }
             })
             .collect();
         let mut cluster = PatroniCluster {
+            scope: spec.scope.to_owned(),
             members,
             etcd_port,
-            etcd: Some(etcd),
+            standby: spec.standby_of.is_some(),
+            etcd,
             etcd_log,
         };
         wait_until(Duration::from_secs(30), "etcd healthy", || {
@@ -321,19 +401,27 @@ impl PatroniCluster {
         for i in 0..cluster.members.len() {
             let member = &cluster.members[i];
             make_dir_like(&member.dir, dir);
-            let config = member.config(etcd_port, bins.dir());
+            let config = member.config(spec, etcd_port, bins.dir());
             write_file_like(&member.config_path(), &config, dir);
         }
         cluster.start_member(0);
-        wait_until(Duration::from_secs(60), "node1 leads", || {
+        // A standby leader is in recovery, and is first built by a base backup.
+        let (in_recovery, timeout) = if cluster.standby {
+            ("t", Duration::from_secs(300))
+        } else {
+            ("f", Duration::from_secs(60))
+        };
+        let first = format!("{} leads", cluster.members[0].name);
+        wait_until(timeout, &first, || {
             Ok(cluster.leader() == Some(0)
                 && bins
                     .psql(&cluster.members[0].conninfo(), "SELECT pg_is_in_recovery()")
-                    .is_ok_and(|r| r == "f"))
+                    .is_ok_and(|r| r == in_recovery))
         })
-        .unwrap();
-        cluster.start_member(1);
-        cluster.start_member(2);
+        .unwrap_or_else(|e| panic!("{e}; cluster: {:?}", cluster.view()));
+        for i in 1..cluster.members.len() {
+            cluster.start_member(i);
+        }
         cluster.wait_healthy(bins, Duration::from_secs(90));
         cluster
     }
@@ -356,13 +444,23 @@ impl PatroniCluster {
         })
     }
 
-    /// The index of the member Patroni names leader, if any.
+    /// The role Patroni gives the leader: `leader`, or `standby_leader` in a standby cluster.
+    fn leader_role(&self) -> &'static str {
+        if self.standby {
+            "standby_leader"
+        } else {
+            "leader"
+        }
+    }
+
+    /// The index of the member Patroni names leader (the standby leader in a standby
+    /// cluster), if any.
     pub fn leader(&self) -> Option<usize> {
         let view = self.view()?;
         let name = view["members"]
             .as_array()?
             .iter()
-            .find(|m| m["role"] == "leader" && m["state"] == "running")?["name"]
+            .find(|m| m["role"] == self.leader_role() && m["state"] == "running")?["name"]
             .as_str()?
             .to_owned();
         self.members.iter().position(|m| m.name == name)
@@ -374,15 +472,15 @@ impl PatroniCluster {
         view["members"]
             .as_array()?
             .iter()
-            .find(|m| m["role"] == "leader")?["timeline"]
+            .find(|m| m["role"] == self.leader_role())?["timeline"]
             .as_u64()
     }
 
-    /// Waits until a leader runs and the two other members stream from it (its
+    /// Waits until a leader runs and the other members stream from it (its
     /// `pg_stat_replication`); returns the leader's index.
     pub fn wait_healthy(&self, bins: &PgBinaries, timeout: Duration) -> usize {
         let mut leader = None;
-        wait_until(timeout, "a leader and two streaming replicas", || {
+        wait_until(timeout, "a leader and streaming replicas", || {
             leader = self.leader();
             let Some(l) = leader else { return Ok(false) };
             let names: Vec<String> = (0..self.members.len())
@@ -391,7 +489,7 @@ impl PatroniCluster {
                 .collect();
             let sql = format!(
                 "SELECT count(*) FROM pg_stat_replication \
-                 WHERE application_name IN ({}) AND state = 'streaming'",
+                 WHERE application_name = ANY (ARRAY[{}]::text[]) AND state = 'streaming'",
                 names.join(", ")
             );
             Ok(bins
@@ -427,7 +525,7 @@ impl PatroniCluster {
     pub fn switchover(&self, leader: usize, candidate: usize) -> String {
         self.patronictl(&[
             "switchover",
-            SCOPE,
+            &self.scope,
             "--leader",
             &self.members[leader].name,
             "--candidate",
@@ -451,7 +549,9 @@ impl Drop for PatroniCluster {
             for m in &self.members {
                 eprintln!("{}:\n{}", m.log_path().display(), tail(&m.log_path(), 60));
             }
-            eprintln!("{}:\n{}", self.etcd_log.display(), tail(&self.etcd_log, 20));
+            if let Some(log) = &self.etcd_log {
+                eprintln!("{}:\n{}", log.display(), tail(log, 20));
+            }
         }
         // Patroni first, or it would start PostgreSQL again.
         for m in &mut self.members {
