@@ -82,6 +82,21 @@ fn pg_basebackup_through_the_relay_verifies_and_streams() {
         0.0
     );
     assert_eq!(value("walrelay_base_backups_running "), 0.0);
+    // A6: pg_basebackup's temporary slot on the relay is gone, as READ_REPLICATION_SLOT says.
+    let log = relay.log_contents();
+    let temporary = log
+        .split("slot=\"")
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next())
+        .find(|name| name.starts_with("pg_basebackup_"))
+        .unwrap_or_else(|| panic!("no stream on a pg_basebackup slot:\n{log}"))
+        .to_owned();
+    let read = relay_repl(
+        &bins,
+        relay_port,
+        &format!("READ_REPLICATION_SLOT {temporary}"),
+    );
+    assert_eq!(read, "||", "{temporary}");
     let table = primary.psql("SELECT pg_table_size('t')").unwrap();
     assert!(
         value("walrelay_base_backup_bytes_total ") > table.parse::<f64>().unwrap(),
