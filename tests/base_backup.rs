@@ -1,8 +1,11 @@
 //! BASE_BACKUP through the relay (issue 13), against a real PostgreSQL: `pg_basebackup -X
 //! stream -c fast` aimed at the relay gets its backup from the relay's upstream and its WAL
 //! from the relay's store, `pg_verifybackup` passes, and the copy starts as a hot standby on a
-//! relay slot and replays to the primary's position. Bad options get the primary's own
-//! errors, and the targets that would write on the primary are refused.
+//! relay slot and replays to the primary's position; the same from a network that reaches
+//! only the relay, over TLS with SCRAM. Bad options get the primary's own errors, and the
+//! targets that would write on the primary are refused.
+//!
+//! The network test needs root (`ip netns`); under `CI=true` it must be there.
 
 #![allow(
     clippy::unwrap_used,
@@ -14,15 +17,19 @@
 mod downstream_client;
 mod support;
 
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Child, Command};
 use std::time::Duration;
 
+use support::certs::TestCa;
 use support::relay_topology::{primary_with, relay_repl, wait_replayed};
 use support::*;
 use walrelay::testkit::localpg::{
     Cluster, PgBinaries, ScratchDir, free_port, require_postgres, wait_until,
 };
+use walrelay::testkit::netns::NetNs;
 
 #[test]
 fn pg_basebackup_through_the_relay_verifies_and_streams() {
@@ -619,4 +626,215 @@ fn pipelined_backups_run_one_after_the_other() {
     // The relay logs each backup once it has left the upstream, just after the answer.
     let logged = || Ok(relay.log_contents().matches("BASE_BACKUP relayed").count() == 2);
     wait_until(Duration::from_secs(5), "two backups logged", logged).unwrap();
+}
+
+/// The password of the one user the network test's relay lets in.
+const BACKUP_PASSWORD: &str = "backup-pw";
+
+/// A relay whose only downstream access is TLS plus SCRAM, serving a client in a network
+/// namespace that cannot reach the primary (which listens on 127.0.0.1 only; the relay
+/// listens on this side of the veth pair and reaches the primary on loopback). From inside:
+/// the primary does not answer `pg_isready` while the relay does; pg_basebackup without TLS
+/// is refused by the relay's rules; with `sslmode=verify-full` and SCRAM (password from
+/// `PGPASSWORD`) it takes a copy that `pg_verifybackup` passes, both of its connections
+/// logged in by SCRAM from the namespace; the copy, started inside the namespace as a hot
+/// standby of the relay on a relay slot made beforehand, streams from the relay's address
+/// over TLS and replays to the primary's position with the same data.
+#[test]
+fn tls_and_scram_backup_from_a_network_that_cannot_reach_the_primary() {
+    let Some(bins) = require_postgres() else {
+        return;
+    };
+    let ns = match NetNs::create() {
+        Ok(ns) => ns,
+        Err(e) if std::env::var_os("CI").is_none() => {
+            eprintln!("skipping: cannot create a network namespace: {e}");
+            return;
+        }
+        Err(e) => panic!("cannot create a network namespace: {e}"),
+    };
+    let remote = bins.in_netns(ns.path());
+    let dir = scratch(&bins, "basebackup-tls");
+    let primary = archiving_primary(&bins, dir.path(), 1);
+    primary
+        .psql("CREATE TABLE t AS SELECT g AS id, repeat('x', 200) AS pad FROM generate_series(1, 20000) g")
+        .unwrap();
+    // The user's secret as the primary stores it; the relay checks it, the primary never
+    // sees the user (the relay's own connections to it are `postgres` on loopback).
+    primary
+        .psql(&format!(
+            "SET password_encryption = 'scram-sha-256'; \
+             CREATE ROLE backup LOGIN REPLICATION PASSWORD '{BACKUP_PASSWORD}'"
+        ))
+        .unwrap();
+    let secret = primary
+        .psql("SELECT rolpassword FROM pg_authid WHERE rolname = 'backup'")
+        .unwrap();
+    assert!(secret.starts_with("SCRAM-SHA-256$"), "{secret}");
+    let users = dir.path().join("users");
+    fs::write(&users, format!("backup {secret}\n")).unwrap();
+    fs::set_permissions(&users, fs::Permissions::from_mode(0o600)).unwrap();
+    // The namespace's /30: both ends of the pair.
+    let subnet = std::net::Ipv4Addr::from(u32::from(ns.host_addr()) & !3);
+    let hba = dir.path().join("hba.conf");
+    fs::write(
+        &hba,
+        format!("hostssl replication backup {subnet}/30 scram-sha-256\n"),
+    )
+    .unwrap();
+    let host = ns.host_addr().to_string();
+    let ca = TestCa::new(&dir.path().join("certs"), "walrelay-test-ca");
+    let server = ca.server("server", "relay", &[&host], 1);
+    let port = free_port().unwrap();
+    let listen = format!("{host}:{port}");
+    let relay = RelayProcess::start(
+        &primary.conninfo(),
+        &dir.path().join("relay"),
+        &[
+            "--listen",
+            &listen,
+            "--ssl-cert-file",
+            server.cert.to_str().unwrap(),
+            "--ssl-key-file",
+            server.key.to_str().unwrap(),
+            "--hba-file",
+            hba.to_str().unwrap(),
+            "--auth-file",
+            users.to_str().unwrap(),
+        ],
+    );
+    let now = primary.current_wal_flush_lsn().unwrap();
+    wait_acked(&primary, now, Duration::from_secs(30));
+
+    // From inside, the relay answers and the primary does not, at either address; from
+    // here, the primary answers.
+    let ready = |bins: &PgBinaries, host: &str, port: u16| {
+        let mut cmd = bins.command("pg_isready");
+        cmd.args(["-h", host, "-p", &port.to_string(), "-t", "5"]);
+        cmd.output().unwrap().status.code()
+    };
+    assert_eq!(ready(&bins, "127.0.0.1", primary.port()), Some(0));
+    assert_eq!(
+        ready(&remote, &host, port),
+        Some(0),
+        "the relay, from inside"
+    );
+    for address in ["127.0.0.1", host.as_str()] {
+        assert_eq!(
+            ready(&remote, address, primary.port()),
+            Some(2),
+            "the primary at {address}, from inside: pg_isready's exit code"
+        );
+    }
+
+    let relay_at = |extra: &str| format!("host={host} port={port} user=backup {extra}");
+    let verified = format!("sslmode=verify-full sslrootcert={}", ca.cert_file.display());
+    let basebackup = |conninfo: &str, target: &Path| {
+        let mut cmd = remote.command("pg_basebackup");
+        cmd.env("PGPASSWORD", BACKUP_PASSWORD)
+            .arg("-D")
+            .arg(target)
+            .args(["-d", conninfo])
+            .args(["-X", "stream", "-c", "fast", "--no-sync"])
+            .arg("--manifest-checksums=SHA256");
+        walrelay::testkit::localpg::run(&mut cmd).map_err(|e| e.to_string())
+    };
+
+    // Without TLS the relay's rules have no entry for the client.
+    let plain = bins.scratch_dir(dir.path(), "plain").unwrap();
+    let refused = basebackup(&relay_at("sslmode=disable"), &plain.path().join("data"))
+        .expect_err("a backup without TLS");
+    let inside = ns.inside_addr();
+    assert!(
+        refused.contains(&format!(
+            "no pg_hba.conf entry for replication connection from host \"{inside}\", user \"backup\", no encryption"
+        )),
+        "{refused}"
+    );
+    assert!(!relay.log_contents().contains("BASE_BACKUP"));
+
+    // The standby's slot on the relay, made from inside before the backup.
+    let slot_conninfo = format!(
+        "{} replication=1",
+        relay_at(&format!("{verified} password={BACKUP_PASSWORD}"))
+    );
+    remote
+        .psql(
+            &slot_conninfo,
+            "CREATE_REPLICATION_SLOT tls_copy PHYSICAL RESERVE_WAL",
+        )
+        .unwrap();
+    let logins_before = scram_logins(&relay.log_contents(), &inside.to_string());
+
+    // With TLS and SCRAM: the copy, verified.
+    let copy = bins.scratch_dir(dir.path(), "copy").unwrap();
+    let data = copy.path().join("data");
+    basebackup(
+        &relay_at(&format!("{verified} channel_binding=require")),
+        &data,
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", relay.log_contents()));
+    let mut verify = bins.command("pg_verifybackup");
+    verify.arg(&data);
+    let out = walrelay::testkit::localpg::run(&mut verify).unwrap();
+    assert!(out.contains("backup successfully verified"), "{out}");
+    // Its two connections (the backup, the WAL streamer) logged in by SCRAM over TLS from
+    // inside.
+    let logins = scram_logins(&relay.log_contents(), &inside.to_string());
+    assert_eq!(logins, logins_before + 2, "{}", relay.log_contents());
+    let logged = || Ok(relay.log_contents().contains("BASE_BACKUP relayed"));
+    wait_until(Duration::from_secs(5), "the backup logged", logged)
+        .unwrap_or_else(|e| panic!("{e}\n{}", relay.log_contents()));
+    let label = fs::read_to_string(data.join("backup_label")).unwrap();
+    assert!(label.contains("START TIMELINE: 1"), "{label}");
+
+    // The copy as a hot standby inside the namespace, streaming from the relay's address.
+    let feed = relay_at(&format!(
+        "{verified} password={BACKUP_PASSWORD} application_name=tls_copy"
+    ));
+    let mut standby = primary
+        .standby_from_copy(copy, &feed, Some("tls_copy"))
+        .unwrap();
+    standby.set_bins(remote.clone());
+    standby.start().unwrap();
+    primary
+        .psql("INSERT INTO t SELECT g, 'after' FROM generate_series(20001, 21000) g")
+        .unwrap();
+    let target = primary.current_wal_flush_lsn().unwrap();
+    wait_replayed(&standby, target, Duration::from_secs(60));
+    let digest = "SELECT count(*) || ':' || md5(string_agg(id || pad, ',' ORDER BY id)) FROM t";
+    assert_eq!(standby.psql(digest).unwrap(), primary.psql(digest).unwrap());
+    let receiver = standby
+        .psql("SELECT status, sender_host, sender_port FROM pg_stat_wal_receiver")
+        .unwrap();
+    assert_eq!(receiver, format!("streaming|{host}|{port}"));
+    let slot = remote
+        .psql(&slot_conninfo, "READ_REPLICATION_SLOT tls_copy")
+        .unwrap();
+    assert!(slot.starts_with("physical|"), "{slot}");
+    // The primary serves only the relay: its walsender, no backup left running.
+    assert_eq!(
+        primary
+            .psql("SELECT string_agg(application_name, ',') FROM pg_stat_replication")
+            .unwrap(),
+        "walrelay"
+    );
+    assert_eq!(
+        primary
+            .psql("SELECT count(*) FROM pg_stat_progress_basebackup")
+            .unwrap(),
+        "0"
+    );
+}
+
+/// How many SCRAM logins over TLS from `peer` the relay's `log` holds.
+fn scram_logins(log: &str, peer: &str) -> usize {
+    log.lines()
+        .filter(|l| {
+            l.contains("replication connection authorized")
+                && l.contains(&format!("peer={peer}:"))
+                && l.contains(" ssl=\"TLS")
+                && l.contains("method=\"scram-sha-256\"")
+        })
+        .count()
 }

@@ -12,6 +12,10 @@
 //!   whose transaction-id epoch is above 0;
 //! - the relay answers `IDENTIFY_SYSTEM`, `SHOW`, `TIMELINE_HISTORY`, `READ_REPLICATION_SLOT`
 //!   (15 and later) and `CREATE_REPLICATION_SLOT` in both syntaxes as that major does;
+//! - `pg_basebackup -X stream` aimed at the relay fares as aimed at the primary (PostgreSQL
+//!   15's, and the major's own where its build has one); each copy through the relay holds
+//!   the primary's files, verifies, and starts as a standby of the relay that replays to the
+//!   primary's end;
 //! - after the primary stops and the second standby is promoted, the relay and the standby
 //!   behind it follow onto timeline 2, and the relay's history file is byte-identical to the
 //!   promoted server's.
@@ -31,13 +35,15 @@
 mod support;
 
 use std::fs;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use support::*;
 use walrelay::testkit::localpg::{
-    Cluster, ClusterBuilder, PgBinaries, StopMode, free_port, require_major, require_postgres,
-    wait_until,
+    Cluster, ClusterBuilder, PgBinaries, ScratchDir, StopMode, free_port, require_major,
+    require_postgres, wait_until,
 };
+use walrelay::types::Lsn;
 
 macro_rules! majors {
     ($($major:literal => $sixteen:ident, $one:ident;)*) => {
@@ -185,6 +191,9 @@ fn matrix(major: u32, segment_mb: u32) {
         ClusterBuilder::new(bins.clone(), dir.path())
             .segment_size_mb(segment_mb)
             .archive(true)
+            // What a base backup through the relay sent it, for the comparison with what
+            // pg_basebackup sends it directly.
+            .config("log_replication_commands", "on")
             .init(),
     );
     // As if the cluster had used more than 2^32 transaction ids: feedback carries the epoch,
@@ -296,6 +305,15 @@ fn matrix(major: u32, segment_mb: u32) {
 
     commands_answer_as_the_primary(&run, &bins, &primary, &relay_conninfo);
     receivewal_fares_as_against_the_primary(&run, &bins, &primary, &relay_conninfo, dir.path());
+    base_backups_fare_as_against_the_primary(
+        &run,
+        &bins,
+        &primary,
+        &relay,
+        &relay_conninfo,
+        dir.path(),
+    );
+    run.step("base backups through the relay");
 
     another_majors_standby_is_refused_as_by_the_primary(
         &run,
@@ -566,4 +584,281 @@ fn another_majors_standby_is_refused_as_by_the_primary(
         "PG {major}: {ours}"
     );
     assert_eq!(ours, theirs, "PG {major}: a standby of another major");
+}
+
+/// The first `TOOL: error: …` line of a client tool's failure, else the whole text.
+fn tool_error(text: &str, tool: &str) -> String {
+    let prefix = format!("{tool}: error: ");
+    text.lines()
+        .find_map(|l| l.split_once(prefix.as_str()))
+        .map(|(_, m)| m.to_owned())
+        .unwrap_or_else(|| text.to_owned())
+}
+
+/// A copy taken by `pg_basebackup`, with the primary's flush position just before and just
+/// after it.
+struct Copy {
+    dir: ScratchDir,
+    before: Lsn,
+    after: Lsn,
+}
+
+impl Copy {
+    fn data(&self) -> std::path::PathBuf {
+        self.dir.path().join("data")
+    }
+}
+
+/// `pg_basebackup -X stream -c fast` as the matrix takes it: SHA-256 manifest checksums from
+/// 13 on, no manifest for 12 (which makes none).
+fn basebackup_args(major: u32) -> [&'static str; 6] {
+    let manifest = if major >= 13 {
+        "--manifest-checksums=SHA256"
+    } else {
+        "--no-manifest"
+    };
+    ["-X", "stream", "-c", "fast", "--no-sync", manifest]
+}
+
+/// The text of the last `BASE_BACKUP` the primary logged as received from a walsender whose
+/// log prefix ends with `who` (`[PID]` or `[PID] APP`).
+fn received_backup_command(primary: &Cluster, who: &str) -> Option<String> {
+    let needle = format!("{who} LOG:  received replication command: BASE_BACKUP");
+    primary
+        .log_contents()
+        .lines()
+        .rev()
+        .find(|l| l.contains(&needle))
+        .and_then(|l| l.split_once("received replication command: "))
+        .map(|(_, command)| command.to_owned())
+}
+
+/// pg_basebackup against the relay fares as against the primary. PostgreSQL 15's client
+/// sends the keyword syntax to 12, 13 and 14 (and reads one COPY per tablespace) and the
+/// parenthesised one to 15; it refuses newer servers itself, with the same message through
+/// the relay as directly, since the relay reports the upstream's `server_version`. Where the
+/// major's build has its own pg_basebackup (14, 16, 17, 18), that one too goes through the
+/// relay. Every copy through the relay:
+/// - is the answer to the client's own command, which reached the primary unchanged (the
+///   primary logs it; for 15's client, the same text as when it was aimed at the primary),
+///   and the relay logs it as relayed;
+/// - starts at a position the primary had during the backup, in the WAL file the primary
+///   names for it, and holds the load's table files;
+/// - passes `pg_verifybackup` (the major's own where it has one; 15's without WAL parsing
+///   for 13, whose WAL 15's `pg_waldump` cannot read), or for 12, which makes no manifest,
+///   has none;
+///
+/// and the first one starts as a hot standby of this major, streaming from the relay on a
+/// relay slot made beforehand, and replays to the primary's end with the same data: its WAL
+/// came from the relay's store through `-X stream`.
+fn base_backups_fare_as_against_the_primary(
+    run: &Run,
+    bins: &PgBinaries,
+    primary: &Cluster,
+    relay: &RelayProcess,
+    relay_conninfo: &str,
+    scratch: &Path,
+) {
+    let major = run.major;
+    let fifteen = require_postgres().unwrap();
+    run.ok(
+        "create the copy's relay slot",
+        repl(
+            bins,
+            relay_conninfo,
+            "CREATE_REPLICATION_SLOT matrix_copy PHYSICAL RESERVE_WAL",
+        ),
+    );
+    let args = basebackup_args(major);
+    let take = |client: &PgBinaries, label: &str, conninfo: &str| -> Result<Copy, String> {
+        let dir = client.scratch_dir(scratch, label).unwrap();
+        let before = primary.current_wal_flush_lsn().unwrap();
+        let mut cmd = client.command("pg_basebackup");
+        cmd.arg("-D")
+            .arg(dir.path().join("data"))
+            .args(["-d", conninfo])
+            .args(args);
+        walrelay::testkit::localpg::run(&mut cmd)
+            .map_err(|e| tool_error(&e.to_string(), "pg_basebackup"))?;
+        let after = primary.current_wal_flush_lsn().unwrap();
+        Ok(Copy { dir, before, after })
+    };
+    let relayed_before = relay.log_contents().matches("BASE_BACKUP relayed").count();
+    let mut copies = Vec::new();
+
+    // PostgreSQL 15's client, aimed at the primary first, then at the relay.
+    let direct = take(&fifteen, "bb15-direct", &primary.conninfo());
+    let direct_command = direct.is_ok().then(|| {
+        received_backup_command(primary, "] pg_basebackup")
+            .unwrap_or_else(|| panic!("PG {major}: the primary logged no BASE_BACKUP"))
+    });
+    let through = take(&fifteen, "bb15-relay", relay_conninfo);
+    match (&direct, through) {
+        (Ok(_), Ok(copy)) => {
+            assert!(major <= 15, "PG {major}: pg_basebackup 15 took a copy");
+            copies.push(("pg_basebackup 15", copy, direct_command));
+        }
+        (Err(theirs), Err(ours)) => {
+            assert_eq!(&ours, theirs, "PG {major}: pg_basebackup 15's failure");
+            assert!(
+                theirs.starts_with("incompatible server version"),
+                "PG {major}: pg_basebackup 15 aimed at the primary: {theirs}"
+            );
+        }
+        (direct, through) => panic!(
+            "PG {major}: pg_basebackup 15 aimed at the primary {:?}, at the relay {:?}\n{}",
+            direct.as_ref().map(|_| "made a copy"),
+            through.as_ref().map(|_| "made a copy"),
+            run.relay_says()
+        ),
+    }
+    drop(direct);
+    run.step("pg_basebackup 15 aimed at the primary, then at the relay");
+
+    // The major's own client, where its build has one.
+    if major != 15 && bins.dir().join("pg_basebackup").is_file() {
+        let copy = run.ok(
+            "the major's own pg_basebackup through the relay",
+            take(bins, "bb-own-relay", relay_conninfo),
+        );
+        copies.push(("its own pg_basebackup", copy, None));
+        run.step("its own pg_basebackup aimed at the relay");
+    }
+    assert!(!copies.is_empty(), "PG {major}: no copy through the relay");
+
+    for (n, (client, copy, direct_command)) in copies.iter().enumerate() {
+        let what = format!("PG {major}, {client} through the relay");
+        // The relay logs the backup once it has left the upstream, just after the answer.
+        let count = relayed_before + n + 1;
+        run.ok(
+            &format!("{what}: the relay logs the backup"),
+            wait_until(Duration::from_secs(5), "BASE_BACKUP relayed", || {
+                Ok(relay.log_contents().matches("BASE_BACKUP relayed").count() >= count)
+            }),
+        );
+        let log = relay.log_contents();
+        let line = log
+            .lines()
+            .filter(|l| l.contains("BASE_BACKUP relayed"))
+            .nth(count - 1)
+            .unwrap();
+        let pid: u32 = line
+            .split_once("BASE_BACKUP relayed pid=")
+            .and_then(|(_, rest)| rest.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("{what}: no upstream pid in {line:?}"));
+        let command = received_backup_command(primary, &format!("[{pid}] walrelay_basebackup"))
+            .unwrap_or_else(|| panic!("{what}: the primary logged no BASE_BACKUP from pid {pid}"));
+        // The parenthesised syntax from 15 on, the keywords before.
+        let second = command.split_whitespace().nth(1);
+        let syntax = if major >= 15 { "(" } else { "LABEL" };
+        assert_eq!(second, Some(syntax), "{what}: {command}");
+        assert_eq!(
+            command.contains("MANIFEST_CHECKSUMS 'SHA256'"),
+            major >= 13,
+            "{what}: {command}"
+        );
+        if let Some(direct) = direct_command {
+            assert_eq!(&command, direct, "{what}: the command the primary received");
+        }
+        check_copy(&what, bins, primary, copy);
+    }
+    run.step("the copies checked");
+
+    // The first copy as a standby of the relay.
+    let (client, copy, _) = copies.swap_remove(0);
+    let end_of_copy = copy.after;
+    let feed = format!("{relay_conninfo} application_name=matrix_copy");
+    let mut standby = run.ok(
+        "configure the copy as a standby",
+        primary.standby_from_copy(copy.dir, &feed, Some("matrix_copy")),
+    );
+    run.ok("start the copy", standby.start());
+    run.step("the copy started");
+    let end = primary.write_load(500).unwrap();
+    assert!(end > end_of_copy);
+    run.ok(
+        &format!("the copy by {client} replays to the primary's end"),
+        wait_until(TIMEOUT, "the copy's replay", || {
+            Ok(standby.replay_lsn()? >= end)
+        }),
+    );
+    assert_eq!(
+        standby.psql(DIGEST).unwrap(),
+        primary.psql(DIGEST).unwrap(),
+        "PG {major}: the copy's data differs from the primary's"
+    );
+    run.ok("stop the copy", standby.stop(StopMode::Fast));
+    drop(standby);
+    run.ok(
+        "drop the copy's relay slot",
+        wait_until(TIMEOUT, "the slot dropped", || {
+            Ok(repl(bins, relay_conninfo, "DROP_REPLICATION_SLOT matrix_copy").is_ok())
+        }),
+    );
+}
+
+/// One copy through the relay, checked without starting it: its backup label, its files,
+/// its manifest.
+fn check_copy(what: &str, bins: &PgBinaries, primary: &Cluster, copy: &Copy) {
+    let major = bins.version().unwrap();
+    let data = copy.data();
+    let label = fs::read_to_string(data.join("backup_label")).unwrap();
+    let field = |name: &str| {
+        label
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or_else(|| panic!("{what}: no {name} in backup_label:\n{label}"))
+            .trim()
+            .to_owned()
+    };
+    // START WAL LOCATION: 0/2000028 (file 000000010000000000000002)
+    let location = field("START WAL LOCATION:");
+    let (lsn, file) = location
+        .split_once(" (file ")
+        .unwrap_or_else(|| panic!("{what}: {location}"));
+    let start: Lsn = lsn.parse().unwrap();
+    let file = file.trim_end_matches(')');
+    assert!(
+        copy.before <= start && start <= copy.after,
+        "{what}: the copy starts at {start}, the primary was at {} before and {} after",
+        copy.before,
+        copy.after
+    );
+    let theirs = primary
+        .psql(&format!("SELECT pg_walfile_name('{start}')"))
+        .unwrap();
+    assert_eq!(file, theirs, "{what}: the start's WAL file");
+    assert_eq!(field("START TIMELINE:"), "1", "{what}");
+    assert_eq!(field("LABEL:"), "pg_basebackup base backup", "{what}");
+    assert!(
+        data.join("pg_wal").join(file).is_file(),
+        "{what}: the start's WAL file is not in the copy's pg_wal"
+    );
+    for table in ["walrelay_load", "matrix_ddl"] {
+        let path = primary
+            .psql(&format!("SELECT pg_relation_filepath('{table}')"))
+            .unwrap();
+        let len = fs::metadata(data.join(&path)).map_or(0, |m| m.len());
+        assert!(len > 0, "{what}: {table}'s file {path} is missing or empty");
+    }
+    let manifest = data.join("backup_manifest");
+    if major < 13 {
+        assert!(!manifest.exists(), "{what}: a manifest from PostgreSQL 12");
+        return;
+    }
+    // 15's pg_waldump reads no older WAL: where the major has no pg_verifybackup of its own,
+    // 15's checks everything but the WAL, which the standby made of the copy replays.
+    let own = bins.dir().join("pg_verifybackup").is_file();
+    let mut verify = bins.command("pg_verifybackup");
+    if !own && major != 15 {
+        verify.arg("--no-parse-wal");
+    }
+    verify.arg(&data);
+    let out = walrelay::testkit::localpg::run(&mut verify)
+        .unwrap_or_else(|e| panic!("{what}: pg_verifybackup: {e}"));
+    assert!(
+        out.contains("backup successfully verified"),
+        "{what}: {out}"
+    );
 }

@@ -632,6 +632,22 @@ impl Cluster {
         self.standby_in(dir, primary_conninfo, slot)
     }
 
+    /// A copy of this server that the caller took into `dir`'s `data/` (its own
+    /// `pg_basebackup`, from wherever it ran, already checked as it saw fit), configured as
+    /// [`basebackup_standby`](Cluster::basebackup_standby) configures its copy. Returned
+    /// stopped.
+    ///
+    /// # Errors
+    /// When the configuration cannot be written.
+    pub fn standby_from_copy(
+        &self,
+        dir: ScratchDir,
+        primary_conninfo: &str,
+        slot: Option<&str>,
+    ) -> Result<Cluster> {
+        self.standby_in(dir, primary_conninfo, slot)
+    }
+
     /// Sets the transaction-id epoch of this stopped, cleanly shut down cluster to `epoch`:
     /// with the build's own `pg_resetwal -e`, or where it has none (the server-only builds of
     /// 12 and 13), by changing what `pg_resetwal -e` changes in `pg_control` and the last
