@@ -270,6 +270,8 @@ fn matrix(major: u32, segment_mb: u32) {
     let mut end = primary.current_wal_flush_lsn().unwrap();
     for round in 1..=3 {
         end = load(&primary, round);
+        // 12 and 13 tell the walsender's client every reload with ParameterStatus, mid-stream.
+        primary.psql("SELECT pg_reload_conf()").unwrap();
     }
     run.ok(
         "the standby behind the relay replays to the primary's end",
@@ -279,6 +281,11 @@ fn matrix(major: u32, segment_mb: u32) {
         behind.psql(DIGEST).unwrap(),
         primary.psql(DIGEST).unwrap(),
         "PG {major}: the standby's data differs from the primary's"
+    );
+    let log = relay.log_contents();
+    assert!(
+        !log.contains("upstream connection ended"),
+        "PG {major}: the relay lost its upstream stream:\n{log}"
     );
     run.step("standby caught up with the same data");
 

@@ -537,6 +537,9 @@ impl UpstreamSession {
                 info!(notice = %n, "upstream notice");
                 Event::Continue
             }
+            // Allowed at any time (12 and 13 send them on every reload); nothing the relay
+            // reports changes with them.
+            BackendMessage::ParameterStatus { .. } => Event::Continue,
             other => {
                 return Err(unexpected(
                     &other,

@@ -248,6 +248,32 @@ fn copy_both_starts_the_stream_and_wal_must_be_contiguous() {
     );
 }
 
+/// PostgreSQL 12 and 13 send ParameterStatus to a walsender's client on every reload, in the
+/// middle of the stream; it may come at any time, and libpq takes it in its stride.
+#[test]
+fn a_parameter_status_mid_stream_goes_by() {
+    let mut s = streaming();
+    let events = feed(
+        &mut s,
+        &[
+            wal(0x100_0000, 16),
+            param("TimeZone", "Etc/UTC"),
+            wal(0x100_0010, 8),
+        ],
+    )
+    .unwrap();
+    assert!(matches!(
+        &events[..],
+        [
+            Event::Wal { .. },
+            Event::Wal {
+                start: Lsn(0x100_0010),
+                ..
+            }
+        ]
+    ));
+}
+
 #[test]
 fn the_server_asks_and_the_session_reports() {
     let mut s = streaming();
