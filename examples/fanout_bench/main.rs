@@ -7,7 +7,13 @@
 //! ```text
 //! cargo build --release --bin walrelay --example fanout_bench
 //! target/release/examples/fanout_bench > fanout.json
+//! target/release/examples/fanout_bench --only relay,cascade --standbys 4 --loads wal
+//! target/release/examples/fanout_bench --smoke
 //! ```
+//!
+//! The defaults (`--standbys 1,4,16 --mb 512 --table-mb 128 --clients 16,64,256 --client-mb
+//! 128`, pgbench for 30 s) are meant to finish in about 10 minutes on 2 cores, with about 12 GB
+//! of free disk; `--smoke` runs every part at tiny sizes in well under a minute.
 //!
 //! Everything runs on this machine, over loopback only: one throwaway primary (16 MB segments,
 //! `max_wal_size = 16GB`, `checkpoint_timeout = 1h`, so no checkpoint falls in a measured
@@ -96,6 +102,7 @@ mod servers;
 mod sqlconn;
 
 use std::path::PathBuf;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -166,7 +173,7 @@ pub struct Args {
     )]
     pub clients: Vec<usize>,
     /// WAL written while the lightweight clients stream, in MB.
-    #[arg(long, default_value_t = 256, value_name = "MB")]
+    #[arg(long, default_value_t = 128, value_name = "MB")]
     pub client_mb: u32,
     /// Threads of the lightweight clients' runtime.
     #[arg(long, default_value_t = 1, value_name = "N")]
@@ -256,9 +263,13 @@ impl Bench {
     }
 }
 
-/// Prints a progress line on stderr.
+/// When the benchmark started, for the progress lines.
+static STARTED: OnceLock<Instant> = OnceLock::new();
+
+/// Prints a progress line on stderr, with the seconds since the start.
 pub fn log(tag: &str, message: &str) {
-    eprintln!("[{tag}] {message}");
+    let since = STARTED.get_or_init(Instant::now).elapsed().as_secs_f64();
+    eprintln!("{since:6.1} s [{tag}] {message}");
 }
 
 /// Fails once Ctrl-C or SIGTERM has arrived.
@@ -327,6 +338,7 @@ fn machine() -> serde_json::Value {
 }
 
 fn main() -> Result<()> {
+    STARTED.get_or_init(Instant::now);
     let mut args = Args::parse();
     if args.smoke {
         args.smoke();

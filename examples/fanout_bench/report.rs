@@ -303,22 +303,27 @@ fn clients_table(r: &Report, out: &mut String) {
     let ingest = ingest_cpu_per_gib(&r.fanout);
     let _ = writeln!(
         out,
-        "\nLightweight clients on one relay, {:.0} MB of WAL:\n\n| Clients | All had it (s) | Relay CPU (s) | \
-         per client per GiB | less ingest | Clients' own CPU (s) | Peak RSS | Peak PSS | 16 MB + 64 kB per client |\n\
-         |---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "\nLightweight clients on one relay, {:.0} MB of WAL:\n\n| Clients | Clients had it: first / median / last (s) | \
+         Relay CPU (s) | per client per GiB | less ingest | Clients' own CPU (s) | Relay threads | Peak RSS | \
+         Peak PSS | 16 MB + 64 kB per client |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         first.wal_bytes as f64 / MIB as f64
     );
     for c in &r.clients {
         let (raw, net) = client_cpu(c, ingest);
+        let rec = &c.client_received_s;
+        let times = match (rec.first(), rec.last()) {
+            (Some(a), Some(z)) => format!("{a:.2} / {:.2} / {z:.2}", median(rec)),
+            _ => "–".into(),
+        };
         let _ = writeln!(
             out,
-            "| {} | {} | {:.2} | {:.1} ms | {} | {:.2} | {} | {} | {:.0} MB |",
+            "| {} | {times} | {:.2} | {:.1} ms | {} | {:.2} | {} | {} | {} | {:.0} MB |",
             c.clients,
-            secs(c.client_received_s.last().copied()),
             c.relay.cpu_s,
             raw * 1e3,
             net.map_or("–".into(), |n| format!("{:.1} ms", n * 1e3)),
             c.client_cpu_s,
+            c.relay.units,
             mb(c.relay.peak_rss_kib),
             mb(c.relay.peak_pss_kib),
             c.memory_budget_kib as f64 / 1024.0
