@@ -102,16 +102,40 @@ pub fn derive(
         .collect();
     counts.sort_unstable();
     counts.dedup();
+    let mut send_cpu = Vec::new();
     for load in [Load::Wal, Load::Table] {
         for &n in &counts {
-            let last =
-                |mode| find(mode, load, n).and_then(|c| c.standby_received_s.last().copied());
-            let (d, r, c) = (last(Mode::Direct), last(Mode::Relay), last(Mode::Cascade));
+            let pick = |mode, at: fn(&[f64]) -> Option<f64>| {
+                find(mode, load, n).and_then(|c| at(&c.standby_received_s))
+            };
+            let first: fn(&[f64]) -> Option<f64> = |v| v.first().copied();
+            let mid: fn(&[f64]) -> Option<f64> = |v| v.get(v.len() / 2).copied();
+            let last: fn(&[f64]) -> Option<f64> = |v| v.last().copied();
+            let times = |at| {
+                json!({"direct": pick(Mode::Direct, at), "relay": pick(Mode::Relay, at),
+                       "cascade": pick(Mode::Cascade, at)})
+            };
+            let (d, r, c) = (
+                pick(Mode::Direct, last),
+                pick(Mode::Relay, last),
+                pick(Mode::Cascade, last),
+            );
             receive.push(json!({
                 "load": load.name(), "standbys": n,
-                "last_received_s": {"direct": d, "relay": r, "cascade": c},
-                "relay_over_direct": ratio(r, d), "cascade_over_direct": ratio(c, d),
-                "relay_over_cascade": ratio(r, c),
+                "first_received_s": times(first), "median_received_s": times(mid),
+                "last_received_s": times(last),
+                "last_relay_over_direct": ratio(r, d), "last_cascade_over_direct": ratio(c, d),
+                "last_relay_over_cascade": ratio(r, c),
+            }));
+            let cpu = |mode| find(mode, load, n).and_then(|c| send_cpu_per_standby_gib(c, fanout));
+            let whole =
+                |mode| find(mode, load, n).map(|c| c.server.cpu_s / gib(c.wal_bytes) / n as f64);
+            send_cpu.push(json!({
+                "load": load.name(), "standbys": n,
+                "send_cpu_s_per_standby_gib": {"direct": cpu(Mode::Direct),
+                    "relay": cpu(Mode::Relay), "cascade": cpu(Mode::Cascade)},
+                "server_cpu_s_per_standby_gib": {"direct": whole(Mode::Direct),
+                    "relay": whole(Mode::Relay), "cascade": whole(Mode::Cascade)},
             }));
         }
     }
@@ -150,6 +174,7 @@ pub fn derive(
             "relay_over_cascade": ratio(send(Mode::Relay), send(Mode::Cascade)),
         },
         "receive_times": receive,
+        "send_cpu": send_cpu,
         "clients": per_client,
         "clients_cpu_per_client_gib_largest_over_smallest": match (small, big) {
             (Some(s), Some(b)) if s.clients != b.clients => json!({
