@@ -3,7 +3,8 @@
 //! archived copies and stops cleanly on Ctrl-C; `tail_wal` validates WAL up to a flushed
 //! position, and exits non-zero on a record with a bad CRC (from a fake walsender);
 //! `archive_segments` writes the switched segment byte-identical to the primary's own archive,
-//! and `pg_waldump` reads it.
+//! and `pg_waldump` reads it; `fanout_bench --smoke` runs every part of the end-to-end
+//! benchmark at tiny sizes, prints its JSON and tables, and leaves nothing behind.
 //!
 //! The examples are built by `cargo test` and `cargo nextest run` without a target filter, but
 //! not by `--test examples`: each test process runs `cargo build --example …` once, which is a
@@ -31,7 +32,12 @@ use walrelay::testkit::localpg::{require_postgres, wait_until};
 use walrelay::types::{Lsn, SegmentName, TimelineId, WalSegmentSize};
 
 const DEADLINE: Duration = Duration::from_secs(30);
-const EXAMPLES: [&str; 3] = ["embed_relay", "tail_wal", "archive_segments"];
+const EXAMPLES: [&str; 4] = [
+    "embed_relay",
+    "tail_wal",
+    "archive_segments",
+    "fanout_bench",
+];
 /// Variables cargo sets for a test beside `CARGO_PKG_*` and `CARGO_BIN_EXE_*`.
 const CARGO_TEST_VARIABLES: [&str; 6] = [
     "CARGO_MANIFEST_DIR",
@@ -143,6 +149,11 @@ impl Example {
 
     /// Waits for the example to exit on its own.
     fn wait(&mut self) -> ExitStatus {
+        self.wait_within(DEADLINE)
+    }
+
+    /// Waits up to `limit` for the example to exit on its own.
+    fn wait_within(&mut self, limit: Duration) -> ExitStatus {
         let start = Instant::now();
         let child = self.child.as_mut().unwrap();
         loop {
@@ -150,7 +161,7 @@ impl Example {
                 self.child = None;
                 return status;
             }
-            assert!(start.elapsed() < DEADLINE, "the example did not exit");
+            assert!(start.elapsed() < limit, "the example did not exit");
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -358,4 +369,65 @@ fn archive_segments_writes_the_switched_segment_as_the_primary_archives_it() {
     );
     bins.waldump(&archive, TimelineId::ONE, from, switch)
         .unwrap();
+}
+
+#[test]
+fn fanout_bench_smoke_runs_every_part_and_cleans_up() {
+    let Some(bins) = require_postgres() else {
+        return;
+    };
+    let dir = support::scratch(&bins, "example-fanout");
+    let args = [
+        "--smoke".to_owned(),
+        "--walrelay".into(),
+        env!("CARGO_BIN_EXE_walrelay").into(),
+    ];
+    let mut bench = Example::start("fanout_bench", &args, dir.path());
+    // Its clusters go under the temporary directory (a deeper one would make their sockets'
+    // paths too long), in `walrelay-fanout-bench-PID-…`.
+    let leftover = format!("walrelay-fanout-bench-{}-", bench.pid());
+    let status = bench.wait_within(Duration::from_secs(180));
+    assert!(status.success(), "{status}\n{}", bench.stderr());
+
+    let report: serde_json::Value = serde_json::from_str(&bench.stdout()).unwrap();
+    let cases = report["fanout"].as_array().unwrap();
+    // Three servers, groups of 0 and 1 standby, two loads.
+    assert_eq!(cases.len(), 12, "{report:#}");
+    for case in cases {
+        let times = case["standby_received_s"].as_array().unwrap();
+        assert_eq!(times.len() as u64, case["standbys"].as_u64().unwrap());
+        assert!(times.iter().all(|t| t.as_f64().is_some()), "{case:#}");
+        assert!(case["wal_bytes"].as_u64().unwrap() > 0);
+    }
+    let clients = report["clients"].as_array().unwrap();
+    assert_eq!(clients.len(), 2);
+    for case in clients {
+        let times = case["client_received_s"].as_array().unwrap();
+        assert_eq!(times.len() as u64, case["clients"].as_u64().unwrap());
+        assert!(times.iter().all(|t| t.as_f64().is_some()), "{case:#}");
+    }
+    for path in ["relay", "direct"] {
+        assert!(report["latency"][path]["samples"].as_u64().unwrap() > 0);
+    }
+    assert_eq!(report["disk"]["passes"].as_array().unwrap().len(), 2);
+    let tables = bench.stderr();
+    for heading in [
+        "WAL-only load",
+        "table-writing load",
+        "Ingest with no downstream",
+    ] {
+        assert!(tables.contains(heading), "{tables}");
+    }
+    assert!(
+        tables.contains("Lightweight clients on one relay"),
+        "{tables}"
+    );
+    assert!(tables.contains("Flush → received latency"), "{tables}");
+    // Every directory it made is gone (its servers are stopped before their directories go).
+    let left: Vec<String> = fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|name| name.starts_with(&leftover))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
 }
