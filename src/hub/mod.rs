@@ -17,10 +17,10 @@
 //! and always for older timelines (§4.2), it is read from the segment file with `pread`, on
 //! tokio's blocking pool, so a slow disk stalls only the readers waiting for it, never the
 //! runtime's workers. Memory does not grow with the number of readers or their lag: the tail
-//! is bounded, a lagging reader holds one read buffer (its [`ReadBuffer`], reused from read to
-//! read and let go once the reader is back in the tail), and no payload goes through a
-//! channel.
+//! is bounded, the buffers of disk reads are shared by all readers and lent only while a read
+//! is written out ([`pool`]), and no payload goes through a channel.
 
+mod pool;
 mod recent;
 
 use std::collections::BTreeMap;
@@ -29,12 +29,13 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use tokio::sync::watch;
 
 use crate::storage::{SegmentReader, StoreError};
 use crate::types::{DurableEnd, Lsn, SegmentName, TimelineId, WAL_PAGE_SIZE, WalSegmentSize};
 
+use pool::ReadPool;
 use recent::RecentWal;
 
 pub use crate::types::MAX_SEND_SIZE;
@@ -51,26 +52,6 @@ pub struct HubStats {
     pub served_from_disk: u64,
     /// Bytes the tail cache holds now.
     pub tail_bytes: usize,
-}
-
-/// A reader's buffer for disk reads, kept between [`Hub::read_batch`] calls: a reader that lags
-/// reads into the same allocation again (without zeroing it again) once every piece of the
-/// last read has been dropped, and lets it go as soon as it is served from the tail.
-#[derive(Debug, Default)]
-pub struct ReadBuffer {
-    last: Option<Bytes>,
-}
-
-impl ReadBuffer {
-    /// A buffer of `len` bytes: the last one when nothing else holds it any more.
-    fn take(&mut self, len: usize) -> BytesMut {
-        let mut buf = match self.last.take().map(Bytes::try_into_mut) {
-            Some(Ok(buf)) => buf,
-            _ => BytesMut::new(),
-        };
-        buf.resize(len, 0);
-        buf
-    }
 }
 
 /// The readers' side of the fan-out; cheap to clone.
@@ -101,6 +82,8 @@ struct Shared {
     next_xid: AtomicU64,
     /// `redo` of the newest checkpoint record written; 0 before one.
     last_redo: AtomicU64,
+    /// The buffers disk reads go into, and the turn to read.
+    pool: ReadPool,
 }
 
 /// The published end and the tail of its timeline, changed together, and the history files.
@@ -142,6 +125,7 @@ impl Hub {
             removed_below: AtomicU64::new(0),
             next_xid: AtomicU64::new(0),
             last_redo: AtomicU64::new(0),
+            pool: ReadPool::default(),
         });
         let feed = HubFeed {
             shared: Arc::clone(&shared),
@@ -186,17 +170,14 @@ impl Hub {
         from: Lsn,
         limit: Lsn,
     ) -> Result<Option<Bytes>, StoreError> {
-        let mut buffer = ReadBuffer::default();
-        let mut pieces = self
-            .read_batch(timeline, from, limit, 1, &mut buffer)
-            .await?;
+        let mut pieces = self.read_batch(timeline, from, limit, 1).await?;
         Ok((!pieces.is_empty()).then(|| pieces.swap_remove(0)))
     }
 
     /// Consecutive pieces from `from`, each cut as [`Hub::read`] cuts one, together at most
     /// about `max_bytes`: what a sender that is behind writes at once. Pieces from the tail
     /// come without copying; from disk, one read on the blocking pool covers them all (up to
-    /// the segment's end), into `buffer`.
+    /// the segment's end), into a buffer of the shared pool.
     ///
     /// # Errors
     /// As [`Hub::read`].
@@ -206,7 +187,6 @@ impl Hub {
         from: Lsn,
         limit: Lsn,
         max_bytes: u64,
-        buffer: &mut ReadBuffer,
     ) -> Result<Vec<Bytes>, StoreError> {
         let Some(reader) = self.shared.reader.get() else {
             return Ok(Vec::new());
@@ -230,7 +210,6 @@ impl Hub {
             match self.shared.source(reader, timeline, at, limit) {
                 Source::Nothing => break,
                 Source::Tail(piece) => {
-                    buffer.last = None;
                     count(&self.shared.from_tail, &piece);
                     at = Lsn(at.0 + piece.len() as u64);
                     taken += piece.len() as u64;
@@ -238,8 +217,9 @@ impl Hub {
                 }
                 Source::Disk { end, limit } => {
                     let size = reader.segment_size();
-                    let span = disk_span(at, end, limit, max_bytes - taken, size);
-                    let data = read_disk(reader, timeline, at, span, buffer).await?;
+                    let budget = (max_bytes - taken).min(pool::READ_BYTES as u64);
+                    let span = disk_span(at, end, limit, budget, size);
+                    let data = read_disk(&self.shared.pool, reader, timeline, at, span).await?;
                     count(&self.shared.from_disk, &data);
                     pieces.extend(cut(at, data, limit, size));
                     break;
@@ -279,23 +259,20 @@ impl Hub {
     }
 }
 
-/// `pread`s `[from, end)`, within one segment, on the blocking pool, into `buffer`.
+/// `pread`s `[from, end)`, within one segment, on the blocking pool, into a buffer of `pool`.
 async fn read_disk(
+    pool: &ReadPool,
     reader: &SegmentReader,
     timeline: TimelineId,
     from: Lsn,
     end: Lsn,
-    buffer: &mut ReadBuffer,
 ) -> Result<Bytes, StoreError> {
     let task_reader = reader.clone();
     let len = usize::try_from(end.saturating_distance(from)).unwrap_or(0);
-    let mut buf = buffer.take(len);
-    let task = tokio::task::spawn_blocking(move || {
-        let n = task_reader.read_at(timeline, from, &mut buf)?;
-        buf.truncate(n);
-        Ok::<_, StoreError>(buf.freeze())
-    });
-    let data = task.await.map_err(|e| {
+    let read = pool
+        .read(len, move |buf| task_reader.read_at(timeline, from, buf))
+        .await;
+    read.map_err(|e| {
         let size = reader.segment_size();
         let name = SegmentName {
             timeline,
@@ -306,9 +283,7 @@ async fn read_disk(
             path: reader.dir().join(name.file_name(size)),
             source: io::Error::other(e),
         }
-    })??;
-    buffer.last = Some(data.clone());
-    Ok(data)
+    })?
 }
 
 impl HubFeed {

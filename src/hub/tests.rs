@@ -351,10 +351,9 @@ async fn a_batch_from_disk_is_the_same_pieces_read_one_by_one() {
     append(t.path(), 1, from, &wal);
     feed.publish(tli(1), Lsn(to), []);
     let mut at = Lsn(from);
-    let mut buffer = ReadBuffer::default();
     while at < Lsn(to) {
         let batch = hub
-            .read_batch(tli(1), at, Lsn::MAX, 8 * MAX_SEND_SIZE, &mut buffer)
+            .read_batch(tli(1), at, Lsn::MAX, 8 * MAX_SEND_SIZE)
             .await
             .unwrap();
         assert!(!batch.is_empty());
@@ -370,17 +369,16 @@ async fn a_batch_from_disk_is_the_same_pieces_read_one_by_one() {
 }
 
 #[tokio::test]
-async fn a_lagging_reader_reuses_its_read_buffer_only_once_nothing_holds_it() {
+async fn lagging_readers_share_read_buffers_once_nothing_holds_them() {
     let t = TempDir::new().unwrap();
     let (from, to) = (SEG, 2 * SEG);
     let wal = content(from, (to - from) as usize, 11);
     let (hub, feed) = hub(t.path(), 0);
     append(t.path(), 1, from, &wal);
     feed.publish(tli(1), Lsn(to), []);
-    let mut buffer = ReadBuffer::default();
     let step = 2 * MAX_SEND_SIZE;
-    let mut batch = async |at: u64| {
-        hub.read_batch(tli(1), Lsn(at), Lsn::MAX, step, &mut buffer)
+    let batch = async |at: u64| {
+        hub.read_batch(tli(1), Lsn(at), Lsn::MAX, step)
             .await
             .unwrap()
     };
@@ -388,17 +386,18 @@ async fn a_lagging_reader_reuses_its_read_buffer_only_once_nothing_holds_it() {
     let first_ptr = first[0].as_ptr();
     let held = first.clone();
     drop(first);
-    // A piece of the last read is still held: the next read must not write into it.
+    // A piece of that read is still held (its write has not completed): another reader's
+    // read must not go into it.
     let second = batch(from + step).await;
     assert_ne!(second[0].as_ptr(), first_ptr);
     let held_len: usize = held.iter().map(Bytes::len).sum();
     assert_eq!(held.concat(), wal[..held_len]);
-    drop(held);
     let second_ptr = second[0].as_ptr();
+    drop(held);
     drop(second);
-    // Nothing holds the last read any more: the same allocation is read into again.
+    // Nothing holds either read any more: the next read, whoever makes it, reuses one.
     let third = batch(from + 2 * step).await;
-    assert_eq!(third[0].as_ptr(), second_ptr);
+    assert!([first_ptr, second_ptr].contains(&third[0].as_ptr()));
     let third_len: usize = third.iter().map(Bytes::len).sum();
     let at = (2 * step) as usize;
     assert_eq!(third.concat(), wal[at..at + third_len]);

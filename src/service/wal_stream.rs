@@ -13,7 +13,7 @@ use std::collections::VecDeque;
 use bytes::Bytes;
 use tokio::sync::watch;
 
-use crate::hub::{Hub, ReadBuffer};
+use crate::hub::Hub;
 use crate::storage::StoreError;
 use crate::types::{DurableEnd, Lsn, TimelineId};
 use crate::wal::TimelineHistory;
@@ -47,7 +47,6 @@ pub struct WalStream {
     durable: watch::Receiver<DurableEnd>,
     timeline: Option<TimelineId>,
     next: Lsn,
-    buffer: ReadBuffer,
     ready: VecDeque<WalChunk>,
 }
 
@@ -58,7 +57,6 @@ impl WalStream {
             hub,
             timeline: None,
             next: start,
-            buffer: ReadBuffer::default(),
             ready: VecDeque::new(),
         }
     }
@@ -107,7 +105,7 @@ impl WalStream {
         if self.next < limit {
             let pieces = self
                 .hub
-                .read_batch(timeline, self.next, limit, BATCH_BYTES, &mut self.buffer)
+                .read_batch(timeline, self.next, limit, BATCH_BYTES)
                 .await?;
             for data in pieces {
                 let chunk = WalChunk {

@@ -49,6 +49,11 @@ fn one_malloc_arena() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn one_malloc_arena() {}
 
+/// Threads for blocking work. Disk reads for lagging standbys take at most four at once (the
+/// hub's read pool); the rest (slot files, the upstream's state file) are short writes. With
+/// tokio's default of 512, a burst of new slots would start a thread for each.
+const BLOCKING_THREADS: usize = 16;
+
 fn main() -> ExitCode {
     one_malloc_arena();
     let cli = Cli::parse();
@@ -62,6 +67,7 @@ fn main() -> ExitCode {
     );
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .max_blocking_threads(BLOCKING_THREADS)
         .build()
     {
         Ok(rt) => rt,

@@ -20,7 +20,6 @@ mod backup;
 use super::DOWNSTREAM_READ_CHUNK;
 use super::context::{BackupPlace, SenderPlace, ServerContext, StreamStatus};
 use super::transport::{Replay, Transport};
-use crate::hub::ReadBuffer;
 use crate::metrics::Refusal;
 use crate::metrics::lag::LagReader;
 use crate::proto::downstream::streaming::SendRange;
@@ -90,10 +89,9 @@ enum LoggedIn<T: Transport> {
     Tls(Connection<TlsStream<Replay<T>>>),
 }
 
-/// What a stream needs between two sends: the durable end it last saw and its read buffer.
+/// What a stream needs between two sends: the durable end it last saw.
 struct StreamIo {
     durable: watch::Receiver<DurableEnd>,
-    buffer: ReadBuffer,
     /// Whether the session was told of the shutdown.
     stopping: bool,
 }
@@ -383,9 +381,9 @@ impl<T: Transport> Connection<T> {
 
     /// Reads up to eight XLogData of WAL from the hub and writes them in one go.
     async fn send(&mut self, range: SendRange, at: Now) -> Result<(), ConnError> {
-        let Some(stream) = self.stream.as_mut() else {
+        if self.stream.is_none() {
             return Ok(());
-        };
+        }
         let SendRange {
             timeline,
             from,
@@ -394,7 +392,7 @@ impl<T: Transport> Connection<T> {
         let read = self
             .ctx
             .hub
-            .read_batch(timeline, from, limit, BATCH_BYTES, &mut stream.buffer)
+            .read_batch(timeline, from, limit, BATCH_BYTES)
             .await;
         let pieces = match read {
             Ok(pieces) => pieces,
@@ -557,7 +555,6 @@ impl<T: Transport> Connection<T> {
                 });
                 self.stream = Some(StreamIo {
                     durable: self.ctx.hub.subscribe(),
-                    buffer: ReadBuffer::default(),
                     stopping: false,
                 });
             }
