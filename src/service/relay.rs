@@ -76,6 +76,9 @@ pub enum RelayError {
     /// The relay's task ended abnormally.
     #[error("the relay's task ended abnormally: {0}")]
     Task(#[from] tokio::task::JoinError),
+    /// The upstream side's thread could not start or ended abnormally.
+    #[error("the upstream thread failed: {0}")]
+    Thread(String),
     /// A setting is invalid.
     #[error(transparent)]
     SlotName(#[from] crate::types::SlotNameError),
@@ -575,11 +578,16 @@ impl Relay {
             sync: self.sync,
             counters: Arc::clone(&self.counters),
         };
-        let upstream = upstream::run(
-            self.upstream.subscribe(),
-            self.writer.clone(),
-            links,
-            shutdown.clone(),
+        // Cancelled with the relay's shutdown, or when this future is dropped.
+        let upstream_stop = shutdown.child_token();
+        let upstream = on_own_thread(
+            upstream::run(
+                self.upstream.subscribe(),
+                self.writer.clone(),
+                links,
+                upstream_stop.clone(),
+            ),
+            upstream_stop.drop_guard(),
         );
         let downstream = async {
             if let Some(d) = self.downstream {
@@ -592,6 +600,38 @@ impl Relay {
         info!("relay stopped");
         Ok(())
     }
+}
+
+/// Runs the upstream side on a thread of its own, with a runtime of its own: receiving WAL is
+/// never queued behind the senders' tasks. With many standbys the tasks of the shared runtime
+/// take turns, and a receiver that got one turn in every round of sixteen senders held back
+/// the relay's durable end, and with it every standby.
+/// `stop` ends it when the relay's future is dropped before it finished.
+async fn on_own_thread(
+    work: impl Future<Output = Result<(), UpstreamError>> + Send + 'static,
+    stop: tokio_util::sync::DropGuard,
+) -> Result<(), RelayError> {
+    let (done, result) = tokio::sync::oneshot::channel();
+    let started = std::thread::Builder::new()
+        .name("upstream".into())
+        .spawn(move || {
+            let outcome = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime.block_on(work).map_err(RelayError::from),
+                Err(e) => Err(RelayError::Thread(e.to_string())),
+            };
+            let _ = done.send(outcome);
+        });
+    if let Err(e) = started {
+        return Err(RelayError::Thread(e.to_string()));
+    }
+    let outcome = result
+        .await
+        .unwrap_or_else(|_| Err(RelayError::Thread("the upstream thread ended".into())));
+    drop(stop);
+    outcome
 }
 
 impl RelayHandle {
