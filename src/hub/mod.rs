@@ -170,14 +170,16 @@ impl Hub {
         from: Lsn,
         limit: Lsn,
     ) -> Result<Option<Bytes>, StoreError> {
-        let mut pieces = self.read_batch(timeline, from, limit, 1).await?;
+        let mut pieces = self.read_batch_kept(timeline, from, limit, 1).await?;
         Ok((!pieces.is_empty()).then(|| pieces.swap_remove(0)))
     }
 
     /// Consecutive pieces from `from`, each cut as [`Hub::read`] cuts one, together at most
     /// about `max_bytes`: what a sender that is behind writes at once. Pieces from the tail
     /// come without copying; from disk, one read on the blocking pool covers them all (up to
-    /// the segment's end), into a buffer of the shared pool.
+    /// the segment's end), into a buffer of the shared pool ([`pool`]). The caller must drop
+    /// the pieces soon (once they are written): while it holds them, the buffer is not free
+    /// for other readers. [`Hub::read_batch_kept`] gives pieces that may be kept.
     ///
     /// # Errors
     /// As [`Hub::read`].
@@ -187,6 +189,32 @@ impl Hub {
         from: Lsn,
         limit: Lsn,
         max_bytes: u64,
+    ) -> Result<Vec<Bytes>, StoreError> {
+        self.batch(timeline, from, limit, max_bytes, false).await
+    }
+
+    /// [`Hub::read_batch`], with what comes from disk copied out of the shared buffer, so
+    /// that the pieces may be kept as long as the caller likes.
+    ///
+    /// # Errors
+    /// As [`Hub::read`].
+    pub async fn read_batch_kept(
+        &self,
+        timeline: TimelineId,
+        from: Lsn,
+        limit: Lsn,
+        max_bytes: u64,
+    ) -> Result<Vec<Bytes>, StoreError> {
+        self.batch(timeline, from, limit, max_bytes, true).await
+    }
+
+    async fn batch(
+        &self,
+        timeline: TimelineId,
+        from: Lsn,
+        limit: Lsn,
+        max_bytes: u64,
+        keep: bool,
     ) -> Result<Vec<Bytes>, StoreError> {
         let Some(reader) = self.shared.reader.get() else {
             return Ok(Vec::new());
@@ -219,7 +247,10 @@ impl Hub {
                     let size = reader.segment_size();
                     let budget = (max_bytes - taken).min(pool::READ_BYTES as u64);
                     let span = disk_span(at, end, limit, budget, size);
-                    let data = read_disk(&self.shared.pool, reader, timeline, at, span).await?;
+                    let mut data = read_disk(&self.shared.pool, reader, timeline, at, span).await?;
+                    if keep {
+                        data = Bytes::copy_from_slice(&data);
+                    }
                     count(&self.shared.from_disk, &data);
                     pieces.extend(cut(at, data, limit, size));
                     break;

@@ -1,24 +1,25 @@
 //! The buffers readers that lag read segment files into, shared by all of them.
 //!
 //! A reader that has fallen out of the tail reads up to [`READ_BYTES`] (256 KiB, two
-//! `XLogData`) from disk at a time, however much more its batch may take from the tail.
-//! The buffer goes out to its socket as zero-copy [`Bytes`] slices, and comes back here once
-//! the last slice is dropped, which is as soon as the write completed. So the memory of disk
-//! reads does not grow with the number of lagging readers: it is what is being read and
-//! written at the moment, plus at most [`KEPT_BUFFERS`] kept for the next reads. A reader
-//! whose socket is full holds its buffer until the client reads; it never waits for another
-//! reader's buffer (a new one is made when none is free), so a slow client slows only itself.
+//! `XLogData`) from disk at a time, however much more its batch may take from the tail, into
+//! one of [`BUFFERS`] buffers. The buffer goes out to its socket as zero-copy [`Bytes`]
+//! slices, and comes back here once the last slice is dropped, which is as soon as the write
+//! completed. So the memory of disk reads is fixed, [`BUFFERS`] × [`READ_BYTES`] (8 MiB),
+//! however many readers lag: when every buffer is out, readers wait for one in turn (tokio's
+//! semaphores are fair). A reader whose client does not read holds its buffer until the
+//! client reads or the sender timeout drops it; it takes many such clients at once to slow
+//! the others.
 //!
-//! At most [`CONCURRENT_READS`] reads run at once on the blocking pool: lagging readers queue
-//! for them in turn (tokio's semaphore is fair), instead of each taking a thread.
+//! At most [`CONCURRENT_READS`] reads run at once on the blocking pool, instead of each
+//! lagging reader taking a thread.
 
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// Free buffers kept for the next reads; more are freed.
-pub(super) const KEPT_BUFFERS: usize = 8;
+/// Buffers lent to readers at most.
+pub(super) const BUFFERS: usize = 32;
 
 /// Disk reads running at once.
 pub(super) const CONCURRENT_READS: usize = 4;
@@ -32,6 +33,7 @@ pub(super) const READ_BYTES: usize = 2 * crate::types::MAX_SEND_SIZE as usize;
 pub(super) struct ReadPool {
     inner: Arc<Inner>,
     reads: Semaphore,
+    lent: Arc<Semaphore>,
 }
 
 #[derive(Debug, Default)]
@@ -44,6 +46,8 @@ struct Lent {
     buf: Vec<u8>,
     len: usize,
     pool: Arc<Inner>,
+    /// Given back after the buffer, so that a reader woken by it finds the buffer free.
+    _place: OwnedSemaphorePermit,
 }
 
 impl AsRef<[u8]> for Lent {
@@ -55,14 +59,11 @@ impl AsRef<[u8]> for Lent {
 impl Drop for Lent {
     fn drop(&mut self) {
         let buf = std::mem::take(&mut self.buf);
-        let mut free = self
-            .pool
+        self.pool
             .free
             .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if free.len() < KEPT_BUFFERS {
-            free.push(buf);
-        }
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(buf);
     }
 }
 
@@ -71,6 +72,7 @@ impl Default for ReadPool {
         ReadPool {
             inner: Arc::default(),
             reads: Semaphore::new(CONCURRENT_READS),
+            lent: Arc::new(Semaphore::new(BUFFERS)),
         }
     }
 }
@@ -83,7 +85,8 @@ impl ReadPool {
         len: usize,
         read: impl FnOnce(&mut [u8]) -> Result<usize, E> + Send + 'static,
     ) -> Result<Result<Bytes, E>, tokio::task::JoinError> {
-        // The semaphore is never closed.
+        // The semaphores are never closed.
+        let place = Arc::clone(&self.lent).acquire_owned().await;
         let _turn = self.reads.acquire().await.ok();
         let mut buf = self.take(len);
         let task = tokio::task::spawn_blocking(move || {
@@ -91,12 +94,15 @@ impl ReadPool {
             (buf, n)
         });
         let (buf, n) = task.await?;
-        Ok(n.map(|n| {
-            Bytes::from_owner(Lent {
+        let pool = Arc::clone(&self.inner);
+        Ok(n.map(|n| match place {
+            Ok(place) => Bytes::from_owner(Lent {
                 buf,
                 len: n.min(len),
-                pool: Arc::clone(&self.inner),
-            })
+                pool,
+                _place: place,
+            }),
+            Err(_) => Bytes::from(buf).slice(..n.min(len)),
         }))
     }
 
@@ -156,14 +162,26 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn no_more_than_a_few_buffers_are_kept() {
-        let pool = ReadPool::default();
+    async fn when_every_buffer_is_lent_the_next_reader_waits_for_one() {
+        let pool = Arc::new(ReadPool::default());
         let mut held = Vec::new();
-        for _ in 0..KEPT_BUFFERS + 5 {
+        for _ in 0..BUFFERS {
             held.push(pool.read(10, fill(0)).await.unwrap().unwrap());
         }
+        let waiting = {
+            let pool = Arc::clone(&pool);
+            tokio::spawn(async move { pool.read(10, fill(9)).await.unwrap().unwrap() })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "no buffer is free");
+        let slice = held.pop().unwrap().slice(..1);
+        assert!(!waiting.is_finished(), "a slice still holds the buffer");
+        drop(slice);
+        let got = waiting.await.unwrap();
+        assert_eq!(&got[..], &[9; 10][..]);
         drop(held);
-        assert_eq!(pool.kept(), KEPT_BUFFERS);
+        drop(got);
+        assert_eq!(pool.kept(), BUFFERS, "every buffer is back, none more");
     }
 
     #[tokio::test]

@@ -105,7 +105,7 @@ impl WalStream {
         if self.next < limit {
             let pieces = self
                 .hub
-                .read_batch(timeline, self.next, limit, BATCH_BYTES)
+                .read_batch_kept(timeline, self.next, limit, BATCH_BYTES)
                 .await?;
             for data in pieces {
                 let chunk = WalChunk {
