@@ -4,7 +4,7 @@
 //! `XLogData`) from disk at a time, however much more its batch may take from the tail, into
 //! one of [`BUFFERS`] buffers. The buffer goes out to its socket as zero-copy [`Bytes`]
 //! slices, and comes back here once the last slice is dropped, which is as soon as the write
-//! completed. So the memory of disk reads is fixed, [`BUFFERS`] × [`READ_BYTES`] (8 MiB),
+//! completed. So the memory of disk reads is fixed, [`BUFFERS`] × [`READ_BYTES`] (6 MiB),
 //! however many readers lag: when every buffer is out, readers wait for one in turn (tokio's
 //! semaphores are fair). A reader whose client does not read holds its buffer until the
 //! client reads or the sender timeout drops it; it takes many such clients at once to slow
@@ -19,7 +19,7 @@ use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Buffers lent to readers at most.
-pub(super) const BUFFERS: usize = 32;
+pub(super) const BUFFERS: usize = 24;
 
 /// Disk reads running at once.
 pub(super) const CONCURRENT_READS: usize = 4;
