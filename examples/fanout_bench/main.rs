@@ -25,7 +25,7 @@
 //!
 //! - `disk`: the machine's fdatasync'd sequential write bandwidth on the filesystem the relay
 //!   writes to, the way the relay writes (see `disk.rs`): 128 KiB chunks into one new file per
-//!   segment, fdatasync every 16 chunks, then after every chunk.
+//!   segment, fdatasync every 8 chunks, then after every chunk.
 //! - `relay`, `cascade`, `direct`: the fan-out server is started (the relay with
 //!   `walrelay run`, on its own slot of the primary; C, a hot standby of the primary on a slot
 //!   of its own; or nothing, the primary serves), then groups of 0 and of each `--standbys`

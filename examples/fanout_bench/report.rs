@@ -189,9 +189,9 @@ pub fn derive(
             "relay_mib_s": ingest_mib_s,
             "relay_cpu_s_per_gib": ingest,
             "primary_write_s": ingest_case.map(|c| c.write_s),
-            "disk_mib_s_sync_every_16": disk_mib_s(16),
+            "disk_mib_s_sync_every_8": disk_mib_s(8),
             "disk_mib_s_sync_every_1": disk_mib_s(1),
-            "relay_over_disk_16": ratio(ingest_mib_s, disk_mib_s(16)),
+            "relay_over_disk_8": ratio(ingest_mib_s, disk_mib_s(8)),
         },
         "latency": latency.map(|l| json!({
             "relay_p50_ms": l.relay.p50_ms, "direct_p50_ms": l.direct.p50_ms,

@@ -29,14 +29,12 @@ use crate::storage::{StoreEnd, StoreError, StoreIdentity, WalStore};
 use crate::types::{Lsn, TimelineId};
 
 /// Chunks that may wait for the disk before the receiver stops reading the socket.
-const QUEUE_CHUNKS: usize = 32;
+const QUEUE_CHUNKS: usize = 16;
 
 /// Chunks appended between two syncs at most. Without a bound, a receiver that keeps the
 /// queue from ever running empty would hold back the durable end (and keep every chunk in
-/// memory) for as long as it does. A chunk that finds the queue empty is synced alone, so
-/// this matters only under a heavy load, where 16 (2 MiB of full XLogData) took the relay's
-/// ingest of 1 GiB from 3.1-3.2 s to 2.7-2.9 s and 1.5 to 1.3 CPU-seconds, against 8.
-const SYNC_EVERY_CHUNKS: usize = 16;
+/// memory) for as long as it does.
+const SYNC_EVERY_CHUNKS: usize = 8;
 
 /// What the store holds, as last published.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
