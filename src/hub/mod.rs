@@ -18,7 +18,7 @@
 //! tokio's blocking pool, so a slow disk stalls only the readers waiting for it, never the
 //! runtime's workers. Memory does not grow with the number of readers or their lag: the tail
 //! is bounded, the buffers of disk reads are shared by all readers and lent only while a read
-//! is written out ([`pool`]), and no payload goes through a channel.
+//! is written out (see the `pool` module), and no payload goes through a channel.
 
 mod pool;
 mod recent;
@@ -177,7 +177,7 @@ impl Hub {
     /// Consecutive pieces from `from`, each cut as [`Hub::read`] cuts one, together at most
     /// about `max_bytes`: what a sender that is behind writes at once. Pieces from the tail
     /// come without copying; from disk, one read on the blocking pool covers them all (up to
-    /// the segment's end), into a buffer of the shared pool ([`pool`]). The caller must drop
+    /// the segment's end), into a buffer of the shared pool. The caller must drop
     /// the pieces soon (once they are written): while it holds them, the buffer is not free
     /// for other readers. [`Hub::read_batch_kept`] gives pieces that may be kept.
     ///
