@@ -21,7 +21,7 @@ use crate::proto::downstream::{DownstreamSession, Peer};
 use crate::service::conn::FrameReader;
 use crate::slots::{Persistency, SlotError, SlotFile, SlotPersister, SlotRegistry, SlotSnapshot};
 use crate::types::{
-    Lsn, PgTimestamp, SlotName, SystemId, TimelineId, UpstreamInfo, WalSegmentSize,
+    BackendPid, Lsn, PgTimestamp, SlotName, SystemId, TimelineId, UpstreamInfo, WalSegmentSize,
 };
 use crate::wire::frontend::FrontendMessage;
 use crate::wire::replication::{ClientCopyData, ServerCopyData, StandbyStatusUpdate};
@@ -270,4 +270,37 @@ async fn status_updates_flow_while_the_slot_file_syncs_on_a_stalled_disk() {
         .await
         .unwrap()
         .unwrap();
+}
+
+/// A CancelRequest wakes the backup of the connection it names only with that connection's
+/// key, and names nothing once the backup is over.
+#[tokio::test]
+async fn a_cancel_request_reaches_a_backup_only_with_its_key() {
+    let t = tempfile::TempDir::new().unwrap();
+    let relay = relay(t.path());
+    let ctx = relay.ctx;
+    let (pid, key) = (BackendPid(42), 0x1234);
+    let watch = ctx.watch_cancel(pid, key);
+    let woken = || {
+        let cancelled = std::pin::pin!(watch.cancelled());
+        futures_now(cancelled)
+    };
+    ctx.cancel(pid, key + 1);
+    ctx.cancel(BackendPid(43), key);
+    assert!(!woken(), "a wrong key or pid");
+    ctx.cancel(pid, key);
+    assert!(woken());
+    drop(watch);
+    ctx.cancel(pid, key);
+    let again = ctx.watch_cancel(pid, key);
+    assert!(
+        !futures_now(std::pin::pin!(again.cancelled())),
+        "a request for a finished backup is not kept for the next"
+    );
+}
+
+/// Whether `f` is ready at its first poll.
+fn futures_now<F: std::future::Future>(f: std::pin::Pin<&mut F>) -> bool {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    f.poll(&mut cx).is_ready()
 }

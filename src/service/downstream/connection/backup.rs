@@ -61,17 +61,9 @@ impl<T: Transport> Connection<T> {
         counters.downstream.backup_started();
         let mut scanner = AnswerScanner::new();
         let end = self.relay_backup_with(query, &mut scanner).await;
-        let outcome = match &end {
-            Ok(BackupEnd::Done) if !scanner.saw_error() => BackupOutcome::Completed,
-            Ok(
-                BackupEnd::Done
-                | BackupEnd::ConnectFailed(_)
-                | BackupEnd::Refused(_)
-                | BackupEnd::UpstreamLost { .. },
-            ) => BackupOutcome::Failed,
-            Ok(BackupEnd::Shutdown | BackupEnd::Broken) | Err(_) => BackupOutcome::Aborted,
-        };
-        counters.downstream.backup_ended(outcome);
+        counters
+            .downstream
+            .backup_ended(outcome(end.as_ref().ok(), scanner.saw_error()));
         end
     }
 
@@ -264,6 +256,21 @@ impl<T: Transport> Connection<T> {
     }
 }
 
+/// How a backup ended, for the metrics: `end` is `None` when the client's socket failed;
+/// `saw_error` when the answer carried an ErrorResponse.
+fn outcome(end: Option<&BackupEnd>, saw_error: bool) -> BackupOutcome {
+    match end {
+        Some(BackupEnd::Done) if !saw_error => BackupOutcome::Completed,
+        Some(
+            BackupEnd::Done
+            | BackupEnd::ConnectFailed(_)
+            | BackupEnd::Refused(_)
+            | BackupEnd::UpstreamLost { .. },
+        ) => BackupOutcome::Failed,
+        Some(BackupEnd::Shutdown | BackupEnd::Broken) | None => BackupOutcome::Aborted,
+    }
+}
+
 /// What a CancelRequest to the upstream backend relaying a backup carries.
 struct UpstreamCancel {
     pid: i32,
@@ -304,5 +311,37 @@ fn lost(scanner: &AnswerScanner, detail: String) -> BackupEnd {
         }
     } else {
         BackupEnd::Broken
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_for_the_metrics() {
+        assert_eq!(
+            outcome(Some(&BackupEnd::Done), false),
+            BackupOutcome::Completed
+        );
+        // The upstream's own error (a bad compression level, a checksum failure) ends in
+        // ReadyForQuery too: the backup failed.
+        assert_eq!(outcome(Some(&BackupEnd::Done), true), BackupOutcome::Failed);
+        let lost = BackupEnd::UpstreamLost {
+            after_error: false,
+            detail: "reset".into(),
+        };
+        assert_eq!(outcome(Some(&lost), false), BackupOutcome::Failed);
+        let refused = BackupEnd::ConnectFailed("no route".into());
+        assert_eq!(outcome(Some(&refused), false), BackupOutcome::Failed);
+        assert_eq!(
+            outcome(Some(&BackupEnd::Broken), false),
+            BackupOutcome::Aborted
+        );
+        assert_eq!(
+            outcome(Some(&BackupEnd::Shutdown), false),
+            BackupOutcome::Aborted
+        );
+        assert_eq!(outcome(None, false), BackupOutcome::Aborted);
     }
 }
