@@ -213,6 +213,11 @@ pub struct Args {
     /// Where to put the clusters and the relay's data [default: the temporary directory].
     #[arg(long, value_name = "DIR")]
     dir: Option<PathBuf>,
+    /// Where the relays keep their WAL [default: beside the clusters, under --dir]. A directory
+    /// on another disk spares the relay the primary's and the standbys' fsyncs, as a machine
+    /// of its own would; one on tmpfs shows what the relay costs without its disk.
+    #[arg(long, value_name = "DIR")]
+    relay_dir: Option<PathBuf>,
     /// Scrape the relay's /metrics this often while it runs (0: never), to see what monitoring
     /// costs the fan-out.
     #[arg(long, default_value_t = 0, value_name = "MS")]
@@ -256,6 +261,7 @@ impl Bench {
         RelayOptions {
             walrelay: &self.walrelay,
             root: self.root.path(),
+            data_root: self.args.relay_dir.as_deref().unwrap_or(self.root.path()),
             upstream_slot: slot.to_string(),
             max_senders: clients + standbys + 16,
             scrape_every_ms: self.args.scrape_every_ms,
@@ -357,7 +363,8 @@ fn main() -> Result<()> {
         "client_threads": args.client_threads, "segment_mb": args.segment_mb,
         "latency": {"rate": args.latency_rate, "clients": args.latency_clients,
                     "seconds": args.latency_seconds, "sample_us": args.latency_sample_us},
-        "scrape_every_ms": args.scrape_every_ms, "smoke": args.smoke,
+        "scrape_every_ms": args.scrape_every_ms,
+        "relay_dir": args.relay_dir, "smoke": args.smoke,
         "postgres_major": bins.version()?, "walrelay": walrelay.display().to_string(),
         "machine": machine(),
     });

@@ -52,8 +52,9 @@ pub struct RelayServer {
     /// Its slot on the primary, dropped by [`RelayServer::stop`].
     upstream_slot: String,
     scraper: Option<(Arc<AtomicBool>, JoinHandle<u64>)>,
-    // Last: the process is stopped before its directory goes.
+    // Last: the process is stopped before its directories go.
     _dir: ScratchDir,
+    _data: ScratchDir,
 }
 
 /// How to start a relay.
@@ -62,6 +63,8 @@ pub struct RelayOptions<'a> {
     pub walrelay: &'a Path,
     /// Where its directory goes.
     pub root: &'a Path,
+    /// Where its WAL store's directory goes.
+    pub data_root: &'a Path,
     /// Its slot's name on the primary.
     pub upstream_slot: String,
     /// `--max-wal-senders` and `--max-replication-slots`.
@@ -74,11 +77,12 @@ impl RelayServer {
     /// Starts the relay and waits until it serves and holds the primary's current WAL.
     pub fn start(bins: &PgBinaries, primary: &Cluster, opts: &RelayOptions) -> Result<Self> {
         let dir = bins.scratch_dir(opts.root, "relay")?;
+        let data = bins.scratch_dir(opts.data_root, "relay-data")?;
         let (port, http) = (free_port()?, free_port()?);
         let senders = opts.max_senders.to_string();
         let mut cmd = Command::new(opts.walrelay);
         cmd.args(["run", "--upstream", &primary.conninfo(), "--data-dir"])
-            .arg(dir.path().join("data"))
+            .arg(data.path())
             .args(["--upstream-slot", &opts.upstream_slot])
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--http-listen", &format!("127.0.0.1:{http}")])
@@ -104,6 +108,7 @@ impl RelayServer {
             upstream_slot: opts.upstream_slot.clone(),
             scraper,
             _dir: dir,
+            _data: data,
         };
         let target = SqlConn::connect(primary.port(), false, "bench")?
             .query_lsn("SELECT pg_current_wal_flush_lsn()")?;

@@ -290,7 +290,8 @@ impl Hub {
     }
 }
 
-/// `pread`s `[from, end)`, within one segment, on the blocking pool, into a buffer of `pool`.
+/// Reads `[from, end)`, within one segment, into a buffer of `pool`: what the page cache
+/// holds at once, anything else on the blocking pool.
 async fn read_disk(
     pool: &ReadPool,
     reader: &SegmentReader,
@@ -301,7 +302,11 @@ async fn read_disk(
     let task_reader = reader.clone();
     let len = usize::try_from(end.saturating_distance(from)).unwrap_or(0);
     let read = pool
-        .read(len, move |buf| task_reader.read_at(timeline, from, buf))
+        .read(
+            len,
+            |buf| reader.read_cached(timeline, from, buf),
+            move |buf| task_reader.read_at(timeline, from, buf),
+        )
         .await;
     read.map_err(|e| {
         let size = reader.segment_size();

@@ -4,14 +4,17 @@
 //! `XLogData`) from disk at a time, however much more its batch may take from the tail, into
 //! one of [`BUFFERS`] buffers. The buffer goes out to its socket as zero-copy [`Bytes`]
 //! slices, and comes back here once the last slice is dropped, which is as soon as the write
-//! completed. So the memory of disk reads is fixed, [`BUFFERS`] × [`READ_BYTES`] (6 MiB),
+//! completed. So the memory of disk reads is fixed, [`BUFFERS`] × [`READ_BYTES`] (3 MiB),
 //! however many readers lag: when every buffer is out, readers wait for one in turn (tokio's
 //! semaphores are fair). A reader whose client does not read holds its buffer until the
 //! client reads or the sender timeout drops it; it takes many such clients at once to slow
 //! the others.
 //!
-//! At most [`CONCURRENT_READS`] reads run at once on the blocking pool, instead of each
-//! lagging reader taking a thread.
+//! What the page cache holds, which is nearly everything a reader lags by, is read at once
+//! on the reader's own thread without waiting for the disk (`preadv2` with `RWF_NOWAIT`), as
+//! a walsender reads: a hand-off to another thread for each read cost more than the read.
+//! Only a read that would wait for the disk goes to the blocking pool, at most
+//! [`CONCURRENT_READS`] at once, instead of each lagging reader taking a thread.
 
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -19,7 +22,7 @@ use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Buffers lent to readers at most.
-pub(super) const BUFFERS: usize = 24;
+pub(super) const BUFFERS: usize = 12;
 
 /// Disk reads running at once.
 pub(super) const CONCURRENT_READS: usize = 4;
@@ -78,22 +81,32 @@ impl Default for ReadPool {
 }
 
 impl ReadPool {
-    /// Runs `read` on the blocking pool, in turn, with a buffer of at least `len` bytes; it
-    /// returns how many bytes it read. The bytes read are lent out as [`Bytes`].
+    /// Reads into a buffer of at least `len` bytes and lends out the bytes read as [`Bytes`].
+    /// `now`, which must not block, goes first, on the caller's thread; where it reads
+    /// nothing (`None`), `read` runs on the blocking pool, in turn. Either returns how many
+    /// bytes it read.
     pub(super) async fn read<E: Send + 'static>(
         &self,
         len: usize,
+        now: impl FnOnce(&mut [u8]) -> Option<usize>,
         read: impl FnOnce(&mut [u8]) -> Result<usize, E> + Send + 'static,
     ) -> Result<Result<Bytes, E>, tokio::task::JoinError> {
         // The semaphores are never closed.
         let place = Arc::clone(&self.lent).acquire_owned().await;
-        let _turn = self.reads.acquire().await.ok();
         let mut buf = self.take(len);
-        let task = tokio::task::spawn_blocking(move || {
-            let n = read(buf.get_mut(..len).unwrap_or_default());
-            (buf, n)
-        });
-        let (buf, n) = task.await?;
+        let n = match now(buf.get_mut(..len).unwrap_or_default()) {
+            Some(n) => Ok(n),
+            None => {
+                let _turn = self.reads.acquire().await.ok();
+                let task = tokio::task::spawn_blocking(move || {
+                    let n = read(buf.get_mut(..len).unwrap_or_default());
+                    (buf, n)
+                });
+                let (read_into, n) = task.await?;
+                buf = read_into;
+                n
+            }
+        };
         let pool = Arc::clone(&self.inner);
         Ok(n.map(|n| match place {
             Ok(place) => Bytes::from_owner(Lent {
@@ -141,22 +154,44 @@ mod tests {
         }
     }
 
+    /// A read that never finds anything without waiting.
+    fn never(_: &mut [u8]) -> Option<usize> {
+        None
+    }
+
+    #[tokio::test]
+    async fn what_reads_without_waiting_skips_the_blocking_pool_and_is_lent_alike() {
+        let pool = ReadPool::default();
+        let quick = |buf: &mut [u8]| {
+            buf.fill(7);
+            Some(buf.len() - 1)
+        };
+        let not_called = |_: &mut [u8]| -> Result<usize, ()> { panic!("the blocking read ran") };
+        let got = pool.read(100, quick, not_called).await.unwrap().unwrap();
+        assert_eq!(&got[..], &[7; 99][..]);
+        drop(got);
+        assert_eq!(pool.kept(), 1, "its buffer comes back as any other");
+        // Where it reads nothing, the blocking read does it, into the same buffer.
+        let got = pool.read(100, never, fill(8)).await.unwrap().unwrap();
+        assert_eq!(&got[..], &[8; 100][..]);
+    }
+
     #[tokio::test]
     async fn a_buffer_comes_back_once_its_last_slice_is_dropped() {
         let pool = ReadPool::default();
-        let first = pool.read(100, fill(1)).await.unwrap().unwrap();
+        let first = pool.read(100, never, fill(1)).await.unwrap().unwrap();
         assert_eq!(&first[..], &[1; 100][..]);
         let ptr = first.as_ptr();
         let slice = first.slice(10..20);
         drop(first);
         assert_eq!(pool.kept(), 0, "a slice still holds it");
         // Read into another buffer meanwhile: the held one is not written into.
-        let second = pool.read(100, fill(2)).await.unwrap().unwrap();
+        let second = pool.read(100, never, fill(2)).await.unwrap().unwrap();
         assert_ne!(second.as_ptr(), ptr);
         assert_eq!(&slice[..], &[1; 10][..]);
         drop(slice);
         assert_eq!(pool.kept(), 1);
-        let third = pool.read(50, fill(3)).await.unwrap().unwrap();
+        let third = pool.read(50, never, fill(3)).await.unwrap().unwrap();
         assert_eq!(third.as_ptr(), ptr, "the free buffer is read into again");
         assert_eq!(third.len(), 50);
     }
@@ -166,11 +201,11 @@ mod tests {
         let pool = Arc::new(ReadPool::default());
         let mut held = Vec::new();
         for _ in 0..BUFFERS {
-            held.push(pool.read(10, fill(0)).await.unwrap().unwrap());
+            held.push(pool.read(10, never, fill(0)).await.unwrap().unwrap());
         }
         let waiting = {
             let pool = Arc::clone(&pool);
-            tokio::spawn(async move { pool.read(10, fill(9)).await.unwrap().unwrap() })
+            tokio::spawn(async move { pool.read(10, never, fill(9)).await.unwrap().unwrap() })
         };
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         assert!(!waiting.is_finished(), "no buffer is free");
@@ -188,13 +223,13 @@ mod tests {
     async fn a_short_read_and_an_error_are_passed_on() {
         let pool = ReadPool::default();
         let short = pool
-            .read(100, |buf: &mut [u8]| Ok::<_, ()>(buf.len() / 2))
+            .read(100, never, |buf: &mut [u8]| Ok::<_, ()>(buf.len() / 2))
             .await
             .unwrap()
             .unwrap();
         assert_eq!(short.len(), 50);
         let failed = pool
-            .read(100, |_: &mut [u8]| Err::<usize, _>("gone"))
+            .read(100, never, |_: &mut [u8]| Err::<usize, _>("gone"))
             .await
             .unwrap();
         assert_eq!(failed, Err("gone"));

@@ -118,6 +118,31 @@ impl SegmentReader {
         Ok(n)
     }
 
+    /// [`SegmentReader::read_at`] without waiting for the disk: reads what the page cache
+    /// holds from a file already open (`preadv2` with `RWF_NOWAIT`), so it may run on an
+    /// async thread. `None` when that is nothing, or anything else stands in the way; then
+    /// [`SegmentReader::read_at`], on a thread that may block, does the read and reports its
+    /// errors. A short read is possible: what the cache held.
+    pub fn read_cached(&self, timeline: TimelineId, lsn: Lsn, buf: &mut [u8]) -> Option<usize> {
+        let size = self.inner.size;
+        let offset = u64::from(size.offset_in_segment(lsn));
+        let room = usize::try_from(size.bytes_u64() - offset).unwrap_or(usize::MAX);
+        let buf = buf
+            .get_mut(..room.min(buf.len()))
+            .filter(|b| !b.is_empty())?;
+        let name = SegmentName {
+            timeline,
+            segno: size.segment_of(lsn),
+        };
+        let seg = self.cached(name)?;
+        let flags = rustix::io::ReadWriteFlags::NOWAIT;
+        let n = rustix::io::preadv2(&*seg.file, &mut [io::IoSliceMut::new(buf)], offset, flags)
+            .ok()
+            .filter(|n| *n > 0)?;
+        // As in `read_at`: a file that lost its name is looked up again by the slow path.
+        is_linked(&seg).ok().filter(|linked| *linked).map(|_| n)
+    }
+
     /// Closes the cached handles of files that were removed (or replaced), so their disk space
     /// is freed now rather than at the next read of them. Call it after retention.
     ///
@@ -288,6 +313,32 @@ mod tests {
             "{err}"
         );
         assert_eq!(r.open_count(), 2);
+    }
+
+    #[test]
+    fn a_read_that_must_not_wait_reads_only_cached_files_and_never_past_what_they_hold() {
+        let t = tempfile::TempDir::new().unwrap();
+        fs::write(file(t.path(), 1, 3, true), content(3 * SEG, 5000, 0)).unwrap();
+        let r = SegmentReader::new(t.path().to_path_buf(), size());
+        let mut buf = vec![0; 8192];
+        // Not open yet: left to `read_at`, which opens it.
+        assert_eq!(r.read_cached(tli(1), Lsn(3 * SEG), &mut buf), None);
+        assert_eq!(read(&r, 1, 3 * SEG, 10), content(3 * SEG, 10, 0));
+        // Just written, so in the page cache: read at once, as far as the file goes.
+        let n = r
+            .read_cached(tli(1), Lsn(3 * SEG + 1000), &mut buf)
+            .unwrap();
+        assert_eq!(n, 4000);
+        assert_eq!(&buf[..n], &content(3 * SEG + 1000, 4000, 0)[..]);
+        // Past the end, on an empty buffer, or another timeline: nothing, and no error.
+        assert_eq!(r.read_cached(tli(1), Lsn(3 * SEG + 5000), &mut buf), None);
+        assert_eq!(r.read_cached(tli(1), Lsn(3 * SEG), &mut []), None);
+        assert_eq!(r.read_cached(tli(2), Lsn(3 * SEG), &mut buf), None);
+        // A file that lost its name is left to `read_at`, which looks it up again.
+        fs::remove_file(file(t.path(), 1, 3, true)).unwrap();
+        assert_eq!(r.read_cached(tli(1), Lsn(3 * SEG), &mut buf), None);
+        let err = r.read_at(tli(1), Lsn(3 * SEG), &mut buf).unwrap_err();
+        assert!(matches!(err, StoreError::SegmentRemoved { .. }), "{err}");
     }
 
     #[test]
