@@ -377,10 +377,13 @@ fn fanout_bench_smoke_runs_every_part_and_cleans_up() {
         return;
     };
     let dir = support::scratch(&bins, "example-fanout");
+    let relay_wal = dir.path().join("relay-wal");
     let args = [
         "--smoke".to_owned(),
         "--walrelay".into(),
         env!("CARGO_BIN_EXE_walrelay").into(),
+        "--relay-dir".into(),
+        relay_wal.display().to_string(),
     ];
     let mut bench = Example::start("fanout_bench", &args, dir.path());
     // Its clusters go under the temporary directory (a deeper one would make their sockets'
@@ -430,4 +433,11 @@ fn fanout_bench_smoke_runs_every_part_and_cleans_up() {
         .filter(|name| name.starts_with(&leftover))
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
+    // The relays kept their WAL where `--relay-dir` said, and it is gone too.
+    assert_eq!(
+        report["config"]["relay_dir"].as_str(),
+        Some(relay_wal.to_str().unwrap())
+    );
+    assert!(relay_wal.is_dir(), "the relays' WAL went elsewhere");
+    assert_eq!(fs::read_dir(&relay_wal).unwrap().count(), 0);
 }
