@@ -90,6 +90,31 @@ pub(super) fn write<'a>(
         .map_err(io_err("write file", &dir.join(STATE_FILE)))
 }
 
+/// [`write`], into the blocks of `reserve`, a file already written out and at least as long
+/// as the text: the write needs no new space, so it succeeds on a full disk, and no other
+/// writer can take the space in between. The reserve then becomes the state file.
+pub(super) fn write_over<'a>(
+    dir: &Path,
+    reserve: &Path,
+    slots: impl Iterator<Item = (&'a SlotName, &'a SlotData)>,
+) -> Result<(), SlotError> {
+    let text = render(slots);
+    let path = dir.join(STATE_FILE);
+    let replaced = (|| {
+        let file = std::fs::OpenOptions::new().write(true).open(reserve)?;
+        if file.metadata()?.len() < text.len() as u64 {
+            let short = "the reserve is shorter than the state";
+            return Err(std::io::Error::new(std::io::ErrorKind::StorageFull, short));
+        }
+        std::os::unix::fs::FileExt::write_all_at(&file, text.as_bytes(), 0)?;
+        file.set_len(text.len() as u64)?;
+        file.sync_all()?;
+        std::fs::rename(reserve, &path)?;
+        statefile::fsync_dir(dir)
+    })();
+    replaced.map_err(io_err("write file", &path))
+}
+
 /// The state file's text for `slots`.
 fn render<'a>(slots: impl Iterator<Item = (&'a SlotName, &'a SlotData)>) -> String {
     fn or_null(v: Option<impl Display>) -> String {
