@@ -89,8 +89,8 @@ impl SlotFile {
 
 impl SlotPersister for SlotFile {
     /// On a full disk, a snapshot in which positions only moved fails, to be written again
-    /// later (the slots then hold more WAL after a crash, never less); one that creates,
-    /// drops or invalidates a slot is written in the reserve's blocks.
+    /// later, as positions always wait for the next periodic write; one that creates, drops
+    /// or invalidates a slot is written in the reserve's blocks.
     fn write(&self, snapshot: &SlotSnapshot) -> Result<(), SlotError> {
         let mut written = self.written.lock().unwrap_or_else(PoisonError::into_inner);
         if written.version >= snapshot.version {
