@@ -92,9 +92,14 @@ pub(crate) async fn run(
             continue;
         };
         segment = Some(size.segment_of(durable.lsn));
-        let oldest_slot = ctx.slots().min_restart_lsn();
-        let (keep, floor) = policy.keep(size, durable.lsn, oldest_slot, ctx.oldest_cursor());
-        if let Some(floor) = floor.filter(|f| oldest_slot.is_some_and(|s| s < *f)) {
+        // Slot positions go to disk before WAL goes, as a checkpoint writes them; where they
+        // cannot (a full disk), WAL stays back to where the slots on disk are.
+        if let Err(e) = ctx.save_slots().await {
+            debug!(error = %e, "could not save replication slots before removing WAL");
+        }
+        let in_memory = ctx.slots().min_restart_lsn();
+        let (keep, floor) = policy.keep(size, durable.lsn, ctx.slots_floor(), ctx.oldest_cursor());
+        if let Some(floor) = floor.filter(|f| in_memory.is_some_and(|s| s < *f)) {
             match ctx.invalidate_slots_behind(floor).await {
                 Ok(names) => {
                     for name in names {

@@ -33,6 +33,12 @@ impl SlotSnapshot {
     pub fn version(&self) -> u64 {
         self.version
     }
+
+    /// The oldest `restart_lsn` among its slots: where WAL must be kept from while this is
+    /// the snapshot on disk.
+    pub fn min_restart_lsn(&self) -> Option<crate::types::Lsn> {
+        self.slots.iter().filter_map(|(_, d)| d.restart_lsn).min()
+    }
 }
 
 /// Where snapshots go. The relay's is [`SlotFile`]; a test can stand in a slow or failing disk.

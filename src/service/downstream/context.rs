@@ -97,6 +97,8 @@ pub(crate) struct ServerContext {
     pub(crate) hub: Hub,
     slots: Mutex<SlotRegistry>,
     slot_file: Arc<dyn SlotPersister>,
+    /// The oldest `restart_lsn` of the slots as last written to disk.
+    slots_on_disk: Mutex<Option<Lsn>>,
     next_pid: AtomicI32,
     senders: AtomicUsize,
     /// BASE_BACKUPs being relayed.
@@ -131,6 +133,14 @@ impl std::fmt::Debug for ServerContext {
     }
 }
 
+/// The older of two positions WAL is kept from; `None` keeps nothing.
+fn older(a: Option<Lsn>, b: Option<Lsn>) -> Option<Lsn> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 /// Locks a mutex; a panic elsewhere leaves the data usable (it is plain data).
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -154,6 +164,7 @@ impl ServerContext {
             config: RwLock::new(config),
             upstream,
             hub,
+            slots_on_disk: Mutex::new(slots.min_restart_lsn()),
             slots: Mutex::new(slots),
             slot_file,
             next_pid: AtomicI32::new(
@@ -462,14 +473,24 @@ impl ServerContext {
         let Some(snapshot) = self.slots().take_dirty() else {
             return Ok(());
         };
+        let floor = snapshot.min_restart_lsn();
         let file = Arc::clone(&self.slot_file);
         let written = tokio::task::spawn_blocking(move || file.write(&snapshot))
             .await
             .unwrap_or_else(|e| Err(blocking_failed(e)));
-        if written.is_err() {
-            self.slots().mark_dirty();
+        match written {
+            Ok(()) => *lock(&self.slots_on_disk) = floor,
+            Err(_) => self.slots().mark_dirty(),
         }
         written
+    }
+
+    /// The oldest WAL the slots hold: their `restart_lsn` in memory, or as last written to
+    /// disk where that is older. Retention keeps both, as PostgreSQL writes its slots before
+    /// it removes WAL, so that a slot read back after a crash never points at removed WAL.
+    pub(crate) fn slots_floor(&self) -> Option<Lsn> {
+        let in_memory = self.slots().min_restart_lsn();
+        older(in_memory, *lock(&self.slots_on_disk))
     }
 
     /// Writes a pending change off the runtime's threads, and undoes it if that fails.
@@ -478,12 +499,14 @@ impl ServerContext {
             return Ok(());
         };
         let snapshot = pending.snapshot().clone();
+        let floor = snapshot.min_restart_lsn();
         let file = Arc::clone(&self.slot_file);
         let written = tokio::task::spawn_blocking(move || file.write(&snapshot))
             .await
             .unwrap_or_else(|e| Err(blocking_failed(e)));
-        if written.is_err() {
-            self.slots().undo(pending);
+        match written {
+            Ok(()) => *lock(&self.slots_on_disk) = floor,
+            Err(_) => self.slots().undo(pending),
         }
         written
     }

@@ -27,11 +27,13 @@ use crate::wire::frontend::FrontendMessage;
 use crate::wire::replication::{ClientCopyData, ServerCopyData, StandbyStatusUpdate};
 use crate::wire::{BackendMessage, StartupMessage, StartupPacket};
 
-/// A disk whose writes wait until the test lets them go, and say when they started.
+/// A disk whose writes wait until the test lets them go, and say when they started; while
+/// `failing`, they then fail.
 struct StallingDisk {
     file: SlotFile,
     entered: Mutex<std_mpsc::Sender<()>>,
     released: (Mutex<bool>, Condvar),
+    failing: std::sync::atomic::AtomicBool,
 }
 
 impl StallingDisk {
@@ -49,6 +51,13 @@ impl SlotPersister for StallingDisk {
         let mut released = lock.lock().unwrap();
         while !*released {
             released = cv.wait(released).unwrap();
+        }
+        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(SlotError::Io {
+                op: "write file",
+                path: "slots.state".into(),
+                source: std::io::Error::from(std::io::ErrorKind::StorageFull),
+            });
         }
         self.file.write(snapshot)
     }
@@ -113,6 +122,7 @@ fn relay(dir: &std::path::Path) -> Relay {
         file: SlotFile::new(dir),
         entered: Mutex::new(entered_tx),
         released: (Mutex::new(false), Condvar::new()),
+        failing: Default::default(),
     });
     let info = UpstreamInfo::new(SystemId(7), size, "15.18".into());
     let (info_tx, info_rx) = watch::channel(Some(Arc::new(info)));
@@ -297,6 +307,33 @@ async fn a_cancel_request_reaches_a_backup_only_with_its_key() {
         !futures_now(std::pin::pin!(again.cancelled())),
         "a request for a finished backup is not kept for the next"
     );
+}
+
+/// Retention's floor is the slots' oldest position in memory or on disk: a position that
+/// moved counts once it is written, and not while the disk refuses it.
+#[tokio::test]
+async fn the_slots_hold_wal_back_to_their_positions_on_disk_until_those_are_written() {
+    let t = tempfile::TempDir::new().unwrap();
+    let relay = relay(t.path());
+    relay.disk.release();
+    let (ctx, start) = (relay.ctx, relay.start);
+    assert_eq!(ctx.slots_floor(), Some(start));
+    let later = Lsn(start.0 + 0x10_0000);
+    ctx.slots().confirm_flush("d1", later).unwrap();
+    assert_eq!(ctx.slots().min_restart_lsn(), Some(later));
+    assert_eq!(ctx.slots_floor(), Some(start), "not written yet");
+    relay
+        .disk
+        .failing
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(ctx.save_slots().await.is_err());
+    assert_eq!(ctx.slots_floor(), Some(start), "the disk refused it");
+    relay
+        .disk
+        .failing
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    ctx.save_slots().await.unwrap();
+    assert_eq!(ctx.slots_floor(), Some(later));
 }
 
 /// Whether `f` is ready at its first poll.
