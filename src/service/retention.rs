@@ -92,13 +92,9 @@ pub(crate) async fn run(
             continue;
         };
         segment = Some(size.segment_of(durable.lsn));
-        // Slot positions go to disk before WAL goes, as a checkpoint writes them; where they
-        // cannot (a full disk), WAL stays back to where the slots on disk are.
-        if let Err(e) = ctx.save_slots().await {
-            debug!(error = %e, "could not save replication slots before removing WAL");
-        }
         let in_memory = ctx.slots().min_restart_lsn();
-        let (keep, floor) = policy.keep(size, durable.lsn, ctx.slots_floor(), ctx.oldest_cursor());
+        let cursor = ctx.oldest_cursor();
+        let (keep, floor) = policy.keep(size, durable.lsn, in_memory, cursor);
         if let Some(floor) = floor.filter(|f| in_memory.is_some_and(|s| s < *f)) {
             match ctx.invalidate_slots_behind(floor).await {
                 Ok(names) => {
@@ -109,6 +105,15 @@ pub(crate) async fn run(
                 Err(e) => warn!(error = %e, "could not invalidate slots"),
             }
         }
+        if !removes_any(positions.borrow().oldest, keep, size) {
+            continue;
+        }
+        // Slot positions go to disk before the WAL they no longer hold, as a checkpoint writes
+        // them; where they cannot (a full disk), WAL stays back to where the slots on disk are.
+        if let Err(e) = ctx.save_slots().await {
+            debug!(error = %e, "could not save replication slots before removing WAL");
+        }
+        let (keep, _) = policy.keep(size, durable.lsn, ctx.slots_floor(), cursor);
         match writer.remove_before(keep).await {
             Ok(0) | Err(WriterError::Failed(_) | WriterError::Stopped) => {}
             Ok(n) => {
@@ -120,6 +125,11 @@ pub(crate) async fn run(
     }
 }
 
+/// Whether keeping from `keep` removes any segment, the oldest stored starting at `oldest`.
+fn removes_any(oldest: Option<Lsn>, keep: Lsn, size: WalSegmentSize) -> bool {
+    oldest.is_some_and(|o| o < size.segment_start(keep))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,6 +138,15 @@ mod tests {
 
     fn size() -> WalSegmentSize {
         WalSegmentSize::new(1 << 20).unwrap()
+    }
+
+    #[test]
+    fn only_a_whole_segment_below_what_is_kept_is_worth_removing() {
+        let oldest = Some(Lsn(3 * MB));
+        assert!(!removes_any(oldest, Lsn(3 * MB), size()));
+        assert!(!removes_any(oldest, Lsn(4 * MB - 1), size()));
+        assert!(removes_any(oldest, Lsn(4 * MB), size()));
+        assert!(!removes_any(None, Lsn(9 * MB), size()));
     }
 
     #[test]
