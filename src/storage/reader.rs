@@ -93,15 +93,8 @@ impl SegmentReader {
         lsn: Lsn,
         buf: &mut [u8],
     ) -> Result<usize, StoreError> {
-        let size = self.inner.size;
-        let offset = u64::from(size.offset_in_segment(lsn));
-        let room = usize::try_from(size.bytes_u64() - offset).unwrap_or(usize::MAX);
-        let Some(buf) = buf.get_mut(..room.min(buf.len())).filter(|b| !b.is_empty()) else {
+        let Some((name, offset, buf)) = self.locate(timeline, lsn, buf) else {
             return Ok(0);
-        };
-        let name = SegmentName {
-            timeline,
-            segno: size.segment_of(lsn),
         };
         if let Some(seg) = self.cached(name) {
             // A file that lost its name (removed, or replaced by recovery) is looked up again,
@@ -124,6 +117,24 @@ impl SegmentReader {
     /// [`SegmentReader::read_at`], on a thread that may block, does the read and reports its
     /// errors. A short read is possible: what the cache held.
     pub fn read_cached(&self, timeline: TimelineId, lsn: Lsn, buf: &mut [u8]) -> Option<usize> {
+        let (name, offset, buf) = self.locate(timeline, lsn, buf)?;
+        let seg = self.cached(name)?;
+        let flags = rustix::io::ReadWriteFlags::NOWAIT;
+        let n = rustix::io::preadv2(&*seg.file, &mut [io::IoSliceMut::new(buf)], offset, flags)
+            .ok()
+            .filter(|n| *n > 0)?;
+        // As in `read_at`: a file that lost its name is looked up again by the slow path.
+        is_linked(&seg).ok().filter(|linked| *linked).map(|_| n)
+    }
+
+    /// The segment `lsn` lies in, its offset there, and the part of `buf` that reaches no
+    /// further than the segment's end; `None` when that part is empty.
+    fn locate<'b>(
+        &self,
+        timeline: TimelineId,
+        lsn: Lsn,
+        buf: &'b mut [u8],
+    ) -> Option<(SegmentName, u64, &'b mut [u8])> {
         let size = self.inner.size;
         let offset = u64::from(size.offset_in_segment(lsn));
         let room = usize::try_from(size.bytes_u64() - offset).unwrap_or(usize::MAX);
@@ -134,13 +145,7 @@ impl SegmentReader {
             timeline,
             segno: size.segment_of(lsn),
         };
-        let seg = self.cached(name)?;
-        let flags = rustix::io::ReadWriteFlags::NOWAIT;
-        let n = rustix::io::preadv2(&*seg.file, &mut [io::IoSliceMut::new(buf)], offset, flags)
-            .ok()
-            .filter(|n| *n > 0)?;
-        // As in `read_at`: a file that lost its name is looked up again by the slow path.
-        is_linked(&seg).ok().filter(|linked| *linked).map(|_| n)
+        Some((name, offset, buf))
     }
 
     /// Closes the cached handles of files that were removed (or replaced), so their disk space

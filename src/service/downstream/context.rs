@@ -133,14 +133,6 @@ impl std::fmt::Debug for ServerContext {
     }
 }
 
-/// The older of two positions WAL is kept from; `None` keeps nothing.
-fn older(a: Option<Lsn>, b: Option<Lsn>) -> Option<Lsn> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
-}
-
 /// Locks a mutex; a panic elsewhere leaves the data usable (it is plain data).
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -490,7 +482,10 @@ impl ServerContext {
     /// it removes WAL, so that a slot read back after a crash never points at removed WAL.
     pub(crate) fn slots_floor(&self) -> Option<Lsn> {
         let in_memory = self.slots().min_restart_lsn();
-        older(in_memory, *lock(&self.slots_on_disk))
+        [in_memory, *lock(&self.slots_on_disk)]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Writes a pending change off the runtime's threads, and undoes it if that fails.
