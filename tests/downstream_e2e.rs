@@ -1,7 +1,8 @@
 //! The relay as a walsender for real PostgreSQL 15 clients: `psql replication=1` gets the
 //! primary's answers (ACCEPTANCE A4), `pg_receivewal` through the relay writes exactly what it
 //! writes from the primary (A2), and a hot standby built from the primary streams from the
-//! relay on a relay slot and replays to the primary's end (A1, one standby).
+//! relay on a relay slot and replays to the primary's end (A1, one standby). A client far
+//! behind is sent WAL from the segment files as they are, and writes the same.
 
 #![allow(
     clippy::unwrap_used,
@@ -187,6 +188,98 @@ fn pg_receivewal_through_the_relay_matches_direct(segment_mb: u32) {
     let ours = segment_files(&via);
     assert!(ours.len() >= 3, "{ours:?}");
     assert_eq!(ours, segment_files(&direct));
+    for name in &ours {
+        assert!(
+            fs::read(via.join(name)).unwrap() == fs::read(direct.join(name)).unwrap(),
+            "{name}"
+        );
+    }
+}
+
+/// A client that starts far behind the newest WAL, beyond what the relay keeps in memory, is
+/// sent it over TCP straight from the segment files (`sendfile`, as
+/// `walrelay_wal_served_bytes_total{source="sendfile"}` counts), and `pg_receivewal` writes
+/// exactly what it writes from the primary.
+#[test]
+fn pg_receivewal_far_behind_is_sent_from_the_segment_files_as_they_are() {
+    let Some(bins) = require_postgres() else {
+        return;
+    };
+    let dir = scratch(&bins, "sendfile");
+    let primary = archiving_primary(&bins, dir.path(), 1);
+    let (relay_port, http_port) = (free_port().unwrap(), free_port().unwrap());
+    let _relay = RelayProcess::start(
+        &primary.conninfo(),
+        &dir.path().join("relay"),
+        &[
+            "--listen",
+            &format!("127.0.0.1:{relay_port}"),
+            "--http-listen",
+            &format!("127.0.0.1:{http_port}"),
+        ],
+    );
+    wait_acked(
+        &primary,
+        primary.current_wal_flush_lsn().unwrap(),
+        Duration::from_secs(30),
+    );
+    let conninfo = format!("host=127.0.0.1 port={relay_port} user=postgres");
+    repl(
+        &bins,
+        &conninfo,
+        "CREATE_REPLICATION_SLOT far PHYSICAL RESERVE_WAL",
+    )
+    .unwrap();
+    let (via, direct) = (dir.path().join("via-relay"), dir.path().join("direct"));
+    fs::create_dir_all(&via).unwrap();
+    fs::create_dir_all(&direct).unwrap();
+    let mut b = bins.receivewal(&primary.conninfo(), &direct, &[]).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    primary.emit_message(20 << 20).unwrap();
+    let target = primary.switch_wal().unwrap();
+    primary.write_load(100).unwrap();
+    wait_acked(
+        &primary,
+        primary.current_wal_flush_lsn().unwrap(),
+        Duration::from_secs(60),
+    );
+    let sent_from_files = || {
+        let (code, _, text) = http_get(http_port, "/metrics", &[]);
+        assert_eq!(code, 200);
+        text.lines()
+            .find_map(|l| l.strip_prefix("walrelay_wal_served_bytes_total{source=\"sendfile\"} "))
+            .unwrap()
+            .parse::<f64>()
+            .unwrap()
+    };
+    assert_eq!(sent_from_files(), 0.0);
+    // The relay holds 20 MB more than its 4 MiB in memory; the client starts at the slot.
+    // The first read of each segment opens its file on a thread that may wait for the disk;
+    // the rest of the segment (768 KiB of 1 MiB) is sent from the open file.
+    let mut a = bins
+        .receivewal(&conninfo, &via, &["--slot", "far"])
+        .unwrap();
+    let last = primary
+        .psql(&format!("SELECT pg_walfile_name('{target}')"))
+        .unwrap();
+    for d in [&via, &direct] {
+        wait_until(
+            Duration::from_secs(60),
+            "pg_receivewal completed the segment",
+            || Ok(d.join(&last).exists()),
+        )
+        .unwrap();
+    }
+    a.stop().unwrap();
+    b.stop().unwrap();
+    let sent = sent_from_files();
+    assert!(sent >= 8.0 * 1024.0 * 1024.0, "{sent}");
+    let theirs = segment_files(&direct);
+    let ours: Vec<String> = segment_files(&via)
+        .into_iter()
+        .filter(|n| theirs.contains(n))
+        .collect();
+    assert!(ours.len() >= 20, "{ours:?} of {theirs:?}");
     for name in &ours {
         assert!(
             fs::read(via.join(name)).unwrap() == fs::read(direct.join(name)).unwrap(),

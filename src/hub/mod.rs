@@ -19,6 +19,11 @@
 //! runtime's workers. Memory does not grow with the number of readers or their lag: the tail
 //! is bounded, the buffers of disk reads are shared by all readers and lent only while a read
 //! is written out (see the `pool` module), and no payload goes through a channel.
+//!
+//! A sender on a socket the kernel can send files to asks with [`Hub::send_batch`], which
+//! gives what the page cache holds as [`FileSpan`]s: the sender passes them to `sendfile`,
+//! so its WAL reaches the socket with no read into a buffer and no copy through user space.
+//! The pieces are cut by the same rule; only where the bytes are differs.
 
 mod pool;
 mod recent;
@@ -32,7 +37,7 @@ use std::sync::{Arc, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWrite
 use bytes::Bytes;
 use tokio::sync::watch;
 
-use crate::storage::{SegmentReader, StoreError};
+use crate::storage::{FileSpan, SegmentReader, StoreError};
 use crate::types::{DurableEnd, Lsn, SegmentName, TimelineId, WAL_PAGE_SIZE, WalSegmentSize};
 
 use pool::ReadPool;
@@ -50,6 +55,9 @@ pub struct HubStats {
     pub served_from_tail: u64,
     /// Bytes served by reading segment files.
     pub served_from_disk: u64,
+    /// Bytes served as stretches of segment files for the sender to pass to its socket
+    /// ([`Hub::send_batch`]); not counted in `served_from_disk`.
+    pub served_as_files: u64,
     /// Bytes the tail cache holds now.
     pub tail_bytes: usize,
 }
@@ -77,6 +85,7 @@ struct Shared {
     durable: watch::Receiver<DurableEnd>,
     from_tail: AtomicU64,
     from_disk: AtomicU64,
+    as_files: AtomicU64,
     removed_below: AtomicU64,
     /// The upstream's next transaction id at its last checkpoint in the WAL; 0 until known.
     next_xid: AtomicU64,
@@ -92,6 +101,15 @@ struct State {
     end: DurableEnd,
     tail: RecentWal,
     histories: Histories,
+}
+
+/// Consecutive pieces of WAL, each one XLogData, from [`Hub::send_batch`].
+#[derive(Debug)]
+pub enum Pieces {
+    /// Bytes in memory: from the tail, or read from disk.
+    Memory(Vec<Bytes>),
+    /// Stretches of segment files that the page cache holds, for `sendfile`.
+    Files(Vec<FileSpan>),
 }
 
 /// Where the next piece comes from.
@@ -122,6 +140,7 @@ impl Hub {
             durable,
             from_tail: AtomicU64::new(0),
             from_disk: AtomicU64::new(0),
+            as_files: AtomicU64::new(0),
             removed_below: AtomicU64::new(0),
             next_xid: AtomicU64::new(0),
             last_redo: AtomicU64::new(0),
@@ -208,6 +227,53 @@ impl Hub {
         self.batch(timeline, from, limit, max_bytes, true).await
     }
 
+    /// [`Hub::read_batch`] for a sender that can pass files to its socket: what would be
+    /// read from disk and is in the page cache comes as [`Pieces::Files`], cut alike, and up
+    /// to `max_bytes` (never past the segment's end), with no buffer of the shared pool.
+    ///
+    /// # Errors
+    /// As [`Hub::read`].
+    pub async fn send_batch(
+        &self,
+        timeline: TimelineId,
+        from: Lsn,
+        limit: Lsn,
+        max_bytes: u64,
+    ) -> Result<Pieces, StoreError> {
+        if let Some(spans) = self.cached_spans(timeline, from, limit, max_bytes) {
+            return Ok(Pieces::Files(spans));
+        }
+        self.batch(timeline, from, limit, max_bytes, false)
+            .await
+            .map(Pieces::Memory)
+    }
+
+    /// The pieces from `from` as file stretches, when they would come from disk and the page
+    /// cache holds them; `None` leaves everything else, errors included, to the reads.
+    fn cached_spans(
+        &self,
+        timeline: TimelineId,
+        from: Lsn,
+        limit: Lsn,
+        max_bytes: u64,
+    ) -> Option<Vec<FileSpan>> {
+        let reader = self.shared.reader.get()?;
+        if from < Lsn(self.shared.removed_below.load(Ordering::Acquire)) {
+            return None;
+        }
+        let Source::Disk { end, limit } = self.shared.source(reader, timeline, from, limit) else {
+            return None;
+        };
+        let size = reader.segment_size();
+        let span = disk_span(from, end, limit, max_bytes, size);
+        let len = usize::try_from(span.saturating_distance(from)).ok()?;
+        let file = reader.cached_span(timeline, from, len)?;
+        self.shared
+            .as_files
+            .fetch_add(file.len() as u64, Ordering::Relaxed);
+        Some(cut(from, file, limit, size))
+    }
+
     async fn batch(
         &self,
         timeline: TimelineId,
@@ -285,6 +351,7 @@ impl Hub {
         HubStats {
             served_from_tail: self.shared.from_tail.load(Ordering::Relaxed),
             served_from_disk: self.shared.from_disk.load(Ordering::Relaxed),
+            served_as_files: self.shared.as_files.load(Ordering::Relaxed),
             tail_bytes: self.shared.read_state().tail.bytes(),
         }
     }
@@ -456,8 +523,35 @@ fn disk_span(from: Lsn, first_end: Lsn, limit: Lsn, budget: u64, size: WalSegmen
     span.max(first_end)
 }
 
+/// WAL that can be cut into pieces: bytes, or a stretch of a file.
+trait Cuttable: Sized {
+    fn len(&self) -> usize;
+    fn split_to(&mut self, n: usize) -> Self;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Cuttable for Bytes {
+    fn len(&self) -> usize {
+        Bytes::len(self)
+    }
+    fn split_to(&mut self, n: usize) -> Self {
+        Bytes::split_to(self, n)
+    }
+}
+
+impl Cuttable for FileSpan {
+    fn len(&self) -> usize {
+        FileSpan::len(self)
+    }
+    fn split_to(&mut self, n: usize) -> Self {
+        FileSpan::split_to(self, n)
+    }
+}
+
 /// Cuts `data`, read from `from`, into walsender pieces bound by `limit`.
-fn cut(from: Lsn, data: Bytes, limit: Lsn, size: WalSegmentSize) -> Vec<Bytes> {
+fn cut<C: Cuttable>(from: Lsn, data: C, limit: Lsn, size: WalSegmentSize) -> Vec<C> {
     let mut pieces = Vec::new();
     let mut at = from;
     let mut rest = data;

@@ -402,3 +402,71 @@ async fn lagging_readers_share_read_buffers_once_nothing_holds_them() {
     let at = (2 * step) as usize;
     assert_eq!(third.concat(), wal[at..at + third_len]);
 }
+
+/// The bytes of a file stretch.
+fn span_bytes(span: &FileSpan) -> Vec<u8> {
+    let mut got = vec![0; span.len()];
+    span.file().read_exact_at(&mut got, span.offset()).unwrap();
+    got
+}
+
+#[tokio::test]
+async fn a_sender_that_can_send_files_gets_the_same_pieces_as_stretches_of_the_files() {
+    let t = TempDir::new().unwrap();
+    let (from, to) = (SEG, 3 * SEG + 0x8_0000);
+    let wal = content(from, (to - from) as usize, 4);
+    let (hub, feed) = hub(t.path(), 256 * 1024);
+    let mut at = from;
+    for chunk in wal.chunks(100_000) {
+        append(t.path(), 1, at, chunk);
+        let end = at + chunk.len() as u64;
+        feed.publish(tli(1), Lsn(end), [(Lsn(at), Bytes::copy_from_slice(chunk))]);
+        at = end;
+    }
+    let batch = 8 * MAX_SEND_SIZE;
+    // Each segment's file is first opened by a read, then sent from as it is.
+    let (mut at, mut got, mut files, mut as_files) = (Lsn(from), Vec::new(), 0, 0);
+    loop {
+        let pieces = hub.send_batch(tli(1), at, Lsn::MAX, batch).await.unwrap();
+        let expected = hub.read_batch_kept(tli(1), at, Lsn::MAX, batch).await;
+        let expected: Vec<Bytes> = expected.unwrap();
+        let lens: Vec<usize> = match &pieces {
+            Pieces::Memory(p) => p.iter().map(Bytes::len).collect(),
+            Pieces::Files(p) => p.iter().map(FileSpan::len).collect(),
+        };
+        if lens.is_empty() {
+            break;
+        }
+        if let Pieces::Files(spans) = &pieces {
+            files += 1;
+            // Cut as a read cuts, and as far as a batch goes: past one buffer of the pool.
+            let cut_alike = expected
+                .iter()
+                .map(Bytes::len)
+                .zip(&lens)
+                .all(|(a, b)| a == *b);
+            assert!(cut_alike, "{lens:?}");
+            assert!(lens.iter().sum::<usize>() > pool::READ_BYTES || lens.len() == expected.len());
+            for span in spans {
+                got.extend(span_bytes(span));
+                as_files += span.len() as u64;
+            }
+        } else if let Pieces::Memory(p) = &pieces {
+            assert_eq!(p, &expected);
+            got.extend(p.iter().flat_map(|b| b.iter().copied()));
+        }
+        at = Lsn(at.0 + lens.iter().sum::<usize>() as u64);
+    }
+    assert_eq!(got, wal);
+    assert!(files >= 2, "{files}");
+    let stats = hub.stats();
+    assert_eq!(stats.served_as_files, as_files);
+    assert!(as_files > SEG && stats.served_from_tail > 0);
+    // Below what retention removed: the same error as a read, whatever the files hold.
+    hub.removed_below(Lsn(2 * SEG));
+    let err = hub
+        .send_batch(tli(1), Lsn(SEG), Lsn::MAX, batch)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::SegmentRemoved { .. }), "{err}");
+}

@@ -355,6 +355,11 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         }
     }
 
+    /// The writing half.
+    pub fn get_ref(&self) -> &W {
+        &self.io
+    }
+
     /// The writing half back; what is buffered and not flushed is dropped.
     pub fn into_inner(self) -> W {
         self.io

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
+use crate::hub::HubStats;
 use crate::metrics::Counters;
 use crate::proto::syncrep::SyncAck;
 use crate::service::downstream::{ServerContext, StreamStatus};
@@ -36,6 +37,8 @@ pub struct RelayStatus {
     pub connections: usize,
     /// What the synchronous standbys let the relay acknowledge upstream.
     pub synchronous: SyncAck,
+    /// The WAL served to downstreams so far, by where it came from.
+    pub served: HubStats,
 }
 
 /// Reads a relay's state at any time, also after [`super::Relay::run`] took the relay;
@@ -76,14 +79,15 @@ impl RelayMonitor {
     /// The state now.
     pub fn status(&self) -> RelayStatus {
         let p = self.positions.borrow().clone();
-        let (streams, slots, connections, synchronous) = match &self.downstream {
+        let (streams, slots, connections, synchronous, served) = match &self.downstream {
             Some(ctx) => (
                 ctx.streams(),
                 ctx.slots().list(),
                 ctx.senders_in_use(),
                 ctx.sync_ack(),
+                ctx.hub.stats(),
             ),
-            None => (Vec::new(), Vec::new(), 0, SyncAck::Off),
+            None => (Vec::new(), Vec::new(), 0, SyncAck::Off, HubStats::default()),
         };
         RelayStatus {
             upstream: self.upstream.borrow().as_deref().cloned(),
@@ -96,6 +100,7 @@ impl RelayMonitor {
             slots,
             connections,
             synchronous,
+            served,
         }
     }
 }

@@ -42,7 +42,7 @@ use crate::wal::WalValidator;
 
 pub use error::StoreError;
 pub use lock::{DataDirLock, LOCK_FILE};
-pub use reader::SegmentReader;
+pub use reader::{FileSpan, SegmentReader};
 pub use upstream_state::{UPSTREAM_STATE_FILE, load_upstream_info, save_upstream_info};
 
 use error::io_err;

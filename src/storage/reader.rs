@@ -127,6 +127,43 @@ impl SegmentReader {
         is_linked(&seg).ok().filter(|linked| *linked).map(|_| n)
     }
 
+    /// Up to `len` bytes of WAL of `timeline` from `lsn`, within its segment, as a stretch of
+    /// the segment's file that a sender can hand to the socket as it is (`sendfile`), with no
+    /// copy through memory of its own. Like [`SegmentReader::read_cached`] it never waits for
+    /// the disk to open or look: `None` unless the file is open already and still has its name,
+    /// and the first and the last byte of the stretch are in the page cache (`preadv2` of one
+    /// byte each, with `RWF_NOWAIT`). WAL is written in order and evicted oldest first, so the
+    /// pages between are cached too, save under memory pressure, when sending them waits for
+    /// the disk as a walsender's read would. The last byte read also proves that the file
+    /// holds the whole stretch.
+    pub fn cached_span(&self, timeline: TimelineId, lsn: Lsn, len: usize) -> Option<FileSpan> {
+        let size = self.inner.size;
+        let offset = u64::from(size.offset_in_segment(lsn));
+        let room = usize::try_from(size.bytes_u64() - offset).unwrap_or(usize::MAX);
+        let len = len.min(room);
+        let last = offset.checked_add(u64::try_from(len).ok()?.checked_sub(1)?)?;
+        let name = SegmentName {
+            timeline,
+            segno: size.segment_of(lsn),
+        };
+        let seg = self.cached(name)?;
+        let cached = |at: u64| {
+            let mut byte = [0u8];
+            let flags = rustix::io::ReadWriteFlags::NOWAIT;
+            let read =
+                rustix::io::preadv2(&*seg.file, &mut [io::IoSliceMut::new(&mut byte)], at, flags);
+            matches!(read, Ok(1))
+        };
+        if !(cached(offset) && cached(last) && is_linked(&seg).ok()?) {
+            return None;
+        }
+        Some(FileSpan {
+            file: seg.file,
+            offset,
+            len,
+        })
+    }
+
     /// The segment `lsn` lies in, its offset there, and the part of `buf` that reaches no
     /// further than the segment's end; `None` when that part is empty.
     fn locate<'b>(
@@ -219,6 +256,49 @@ impl SegmentReader {
         Err(StoreError::SegmentRemoved {
             file: name.file_name(size),
         })
+    }
+}
+
+/// A stretch of an open segment file, for the kernel to send from the page cache.
+#[derive(Clone, Debug)]
+pub struct FileSpan {
+    file: Arc<File>,
+    offset: u64,
+    len: usize,
+}
+
+impl FileSpan {
+    /// The open segment file.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// Where the stretch begins in the file.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// How many bytes it holds.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether it holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Splits off and returns its first `n` bytes (all of it if `n` is larger).
+    pub fn split_to(&mut self, n: usize) -> FileSpan {
+        let n = n.min(self.len);
+        let head = FileSpan {
+            file: Arc::clone(&self.file),
+            offset: self.offset,
+            len: n,
+        };
+        self.offset += n as u64;
+        self.len -= n;
+        head
     }
 }
 
@@ -343,6 +423,46 @@ mod tests {
         fs::remove_file(file(t.path(), 1, 3, true)).unwrap();
         assert_eq!(r.read_cached(tli(1), Lsn(3 * SEG), &mut buf), None);
         let err = r.read_at(tli(1), Lsn(3 * SEG), &mut buf).unwrap_err();
+        assert!(matches!(err, StoreError::SegmentRemoved { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_span_to_send_is_only_of_open_cached_files_and_never_past_what_they_hold() {
+        let t = tempfile::TempDir::new().unwrap();
+        fs::write(file(t.path(), 1, 3, true), content(3 * SEG, 5000, 0)).unwrap();
+        let r = SegmentReader::new(t.path().to_path_buf(), size());
+        // Not open yet: left to the reads, which open it.
+        assert!(r.cached_span(tli(1), Lsn(3 * SEG), 100).is_none());
+        assert_eq!(read(&r, 1, 3 * SEG, 10), content(3 * SEG, 10, 0));
+        // Just written, so in the page cache: the stretch asked for, at its offset.
+        let mut span = r.cached_span(tli(1), Lsn(3 * SEG + 1000), 4000).unwrap();
+        assert_eq!((span.offset(), span.len()), (1000, 4000));
+        let mut got = vec![0; span.len()];
+        span.file().read_exact_at(&mut got, span.offset()).unwrap();
+        assert_eq!(got, content(3 * SEG + 1000, 4000, 0));
+        // Split, it is two stretches that follow each other.
+        let head = span.split_to(1500);
+        assert_eq!((head.offset(), head.len()), (1000, 1500));
+        assert_eq!((span.offset(), span.len()), (2500, 2500));
+        assert_eq!(span.split_to(9999).len(), 2500);
+        assert!(span.is_empty());
+        // Past what the file holds, empty, or another timeline: nothing.
+        assert!(r.cached_span(tli(1), Lsn(3 * SEG + 1000), 4001).is_none());
+        assert!(r.cached_span(tli(1), Lsn(3 * SEG + 5000), 1).is_none());
+        assert!(r.cached_span(tli(1), Lsn(3 * SEG), 0).is_none());
+        assert!(r.cached_span(tli(2), Lsn(3 * SEG), 100).is_none());
+        // Never across the segment's end.
+        let end = 4 * SEG - 10;
+        fs::write(
+            file(t.path(), 1, 3, true),
+            content(3 * SEG, SEG as usize, 0),
+        )
+        .unwrap();
+        assert_eq!(r.cached_span(tli(1), Lsn(end), 100).unwrap().len(), 10);
+        // A file that lost its name is left to the reads, which report it removed.
+        fs::remove_file(file(t.path(), 1, 3, true)).unwrap();
+        assert!(r.cached_span(tli(1), Lsn(3 * SEG), 100).is_none());
+        let err = r.read_at(tli(1), Lsn(3 * SEG), &mut [0; 8]).unwrap_err();
         assert!(matches!(err, StoreError::SegmentRemoved { .. }), "{err}");
     }
 

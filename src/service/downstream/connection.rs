@@ -19,7 +19,9 @@ mod backup;
 
 use super::DOWNSTREAM_READ_CHUNK;
 use super::context::{BackupPlace, SenderPlace, ServerContext, StreamStatus};
+use super::file_send;
 use super::transport::{Replay, Transport};
+use crate::hub::Pieces;
 use crate::metrics::Refusal;
 use crate::metrics::lag::LagReader;
 use crate::proto::downstream::streaming::SendRange;
@@ -389,11 +391,14 @@ impl<T: Transport> Connection<T> {
             from,
             limit,
         } = range;
-        let read = self
-            .ctx
-            .hub
-            .read_batch(timeline, from, limit, BATCH_BYTES)
-            .await;
+        let hub = &self.ctx.hub;
+        let read = match T::plain_tcp(self.wr.get_ref()) {
+            Some(_) => hub.send_batch(timeline, from, limit, BATCH_BYTES).await,
+            None => hub
+                .read_batch(timeline, from, limit, BATCH_BYTES)
+                .await
+                .map(Pieces::Memory),
+        };
         let pieces = match read {
             Ok(pieces) => pieces,
             Err(e) => {
@@ -401,19 +406,31 @@ impl<T: Transport> Connection<T> {
                 return Ok(());
             }
         };
-        if pieces.is_empty() {
-            return Ok(());
-        }
-        // Each piece is one XLogData; all of them go out in one vectored write.
-        let mut parts = Vec::with_capacity(pieces.len() * 2);
-        let mut end = from;
-        for piece in pieces {
-            let header = XLogData::frame_header(end, limit, at.wall, piece.len())?;
-            parts.push(Bytes::copy_from_slice(&header));
-            end = Lsn(end.0 + piece.len() as u64);
-            parts.push(piece);
-        }
-        self.write(parts).await?;
+        let end = match pieces {
+            Pieces::Memory(pieces) if pieces.is_empty() => return Ok(()),
+            Pieces::Memory(pieces) => {
+                // Each piece is one XLogData; all of them go out in one vectored write.
+                let mut parts = Vec::with_capacity(pieces.len() * 2);
+                let mut end = from;
+                for piece in pieces {
+                    let header = XLogData::frame_header(end, limit, at.wall, piece.len())?;
+                    parts.push(Bytes::copy_from_slice(&header));
+                    end = Lsn(end.0 + piece.len() as u64);
+                    parts.push(piece);
+                }
+                self.write(parts).await?;
+                end
+            }
+            Pieces::Files(spans) => {
+                // What is buffered goes first.
+                self.write(Vec::new()).await?;
+                let Some(tcp) = T::plain_tcp(self.wr.get_ref()) else {
+                    return Ok(());
+                };
+                let sending = file_send::send_spans(tcp, spans, from, limit, at.wall);
+                within(self.send_timeout(), sending).await?
+            }
+        };
         self.session.sent(end);
         Ok(())
     }
@@ -588,16 +605,31 @@ impl<T: Transport> Connection<T> {
     /// Sends what is buffered, then `parts`. While streaming, a client that does not read for
     /// the sender timeout is dropped.
     async fn write(&mut self, parts: Vec<Bytes>) -> Result<(), ConnError> {
+        let timeout = self.send_timeout();
+        within(timeout, self.wr.flush_parts(parts)).await
+    }
+
+    /// How long a write may make no progress: the sender timeout while streaming.
+    fn send_timeout(&self) -> Option<Duration> {
         let timeout = self.ctx.config().sender_timeout;
-        if self.stream.is_none() || timeout.is_zero() {
-            return self.wr.flush_parts(parts).await;
-        }
-        match tokio::time::timeout(timeout, self.wr.flush_parts(parts)).await {
-            Ok(r) => r,
-            Err(_) => {
-                info!("terminating walsender process: the client has not read for {timeout:?}");
-                Err(ConnError::Timeout(timeout))
-            }
+        (self.stream.is_some() && !timeout.is_zero()).then_some(timeout)
+    }
+}
+
+/// `writing` if it ends within `timeout`; a client that does not read for that long is
+/// dropped.
+async fn within<R>(
+    timeout: Option<Duration>,
+    writing: impl Future<Output = Result<R, ConnError>>,
+) -> Result<R, ConnError> {
+    let Some(timeout) = timeout else {
+        return writing.await;
+    };
+    match tokio::time::timeout(timeout, writing).await {
+        Ok(r) => r,
+        Err(_) => {
+            info!("terminating walsender process: the client has not read for {timeout:?}");
+            Err(ConnError::Timeout(timeout))
         }
     }
 }

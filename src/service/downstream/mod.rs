@@ -10,6 +10,7 @@
 mod access;
 mod connection;
 mod context;
+mod file_send;
 mod transport;
 
 use std::sync::Arc;

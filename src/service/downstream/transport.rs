@@ -26,6 +26,12 @@ pub(crate) trait Transport: AsyncRead + AsyncWrite + Unpin + Send + Sized + 'sta
     /// The stream again, from the halves [`Transport::halves`] gave; `None` for halves of two
     /// different streams, which the relay never mixes.
     fn whole(read: Self::Read, write: Self::Write) -> Option<Self>;
+
+    /// The TCP socket under the writing half, when nothing stands between them, so that WAL
+    /// can be sent to it from files ([`super::file_send`]); `None` by default.
+    fn plain_tcp(_write: &Self::Write) -> Option<&TcpStream> {
+        None
+    }
 }
 
 impl Transport for TcpStream {
@@ -38,6 +44,10 @@ impl Transport for TcpStream {
 
     fn whole(read: Self::Read, write: Self::Write) -> Option<Self> {
         read.reunite(write).ok()
+    }
+
+    fn plain_tcp(write: &Self::Write) -> Option<&TcpStream> {
+        Some(write.as_ref())
     }
 }
 

@@ -364,6 +364,17 @@ fn connections(e: &mut Exposition, s: &Snapshot<'_>) {
         "Bytes of BASE_BACKUP answers relayed to clients.",
         d.backup_bytes_total(),
     );
+    let served = &s.status.served;
+    let mut wal = e.family(
+        "walrelay_wal_served_bytes",
+        Kind::Counter,
+        "WAL bytes served to downstreams, by where they came from: the newest WAL kept in \
+         memory, segment files read into memory, or segment files the kernel sent from the \
+         page cache.",
+    );
+    wal.sample(&[("source", "memory")], served.served_from_tail as f64);
+    wal.sample(&[("source", "read")], served.served_from_disk as f64);
+    wal.sample(&[("source", "sendfile")], served.served_as_files as f64);
     let streaming = s.status.streams.len();
     let mut current = e.family(
         "walrelay_downstream_connections",
