@@ -21,9 +21,11 @@
 //! is written out (see the `pool` module), and no payload goes through a channel.
 //!
 //! A sender on a socket the kernel can send files to asks with [`Hub::send_batch`], which
-//! gives what the page cache holds as [`FileSpan`]s: the sender passes them to `sendfile`,
-//! so its WAL reaches the socket with no read into a buffer and no copy through user space.
-//! The pieces are cut by the same rule; only where the bytes are differs.
+//! gives what the page cache holds as [`FileSpan`]s, the tail's WAL too: the sender passes
+//! them to `sendfile`, so its WAL reaches the socket with no read into a buffer, no copy
+//! through user space, and no chunk of the tail held while the socket is full. The pieces
+//! are cut by the same rule; only where the bytes are differs. So that the newest file is at
+//! hand, the writer's [`HubFeed::publish`] keeps it open in the shared reader.
 
 mod pool;
 mod recent;
@@ -115,7 +117,11 @@ pub enum Pieces {
 /// Where the next piece comes from.
 enum Source {
     Nothing,
-    Tail(Bytes),
+    /// The piece is in the tail; `limit` as for `Disk`.
+    Tail {
+        piece: Bytes,
+        limit: Lsn,
+    },
     /// The piece `[from, end)` is on disk; `limit` is how far this read may go at all.
     Disk {
         end: Lsn,
@@ -248,8 +254,9 @@ impl Hub {
             .map(Pieces::Memory)
     }
 
-    /// The pieces from `from` as file stretches, when they would come from disk and the page
-    /// cache holds them; `None` leaves everything else, errors included, to the reads.
+    /// The pieces from `from` as file stretches, when the page cache holds them, whether the
+    /// tail holds them too or not; `None` leaves everything else, errors included, to the
+    /// reads.
     fn cached_spans(
         &self,
         timeline: TimelineId,
@@ -261,8 +268,10 @@ impl Hub {
         if from < Lsn(self.shared.removed_below.load(Ordering::Acquire)) {
             return None;
         }
-        let Source::Disk { end, limit } = self.shared.source(reader, timeline, from, limit) else {
-            return None;
+        let (end, limit) = match self.shared.source(reader, timeline, from, limit) {
+            Source::Disk { end, limit } => (end, limit),
+            Source::Tail { piece, limit } => (from.checked_add(piece.len() as u64)?, limit),
+            Source::Nothing => return None,
         };
         let size = reader.segment_size();
         let span = disk_span(from, end, limit, max_bytes, size);
@@ -303,7 +312,7 @@ impl Hub {
         while taken < max_bytes {
             match self.shared.source(reader, timeline, at, limit) {
                 Source::Nothing => break,
-                Source::Tail(piece) => {
+                Source::Tail { piece, .. } => {
                     count(&self.shared.from_tail, &piece);
                     at = Lsn(at.0 + piece.len() as u64);
                     taken += piece.len() as u64;
@@ -430,6 +439,7 @@ impl HubFeed {
             }
             state.end = end;
         }
+        self.keep_open(timeline, durable);
         self.send(end);
     }
 
@@ -462,6 +472,16 @@ impl HubFeed {
     }
 
     /// Wakes readers only on a change.
+    /// Keeps the file that the durable end lies in open for the senders, so those that can
+    /// send files find it without opening it on their own threads. The writer's thread may
+    /// wait for the disk; a file that cannot be opened is left to the reads.
+    fn keep_open(&self, timeline: TimelineId, durable: Lsn) {
+        if let Some(reader) = self.shared.reader.get() {
+            let last = durable.0.saturating_sub(1);
+            let _ = reader.keep_open(timeline, Lsn(last));
+        }
+    }
+
     fn send(&self, end: DurableEnd) {
         self.tx.send_if_modified(|v| {
             let changed = *v != end;
@@ -500,8 +520,10 @@ impl Shared {
             return Source::Nothing;
         }
         let end = piece_end(from, limit, reader.segment_size());
-        let cached = live.then(|| state.tail.slice(from, end)).flatten();
-        cached.map_or(Source::Disk { end, limit }, Source::Tail)
+        match live.then(|| state.tail.slice(from, end)).flatten() {
+            Some(piece) => Source::Tail { piece, limit },
+            None => Source::Disk { end, limit },
+        }
     }
 }
 

@@ -164,6 +164,23 @@ impl SegmentReader {
         })
     }
 
+    /// Opens the file of the segment that `lsn` lies in, unless it is open already, and makes
+    /// it the most recently used: what [`SegmentReader::cached_span`] sends from. It may wait
+    /// for the disk.
+    ///
+    /// # Errors
+    /// As [`SegmentReader::read_at`] when it opens the file.
+    pub fn keep_open(&self, timeline: TimelineId, lsn: Lsn) -> Result<(), StoreError> {
+        let name = SegmentName {
+            timeline,
+            segno: self.inner.size.segment_of(lsn),
+        };
+        if self.cached(name).is_none() {
+            self.remember(self.open(name)?);
+        }
+        Ok(())
+    }
+
     /// The segment `lsn` lies in, its offset there, and the part of `buf` that reaches no
     /// further than the segment's end; `None` when that part is empty.
     fn locate<'b>(
