@@ -14,7 +14,8 @@
 //! A piece comes from the tail cache when `from` lies in it: a zero-copy `Bytes::slice` of the
 //! chunk the writer published, ending where that chunk ends (so a reader that keeps up gets
 //! the upstream's own message boundaries; joining two chunks would cost a copy). Otherwise,
-//! and always for older timelines (§4.2), it is read from the segment file with `pread`, on
+//! and always for older timelines (§4.2), it is read from the segment file: what the page
+//! cache holds at once on the reader's thread (`RWF_NOWAIT`), the rest with `pread` on
 //! tokio's blocking pool, so a slow disk stalls only the readers waiting for it, never the
 //! runtime's workers. Memory does not grow with the number of readers or their lag: the tail
 //! is bounded, the buffers of disk reads are shared by all readers and lent only while a read
