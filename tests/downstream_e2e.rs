@@ -14,10 +14,12 @@
 mod support;
 
 use std::fs;
+use std::path::Path;
 use std::time::Duration;
 
 use support::*;
 use walrelay::testkit::localpg::{Cluster, PgBinaries, free_port, require_postgres, wait_until};
+use walrelay::types::Lsn;
 
 struct Setup {
     bins: PgBinaries,
@@ -65,6 +67,31 @@ fn standby_on_relay_slot(s: &Setup, name: &str) -> Cluster {
     repl(&s.bins, &relay_conninfo(s), &create).unwrap();
     let conninfo = format!("{} application_name={name}", relay_conninfo(s));
     s.primary.basebackup_standby(&conninfo, Some(name)).unwrap()
+}
+
+/// Waits until each of `dirs` holds the completed segment file that `target` lies in.
+fn wait_for_segment_of(primary: &Cluster, target: Lsn, dirs: &[&Path]) {
+    let last = primary
+        .psql(&format!("SELECT pg_walfile_name('{target}')"))
+        .unwrap();
+    for d in dirs {
+        wait_until(
+            Duration::from_secs(60),
+            "pg_receivewal completed the segment",
+            || Ok(d.join(&last).exists()),
+        )
+        .unwrap();
+    }
+}
+
+/// The files `names` are the same in `a` and in `b`, byte for byte.
+fn assert_same_files(a: &Path, b: &Path, names: &[String]) {
+    for name in names {
+        assert!(
+            fs::read(a.join(name)).unwrap() == fs::read(b.join(name)).unwrap(),
+            "{name}"
+        );
+    }
 }
 
 fn repl(bins: &PgBinaries, conninfo: &str, sql: &str) -> Result<String, String> {
@@ -171,29 +198,13 @@ fn pg_receivewal_through_the_relay_matches_direct(segment_mb: u32) {
     s.primary.emit_message(2 * size.bytes() as usize).unwrap();
     let target = s.primary.switch_wal().unwrap();
     s.primary.write_load(100).unwrap();
-    let last = s
-        .primary
-        .psql(&format!("SELECT pg_walfile_name('{target}')"))
-        .unwrap();
-    for d in [&via, &direct] {
-        wait_until(
-            Duration::from_secs(60),
-            "pg_receivewal completed the segment",
-            || Ok(d.join(&last).exists()),
-        )
-        .unwrap();
-    }
+    wait_for_segment_of(&s.primary, target, &[&via, &direct]);
     a.stop().unwrap();
     b.stop().unwrap();
     let ours = segment_files(&via);
     assert!(ours.len() >= 3, "{ours:?}");
     assert_eq!(ours, segment_files(&direct));
-    for name in &ours {
-        assert!(
-            fs::read(via.join(name)).unwrap() == fs::read(direct.join(name)).unwrap(),
-            "{name}"
-        );
-    }
+    assert_same_files(&via, &direct, &ours);
 }
 
 /// A client that starts far behind the newest WAL, beyond what the relay keeps in memory, is
@@ -254,22 +265,13 @@ fn pg_receivewal_far_behind_is_sent_from_the_segment_files_as_they_are() {
     };
     assert_eq!(sent_from_files(), 0.0);
     // The relay holds 20 MB more than its 4 MiB in memory; the client starts at the slot.
-    // The first read of each segment opens its file on a thread that may wait for the disk;
-    // the rest of the segment (768 KiB of 1 MiB) is sent from the open file.
+    // The writer kept only the newest files open: the first read of each older segment
+    // opens its file on a thread that may wait for the disk, and the rest of the segment
+    // (768 KiB of 1 MiB) is sent from the open file.
     let mut a = bins
         .receivewal(&conninfo, &via, &["--slot", "far"])
         .unwrap();
-    let last = primary
-        .psql(&format!("SELECT pg_walfile_name('{target}')"))
-        .unwrap();
-    for d in [&via, &direct] {
-        wait_until(
-            Duration::from_secs(60),
-            "pg_receivewal completed the segment",
-            || Ok(d.join(&last).exists()),
-        )
-        .unwrap();
-    }
+    wait_for_segment_of(&primary, target, &[&via, &direct]);
     a.stop().unwrap();
     b.stop().unwrap();
     let sent = sent_from_files();
@@ -280,12 +282,7 @@ fn pg_receivewal_far_behind_is_sent_from_the_segment_files_as_they_are() {
         .filter(|n| theirs.contains(n))
         .collect();
     assert!(ours.len() >= 20, "{ours:?} of {theirs:?}");
-    for name in &ours {
-        assert!(
-            fs::read(via.join(name)).unwrap() == fs::read(direct.join(name)).unwrap(),
-            "{name}"
-        );
-    }
+    assert_same_files(&via, &direct, &ours);
 }
 
 #[test]

@@ -234,9 +234,10 @@ impl Hub {
         self.batch(timeline, from, limit, max_bytes, true).await
     }
 
-    /// [`Hub::read_batch`] for a sender that can pass files to its socket: what would be
-    /// read from disk and is in the page cache comes as [`Pieces::Files`], cut alike, and up
-    /// to `max_bytes` (never past the segment's end), with no buffer of the shared pool.
+    /// [`Hub::read_batch`] for a sender that can pass files to its socket: what the page
+    /// cache holds of a segment file already open, the tail's WAL included, comes as
+    /// [`Pieces::Files`], cut alike, up to `max_bytes` (never past the segment's end) and with
+    /// no buffer of the shared pool; anything else as [`Hub::read_batch`] gives it.
     ///
     /// # Errors
     /// As [`Hub::read`].

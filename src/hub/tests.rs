@@ -66,6 +66,18 @@ fn append(dir: &Path, timeline: u32, lsn: u64, data: &[u8]) {
     }
 }
 
+/// Stores `wal` of timeline 1 from `from` and publishes it, 100 000 bytes at a time, as the
+/// writer does.
+fn store_and_publish(dir: &Path, feed: &HubFeed, from: u64, wal: &[u8]) {
+    let mut at = from;
+    for chunk in wal.chunks(100_000) {
+        append(dir, 1, at, chunk);
+        let end = at + chunk.len() as u64;
+        feed.publish(tli(1), Lsn(end), [(Lsn(at), Bytes::copy_from_slice(chunk))]);
+        at = end;
+    }
+}
+
 fn hub(dir: &Path, capacity: usize) -> (Hub, HubFeed) {
     let (hub, feed) = Hub::new(dir.to_path_buf(), capacity);
     feed.set_segment_size(size());
@@ -156,13 +168,7 @@ async fn reads_below_the_tail_come_from_disk() {
     let (from, to) = (SEG, 3 * SEG + 0x8_0000);
     let wal = content(from, (to - from) as usize, 1);
     let (hub, feed) = hub(t.path(), 256 * 1024);
-    let mut at = from;
-    for chunk in wal.chunks(100_000) {
-        append(t.path(), 1, at, chunk);
-        let end = at + chunk.len() as u64;
-        feed.publish(tli(1), Lsn(end), [(Lsn(at), Bytes::copy_from_slice(chunk))]);
-        at = end;
-    }
+    store_and_publish(t.path(), &feed, from, &wal);
     assert!(path(t.path(), 1, 2, false).exists());
     assert_eq!(read_all(&hub, 1, from, Lsn::MAX).await, wal);
     let stats = hub.stats();
@@ -416,13 +422,7 @@ async fn a_sender_that_can_send_files_gets_walsender_pieces_as_stretches_of_the_
     let (from, to) = (SEG, 3 * SEG + 0x8_0000);
     let wal = content(from, (to - from) as usize, 4);
     let (hub, feed) = hub(t.path(), 256 * 1024);
-    let mut at = from;
-    for chunk in wal.chunks(100_000) {
-        append(t.path(), 1, at, chunk);
-        let end = at + chunk.len() as u64;
-        feed.publish(tli(1), Lsn(end), [(Lsn(at), Bytes::copy_from_slice(chunk))]);
-        at = end;
-    }
+    store_and_publish(t.path(), &feed, from, &wal);
     let batch = 8 * MAX_SEND_SIZE;
     // The tail's WAL as well as older WAL: the writer kept each file open as it published
     // into it, so nothing is read.
