@@ -476,6 +476,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.cached_span(tli(1), Lsn(end), 100).unwrap().len(), 10);
+        // Pages the page cache dropped would make the send wait for the disk: nothing.
+        let f = fs::File::open(file(t.path(), 1, 3, true)).unwrap();
+        f.sync_all().unwrap();
+        rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+        assert!(r.cached_span(tli(1), Lsn(3 * SEG), 4096).is_none());
         // A file that lost its name is left to the reads, which report it removed.
         fs::remove_file(file(t.path(), 1, 3, true)).unwrap();
         assert!(r.cached_span(tli(1), Lsn(3 * SEG), 100).is_none());
