@@ -413,7 +413,14 @@ fn fanout_bench_smoke_runs_every_part_and_cleans_up() {
         assert!(report["latency"][path]["samples"].as_u64().unwrap() > 0);
     }
     assert_eq!(report["disk"]["passes"].as_array().unwrap().len(), 2);
+    // The relay caught up WAL written while it was stopped, and so did pg_receivewal.
+    let catchup = &report["catchup"];
+    for bytes in ["relay_bytes", "receivewal_bytes"] {
+        assert!(catchup[bytes].as_u64().unwrap() >= 8 << 20, "{catchup:#}");
+    }
+    assert!(catchup["relay"]["cpu_s"].as_f64().is_some(), "{catchup:#}");
     let tables = bench.stderr();
+    assert!(tables.contains("relay, catching up"), "{tables}");
     for heading in [
         "WAL-only load",
         "table-writing load",

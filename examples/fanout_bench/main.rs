@@ -26,6 +26,10 @@
 //! - `disk`: the machine's fdatasync'd sequential write bandwidth on the filesystem the relay
 //!   writes to, the way the relay writes (see `disk.rs`): 128 KiB chunks into one new file per
 //!   segment, fdatasync every 8 chunks, then after every chunk.
+//! - `catchup`: the relay's ingest of WAL already written (see `catchup.rs`), which the load's
+//!   pace does not bound: a relay is stopped, `--mb` MB are written, the relay is started again
+//!   and timed until its durable end has all of it; then `pg_receivewal --no-sync` fetches the
+//!   same WAL from the primary, to show what the walsender sends.
 //! - `relay`, `cascade`, `direct`: the fan-out server is started (the relay with
 //!   `walrelay run`, on its own slot of the primary; C, a hot standby of the primary on a slot
 //!   of its own; or nothing, the primary serves), then groups of 0 and of each `--standbys`
@@ -91,6 +95,7 @@
 //! the median interval is reported as `resolution_ms`. Both clients stream at once from the
 //! same load, so the relay's added latency is their difference.
 
+mod catchup;
 mod client_runs;
 mod clients;
 mod disk;
@@ -132,6 +137,8 @@ static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 enum Part {
     /// The disk's fdatasync'd write bandwidth.
     Disk,
+    /// The relay catching up WAL already written.
+    Catchup,
     /// Standbys behind the relay.
     Relay,
     /// Standbys behind a cascading standby.
@@ -201,7 +208,7 @@ pub struct Args {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "disk,relay,cascade,direct,clients,latency"
+        default_value = "disk,catchup,relay,cascade,direct,clients,latency"
     )]
     only: Vec<Part>,
     /// Tiny sizes for a quick check that everything works (overrides the size options).
@@ -408,6 +415,11 @@ fn run(bench: &Bench, config: serde_json::Value) -> Result<report::Report> {
     } else {
         None
     };
+    let catchup = if args.only.contains(&Part::Catchup) {
+        Some(catchup::run_catchup(bench, &primary)?)
+    } else {
+        None
+    };
     let mut fanout = Vec::new();
     for (part, mode) in [
         (Part::Relay, Mode::Relay),
@@ -428,7 +440,13 @@ fn run(bench: &Bench, config: serde_json::Value) -> Result<report::Report> {
     } else {
         None
     };
-    let derived = report::derive(&fanout, &clients, latency.as_ref(), disk.as_ref());
+    let derived = report::derive(
+        &fanout,
+        &clients,
+        latency.as_ref(),
+        disk.as_ref(),
+        catchup.as_ref(),
+    );
     let mut config = config;
     if let Some(map) = config.as_object_mut() {
         map.insert("elapsed_s".into(), json!(began.elapsed().as_secs_f64()));
@@ -440,6 +458,7 @@ fn run(bench: &Bench, config: serde_json::Value) -> Result<report::Report> {
     Ok(report::Report {
         config,
         disk,
+        catchup,
         fanout,
         clients,
         latency,

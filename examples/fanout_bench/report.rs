@@ -7,6 +7,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::MIB;
+use crate::catchup::Catchup;
 use crate::client_runs::{ClientsCase, Latency};
 use crate::disk::Disk;
 use crate::fanout::{Case, Load};
@@ -19,6 +20,8 @@ pub struct Report {
     pub config: Value,
     /// The disk's fdatasync'd write bandwidth.
     pub disk: Option<Disk>,
+    /// The relay catching up WAL already written.
+    pub catchup: Option<Catchup>,
     /// Real standbys behind each fan-out server.
     pub fanout: Vec<Case>,
     /// Lightweight clients on one relay.
@@ -82,6 +85,7 @@ pub fn derive(
     clients: &[ClientsCase],
     latency: Option<&Latency>,
     disk: Option<&Disk>,
+    catchup: Option<&Catchup>,
 ) -> Value {
     let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
         (Some(a), Some(b)) if b != 0.0 => Some(a / b),
@@ -192,6 +196,13 @@ pub fn derive(
             "disk_mib_s_sync_every_8": disk_mib_s(8),
             "disk_mib_s_sync_every_1": disk_mib_s(1),
             "relay_over_disk_8": ratio(ingest_mib_s, disk_mib_s(8)),
+            "catching_up": catchup.map(|c| json!({
+                "relay_mib_s": c.relay_mib_s,
+                "relay_cpu_s_per_gib": c.relay.cpu_s / gib(c.relay_bytes),
+                "receivewal_no_sync_mib_s": c.receivewal_mib_s,
+                "relay_over_disk_8": ratio(Some(c.relay_mib_s), disk_mib_s(8)),
+                "relay_over_receivewal": ratio(Some(c.relay_mib_s), Some(c.receivewal_mib_s)),
+            })),
         },
         "latency": latency.map(|l| json!({
             "relay_p50_ms": l.relay.p50_ms, "direct_p50_ms": l.direct.p50_ms,
@@ -296,6 +307,19 @@ fn ingest_table(r: &Report, out: &mut String) {
             secs(s),
             rate.map_or("–".into(), |r| format!("{r:.0}")),
             c.server.cpu_s / gibs
+        ));
+    }
+    if let Some(c) = &r.catchup {
+        rows.push(format!(
+            "| relay, catching up {:.0} MB already written, durable end | {:.2} | {:.0} | {:.2} |",
+            c.relay_bytes as f64 / MIB as f64,
+            c.relay_s,
+            c.relay_mib_s,
+            c.relay.cpu_s / gib(c.relay_bytes)
+        ));
+        rows.push(format!(
+            "| `pg_receivewal --no-sync`, the same WAL from the primary | {:.2} | {:.0} | – |",
+            c.receivewal_s, c.receivewal_mib_s
         ));
     }
     if let Some(d) = &r.disk {

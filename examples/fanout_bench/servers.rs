@@ -47,13 +47,15 @@ pub fn start_primary(
 /// `walrelay run` against the primary, on its own slot there.
 pub struct RelayServer {
     process: PgProcess,
+    /// How it was started, for [`RelayServer::restart`].
+    command: Vec<std::ffi::OsString>,
     /// The downstream port.
     pub port: u16,
     /// Its slot on the primary, dropped by [`RelayServer::stop`].
     upstream_slot: String,
     scraper: Option<(Arc<AtomicBool>, JoinHandle<u64>)>,
     // Last: the process is stopped before its directories go.
-    _dir: ScratchDir,
+    dir: ScratchDir,
     _data: ScratchDir,
 }
 
@@ -80,23 +82,30 @@ impl RelayServer {
         let data = bins.scratch_dir(opts.data_root, "relay-data")?;
         let (port, http) = (free_port()?, free_port()?);
         let senders = opts.max_senders.to_string();
-        let mut cmd = Command::new(opts.walrelay);
-        cmd.args(["run", "--upstream", &primary.conninfo(), "--data-dir"])
-            .arg(data.path())
-            .args(["--upstream-slot", &opts.upstream_slot])
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--http-listen", &format!("127.0.0.1:{http}")])
-            .args(["--max-wal-senders", &senders])
-            .args(["--max-replication-slots", &senders])
-            .args(["--log-level", "warn"])
-            .stdin(Stdio::null());
-        let mut process = localpg::spawn(cmd, &dir.path().join("relay.log"))?;
-        wait_for(SETUP_TIMEOUT, "the relay to serve", || {
-            if let Some(status) = process.try_status()? {
-                bail!("walrelay exited ({status}): {}", process.log_contents());
-            }
-            Ok(SqlConn::connect(port, true, "bench").is_ok())
-        })?;
+        let mut command: Vec<std::ffi::OsString> = vec![opts.walrelay.into()];
+        command.extend(
+            [
+                "run",
+                "--upstream",
+                &primary.conninfo(),
+                "--upstream-slot",
+                &opts.upstream_slot,
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--http-listen",
+                &format!("127.0.0.1:{http}"),
+                "--max-wal-senders",
+                &senders,
+                "--max-replication-slots",
+                &senders,
+                "--log-level",
+                "warn",
+                "--data-dir",
+            ]
+            .map(Into::into),
+        );
+        command.push(data.path().into());
+        let process = spawn_relay(&command, &dir.path().join("relay.log"), port)?;
         let scraper = (opts.scrape_every_ms > 0).then(|| {
             let on = Arc::new(AtomicBool::new(true));
             let (flag, every) = (Arc::clone(&on), opts.scrape_every_ms);
@@ -104,10 +113,11 @@ impl RelayServer {
         });
         let relay = RelayServer {
             process,
+            command,
             port,
             upstream_slot: opts.upstream_slot.clone(),
             scraper,
-            _dir: dir,
+            dir,
             _data: data,
         };
         let target = SqlConn::connect(primary.port(), false, "bench")?
@@ -124,6 +134,21 @@ impl RelayServer {
         self.process.pid()
     }
 
+    /// Stops the relay (SIGINT), keeping its data and its slot on the primary, which then
+    /// holds the WAL written until [`RelayServer::restart`].
+    pub fn pause(&mut self) -> Result<()> {
+        self.process.stop()?;
+        Ok(())
+    }
+
+    /// Starts the relay again, as it was first started, and returns once it serves: it goes
+    /// on from its durable end.
+    pub fn restart(&mut self) -> Result<()> {
+        let log = self.dir.path().join("relay-restarted.log");
+        self.process = spawn_relay(&self.command, &log, self.port)?;
+        Ok(())
+    }
+
     /// Stops the relay (SIGINT) and drops its slot on the primary; returns the scrapes of
     /// `/metrics` it served.
     pub fn stop(mut self, primary: &Cluster) -> Result<Option<u64>> {
@@ -135,6 +160,24 @@ impl RelayServer {
         drop_slot(primary, &self.upstream_slot)?;
         Ok(scrapes)
     }
+}
+
+/// Starts `walrelay` with `command` (the binary, then its arguments) and waits until it
+/// accepts replication connections on `port`.
+fn spawn_relay(command: &[std::ffi::OsString], log: &Path, port: u16) -> Result<PgProcess> {
+    let (program, args) = command
+        .split_first()
+        .context("no walrelay command to start")?;
+    let mut cmd = Command::new(program);
+    cmd.args(args).stdin(Stdio::null());
+    let mut process = localpg::spawn(cmd, log)?;
+    wait_for(SETUP_TIMEOUT, "the relay to serve", || {
+        if let Some(status) = process.try_status()? {
+            bail!("walrelay exited ({status}): {}", process.log_contents());
+        }
+        Ok(SqlConn::connect(port, true, "bench").is_ok())
+    })?;
+    Ok(process)
 }
 
 /// The relay's durable end: `IDENTIFY_SYSTEM`'s xlogpos.
