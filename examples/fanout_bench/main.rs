@@ -222,7 +222,8 @@ pub struct Args {
     dir: Option<PathBuf>,
     /// Where the relays keep their WAL [default: beside the clusters, under --dir]. A directory
     /// on another disk spares the relay the primary's and the standbys' fsyncs, as a machine
-    /// of its own would; one on tmpfs shows what the relay costs without its disk.
+    /// of its own would; one on tmpfs shows what the relay costs without its disk. The disk
+    /// part measures the filesystem of this directory.
     #[arg(long, value_name = "DIR")]
     relay_dir: Option<PathBuf>,
     /// Scrape the relay's /metrics this often while it runs (0: never), to see what monitoring
@@ -408,7 +409,7 @@ fn run(bench: &Bench, config: serde_json::Value) -> Result<report::Report> {
         log("disk", &format!("writing {mb} MB twice"));
         Some(disk::measure(
             &bench.bins,
-            bench.root.path(),
+            args.relay_dir.as_deref().unwrap_or(bench.root.path()),
             mb,
             args.segment_mb,
         )?)
