@@ -6,6 +6,7 @@
 //! `application_name` (see `Cluster::cold_standby`). Each copy starts recovery from the
 //! backup's checkpoint, as a standby made by its own `pg_basebackup` would.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -48,7 +49,7 @@ pub fn start_primary(
 pub struct RelayServer {
     process: PgProcess,
     /// How it was started, for [`RelayServer::restart`].
-    command: Vec<std::ffi::OsString>,
+    command: Vec<OsString>,
     /// The downstream port.
     pub port: u16,
     /// Its slot on the primary, dropped by [`RelayServer::stop`].
@@ -82,7 +83,7 @@ impl RelayServer {
         let data = bins.scratch_dir(opts.data_root, "relay-data")?;
         let (port, http) = (free_port()?, free_port()?);
         let senders = opts.max_senders.to_string();
-        let mut command: Vec<std::ffi::OsString> = vec![opts.walrelay.into()];
+        let mut command: Vec<OsString> = vec![opts.walrelay.into()];
         command.extend(
             [
                 "run",
@@ -164,7 +165,7 @@ impl RelayServer {
 
 /// Starts `walrelay` with `command` (the binary, then its arguments) and waits until it
 /// accepts replication connections on `port`.
-fn spawn_relay(command: &[std::ffi::OsString], log: &Path, port: u16) -> Result<PgProcess> {
+fn spawn_relay(command: &[OsString], log: &Path, port: u16) -> Result<PgProcess> {
     let (program, args) = command
         .split_first()
         .context("no walrelay command to start")?;
