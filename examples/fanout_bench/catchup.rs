@@ -32,6 +32,9 @@ pub struct Catchup {
     pub relay_s: f64,
     /// `relay_bytes` over `relay_s`, in MB a second.
     pub relay_mib_s: f64,
+    /// The same once the relay serves: the WAL it made durable after its first answer to
+    /// `IDENTIFY_SYSTEM`, over the time since, in MB a second. Its start-up is left out.
+    pub relay_serving_mib_s: f64,
     /// What the relay spent meanwhile, by thread.
     pub relay: Usage,
     /// WAL `pg_receivewal` fetched: from the start of the segment its slot began in.
@@ -75,6 +78,7 @@ pub fn run_catchup(bench: &Bench, primary: &Cluster) -> Result<Catchup> {
     relay.restart()?;
     let meter = Meter::start(relay.pid(), Split::Threads, bench.clk_tck, false);
     let mut relay_conn = SqlConn::connect(relay.port, true, "bench")?;
+    let serving = (relay_durable(&mut relay_conn)?, Instant::now());
     while relay_durable(&mut relay_conn)? < target {
         check_interrupt()?;
         if began.elapsed() > RUN_TIMEOUT {
@@ -83,6 +87,7 @@ pub fn run_catchup(bench: &Bench, primary: &Cluster) -> Result<Catchup> {
         thread::sleep(Duration::from_millis(1));
     }
     let relay_s = began.elapsed().as_secs_f64();
+    let serving_s = serving.1.elapsed().as_secs_f64();
     let usage = meter.finish();
     drop(relay_conn);
     relay.stop(primary)?;
@@ -116,6 +121,7 @@ pub fn run_catchup(bench: &Bench, primary: &Cluster) -> Result<Catchup> {
         relay_bytes,
         relay_s,
         relay_mib_s: rate(relay_bytes, relay_s),
+        relay_serving_mib_s: rate(target.saturating_distance(serving.0), serving_s),
         relay: usage,
         receivewal_bytes,
         receivewal_s,
@@ -124,11 +130,12 @@ pub fn run_catchup(bench: &Bench, primary: &Cluster) -> Result<Catchup> {
     log(
         "catch-up",
         &format!(
-            "relay: {:.0} MB in {:.2} s ({:.0} MB/s, CPU {:.2} s); pg_receivewal --no-sync: \
-             {:.0} MB in {:.2} s ({:.0} MB/s)",
+            "relay: {:.0} MB in {:.2} s ({:.0} MB/s, {:.0} once serving; CPU {:.2} s); \
+             pg_receivewal --no-sync: {:.0} MB in {:.2} s ({:.0} MB/s)",
             relay_bytes as f64 / MIB as f64,
             relay_s,
             catchup.relay_mib_s,
+            catchup.relay_serving_mib_s,
             catchup.relay.cpu_s,
             receivewal_bytes as f64 / MIB as f64,
             receivewal_s,

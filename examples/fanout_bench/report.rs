@@ -198,9 +198,11 @@ pub fn derive(
             "relay_over_disk_8": ratio(ingest_mib_s, disk_mib_s(8)),
             "catching_up": catchup.map(|c| json!({
                 "relay_mib_s": c.relay_mib_s,
+                "relay_serving_mib_s": c.relay_serving_mib_s,
                 "relay_cpu_s_per_gib": c.relay.cpu_s / gib(c.relay_bytes),
                 "receivewal_no_sync_mib_s": c.receivewal_mib_s,
                 "relay_over_disk_8": ratio(Some(c.relay_mib_s), disk_mib_s(8)),
+                "relay_serving_over_disk_8": ratio(Some(c.relay_serving_mib_s), disk_mib_s(8)),
                 "relay_over_receivewal": ratio(Some(c.relay_mib_s), Some(c.receivewal_mib_s)),
             })),
         },
