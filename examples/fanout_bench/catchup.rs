@@ -32,10 +32,13 @@ pub struct Catchup {
     pub relay_s: f64,
     /// `relay_bytes` over `relay_s`, in MB a second.
     pub relay_mib_s: f64,
-    /// The same once the relay serves: the WAL it made durable after its first answer to
-    /// `IDENTIFY_SYSTEM`, over the time since, in MB a second. Its start-up is left out.
+    /// WAL the relay made durable after its first answer to `IDENTIFY_SYSTEM`, once it served.
+    pub relay_serving_bytes: u64,
+    /// `relay_serving_bytes` over the time since that answer, in MB a second: the rate with
+    /// the relay's start-up left out.
     pub relay_serving_mib_s: f64,
-    /// What the relay spent meanwhile, by thread.
+    /// What the relay spent from that answer on, by thread (its CPU per GiB is over
+    /// `relay_serving_bytes`).
     pub relay: Usage,
     /// WAL `pg_receivewal` fetched: from the start of the segment its slot began in.
     pub receivewal_bytes: u64,
@@ -76,9 +79,9 @@ pub fn run_catchup(bench: &Bench, primary: &Cluster) -> Result<Catchup> {
 
     let began = Instant::now();
     relay.restart()?;
-    let meter = Meter::start(relay.pid(), Split::Threads, bench.clk_tck, false);
     let mut relay_conn = SqlConn::connect(relay.port, true, "bench")?;
     let serving = (relay_durable(&mut relay_conn)?, Instant::now());
+    let meter = Meter::start(relay.pid(), Split::Threads, bench.clk_tck, false);
     while relay_durable(&mut relay_conn)? < target {
         check_interrupt()?;
         if began.elapsed() > RUN_TIMEOUT {
@@ -115,13 +118,15 @@ pub fn run_catchup(bench: &Bench, primary: &Cluster) -> Result<Catchup> {
     drop_slot(primary, RECEIVEWAL_SLOT)?;
 
     let relay_bytes = target.saturating_distance(from);
+    let relay_serving_bytes = target.saturating_distance(serving.0);
     let receivewal_bytes = target.saturating_distance(receivewal_start);
     let rate = |bytes: u64, s: f64| bytes as f64 / MIB as f64 / s;
     let catchup = Catchup {
         relay_bytes,
         relay_s,
         relay_mib_s: rate(relay_bytes, relay_s),
-        relay_serving_mib_s: rate(target.saturating_distance(serving.0), serving_s),
+        relay_serving_bytes,
+        relay_serving_mib_s: rate(relay_serving_bytes, serving_s),
         relay: usage,
         receivewal_bytes,
         receivewal_s,

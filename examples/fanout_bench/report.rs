@@ -199,7 +199,7 @@ pub fn derive(
             "catching_up": catchup.map(|c| json!({
                 "relay_mib_s": c.relay_mib_s,
                 "relay_serving_mib_s": c.relay_serving_mib_s,
-                "relay_cpu_s_per_gib": c.relay.cpu_s / gib(c.relay_bytes),
+                "relay_cpu_s_per_gib": c.relay.cpu_s / gib(c.relay_serving_bytes),
                 "receivewal_no_sync_mib_s": c.receivewal_mib_s,
                 "relay_over_disk_8": ratio(Some(c.relay_mib_s), disk_mib_s(8)),
                 "relay_serving_over_disk_8": ratio(Some(c.relay_serving_mib_s), disk_mib_s(8)),
@@ -317,7 +317,7 @@ fn ingest_table(r: &Report, out: &mut String) {
             c.relay_bytes as f64 / MIB as f64,
             c.relay_s,
             c.relay_mib_s,
-            c.relay.cpu_s / gib(c.relay_bytes)
+            c.relay.cpu_s / gib(c.relay_serving_bytes)
         ));
         rows.push(format!(
             "| `pg_receivewal --no-sync`, the same WAL from the primary | {:.2} | {:.0} | – |",
