@@ -90,6 +90,8 @@ struct Shared {
     from_disk: AtomicU64,
     as_files: AtomicU64,
     removed_below: AtomicU64,
+    /// The oldest cursor of the connected readers as last recorded; `u64::MAX` for none.
+    oldest_reader: AtomicU64,
     /// The upstream's next transaction id at its last checkpoint in the WAL; 0 until known.
     next_xid: AtomicU64,
     /// `redo` of the newest checkpoint record written; 0 before one.
@@ -149,6 +151,7 @@ impl Hub {
             from_disk: AtomicU64::new(0),
             as_files: AtomicU64::new(0),
             removed_below: AtomicU64::new(0),
+            oldest_reader: AtomicU64::new(u64::MAX),
             next_xid: AtomicU64::new(0),
             last_redo: AtomicU64::new(0),
             pool: ReadPool::default(),
@@ -343,6 +346,14 @@ impl Hub {
         self.shared.removed_below.fetch_max(lsn.0, Ordering::AcqRel);
     }
 
+    /// Records the oldest position a connected reader has yet to be sent, `None` with no
+    /// reader: the writer lets the page cache drop durable WAL below it
+    /// ([`HubFeed::oldest_reader`]). A reader that starts further back later reads from disk.
+    pub fn set_oldest_reader(&self, cursor: Option<Lsn>) {
+        let value = cursor.map_or(u64::MAX, |c| c.0);
+        self.shared.oldest_reader.store(value, Ordering::Relaxed);
+    }
+
     /// The upstream's next transaction id (epoch and xid as one value) as the last
     /// checkpoint record in the stored WAL says; `None` before the writer has seen one.
     pub fn next_xid(&self) -> Option<u64> {
@@ -443,6 +454,14 @@ impl HubFeed {
         }
         self.keep_open(timeline, durable);
         self.send(end);
+    }
+
+    /// The oldest position a connected reader has yet to be sent, as last recorded with
+    /// [`Hub::set_oldest_reader`]; `None` with no reader.
+    pub fn oldest_reader(&self) -> Option<Lsn> {
+        Some(self.shared.oldest_reader.load(Ordering::Relaxed))
+            .filter(|c| *c != u64::MAX)
+            .map(Lsn)
     }
 
     /// Records the next transaction id of the newest checkpoint record written (see

@@ -94,6 +94,7 @@ pub(crate) async fn run(
         segment = Some(size.segment_of(durable.lsn));
         let in_memory = ctx.slots().min_restart_lsn();
         let cursor = ctx.oldest_cursor();
+        ctx.hub.set_oldest_reader(cursor);
         let (keep, floor) = policy.keep(size, durable.lsn, in_memory, cursor);
         if let Some(floor) = floor.filter(|f| in_memory.is_some_and(|s| s < *f)) {
             match ctx.invalidate_slots_behind(floor).await {

@@ -9,6 +9,12 @@
 //! end of the last CRC-checked record within the synced bytes, so a partly received record is
 //! never counted.
 //!
+//! After each sync the writer lets the page cache drop the durable WAL that every connected
+//! reader has been sent, but for the newest [`CACHE_KEPT_BYTES`] below it: the next writes
+//! reuse those pages instead of taking memory the machine has not touched yet (which costs
+//! far more than the copy on a virtual machine whose memory the host backs lazily), and the
+//! relay's WAL does not push other files out of the cache.
+//!
 //! A store error marks the writer failed ([`Positions::failed`]): appends queued after it are
 //! dropped, and the upstream side, which then reconnects, first calls [`Writer::reopen`],
 //! whose recovery finds the true end again. Everything else the upstream side asks of the
@@ -35,6 +41,10 @@ const QUEUE_CHUNKS: usize = 16;
 /// queue from ever running empty would hold back the durable end (and keep every chunk in
 /// memory) for as long as it does.
 const SYNC_EVERY_CHUNKS: usize = 8;
+
+/// Durable WAL kept in the page cache below the oldest connected reader's cursor (or the
+/// durable end, with no reader), for readers that connect or reconnect a little behind.
+const CACHE_KEPT_BYTES: u64 = 64 << 20;
 
 /// What the store holds, as last published.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -291,6 +301,14 @@ fn run(mut w: WriterState, mut rx: mpsc::Receiver<Command>) {
     }
 }
 
+/// Below where the page cache may drop durable WAL: the oldest connected reader's cursor (the
+/// durable end with no reader, never past it) less [`CACHE_KEPT_BYTES`]; `None` while that is
+/// below the start of WAL.
+fn cache_release_point(durable: Lsn, oldest_reader: Option<Lsn>) -> Option<Lsn> {
+    let read = oldest_reader.map_or(durable, |c| c.min(durable));
+    read.checked_sub(CACHE_KEPT_BYTES)
+}
+
 /// The store, where it lives, the chunks appended since the last sync, where to publish them,
 /// and the error that failed it.
 struct WriterState {
@@ -404,8 +422,19 @@ impl WriterState {
                 return Err(e.into());
             }
             self.publish();
+            self.release_cache();
         }
         Ok(())
+    }
+
+    /// Lets the page cache drop the durable WAL that every connected reader has been sent
+    /// ([`cache_release_point`]).
+    fn release_cache(&mut self) {
+        let durable = self.store.durable_end();
+        if let Some(below) = durable.and_then(|d| cache_release_point(d, self.feed.oldest_reader()))
+        {
+            self.store.release_cache_below(below);
+        }
     }
 
     /// Tells the hub what the store is, after it was opened or its identity or histories
@@ -436,5 +465,33 @@ impl WriterState {
             self.feed.set_last_redo(redo);
         }
         self.feed.publish(end.timeline, end.valid, chunks);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{CACHE_KEPT_BYTES, cache_release_point};
+    use crate::types::Lsn;
+
+    #[test]
+    fn the_cache_is_released_below_every_reader_and_the_newest_wal() {
+        let kept = CACHE_KEPT_BYTES;
+        let durable = Lsn(10 * kept);
+        // No reader: all but the newest WAL.
+        assert_eq!(cache_release_point(durable, None), Some(Lsn(9 * kept)));
+        // A reader behind holds what it has yet to be sent, and the WAL just before it.
+        let behind = Lsn(3 * kept + 5);
+        assert_eq!(
+            cache_release_point(durable, Some(behind)),
+            Some(Lsn(2 * kept + 5))
+        );
+        // A cursor past the durable end (a reader of a newer timeline's start) counts as the end.
+        assert_eq!(
+            cache_release_point(durable, Some(Lsn(20 * kept))),
+            Some(Lsn(9 * kept))
+        );
+        // Less WAL than what is kept: nothing.
+        assert_eq!(cache_release_point(Lsn(kept - 1), None), None);
+        assert_eq!(cache_release_point(durable, Some(Lsn(kept / 2))), None);
     }
 }

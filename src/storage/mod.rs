@@ -279,6 +279,16 @@ impl WalStore {
     pub fn flush(&mut self) -> Result<Lsn, StoreError> {
         self.tail.as_mut().ok_or(StoreError::NotStarted)?.flush()
     }
+
+    /// Advises the kernel that the durable WAL of the current timeline below `lsn` will not be
+    /// read again soon, so the page cache may let go of it (`POSIX_FADV_DONTNEED`, whole pages
+    /// only); the next call goes on from where this one stopped. Readers that still want it
+    /// read it from disk. Nothing past the durable end is touched.
+    pub fn release_cache_below(&mut self, lsn: Lsn) {
+        if let Some(tail) = self.tail.as_mut() {
+            tail.release_cache_below(lsn);
+        }
+    }
 }
 
 #[cfg(test)]

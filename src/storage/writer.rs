@@ -12,6 +12,12 @@
 //! failed fdatasync the kernel may have dropped the dirty pages, so a retry proves nothing
 //! (PostgreSQL PANICs there); the store instead cuts the file back to the synced end and lets
 //! the caller resend from there.
+//!
+//! Once WAL is durable and every reader has it, its pages need not stay in the page cache:
+//! [`Tail::release_cache_below`] tells the kernel so (`POSIX_FADV_DONTNEED`), as PostgreSQL's
+//! `XLogFileClose` does when nothing reads WAL back. The next writes then reuse those pages
+//! instead of taking more memory, and the relay's WAL does not push other files out of the
+//! cache.
 
 use std::fs::{self, File};
 use std::os::unix::fs::FileExt;
@@ -51,6 +57,8 @@ pub(crate) struct Tail {
     open: Option<OpenSegment>,
     /// A file was created or renamed in `dir` since its last fsync.
     dir_dirty: bool,
+    /// Where the WAL whose cache was not yet released starts.
+    cached_from: Lsn,
 }
 
 impl Tail {
@@ -60,6 +68,7 @@ impl Tail {
             dir,
             size,
             timeline,
+            cached_from: at.end,
             written: at.clone(),
             synced: at.clone(),
             durable: at,
@@ -234,6 +243,46 @@ impl Tail {
         Ok(self.durable.end)
     }
 
+    /// Advises the kernel that the durable WAL below `lsn` will not be read again soon, so
+    /// that the page cache may let go of its pages; whole pages only, and never a byte past the
+    /// durable end. Advice that fails changes nothing, so it is not reported.
+    pub(crate) fn release_cache_below(&mut self, lsn: Lsn) {
+        let upto = lsn.min(self.durable.end);
+        while self.cached_from < upto {
+            let segno = self.size.segment_of(self.cached_from);
+            let offset = u64::from(self.size.offset_in_segment(self.cached_from));
+            let len =
+                (self.size.bytes_u64() - offset).min(upto.saturating_distance(self.cached_from));
+            self.advise_dont_need(segno, offset, len);
+            self.cached_from = Lsn(self.cached_from.0 + len);
+        }
+    }
+
+    /// `POSIX_FADV_DONTNEED` on `len` bytes of segment `segno` from `offset`: through the
+    /// open file, or the file by its complete name, or else its `.partial` name.
+    fn advise_dont_need(&self, segno: SegmentNo, offset: u64, len: u64) {
+        let Some(len) = std::num::NonZeroU64::new(len) else {
+            return;
+        };
+        let advise = |file: &File| {
+            let _ = rustix::fs::fadvise(file, offset, Some(len), rustix::fs::Advice::DontNeed);
+        };
+        if let Some(seg) = self.open.as_ref().filter(|s| s.segno == segno) {
+            advise(&seg.file);
+            return;
+        }
+        let name = SegmentName {
+            timeline: self.timeline,
+            segno,
+        };
+        let opened = [false, true].into_iter().find_map(|partial| {
+            File::open(layout::segment_path(&self.dir, name, self.size, partial)).ok()
+        });
+        if let Some(file) = opened {
+            advise(&file);
+        }
+    }
+
     /// Forgets what was written after the synced end; the file is cut back to it when it is
     /// reopened.
     fn roll_back(&mut self) {
@@ -350,6 +399,53 @@ mod tests {
         fs::remove_file(&partial).unwrap();
         fixture::append_range(&mut store, at, fixture::end(), 100_000);
         fixture::assert_complete(t.path(), 7, 12);
+    }
+
+    /// Whether the byte of `file` at `offset` is in the page cache. A miss starts the kernel's
+    /// readahead from there, so each place is asked once, and never just before one asked later.
+    fn cached(file: &Path, offset: u64) -> bool {
+        let f = fs::File::open(file).unwrap();
+        let mut byte = [0u8; 1];
+        let flags = rustix::io::ReadWriteFlags::NOWAIT;
+        match rustix::io::preadv2(
+            &f,
+            &mut [std::io::IoSliceMut::new(&mut byte)],
+            offset,
+            flags,
+        ) {
+            Ok(n) => n == 1,
+            Err(e) if e == rustix::io::Errno::AGAIN => false,
+            Err(e) => panic!("preadv2 of {}: {e}", file.display()),
+        }
+    }
+
+    #[test]
+    fn releasing_the_cache_drops_durable_wal_below_and_nothing_else() {
+        let t = tempfile::TempDir::new().unwrap();
+        let wal = t.path().join("wal");
+        let [first, second, third] = [7, 8, 9].map(|n| wal.join(name(1, n)));
+        let at = Lsn(0x90_0000);
+        let mut store = fixture::store_upto(t.path(), at, 65536);
+        // A whole segment more is written and fdatasync'd, and not yet durable.
+        let to = Lsn(0xA0_0000);
+        store.append(at, bytes(at, to)).unwrap();
+        assert!(cached(&first, SEG / 2));
+        // Below 0/880000: all of 0/7 and the first half of 0/8 (the kernel drops whole pages
+        // only, and this is a boundary of any page size it uses here).
+        store.release_cache_below(Lsn(0x88_0000));
+        assert!(!cached(&first, 0) && !cached(&first, SEG - 1));
+        assert!(!cached(&second, 0) && !cached(&second, SEG / 4));
+        assert!(cached(&second, SEG / 2) && cached(&second, SEG - 1));
+        // Past the durable end it stops there, and goes on from there once more is durable.
+        store.release_cache_below(Lsn::MAX);
+        assert!(!cached(&second, SEG / 2 + 8192) && !cached(&second, SEG - 8192));
+        assert!(cached(&third, 0) && cached(&third, SEG - 1));
+        assert_eq!(store.flush().unwrap(), to);
+        store.release_cache_below(Lsn::MAX);
+        assert!(!cached(&third, SEG / 4) && !cached(&third, SEG - 8192));
+        // The bytes are all there to be read back.
+        assert_eq!(wal_file(t.path(), &name(1, 8)), bytes(Lsn(0x80_0000), at));
+        assert_eq!(wal_file(t.path(), &name(1, 9)), bytes(at, to));
     }
 
     #[test]
