@@ -1,6 +1,6 @@
 //! The machine's fdatasync'd sequential write bandwidth, measured the way the relay writes:
 //! one new file per WAL segment, 128 KiB `write`s (walsender's `MAX_SEND_SIZE`, the largest
-//! XLogData), `fdatasync` every 8 chunks (the writer's `SYNC_EVERY_CHUNKS` in
+//! XLogData), `fdatasync` every 16 chunks (the writer's `SYNC_EVERY_CHUNKS` in
 //! `src/service/writer.rs`) and at the end of each segment; then again with `fdatasync` after
 //! every chunk. The files go to a directory beside the relay's data, on the same filesystem.
 
@@ -38,7 +38,7 @@ pub struct Disk {
     pub file_bytes: u64,
     /// Bytes of one write.
     pub chunk_bytes: usize,
-    /// The passes: fdatasync every 8 chunks, then after every chunk.
+    /// The passes: fdatasync every 16 chunks, then after every chunk.
     pub passes: Vec<DiskPass>,
 }
 
@@ -48,7 +48,7 @@ pub fn measure(bins: &PgBinaries, root: &Path, mb: u32, segment_mb: u32) -> Resu
     let per_file = (u64::from(segment_mb) * MIB) as usize / CHUNK;
     let files = (u64::from(mb) * MIB).div_ceil(u64::from(segment_mb) * MIB);
     let mut passes = Vec::new();
-    for every in [8, 1] {
+    for every in [16, 1] {
         let dir = bins.scratch_dir(root, "disk")?;
         let began = Instant::now();
         let mut written = 0_usize;

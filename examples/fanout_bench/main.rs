@@ -25,7 +25,7 @@
 //!
 //! - `disk`: the machine's fdatasync'd sequential write bandwidth on the filesystem the relay
 //!   writes to, the way the relay writes (see `disk.rs`): 128 KiB chunks into one new file per
-//!   segment, fdatasync every 8 chunks, then after every chunk.
+//!   segment, fdatasync every 16 chunks, then after every chunk.
 //! - `catchup`: the relay's ingest of WAL already written (see `catchup.rs`), which the load's
 //!   pace does not bound: a relay is stopped, `--mb` MB are written, the relay is started again
 //!   and timed until its durable end has all of it; then `pg_receivewal --no-sync` fetches the
