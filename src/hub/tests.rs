@@ -484,3 +484,17 @@ async fn without_a_file_at_hand_a_sender_that_can_send_files_is_given_bytes() {
     assert_eq!(pieces, [a]);
     assert_eq!(hub.stats().served_as_files, 0);
 }
+
+#[test]
+fn the_writer_learns_where_the_oldest_reader_is() {
+    let t = TempDir::new().unwrap();
+    let (hub, feed) = hub(t.path(), 0);
+    assert_eq!(feed.oldest_reader(), None, "no reader recorded yet");
+    hub.set_oldest_reader(Some(Lsn(3 * SEG + 17)));
+    assert_eq!(feed.oldest_reader(), Some(Lsn(3 * SEG + 17)));
+    // The readers move on; the last one leaves.
+    hub.clone().set_oldest_reader(Some(Lsn(5 * SEG)));
+    assert_eq!(feed.oldest_reader(), Some(Lsn(5 * SEG)));
+    hub.set_oldest_reader(None);
+    assert_eq!(feed.oldest_reader(), None);
+}
