@@ -18,6 +18,9 @@ use crate::MIB;
 /// The size of one write.
 pub const CHUNK: usize = 128 * 1024;
 
+/// Chunks between two fdatasyncs in the first pass: the writer's `SYNC_EVERY_CHUNKS`.
+pub const WRITER_SYNC_EVERY: usize = 16;
+
 /// One pass of the write loop.
 #[derive(Debug, Serialize)]
 pub struct DiskPass {
@@ -38,7 +41,7 @@ pub struct Disk {
     pub file_bytes: u64,
     /// Bytes of one write.
     pub chunk_bytes: usize,
-    /// The passes: fdatasync every 16 chunks, then after every chunk.
+    /// The passes: fdatasync every [`WRITER_SYNC_EVERY`] chunks, then after every chunk.
     pub passes: Vec<DiskPass>,
 }
 
@@ -48,7 +51,7 @@ pub fn measure(bins: &PgBinaries, root: &Path, mb: u32, segment_mb: u32) -> Resu
     let per_file = (u64::from(segment_mb) * MIB) as usize / CHUNK;
     let files = (u64::from(mb) * MIB).div_ceil(u64::from(segment_mb) * MIB);
     let mut passes = Vec::new();
-    for every in [16, 1] {
+    for every in [WRITER_SYNC_EVERY, 1] {
         let dir = bins.scratch_dir(root, "disk")?;
         let began = Instant::now();
         let mut written = 0_usize;

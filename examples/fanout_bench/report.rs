@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use crate::MIB;
 use crate::catchup::Catchup;
 use crate::client_runs::{ClientsCase, Latency};
-use crate::disk::Disk;
+use crate::disk::{Disk, WRITER_SYNC_EVERY};
 use crate::fanout::{Case, Load};
 use crate::servers::Mode;
 
@@ -193,16 +193,20 @@ pub fn derive(
             "relay_mib_s": ingest_mib_s,
             "relay_cpu_s_per_gib": ingest,
             "primary_write_s": ingest_case.map(|c| c.write_s),
-            "disk_mib_s_sync_every_8": disk_mib_s(8),
+            "disk_sync_every_chunks": WRITER_SYNC_EVERY,
+            "disk_mib_s_sync_as_writer": disk_mib_s(WRITER_SYNC_EVERY),
             "disk_mib_s_sync_every_1": disk_mib_s(1),
-            "relay_over_disk_8": ratio(ingest_mib_s, disk_mib_s(8)),
+            "relay_over_disk": ratio(ingest_mib_s, disk_mib_s(WRITER_SYNC_EVERY)),
             "catching_up": catchup.map(|c| json!({
                 "relay_mib_s": c.relay_mib_s,
                 "relay_serving_mib_s": c.relay_serving_mib_s,
                 "relay_cpu_s_per_gib": c.relay.cpu_s / gib(c.relay_serving_bytes),
                 "receivewal_no_sync_mib_s": c.receivewal_mib_s,
-                "relay_over_disk_8": ratio(Some(c.relay_mib_s), disk_mib_s(8)),
-                "relay_serving_over_disk_8": ratio(Some(c.relay_serving_mib_s), disk_mib_s(8)),
+                "relay_over_disk": ratio(Some(c.relay_mib_s), disk_mib_s(WRITER_SYNC_EVERY)),
+                "relay_serving_over_disk": ratio(
+                    Some(c.relay_serving_mib_s),
+                    disk_mib_s(WRITER_SYNC_EVERY)
+                ),
                 "relay_over_receivewal": ratio(Some(c.relay_mib_s), Some(c.receivewal_mib_s)),
             })),
         },
