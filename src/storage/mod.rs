@@ -12,14 +12,16 @@
 //!
 //! Durability is explicit: bytes are written by [`WalStore::append`], and only
 //! [`WalStore::flush`] (fdatasync, plus an fsync of the directory after a file was created or
-//! renamed) makes them durable and returns the new durable end. Every WAL byte is checked by a
+//! renamed) makes them durable and returns the new durable end. A flush may also be split in
+//! three ([`WalStore::begin_flush`], [`PendingFlush::run`] on another thread while appends go
+//! on, [`WalStore::finish_flush`]): it then makes durable what was written when it began. Every WAL byte is checked by a
 //! [`WalValidator`] before it is written, and on open the store finds the end of valid WAL
 //! again (see `recovery.rs`), so it survives `kill -9` and power loss at any moment.
 
 mod error;
 mod files;
 #[cfg(test)]
-mod fixture;
+pub(crate) mod fixture;
 mod fsutil;
 #[cfg(any(fuzzing, test))]
 pub mod fuzzing;
@@ -46,6 +48,7 @@ pub use reader::{FileSpan, SegmentReader};
 pub use upstream_state::{UPSTREAM_STATE_FILE, load_upstream_info, save_upstream_info};
 
 use error::io_err;
+pub use writer::PendingFlush;
 use writer::{Mark, Tail};
 
 /// The directory inside the data directory that holds segment and history files.
@@ -278,6 +281,37 @@ impl WalStore {
     /// to the last position known to be on disk and the caller resends from there.
     pub fn flush(&mut self) -> Result<Lsn, StoreError> {
         self.tail.as_mut().ok_or(StoreError::NotStarted)?.flush()
+    }
+
+    /// Begins a [`WalStore::flush`] whose fdatasync [`PendingFlush::run`] does on any thread,
+    /// while appends go on; [`WalStore::finish_flush`] then takes its outcome. A full segment
+    /// is completed at once, as by an append.
+    ///
+    /// # Errors
+    /// [`StoreError::NotStarted`] or [`StoreError::Io`], as [`WalStore::flush`].
+    pub fn begin_flush(&mut self) -> Result<PendingFlush, StoreError> {
+        self.tail
+            .as_mut()
+            .ok_or(StoreError::NotStarted)?
+            .begin_flush()
+    }
+
+    /// Takes the outcome of a flush begun by [`WalStore::begin_flush`] and returns the durable
+    /// end: on success, the write end when it began. A failure is handled as by
+    /// [`WalStore::flush`]; a flush begun before the store last failed, or before the timeline
+    /// changed, changes nothing.
+    ///
+    /// # Errors
+    /// `outcome`'s error, or [`StoreError::NotStarted`].
+    pub fn finish_flush(
+        &mut self,
+        pending: PendingFlush,
+        outcome: Result<(), StoreError>,
+    ) -> Result<Lsn, StoreError> {
+        self.tail
+            .as_mut()
+            .ok_or(StoreError::NotStarted)?
+            .finish_flush(pending, outcome)
     }
 
     /// Advises the kernel that the durable WAL of the current timeline below `lsn` will not be

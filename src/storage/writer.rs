@@ -8,7 +8,7 @@
 //!
 //! Three positions are tracked, each with the validator state there: the *write* end (bytes
 //! handed to the kernel), the *synced* end (bytes known to be on disk: after a segment's
-//! fdatasync or a flush) and the *durable* end (what [`Tail::flush`] last returned). After a
+//! fdatasync or a flush) and the *durable* end (what the last finished flush returned). After a
 //! failed fdatasync the kernel may have dropped the dirty pages, so a retry proves nothing
 //! (PostgreSQL PANICs there); the store instead cuts the file back to the synced end and lets
 //! the caller resend from there.
@@ -22,6 +22,7 @@
 use std::fs::{self, File};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::types::{Lsn, SegmentName, SegmentNo, TimelineId, WalSegmentSize};
 use crate::wal::WalValidator;
@@ -59,6 +60,62 @@ pub(crate) struct Tail {
     dir_dirty: bool,
     /// Where the WAL whose cache was not yet released starts.
     cached_from: Lsn,
+    /// Names this tail and what it wrote: a new one after a roll back, so that a flush begun
+    /// before it does not count.
+    epoch: u64,
+}
+
+/// Where [`Tail::epoch`]s come from; never reused within the process.
+static EPOCHS: AtomicU64 = AtomicU64::new(0);
+
+fn next_epoch() -> u64 {
+    EPOCHS.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A flush begun by [`WalStore::begin_flush`](super::WalStore::begin_flush): the fdatasync of
+/// the segment being written and the fsync of the directory, which [`PendingFlush::run`] does
+/// on any thread while appends go on, and the position that is durable once both succeeded.
+pub struct PendingFlush {
+    /// A handle of the segment file to fdatasync, and its path for errors.
+    file: Option<(File, PathBuf)>,
+    /// The directory to fsync: a file was created or renamed in it.
+    dir: Option<PathBuf>,
+    /// The write end when the flush began.
+    mark: Mark,
+    /// The [`Tail::epoch`] it was begun in.
+    epoch: u64,
+}
+
+impl std::fmt::Debug for PendingFlush {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingFlush")
+            .field("file", &self.file.as_ref().map(|(_, path)| path))
+            .field("dir", &self.dir)
+            .field("end", &self.mark.end)
+            .finish()
+    }
+}
+
+impl PendingFlush {
+    /// fdatasyncs the segment file and fsyncs the directory, as far as either needs it.
+    ///
+    /// # Errors
+    /// [`StoreError::Io`]; hand it to
+    /// [`WalStore::finish_flush`](super::WalStore::finish_flush).
+    pub fn run(&self) -> Result<(), StoreError> {
+        if let Some((file, path)) = &self.file {
+            file.sync_data().map_err(io_err("fdatasync", path))?;
+        }
+        if let Some(dir) = &self.dir {
+            fsutil::fsync_dir(dir)?;
+        }
+        Ok(())
+    }
+
+    /// The position that is durable once the flush succeeded.
+    pub fn end(&self) -> Lsn {
+        self.mark.end
+    }
 }
 
 impl Tail {
@@ -74,6 +131,7 @@ impl Tail {
             durable: at,
             open: None,
             dir_dirty: false,
+            epoch: next_epoch(),
         }
     }
 
@@ -225,21 +283,59 @@ impl Tail {
     ///
     /// After a failed fdatasync the write end falls back to the last synced position.
     pub(crate) fn flush(&mut self) -> Result<Lsn, StoreError> {
+        let pending = self.begin_flush()?;
+        let outcome = pending.run();
+        self.finish_flush(pending, outcome)
+    }
+
+    /// Begins a flush of everything written so far: a full segment is completed at once (as
+    /// by an append), the rest is left to [`PendingFlush::run`], and appends may go on before
+    /// [`Tail::finish_flush`] takes its outcome.
+    pub(crate) fn begin_flush(&mut self) -> Result<PendingFlush, StoreError> {
         self.finish_full_segment()?;
-        if self.written.end > self.synced.end {
+        let file = if self.written.end > self.synced.end {
             let seg = self.current_segment()?;
-            if let Err(e) = seg.file.sync_data() {
-                let err = io_err("fdatasync", &seg.path)(e);
-                self.roll_back();
-                return Err(err);
-            }
-            self.synced = self.written.clone();
+            let handle = seg
+                .file
+                .try_clone()
+                .map_err(io_err("duplicate the handle of", &seg.path))?;
+            Some((handle, seg.path.clone()))
+        } else {
+            None
+        };
+        let dir = std::mem::take(&mut self.dir_dirty).then(|| self.dir.clone());
+        Ok(PendingFlush {
+            file,
+            dir,
+            mark: self.written.clone(),
+            epoch: self.epoch,
+        })
+    }
+
+    /// Takes the outcome of a flush begun by [`Tail::begin_flush`] and returns the durable
+    /// end: on success what was written when it began is durable. After a failure the kernel
+    /// may have dropped the unsynced bytes, so the write end falls back to the last synced
+    /// position and the directory is fsync'd again by the next flush. A flush begun before a
+    /// roll back changes nothing.
+    pub(crate) fn finish_flush(
+        &mut self,
+        pending: PendingFlush,
+        outcome: Result<(), StoreError>,
+    ) -> Result<Lsn, StoreError> {
+        if pending.epoch != self.epoch {
+            return Ok(self.durable.end);
         }
-        if self.dir_dirty {
-            fsutil::fsync_dir(&self.dir)?;
-            self.dir_dirty = false;
+        if let Err(e) = outcome {
+            self.roll_back();
+            self.dir_dirty = true;
+            return Err(e);
         }
-        self.durable = self.synced.clone();
+        if pending.mark.end > self.synced.end {
+            self.synced = pending.mark.clone();
+        }
+        if pending.mark.end > self.durable.end {
+            self.durable = pending.mark;
+        }
         Ok(self.durable.end)
     }
 
@@ -288,6 +384,7 @@ impl Tail {
     fn roll_back(&mut self) {
         self.open = None;
         self.written = self.synced.clone();
+        self.epoch = next_epoch();
     }
 }
 
@@ -352,6 +449,72 @@ mod tests {
         assert_eq!(end.valid, Lsn(0x77_D658));
         assert_eq!(store.validator().unwrap().valid_end(), end.valid);
         assert_eq!(store.flush().unwrap(), to);
+    }
+
+    #[test]
+    fn a_flush_begun_makes_durable_what_was_written_when_it_began() {
+        let t = tempfile::TempDir::new().unwrap();
+        let a = Lsn(0x70_4000);
+        let mut store = fixture::store_upto(t.path(), a, 8192);
+        let b = Lsn(0x72_0000);
+        store.append(a, bytes(a, b)).unwrap();
+        let first = store.begin_flush().unwrap();
+        assert_eq!(first.end(), b);
+        // Appends go on while it runs, into the next segment too.
+        let c = Lsn(0x81_0000);
+        store.append(b, bytes(b, c)).unwrap();
+        assert_eq!(
+            store.durable_end(),
+            Some(a),
+            "nothing is durable before it is finished"
+        );
+        let outcome = first.run();
+        assert_eq!(store.finish_flush(first, outcome).unwrap(), b);
+        assert_eq!(store.durable_end(), Some(b));
+        assert_eq!(store.write_end(), Some(c));
+        // The segment the later appends completed was synced on its own; the rest of them
+        // waits for the next flush.
+        fixture::assert_complete(t.path(), 7, 7);
+        let second = store.begin_flush().unwrap();
+        assert_eq!(second.end(), c);
+        let outcome = second.run();
+        assert_eq!(store.finish_flush(second, outcome).unwrap(), c);
+        assert_eq!(store.end().unwrap().durable, c);
+        assert_eq!(store.flush().unwrap(), c);
+        let partial = format!("{}.partial", name(1, 8));
+        assert_eq!(wal_file(t.path(), &partial), bytes(Lsn(0x80_0000), c));
+    }
+
+    #[test]
+    fn a_failed_flush_forgets_what_it_covered_and_voids_those_begun_before() {
+        let t = tempfile::TempDir::new().unwrap();
+        let a = Lsn(0x70_4000);
+        let mut store = fixture::store_upto(t.path(), a, 8192);
+        let b = Lsn(0x72_0000);
+        store.append(a, bytes(a, b)).unwrap();
+        let first = store.begin_flush().unwrap();
+        let c = Lsn(0x74_0000);
+        store.append(b, bytes(b, c)).unwrap();
+        let second = store.begin_flush().unwrap();
+        let failed = Err(StoreError::Io {
+            op: "fdatasync",
+            path: t.path().to_path_buf(),
+            source: std::io::Error::other("injected"),
+        });
+        assert!(store.finish_flush(second, failed).is_err());
+        // The kernel may have dropped what was not synced: the write end falls back.
+        assert_eq!(store.write_end(), Some(a));
+        assert_eq!(store.durable_end(), Some(a));
+        // The flush begun before the failure counts for nothing, though it succeeds.
+        let outcome = first.run();
+        assert!(outcome.is_ok());
+        assert_eq!(store.finish_flush(first, outcome).unwrap(), a);
+        assert_eq!(store.durable_end(), Some(a));
+        // Resent from the write end, the WAL is stored as it should be.
+        store.append(a, bytes(a, c)).unwrap();
+        assert_eq!(store.flush().unwrap(), c);
+        let partial = format!("{}.partial", name(1, 7));
+        assert_eq!(wal_file(t.path(), &partial), bytes(start(), c));
     }
 
     #[test]
