@@ -412,7 +412,13 @@ fn fanout_bench_smoke_runs_every_part_and_cleans_up() {
     for path in ["relay", "direct"] {
         assert!(report["latency"][path]["samples"].as_u64().unwrap() > 0);
     }
-    assert_eq!(report["disk"]["passes"].as_array().unwrap().len(), 2);
+    assert_eq!(report["disk"]["passes"].as_array().unwrap().len(), 3);
+    let ingest = &report["derived"]["ingest"];
+    assert!(ingest["disk_mib_s"].as_f64().unwrap() > 0.0, "{ingest:#}");
+    assert!(
+        ingest["catching_up"]["relay_over_disk"].as_f64().is_some(),
+        "{ingest:#}"
+    );
     // The relay caught up WAL written while it was stopped, and so did pg_receivewal.
     let catchup = &report["catchup"];
     for bytes in ["relay_bytes", "receivewal_bytes"] {

@@ -1,15 +1,21 @@
 //! The machine's fdatasync'd sequential write bandwidth, measured the way the relay writes:
 //! one new file per WAL segment, 128 KiB `write`s (walsender's `MAX_SEND_SIZE`, the largest
-//! XLogData), `fdatasync` every 16 chunks (the writer's `SYNC_EVERY_CHUNKS` in
-//! `src/service/writer.rs`) and at the end of each segment; then again with `fdatasync` after
-//! every chunk. The files go to a directory beside the relay's data, on the same filesystem.
+//! XLogData), `fdatasync` every [`SYNC_EVERY`] chunks and at the end of each segment. Three
+//! passes: letting the page cache drop each stretch once it is synced
+//! (`POSIX_FADV_DONTNEED`, as the relay's writer does), keeping it (as a plain program does),
+//! and with `fdatasync` after every chunk. The first two differ where memory the page cache
+//! takes for the first time costs more than the disk (a virtual machine whose memory the host
+//! backs lazily): the faster of them is the machine's bandwidth. The files go to a directory
+//! beside the relay's data, on the same filesystem.
 
 use std::fs::File;
 use std::io::Write;
+use std::num::NonZeroU64;
 use std::path::Path;
 use std::time::Instant;
 
 use anyhow::Result;
+use rustix::fs::{Advice, fadvise};
 use serde::Serialize;
 use walrelay::testkit::localpg::PgBinaries;
 
@@ -18,14 +24,18 @@ use crate::MIB;
 /// The size of one write.
 pub const CHUNK: usize = 128 * 1024;
 
-/// Chunks between two fdatasyncs in the first pass: the writer's `SYNC_EVERY_CHUNKS`.
-pub const WRITER_SYNC_EVERY: usize = 16;
+/// Chunks between two fdatasyncs in the first two passes: as many as the relay's writer holds
+/// unsynced at most (a batch in its fdatasync and the next one being written,
+/// `SYNC_EVERY_CHUNKS` each in `src/service/writer.rs`).
+pub const SYNC_EVERY: usize = 16;
 
 /// One pass of the write loop.
 #[derive(Debug, Serialize)]
 pub struct DiskPass {
     /// Chunks written between two fdatasyncs.
     pub sync_every_chunks: usize,
+    /// Whether the page cache was told to drop each stretch once it was synced.
+    pub releases_cache: bool,
     /// Seconds for all of it.
     pub secs: f64,
     /// MB a second.
@@ -41,27 +51,52 @@ pub struct Disk {
     pub file_bytes: u64,
     /// Bytes of one write.
     pub chunk_bytes: usize,
-    /// The passes: fdatasync every [`WRITER_SYNC_EVERY`] chunks, then after every chunk.
+    /// The passes: fdatasync every [`SYNC_EVERY`] chunks releasing the page cache behind,
+    /// then keeping it, then fdatasync after every chunk.
     pub passes: Vec<DiskPass>,
 }
 
-/// Writes `mb` MB in `segment_mb` MB files under `root`, twice.
+impl Disk {
+    /// The machine's bandwidth: the faster pass of those that sync every [`SYNC_EVERY`] chunks.
+    pub fn best_mib_s(&self) -> Option<f64> {
+        self.passes
+            .iter()
+            .filter(|p| p.sync_every_chunks == SYNC_EVERY)
+            .map(|p| p.mib_s)
+            .reduce(f64::max)
+    }
+
+    /// The pass that syncs every `every` chunks and releases the page cache or not.
+    pub fn pass(&self, every: usize, releases_cache: bool) -> Option<&DiskPass> {
+        self.passes
+            .iter()
+            .find(|p| p.sync_every_chunks == every && p.releases_cache == releases_cache)
+    }
+}
+
+/// Writes `mb` MB in `segment_mb` MB files under `root`, three times.
 pub fn measure(bins: &PgBinaries, root: &Path, mb: u32, segment_mb: u32) -> Result<Disk> {
     let chunk = vec![0x5a_u8; CHUNK];
     let per_file = (u64::from(segment_mb) * MIB) as usize / CHUNK;
     let files = (u64::from(mb) * MIB).div_ceil(u64::from(segment_mb) * MIB);
     let mut passes = Vec::new();
-    for every in [WRITER_SYNC_EVERY, 1] {
+    for (every, release) in [(SYNC_EVERY, true), (SYNC_EVERY, false), (1, false)] {
         let dir = bins.scratch_dir(root, "disk")?;
         let began = Instant::now();
         let mut written = 0_usize;
         for n in 0..files {
             let mut file = File::create(dir.path().join(format!("{n:024X}")))?;
-            for _ in 0..per_file {
+            let mut released = 0_u64;
+            for i in 1..=per_file {
                 file.write_all(&chunk)?;
                 written += 1;
                 if written.is_multiple_of(every) {
                     file.sync_data()?;
+                    let synced = (i * CHUNK) as u64;
+                    if release && let Some(len) = NonZeroU64::new(synced - released) {
+                        fadvise(&file, released, Some(len), Advice::DontNeed)?;
+                        released = synced;
+                    }
                 }
             }
             file.sync_data()?;
@@ -70,6 +105,7 @@ pub fn measure(bins: &PgBinaries, root: &Path, mb: u32, segment_mb: u32) -> Resu
         let bytes = (written * CHUNK) as f64;
         passes.push(DiskPass {
             sync_every_chunks: every,
+            releases_cache: release,
             secs,
             mib_s: bytes / MIB as f64 / secs,
         });

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use crate::MIB;
 use crate::catchup::Catchup;
 use crate::client_runs::{ClientsCase, Latency};
-use crate::disk::{Disk, WRITER_SYNC_EVERY};
+use crate::disk::{Disk, SYNC_EVERY};
 use crate::fanout::{Case, Load};
 use crate::servers::Mode;
 
@@ -165,10 +165,9 @@ pub fn derive(
         let s = c.server_received_s?;
         Some(c.wal_bytes as f64 / MIB as f64 / s)
     });
-    let disk_mib_s = |every: usize| {
-        disk.and_then(|d| d.passes.iter().find(|p| p.sync_every_chunks == every))
-            .map(|p| p.mib_s)
-    };
+    let disk_mib_s = disk.and_then(Disk::best_mib_s);
+    let pass_mib_s =
+        |every: usize, release: bool| disk.and_then(|d| d.pass(every, release)).map(|p| p.mib_s);
     json!({
         "send_cpu_s_per_standby_gib_at_most_standbys": {
             "standbys": most,
@@ -193,20 +192,19 @@ pub fn derive(
             "relay_mib_s": ingest_mib_s,
             "relay_cpu_s_per_gib": ingest,
             "primary_write_s": ingest_case.map(|c| c.write_s),
-            "disk_sync_every_chunks": WRITER_SYNC_EVERY,
-            "disk_mib_s_sync_as_writer": disk_mib_s(WRITER_SYNC_EVERY),
-            "disk_mib_s_sync_every_1": disk_mib_s(1),
-            "relay_over_disk": ratio(ingest_mib_s, disk_mib_s(WRITER_SYNC_EVERY)),
+            "disk_sync_every_chunks": SYNC_EVERY,
+            "disk_mib_s": disk_mib_s,
+            "disk_mib_s_releasing_cache": pass_mib_s(SYNC_EVERY, true),
+            "disk_mib_s_keeping_cache": pass_mib_s(SYNC_EVERY, false),
+            "disk_mib_s_sync_every_1": pass_mib_s(1, false),
+            "relay_over_disk": ratio(ingest_mib_s, disk_mib_s),
             "catching_up": catchup.map(|c| json!({
                 "relay_mib_s": c.relay_mib_s,
                 "relay_serving_mib_s": c.relay_serving_mib_s,
                 "relay_cpu_s_per_gib": c.relay.cpu_s / gib(c.relay_serving_bytes),
                 "receivewal_no_sync_mib_s": c.receivewal_mib_s,
-                "relay_over_disk": ratio(Some(c.relay_mib_s), disk_mib_s(WRITER_SYNC_EVERY)),
-                "relay_serving_over_disk": ratio(
-                    Some(c.relay_serving_mib_s),
-                    disk_mib_s(WRITER_SYNC_EVERY)
-                ),
+                "relay_over_disk": ratio(Some(c.relay_mib_s), disk_mib_s),
+                "relay_serving_over_disk": ratio(Some(c.relay_serving_mib_s), disk_mib_s),
                 "relay_over_receivewal": ratio(Some(c.relay_mib_s), Some(c.receivewal_mib_s)),
             })),
         },
@@ -331,9 +329,14 @@ fn ingest_table(r: &Report, out: &mut String) {
     if let Some(d) = &r.disk {
         for p in &d.passes {
             rows.push(format!(
-                "| write + fdatasync every {} chunk{} ({} MB) | {:.2} | {:.0} | – |",
+                "| write + fdatasync every {} chunk{}{} ({} MB) | {:.2} | {:.0} | – |",
                 p.sync_every_chunks,
                 if p.sync_every_chunks == 1 { "" } else { "s" },
+                if p.releases_cache {
+                    ", the page cache released behind"
+                } else {
+                    ""
+                },
                 d.bytes / MIB,
                 p.secs,
                 p.mib_s
