@@ -2,15 +2,15 @@
 //! the WAL is written and durable, to the upstream side (a `watch` of [`Positions`]) and to
 //! the downstream senders (the hub's feed).
 //!
-//! Appends arrive through a bounded channel, so a slow disk slows the reader of the upstream
-//! socket instead of growing memory. Each batch is made durable by one `fdatasync`, and only
-//! then is the new durable end published: nothing is reported or served before it is on disk.
-//! While more WAL waits in the queue, that `fdatasync` runs on a second thread and the next
-//! batch is appended (checked and written into the page cache) meanwhile; the batch after it
-//! waits until it returned, so one sync at most is ever in flight. With nothing waiting, the
-//! writer syncs itself, and a lone chunk pays no hand-off. The store checks every byte before writing it, and the durable end published is the
-//! end of the last CRC-checked record within the synced bytes, so a partly received record is
-//! never counted.
+//! Appends arrive through a bounded channel, so a slow disk slows the reader of the upstream socket
+//! instead of growing memory. Each batch is made durable by one `fdatasync`, and only then is the
+//! new durable end published: nothing is reported or served before it is on disk. While more WAL
+//! waits in the queue, that `fdatasync` runs on a second thread and the next batch is appended
+//! (checked and written into the page cache) meanwhile; the batch after it waits until it returned,
+//! so one sync at most is ever in flight. With nothing waiting, the writer syncs itself, and a lone
+//! chunk pays no hand-off. The store checks every byte before writing it, and the durable end
+//! published is the end of the last CRC-checked record within the synced bytes, so a partly
+//! received record is never counted.
 //!
 //! After each sync the writer lets the page cache drop the durable WAL that every connected
 //! reader has been sent, but for the newest [`CACHE_KEPT_BYTES`] below it: the next writes
@@ -297,8 +297,9 @@ fn open_store(data_dir: &Path) -> Result<WalStore, StoreError> {
 
 /// Takes commands in batches: what is queued (up to [`SYNC_EVERY_CHUNKS`] appends) is
 /// appended, then synced once. While more waits in the queue, the sync runs on the syncer's
-/// thread and the next batch is appended meanwhile; the batch after waits for it. With nothing
-/// waiting, the writer syncs at once itself, so that a lone chunk pays no hand-off.
+/// thread and the next batch is appended meanwhile (what the sync made durable is published
+/// as soon as it returned); the batch after waits for it. With nothing waiting, the writer
+/// syncs at once itself, so that a lone chunk pays no hand-off.
 fn run(mut w: WriterState, mut rx: mpsc::Receiver<Command>) {
     loop {
         let first = if w.in_flight.is_some() {
@@ -320,6 +321,7 @@ fn run(mut w: WriterState, mut rx: mpsc::Receiver<Command>) {
         let mut next = Some(first);
         while let Some(cmd) = next.take() {
             w.execute(cmd);
+            w.poll_sync();
             if w.failed.is_some() || w.batch_len() >= SYNC_EVERY_CHUNKS {
                 break;
             }
@@ -511,12 +513,36 @@ impl WriterState {
         }
         match self.syncer.done.recv() {
             Ok((pending, outcome, took)) => self.complete_sync(pending, outcome, took),
-            Err(_) => self.fail(&StoreError::Io {
-                op: "fdatasync",
-                path: self.data_dir.clone(),
-                source: std::io::Error::other("the WAL sync thread has stopped"),
-            }),
+            Err(_) => self.syncer_gone(),
         }
+    }
+
+    /// Takes the outcome of the flush on the syncer's thread if it has returned, without
+    /// waiting.
+    fn poll_sync(&mut self) {
+        if self.in_flight.is_none() {
+            return;
+        }
+        match self.syncer.done.try_recv() {
+            Ok((pending, outcome, took)) => {
+                self.in_flight = None;
+                self.complete_sync(pending, outcome, took);
+            }
+            Err(std_mpsc::TryRecvError::Empty) => {}
+            Err(std_mpsc::TryRecvError::Disconnected) => {
+                self.in_flight = None;
+                self.syncer_gone();
+            }
+        }
+    }
+
+    /// The syncer's thread ended with a flush in flight: nothing it covered is known durable.
+    fn syncer_gone(&mut self) {
+        self.fail(&StoreError::Io {
+            op: "fdatasync",
+            path: self.data_dir.clone(),
+            source: std::io::Error::other("the WAL sync thread has stopped"),
+        });
     }
 
     /// Takes the outcome of a flush: publishes what it made durable, or fails the writer.

@@ -10,13 +10,13 @@
 //! `restore_command = 'cp …/%f %p'` work on `wal/`. Directories are created 0700 and files
 //! 0600, like `pg_dir_create_mode`/`pg_file_create_mode`.
 //!
-//! Durability is explicit: bytes are written by [`WalStore::append`], and only
-//! [`WalStore::flush`] (fdatasync, plus an fsync of the directory after a file was created or
-//! renamed) makes them durable and returns the new durable end. A flush may also be split in
-//! three ([`WalStore::begin_flush`], [`PendingFlush::run`] on another thread while appends go
-//! on, [`WalStore::finish_flush`]): it then makes durable what was written when it began. Every WAL byte is checked by a
-//! [`WalValidator`] before it is written, and on open the store finds the end of valid WAL
-//! again (see `recovery.rs`), so it survives `kill -9` and power loss at any moment.
+//! Durability is explicit: bytes are written by [`WalStore::append`], and only [`WalStore::flush`]
+//! (fdatasync, plus an fsync of the directory after a file was created or renamed) makes them
+//! durable and returns the new durable end. A flush may also be split in three
+//! ([`WalStore::begin_flush`], [`PendingFlush::run`] on another thread while appends go on,
+//! [`WalStore::finish_flush`]): it then makes durable what was written when it began. Every WAL
+//! byte is checked by a [`WalValidator`] before it is written, and on open the store finds the end
+//! of valid WAL again (see `recovery.rs`), so it survives `kill -9` and power loss at any moment.
 
 mod error;
 mod files;
@@ -276,9 +276,10 @@ impl WalStore {
     /// the last flush) and returns the new durable end. Nothing is durable before this returns.
     ///
     /// # Errors
-    /// [`StoreError::NotStarted`] or [`StoreError::Io`]. After a failed fdatasync the kernel
-    /// may have dropped the unsynced bytes, so the store forgets them: the write end falls back
-    /// to the last position known to be on disk and the caller resends from there.
+    /// [`StoreError::NotStarted`] or [`StoreError::Io`]. After a failed fdatasync (or directory
+    /// fsync) the kernel may have dropped the unsynced bytes, so the store forgets them: the
+    /// write end falls back to the last position known to be on disk and the caller resends
+    /// from there.
     pub fn flush(&mut self) -> Result<Lsn, StoreError> {
         self.tail.as_mut().ok_or(StoreError::NotStarted)?.flush()
     }
@@ -298,8 +299,8 @@ impl WalStore {
 
     /// Takes the outcome of a flush begun by [`WalStore::begin_flush`] and returns the durable
     /// end: on success, the write end when it began. A failure is handled as by
-    /// [`WalStore::flush`]; a flush begun before the store last failed, or before the timeline
-    /// changed, changes nothing.
+    /// [`WalStore::flush`]; a flush begun before a failed flush or fdatasync rolled the store
+    /// back, or before the timeline changed, changes nothing.
     ///
     /// # Errors
     /// `outcome`'s error, or [`StoreError::NotStarted`].

@@ -56,8 +56,11 @@ pub(crate) struct Tail {
     synced: Mark,
     durable: Mark,
     open: Option<OpenSegment>,
-    /// A file was created or renamed in `dir` since its last fsync.
-    dir_dirty: bool,
+    /// Files created or renamed in `dir`, counted; the directory needs an fsync while this
+    /// is ahead of `dir_synced`.
+    dir_changes: u64,
+    /// `dir_changes` when the directory's last successful fsync began.
+    dir_synced: u64,
     /// Where the WAL whose cache was not yet released starts.
     cached_from: Lsn,
     /// Names this tail and what it wrote: a new one after a roll back, so that a flush begun
@@ -78,8 +81,9 @@ fn next_epoch() -> u64 {
 pub struct PendingFlush {
     /// A handle of the segment file to fdatasync, and its path for errors.
     file: Option<(File, PathBuf)>,
-    /// The directory to fsync: a file was created or renamed in it.
-    dir: Option<PathBuf>,
+    /// The directory to fsync, as a file was created or renamed in it, and the tail's count of
+    /// such changes when the flush began.
+    dir: Option<(PathBuf, u64)>,
     /// The write end when the flush began.
     mark: Mark,
     /// The [`Tail::epoch`] it was begun in.
@@ -90,7 +94,7 @@ impl std::fmt::Debug for PendingFlush {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PendingFlush")
             .field("file", &self.file.as_ref().map(|(_, path)| path))
-            .field("dir", &self.dir)
+            .field("dir", &self.dir.as_ref().map(|(dir, _)| dir))
             .field("end", &self.mark.end)
             .finish()
     }
@@ -106,7 +110,7 @@ impl PendingFlush {
         if let Some((file, path)) = &self.file {
             file.sync_data().map_err(io_err("fdatasync", path))?;
         }
-        if let Some(dir) = &self.dir {
+        if let Some((dir, _)) = &self.dir {
             fsutil::fsync_dir(dir)?;
         }
         Ok(())
@@ -130,7 +134,8 @@ impl Tail {
             synced: at.clone(),
             durable: at,
             open: None,
-            dir_dirty: false,
+            dir_changes: 0,
+            dir_synced: 0,
             epoch: next_epoch(),
         }
     }
@@ -236,7 +241,7 @@ impl Tail {
                 file.set_len(offset).map_err(io_err("truncate", &path))?;
             }
             // The directory entry may be new, or not yet durable after a crash.
-            self.dir_dirty = true;
+            self.dir_changes += 1;
             self.open = Some(OpenSegment { segno, path, file });
         }
         self.open.as_mut().ok_or(StoreError::NotStarted)
@@ -246,9 +251,7 @@ impl Tail {
     /// durable.
     pub(crate) fn create_file(&mut self) -> Result<(), StoreError> {
         self.current_segment()?;
-        fsutil::fsync_dir(&self.dir)?;
-        self.dir_dirty = false;
-        Ok(())
+        self.sync_dir()
     }
 
     /// If the open segment is full: fdatasync it, rename it to its complete name and fsync the
@@ -273,15 +276,22 @@ impl Tail {
         let complete = layout::segment_path(&self.dir, name, self.size, false);
         fs::rename(&seg.path, &complete).map_err(io_err("rename", &seg.path))?;
         self.open = None;
-        self.dir_dirty = true;
+        self.dir_changes += 1;
+        self.sync_dir()
+    }
+
+    /// fsyncs the directory; what was created or renamed in it before is then durable.
+    fn sync_dir(&mut self) -> Result<(), StoreError> {
+        let changes = self.dir_changes;
         fsutil::fsync_dir(&self.dir)?;
-        self.dir_dirty = false;
+        self.dir_synced = self.dir_synced.max(changes);
         Ok(())
     }
 
     /// Makes everything written durable and returns the new durable end.
     ///
-    /// After a failed fdatasync the write end falls back to the last synced position.
+    /// After a failed fdatasync or directory fsync the write end falls back to the last synced
+    /// position.
     pub(crate) fn flush(&mut self) -> Result<Lsn, StoreError> {
         let pending = self.begin_flush()?;
         let outcome = pending.run();
@@ -291,22 +301,25 @@ impl Tail {
     /// Begins a flush of everything written so far: a full segment is completed at once (as
     /// by an append), the rest is left to [`PendingFlush::run`], and appends may go on before
     /// [`Tail::finish_flush`] takes its outcome.
+    ///
+    /// The flush fdatasyncs the segment through a file description of its own, opened here,
+    /// never a duplicate of the writer's: the kernel reports a failed writeback once to each
+    /// open file description, so an error the flush sees is still seen by the writer's next
+    /// fdatasync of that file (completing the segment, say), and the other way round.
     pub(crate) fn begin_flush(&mut self) -> Result<PendingFlush, StoreError> {
         self.finish_full_segment()?;
         let file = if self.written.end > self.synced.end {
-            let seg = self.current_segment()?;
-            let handle = seg
-                .file
-                .try_clone()
-                .map_err(io_err("duplicate the handle of", &seg.path))?;
-            Some((handle, seg.path.clone()))
+            let path = self.current_segment()?.path.clone();
+            let own = File::open(&path).map_err(io_err("open", &path))?;
+            Some((own, path))
         } else {
             None
         };
-        let dir = std::mem::take(&mut self.dir_dirty).then(|| self.dir.clone());
+        let dir_changes = self.dir_changes;
+        let dir = (dir_changes > self.dir_synced).then(|| self.dir.clone());
         Ok(PendingFlush {
             file,
-            dir,
+            dir: dir.map(|d| (d, dir_changes)),
             mark: self.written.clone(),
             epoch: self.epoch,
         })
@@ -315,8 +328,10 @@ impl Tail {
     /// Takes the outcome of a flush begun by [`Tail::begin_flush`] and returns the durable
     /// end: on success what was written when it began is durable. After a failure the kernel
     /// may have dropped the unsynced bytes, so the write end falls back to the last synced
-    /// position and the directory is fsync'd again by the next flush. A flush begun before a
-    /// roll back changes nothing.
+    /// position (and the directory, unless its fsync succeeded, is fsync'd by the next flush).
+    /// A flush begun before a roll back changes nothing. Flushes may be pending side by side;
+    /// each fsyncs the directory if a file was created or renamed that no finished flush
+    /// covered.
     pub(crate) fn finish_flush(
         &mut self,
         pending: PendingFlush,
@@ -327,8 +342,10 @@ impl Tail {
         }
         if let Err(e) = outcome {
             self.roll_back();
-            self.dir_dirty = true;
             return Err(e);
+        }
+        if let Some((_, changes)) = pending.dir {
+            self.dir_synced = self.dir_synced.max(changes);
         }
         if pending.mark.end > self.synced.end {
             self.synced = pending.mark.clone();
@@ -515,6 +532,47 @@ mod tests {
         assert_eq!(store.flush().unwrap(), c);
         let partial = format!("{}.partial", name(1, 7));
         assert_eq!(wal_file(t.path(), &partial), bytes(start(), c));
+    }
+
+    #[test]
+    fn each_pending_flush_syncs_the_directory_until_a_finished_one_did() {
+        let t = tempfile::TempDir::new().unwrap();
+        let a = Lsn(0x7F_0000);
+        let mut store = fixture::store_upto(t.path(), a, 8192);
+        // Into the next segment: its file is new, its name not yet durable.
+        let b = Lsn(0x81_0000);
+        store.append(a, bytes(a, b)).unwrap();
+        let first = store.begin_flush().unwrap();
+        assert!(first.dir.is_some());
+        let c = Lsn(0x82_0000);
+        store.append(b, bytes(b, c)).unwrap();
+        let second = store.begin_flush().unwrap();
+        assert!(second.dir.is_some(), "the first has not finished yet");
+        let outcome = second.run();
+        assert_eq!(store.finish_flush(second, outcome).unwrap(), c);
+        let third = store.begin_flush().unwrap();
+        assert!(third.dir.is_none() && third.file.is_none());
+        // A failed directory fsync leaves the directory to the next flush.
+        let d = Lsn(0x90_2000);
+        store.append(c, bytes(c, d)).unwrap();
+        let fourth = store.begin_flush().unwrap();
+        assert!(fourth.dir.is_some());
+        let failed = Err(StoreError::Io {
+            op: "fsync directory",
+            path: t.path().to_path_buf(),
+            source: std::io::Error::other("injected"),
+        });
+        assert!(store.finish_flush(fourth, failed).is_err());
+        // Back to the end of the segment the append completed (and synced) on its way.
+        let synced = Lsn(0x90_0000);
+        assert_eq!(store.write_end(), Some(synced));
+        let again = store.begin_flush().unwrap();
+        assert!(again.dir.is_some() && again.file.is_none());
+        let outcome = again.run();
+        assert_eq!(store.finish_flush(again, outcome).unwrap(), synced);
+        store.append(synced, bytes(synced, d)).unwrap();
+        assert_eq!(store.flush().unwrap(), d);
+        assert!(store.begin_flush().unwrap().dir.is_none());
     }
 
     #[test]
