@@ -546,8 +546,8 @@ impl WriterState {
     }
 
     /// Takes the outcome of a flush: publishes what it made durable, or fails the writer.
-    /// After the writer failed, what was begun before counts for nothing: the store is opened
-    /// again before anything else.
+    /// After the writer failed, what was begun before counts for nothing (the store is opened
+    /// again before anything else), but a failure still cuts the file back.
     fn complete_sync(
         &mut self,
         pending: PendingFlush,
@@ -555,6 +555,11 @@ impl WriterState {
         took: Duration,
     ) {
         if self.failed.is_some() {
+            // What it covered is cut back even so: the store's recovery, when it is opened
+            // again, must not find bytes a failed fdatasync may have lost.
+            if outcome.is_err() {
+                let _ = self.store.finish_flush(pending, outcome);
+            }
             return;
         }
         self.counters.store.fsync(took);

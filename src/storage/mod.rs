@@ -300,7 +300,8 @@ impl WalStore {
     /// Takes the outcome of a flush begun by [`WalStore::begin_flush`] and returns the durable
     /// end: on success, the write end when it began. A failure is handled as by
     /// [`WalStore::flush`]; a flush begun before a failed flush or fdatasync rolled the store
-    /// back, or before the timeline changed, changes nothing.
+    /// back, or before the timeline changed, changes nothing. Flushes pending side by side
+    /// must be finished in the order they were begun.
     ///
     /// # Errors
     /// `outcome`'s error, or [`StoreError::NotStarted`].

@@ -59,7 +59,8 @@ pub(crate) struct Tail {
     /// Files created or renamed in `dir`, counted; the directory needs an fsync while this
     /// is ahead of `dir_synced`.
     dir_changes: u64,
-    /// `dir_changes` when the directory's last successful fsync began.
+    /// `dir_changes` as last made durable: counted when a directory fsync that succeeded
+    /// began, or when a flush that fsync'd the directory and succeeded was begun.
     dir_synced: u64,
     /// Where the WAL whose cache was not yet released starts.
     cached_from: Lsn,
@@ -79,7 +80,8 @@ fn next_epoch() -> u64 {
 /// the segment being written and the fsync of the directory, which [`PendingFlush::run`] does
 /// on any thread while appends go on, and the position that is durable once both succeeded.
 pub struct PendingFlush {
-    /// A handle of the segment file to fdatasync, and its path for errors.
+    /// The segment file to fdatasync, opened read-only for the flush alone (not a duplicate of
+    /// the writer's handle), and its path for errors.
     file: Option<(File, PathBuf)>,
     /// The directory to fsync, as a file was created or renamed in it, and the tail's count of
     /// such changes when the flush began.
@@ -255,7 +257,8 @@ impl Tail {
     }
 
     /// If the open segment is full: fdatasync it, rename it to its complete name and fsync the
-    /// directory. A failure leaves it to be retried by the next append or flush.
+    /// directory. A failed fdatasync rolls the write end back; a failed rename or directory
+    /// fsync is retried by the next append or flush.
     fn finish_full_segment(&mut self) -> Result<(), StoreError> {
         let Some(seg) = &self.open else {
             return Ok(());
@@ -328,10 +331,10 @@ impl Tail {
     /// Takes the outcome of a flush begun by [`Tail::begin_flush`] and returns the durable
     /// end: on success what was written when it began is durable. After a failure the kernel
     /// may have dropped the unsynced bytes, so the write end falls back to the last synced
-    /// position (and the directory, unless its fsync succeeded, is fsync'd by the next flush).
-    /// A flush begun before a roll back changes nothing. Flushes may be pending side by side;
-    /// each fsyncs the directory if a file was created or renamed that no finished flush
-    /// covered.
+    /// position and the file is cut back to it; the directory is fsync'd again by the next
+    /// flush. A flush begun before a roll back changes nothing. Flushes may be pending side by
+    /// side, each fsyncing the directory if a file was created or renamed that no finished
+    /// flush covered; they must be finished in the order they were begun.
     pub(crate) fn finish_flush(
         &mut self,
         pending: PendingFlush,
@@ -396,9 +399,30 @@ impl Tail {
         }
     }
 
-    /// Forgets what was written after the synced end; the file is cut back to it when it is
-    /// reopened.
+    /// Forgets what was written after the synced end, and cuts the file back to it at once:
+    /// after a failed fdatasync the kernel may have lost those bytes while the page cache still
+    /// shows them, so whoever reads the file next (the recovery of a store opened again) must
+    /// not find them. A cut that fails is made when this tail opens the file again.
     fn roll_back(&mut self) {
+        if self.written.end > self.synced.end {
+            let segno = self.size.segment_of(self.synced.end);
+            let offset = u64::from(self.size.offset_in_segment(self.synced.end));
+            match self.open.as_ref().filter(|seg| seg.segno == segno) {
+                Some(seg) => {
+                    let _ = seg.file.set_len(offset);
+                }
+                None => {
+                    let name = SegmentName {
+                        timeline: self.timeline,
+                        segno,
+                    };
+                    let path = layout::segment_path(&self.dir, name, self.size, true);
+                    if let Ok(file) = fs::OpenOptions::new().write(true).open(path) {
+                        let _ = file.set_len(offset);
+                    }
+                }
+            }
+        }
         self.open = None;
         self.written = self.synced.clone();
         self.epoch = next_epoch();
@@ -518,20 +542,23 @@ mod tests {
             path: t.path().to_path_buf(),
             source: std::io::Error::other("injected"),
         });
-        assert!(store.finish_flush(second, failed).is_err());
-        // The kernel may have dropped what was not synced: the write end falls back.
+        assert!(store.finish_flush(first, failed).is_err());
+        // The kernel may have dropped what was not synced: the write end falls back, and the
+        // file is cut back at once, so that the recovery of a store opened on it next (as
+        // after such a failure) does not find those bytes.
         assert_eq!(store.write_end(), Some(a));
         assert_eq!(store.durable_end(), Some(a));
+        let partial = t.path().join("wal").join(format!("{}.partial", name(1, 7)));
+        assert_eq!(fs::metadata(&partial).unwrap().len(), a.0 - start().0);
         // The flush begun before the failure counts for nothing, though it succeeds.
-        let outcome = first.run();
+        let outcome = second.run();
         assert!(outcome.is_ok());
-        assert_eq!(store.finish_flush(first, outcome).unwrap(), a);
+        assert_eq!(store.finish_flush(second, outcome).unwrap(), a);
         assert_eq!(store.durable_end(), Some(a));
         // Resent from the write end, the WAL is stored as it should be.
         store.append(a, bytes(a, c)).unwrap();
         assert_eq!(store.flush().unwrap(), c);
-        let partial = format!("{}.partial", name(1, 7));
-        assert_eq!(wal_file(t.path(), &partial), bytes(start(), c));
+        assert_eq!(fs::read(&partial).unwrap(), bytes(start(), c));
     }
 
     #[test]
@@ -566,6 +593,8 @@ mod tests {
         // Back to the end of the segment the append completed (and synced) on its way.
         let synced = Lsn(0x90_0000);
         assert_eq!(store.write_end(), Some(synced));
+        let partial = t.path().join("wal").join(format!("{}.partial", name(1, 9)));
+        assert_eq!(fs::metadata(&partial).unwrap().len(), 0, "cut back at once");
         let again = store.begin_flush().unwrap();
         assert!(again.dir.is_some() && again.file.is_none());
         let outcome = again.run();
