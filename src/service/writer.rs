@@ -267,8 +267,9 @@ impl Writer {
         self.ask(|reply| Command::RemoveBefore(lsn, reply)).await
     }
 
-    /// After a store error: opens the store again, whose recovery finds the true end, and
-    /// clears the failure. Appends queued before are dropped.
+    /// After a store error: cuts the segment being written back to what an fdatasync covered
+    /// ([`WalStore::discard_unsynced`]), opens the store again, whose recovery finds the true
+    /// end, and clears the failure. Appends queued before are dropped.
     ///
     /// # Errors
     /// The store cannot be opened again, or the thread is gone.
@@ -471,6 +472,7 @@ impl WriterState {
 
     fn reopen(&mut self) -> Result<(), StoreError> {
         self.unsynced.clear();
+        self.store.discard_unsynced()?;
         self.store = open_store(&self.data_dir)?;
         self.failed = None;
         self.announce();

@@ -316,6 +316,20 @@ impl WalStore {
             .finish_flush(pending, outcome)
     }
 
+    /// Cuts the segment being written back to the last position an fdatasync covered,
+    /// dropping whatever lies past it. To be called after a failure, before the directory is
+    /// opened again: recovery reads through the page cache, which may still show bytes the
+    /// kernel failed to write.
+    ///
+    /// # Errors
+    /// [`StoreError::Io`] if the file cannot be cut; the store must not be opened again then.
+    pub fn discard_unsynced(&mut self) -> Result<(), StoreError> {
+        match self.tail.as_mut() {
+            Some(tail) => tail.discard_unsynced(),
+            None => Ok(()),
+        }
+    }
+
     /// Advises the kernel that the durable WAL of the current timeline below `lsn` will not be
     /// read again soon, so the page cache may let go of it (`POSIX_FADV_DONTNEED`, whole pages
     /// only); the next call goes on from where this one stopped. Readers that still want it

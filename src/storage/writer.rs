@@ -399,10 +399,35 @@ impl Tail {
         }
     }
 
+    /// Cuts the file that holds the synced end back to it, dropping whatever lies past it
+    /// (appended, or left by a write that failed halfway): what no successful fdatasync
+    /// covered. After a failure, before the store is opened again, so that its recovery,
+    /// which reads through the page cache, cannot take such bytes for WAL on disk.
+    pub(crate) fn discard_unsynced(&mut self) -> Result<(), StoreError> {
+        self.open = None;
+        let name = SegmentName {
+            timeline: self.timeline,
+            segno: self.size.segment_of(self.synced.end),
+        };
+        let path = layout::segment_path(&self.dir, name, self.size, true);
+        match fs::OpenOptions::new().write(true).open(&path) {
+            Ok(file) => {
+                let offset = u64::from(self.size.offset_in_segment(self.synced.end));
+                file.set_len(offset).map_err(io_err("truncate", &path))?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("open", &path)(e)),
+        }
+        self.written = self.synced.clone();
+        self.epoch = next_epoch();
+        Ok(())
+    }
+
     /// Forgets what was written after the synced end, and cuts the file back to it at once:
     /// after a failed fdatasync the kernel may have lost those bytes while the page cache still
     /// shows them, so whoever reads the file next (the recovery of a store opened again) must
-    /// not find them. A cut that fails is made when this tail opens the file again.
+    /// not find them. A cut that fails is made when this tail opens the file again, or by
+    /// [`Tail::discard_unsynced`] before the store is opened anew.
     fn roll_back(&mut self) {
         if self.written.end > self.synced.end {
             let segno = self.size.segment_of(self.synced.end);
@@ -559,6 +584,32 @@ mod tests {
         store.append(a, bytes(a, c)).unwrap();
         assert_eq!(store.flush().unwrap(), c);
         assert_eq!(fs::read(&partial).unwrap(), bytes(start(), c));
+    }
+
+    #[test]
+    fn what_no_fdatasync_covered_is_discarded_before_the_store_is_opened_again() {
+        let t = tempfile::TempDir::new().unwrap();
+        let a = Lsn(0x70_4000);
+        let mut store = fixture::store_upto(t.path(), a, 8192);
+        let b = Lsn(0x72_0000);
+        store.append(a, bytes(a, b)).unwrap();
+        // And bytes past the write end, as a write that failed halfway leaves them.
+        let partial = t.path().join("wal").join(format!("{}.partial", name(1, 7)));
+        let file = fs::OpenOptions::new().write(true).open(&partial).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&file, bytes(b, Lsn(b.0 + 8192)), b.0 - start().0)
+            .unwrap();
+        store.discard_unsynced().unwrap();
+        assert_eq!(fs::metadata(&partial).unwrap().len(), a.0 - start().0);
+        assert_eq!((store.write_end(), store.durable_end()), (Some(a), Some(a)));
+        drop(store);
+        let reopened = WalStore::open(t.path()).unwrap();
+        assert!(reopened.write_end().unwrap() <= a);
+        // Nothing to discard at a segment's end, where the next file does not exist yet.
+        let t = tempfile::TempDir::new().unwrap();
+        let mut store = fixture::store_upto(t.path(), Lsn(0x80_0000), 8192);
+        store.discard_unsynced().unwrap();
+        assert_eq!(store.write_end(), Some(Lsn(0x80_0000)));
+        fixture::assert_complete(t.path(), 7, 8);
     }
 
     #[test]
