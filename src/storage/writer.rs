@@ -462,6 +462,22 @@ mod tests {
     use std::fs;
     use std::path::Path;
 
+    /// A store durable up to `a` that holds `[a, b)` unsynced.
+    fn with_unsynced(dir: &Path, a: Lsn, b: Lsn) -> WalStore {
+        let mut store = fixture::store_upto(dir, a, 8192);
+        store.append(a, bytes(a, b)).unwrap();
+        store
+    }
+
+    /// The outcome of a flush whose `op` failed.
+    fn injected(op: &'static str) -> Result<(), StoreError> {
+        Err(StoreError::Io {
+            op,
+            path: "wal".into(),
+            source: std::io::Error::other("injected"),
+        })
+    }
+
     fn wal_file(dir: &Path, file: &str) -> Vec<u8> {
         fs::read(dir.join("wal").join(file)).unwrap()
     }
@@ -520,10 +536,8 @@ mod tests {
     #[test]
     fn a_flush_begun_makes_durable_what_was_written_when_it_began() {
         let t = tempfile::TempDir::new().unwrap();
-        let a = Lsn(0x70_4000);
-        let mut store = fixture::store_upto(t.path(), a, 8192);
-        let b = Lsn(0x72_0000);
-        store.append(a, bytes(a, b)).unwrap();
+        let (a, b) = (Lsn(0x70_4000), Lsn(0x72_0000));
+        let mut store = with_unsynced(t.path(), a, b);
         let first = store.begin_flush().unwrap();
         assert_eq!(first.end(), b);
         // Appends go on while it runs, into the next segment too.
@@ -554,19 +568,13 @@ mod tests {
     #[test]
     fn a_failed_flush_forgets_what_it_covered_and_voids_those_begun_before() {
         let t = tempfile::TempDir::new().unwrap();
-        let a = Lsn(0x70_4000);
-        let mut store = fixture::store_upto(t.path(), a, 8192);
-        let b = Lsn(0x72_0000);
-        store.append(a, bytes(a, b)).unwrap();
+        let (a, b) = (Lsn(0x70_4000), Lsn(0x72_0000));
+        let mut store = with_unsynced(t.path(), a, b);
         let first = store.begin_flush().unwrap();
         let c = Lsn(0x74_0000);
         store.append(b, bytes(b, c)).unwrap();
         let second = store.begin_flush().unwrap();
-        let failed = Err(StoreError::Io {
-            op: "fdatasync",
-            path: t.path().to_path_buf(),
-            source: std::io::Error::other("injected"),
-        });
+        let failed = injected("fdatasync");
         assert!(store.finish_flush(first, failed).is_err());
         // The kernel may have dropped what was not synced: the write end falls back, and the
         // file is cut back at once, so that the recovery of a store opened on it next (as
@@ -589,10 +597,8 @@ mod tests {
     #[test]
     fn what_no_fdatasync_covered_is_discarded_before_the_store_is_opened_again() {
         let t = tempfile::TempDir::new().unwrap();
-        let a = Lsn(0x70_4000);
-        let mut store = fixture::store_upto(t.path(), a, 8192);
-        let b = Lsn(0x72_0000);
-        store.append(a, bytes(a, b)).unwrap();
+        let (a, b) = (Lsn(0x70_4000), Lsn(0x72_0000));
+        let mut store = with_unsynced(t.path(), a, b);
         // And bytes past the write end, as a write that failed halfway leaves them.
         let partial = t.path().join("wal").join(format!("{}.partial", name(1, 7)));
         let file = fs::OpenOptions::new().write(true).open(&partial).unwrap();
@@ -635,11 +641,7 @@ mod tests {
         store.append(c, bytes(c, d)).unwrap();
         let fourth = store.begin_flush().unwrap();
         assert!(fourth.dir.is_some());
-        let failed = Err(StoreError::Io {
-            op: "fsync directory",
-            path: t.path().to_path_buf(),
-            source: std::io::Error::other("injected"),
-        });
+        let failed = injected("fsync directory");
         assert!(store.finish_flush(fourth, failed).is_err());
         // Back to the end of the segment the append completed (and synced) on its way.
         let synced = Lsn(0x90_0000);
