@@ -405,6 +405,8 @@ impl Tail {
     /// which reads through the page cache, cannot take such bytes for WAL on disk.
     pub(crate) fn discard_unsynced(&mut self) -> Result<(), StoreError> {
         self.open = None;
+        self.written = self.synced.clone();
+        self.epoch = next_epoch();
         let name = SegmentName {
             timeline: self.timeline,
             segno: self.size.segment_of(self.synced.end),
@@ -418,39 +420,16 @@ impl Tail {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_err("open", &path)(e)),
         }
-        self.written = self.synced.clone();
-        self.epoch = next_epoch();
         Ok(())
     }
 
     /// Forgets what was written after the synced end, and cuts the file back to it at once:
     /// after a failed fdatasync the kernel may have lost those bytes while the page cache still
     /// shows them, so whoever reads the file next (the recovery of a store opened again) must
-    /// not find them. A cut that fails is made when this tail opens the file again, or by
-    /// [`Tail::discard_unsynced`] before the store is opened anew.
+    /// not find them ([`Tail::discard_unsynced`]). A cut that fails is made when this tail
+    /// opens the file again, or by [`Tail::discard_unsynced`] before the store is opened anew.
     fn roll_back(&mut self) {
-        if self.written.end > self.synced.end {
-            let segno = self.size.segment_of(self.synced.end);
-            let offset = u64::from(self.size.offset_in_segment(self.synced.end));
-            match self.open.as_ref().filter(|seg| seg.segno == segno) {
-                Some(seg) => {
-                    let _ = seg.file.set_len(offset);
-                }
-                None => {
-                    let name = SegmentName {
-                        timeline: self.timeline,
-                        segno,
-                    };
-                    let path = layout::segment_path(&self.dir, name, self.size, true);
-                    if let Ok(file) = fs::OpenOptions::new().write(true).open(path) {
-                        let _ = file.set_len(offset);
-                    }
-                }
-            }
-        }
-        self.open = None;
-        self.written = self.synced.clone();
-        self.epoch = next_epoch();
+        let _ = self.discard_unsynced();
     }
 }
 
