@@ -5,10 +5,12 @@
 //! Appends arrive through a bounded channel, so a slow disk slows the reader of the upstream socket
 //! instead of growing memory. Each batch is made durable by one `fdatasync`, and only then is the
 //! new durable end published: nothing is reported or served before it is on disk. While more WAL
-//! waits in the queue, that `fdatasync` runs on a second thread and the next batch is appended
-//! (checked and written into the page cache) meanwhile; the batch after it waits until it returned,
-//! so one sync at most is ever in flight. With nothing waiting, the writer syncs itself, and a lone
-//! chunk pays no hand-off. The store checks every byte before writing it, and the durable end
+//! waits in the queue, that `fdatasync` runs on a second thread and what arrives meanwhile is
+//! appended (checked and written into the page cache), up to [`MAX_UNSYNCED_CHUNKS`] unsynced; as
+//! soon as the sync returns, what it made durable is published and the next sync begins with all
+//! that was appended since (group commit), so one sync at most is ever in flight and a slower disk
+//! makes larger batches rather than a slower relay. With nothing waiting, the writer syncs a small
+//! batch itself, and a lone chunk pays no hand-off. The store checks every byte before writing it, and the durable end
 //! published is the end of the last CRC-checked record within the synced bytes, so a partly
 //! received record is never counted.
 //!
@@ -30,6 +32,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use tokio::runtime::{self, Runtime};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, warn};
 
@@ -41,13 +44,20 @@ use crate::types::{Lsn, TimelineId};
 /// Chunks that may wait for the disk before the receiver stops reading the socket.
 const QUEUE_CHUNKS: usize = 16;
 
-/// Chunks appended in one batch at most, each batch made durable by one fdatasync. Without a
-/// bound, a receiver that keeps the queue from ever running empty would hold back the durable
-/// end (and keep every chunk in memory) for as long as it does. While one batch syncs the next
-/// is appended, so at most twice this many chunks (2 MiB) are unsynced: what one batch of 16
-/// held before syncs overlapped the appends, and measured about as fast as batches of 16 with
-/// 2 MiB more memory (the README gives the measurements).
+/// Chunks appended before a sync begins, when none is running. Without a bound, a receiver
+/// that keeps the queue from ever running empty would hold back the durable end for as long
+/// as it does; batches of 16 measured about as fast with more memory (the README gives the
+/// measurements).
 const SYNC_EVERY_CHUNKS: usize = 8;
+
+/// Chunks a running sync and the batch appended meanwhile hold at most (4 MiB). While a sync
+/// runs, what arrives is appended up to this bound, and the next sync, begun as soon as the
+/// running one returns, covers all of it: when other writers keep the disk busy and each sync
+/// takes long, one sync covers more, instead of the relay taking one batch per sync. Each
+/// unsynced chunk is held in memory until it is durable and published; 64 measured faster
+/// still behind 16 busy standbys, but took 7 MB more at the peak (the README gives the
+/// measurements).
+const MAX_UNSYNCED_CHUNKS: usize = 32;
 
 /// Durable WAL kept in the page cache below the oldest connected reader's cursor (or the
 /// durable end, with no reader), for readers that connect or reconnect a little behind.
@@ -155,14 +165,19 @@ impl Writer {
             source,
         };
         let syncer = Syncer::spawn().map_err(thread_error)?;
+        // Waits for whichever comes first, a command or a sync's return; it runs no tasks.
+        let waiter = runtime::Builder::new_current_thread()
+            .build()
+            .map_err(thread_error)?;
         let (tx, rx) = mpsc::channel(QUEUE_CHUNKS);
         let (positions, prx) = watch::channel(Positions::of(&store, None));
         let mut state = WriterState {
             store,
             data_dir: data_dir.to_path_buf(),
             unsynced: Vec::new(),
+            batch: 0,
             syncer,
-            in_flight: None,
+            in_flight: false,
             feed,
             positions,
             failed: None,
@@ -171,7 +186,7 @@ impl Writer {
         state.announce();
         thread::Builder::new()
             .name("wal-writer".into())
-            .spawn(move || run(state, rx))
+            .spawn(move || run(state, rx, waiter))
             .map_err(thread_error)?;
         Ok(Writer { tx, positions: prx })
     }
@@ -296,67 +311,139 @@ fn open_store(data_dir: &Path) -> Result<WalStore, StoreError> {
     Ok(store)
 }
 
-/// Takes commands in batches: what is queued (up to [`SYNC_EVERY_CHUNKS`] appends) is
-/// appended, then synced once. While more waits in the queue, the sync runs on the syncer's
-/// thread and the next batch is appended meanwhile (what the sync made durable is published
-/// as soon as it returned); the batch after waits for it. With nothing waiting, the writer
-/// syncs at once itself, so that a lone chunk pays no hand-off.
-fn run(mut w: WriterState, mut rx: mpsc::Receiver<Command>) {
+/// Takes commands and syncs what they appended, as [`next_step`] decides: batches of
+/// [`SYNC_EVERY_CHUNKS`] with no sync running, synced on the syncer's thread while the next
+/// one is appended, or here at once when a small batch is all there is (a lone chunk pays no
+/// hand-off). While a sync runs, whichever comes first is taken: the next command or the
+/// sync's return, whose durable WAL is published at once; the next sync then covers all that
+/// was appended meanwhile (group commit).
+fn run(mut w: WriterState, mut rx: mpsc::Receiver<Command>, waiter: Runtime) {
     loop {
-        let first = if w.in_flight.is_some() {
-            match rx.try_recv() {
-                Ok(cmd) => cmd,
-                Err(mpsc::error::TryRecvError::Empty) => {
-                    w.finish_sync();
-                    w.report();
-                    continue;
-                }
-                Err(mpsc::error::TryRecvError::Disconnected) => break,
+        let wake = match next_step(w.standing(rx.is_empty())) {
+            Step::SyncHere => {
+                let _ = w.sync();
+                w.report();
+                continue;
             }
-        } else {
-            match rx.blocking_recv() {
-                Some(cmd) => cmd,
-                None => break,
+            Step::StartSync => {
+                w.start_sync();
+                w.report();
+                continue;
             }
+            Step::TakeCommand => Wake::Command(rx.blocking_recv()),
+            Step::AwaitSync => Wake::Synced(w.syncer.done.blocking_recv()),
+            Step::TakeEither => match rx.try_recv() {
+                Ok(cmd) => Wake::Command(Some(cmd)),
+                Err(mpsc::error::TryRecvError::Disconnected) => Wake::Command(None),
+                Err(mpsc::error::TryRecvError::Empty) => waiter.block_on(async {
+                    tokio::select! {
+                        biased;
+                        done = w.syncer.done.recv() => Wake::Synced(done),
+                        cmd = rx.recv() => Wake::Command(cmd),
+                    }
+                }),
+            },
         };
-        let mut next = Some(first);
-        while let Some(cmd) = next.take() {
-            w.execute(cmd);
-            w.poll_sync();
-            if w.failed.is_some() || w.batch_len() >= SYNC_EVERY_CHUNKS {
-                break;
+        match wake {
+            Wake::Command(Some(cmd)) => {
+                w.execute(cmd);
+                w.poll_sync();
             }
-            next = rx.try_recv().ok();
+            Wake::Command(None) => break,
+            Wake::Synced(done) => {
+                w.in_flight = false;
+                w.take_sync_outcome(done);
+                w.report();
+            }
         }
-        w.finish_sync();
-        if rx.is_empty() {
-            let _ = w.sync();
-        } else {
-            w.start_sync();
-        }
-        w.report();
     }
     w.finish_sync();
 }
+
+/// Where the writer stands, for [`next_step`].
+#[derive(Debug, Clone, Copy)]
+struct Standing {
+    /// Whether a sync runs on the syncer's thread.
+    in_flight: bool,
+    /// Chunks appended since the last sync began.
+    batch: usize,
+    /// Chunks held until they are durable and published: those a running sync covers, the
+    /// batch, and those of a record not yet whole.
+    unsynced: usize,
+    /// Whether no command waits in the queue.
+    queue_empty: bool,
+    /// Whether a store error failed the writer.
+    failed: bool,
+}
+
+/// What the writer does next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// Sync the batch on this thread and wait for it.
+    SyncHere,
+    /// Begin syncing the batch on the syncer's thread.
+    StartSync,
+    /// Wait for the next command.
+    TakeCommand,
+    /// Wait for the running sync to return.
+    AwaitSync,
+    /// Take the next command, or the running sync's return, whichever comes first.
+    TakeEither,
+}
+
+/// The writer's batching policy. With no sync running, a batch is synced once it holds
+/// [`SYNC_EVERY_CHUNKS`] or nothing more waits: a small batch with nothing behind it here at
+/// once, anything else on the syncer's thread so that what follows is appended meanwhile.
+/// While a sync runs, appends go on until [`MAX_UNSYNCED_CHUNKS`] are held.
+fn next_step(s: Standing) -> Step {
+    if s.in_flight {
+        if s.unsynced >= MAX_UNSYNCED_CHUNKS {
+            Step::AwaitSync
+        } else {
+            Step::TakeEither
+        }
+    } else if s.failed || s.batch == 0 {
+        Step::TakeCommand
+    } else if s.queue_empty && s.batch < SYNC_EVERY_CHUNKS {
+        Step::SyncHere
+    } else if s.queue_empty || s.batch >= SYNC_EVERY_CHUNKS {
+        Step::StartSync
+    } else {
+        Step::TakeCommand
+    }
+}
+
+/// What the writer woke up for: a command (`None`: every handle is gone) or the return of
+/// the sync on the syncer's thread (`None`: that thread is gone).
+enum Wake {
+    Command(Option<Command>),
+    Synced(Option<Box<SyncOutcome>>),
+}
+
+/// A flush run on the syncer's thread, its outcome and how long it took.
+type SyncOutcome = (PendingFlush, Result<(), StoreError>, Duration);
 
 /// The thread that runs the writer's flushes ([`PendingFlush::run`]) while the writer
 /// appends what comes next.
 struct Syncer {
     begun: std_mpsc::SyncSender<PendingFlush>,
-    done: std_mpsc::Receiver<(PendingFlush, Result<(), StoreError>, Duration)>,
+    done: mpsc::Receiver<Box<SyncOutcome>>,
 }
 
 impl Syncer {
     fn spawn() -> std::io::Result<Syncer> {
         let (begun, todo) = std_mpsc::sync_channel::<PendingFlush>(1);
-        let (report, done) = std_mpsc::sync_channel(1);
+        let (report, done) = mpsc::channel(1);
         thread::Builder::new()
             .name("wal-sync".into())
             .spawn(move || {
                 for pending in todo {
                     let started = Instant::now();
                     let outcome = pending.run();
-                    if report.send((pending, outcome, started.elapsed())).is_err() {
+                    if report
+                        .blocking_send(Box::new((pending, outcome, started.elapsed())))
+                        .is_err()
+                    {
                         break;
                     }
                 }
@@ -379,11 +466,12 @@ struct WriterState {
     store: WalStore,
     data_dir: PathBuf,
     unsynced: Vec<(Lsn, Bytes)>,
+    /// How many of the `unsynced` chunks were appended since the last sync began.
+    batch: usize,
     /// Runs flushes while the next chunks are appended.
     syncer: Syncer,
-    /// How many of the `unsynced` chunks the flush on the syncer's thread covers, while one
-    /// runs there.
-    in_flight: Option<usize>,
+    /// Whether a flush runs on the syncer's thread.
+    in_flight: bool,
     feed: Arc<HubFeed>,
     positions: watch::Sender<Positions>,
     failed: Option<String>,
@@ -400,6 +488,7 @@ impl WriterState {
                 if self.failed.is_none() {
                     let appended = self.store.append(start, &data);
                     self.unsynced.push((start, data));
+                    self.batch += 1;
                     if let Err(e) = appended {
                         self.fail(&e);
                     }
@@ -468,10 +557,14 @@ impl WriterState {
             self.failed = Some(e.to_string());
         }
         self.unsynced.clear();
+        self.batch = 0;
+        // The upstream side learns it at once, and opens the store again.
+        self.report();
     }
 
     fn reopen(&mut self) -> Result<(), StoreError> {
         self.unsynced.clear();
+        self.batch = 0;
         self.store.discard_unsynced()?;
         self.store = open_store(&self.data_dir)?;
         self.failed = None;
@@ -479,11 +572,15 @@ impl WriterState {
         Ok(())
     }
 
-    /// Chunks appended since the last flush began.
-    fn batch_len(&self) -> usize {
-        self.unsynced
-            .len()
-            .saturating_sub(self.in_flight.unwrap_or(0))
+    /// Where it stands, for [`next_step`].
+    fn standing(&self, queue_empty: bool) -> Standing {
+        Standing {
+            in_flight: self.in_flight,
+            batch: self.batch,
+            unsynced: self.unsynced.len(),
+            queue_empty,
+            failed: self.failed.is_some(),
+        }
     }
 
     /// Begins a flush of what was appended, on the syncer's thread, so that the next chunks
@@ -493,12 +590,13 @@ impl WriterState {
         if self.failed.is_some() || self.unsynced.is_empty() {
             return;
         }
+        self.batch = 0;
         let pending = match self.store.begin_flush() {
             Ok(pending) => pending,
             Err(e) => return self.fail(&e),
         };
         match self.syncer.begun.send(pending) {
-            Ok(()) => self.in_flight = Some(self.unsynced.len()),
+            Ok(()) => self.in_flight = true,
             Err(std_mpsc::SendError(pending)) => {
                 let started = Instant::now();
                 let outcome = pending.run();
@@ -510,30 +608,37 @@ impl WriterState {
     /// Waits for the flush on the syncer's thread, if one runs, and hands what it made
     /// durable to the hub.
     fn finish_sync(&mut self) {
-        if self.in_flight.take().is_none() {
+        if !std::mem::take(&mut self.in_flight) {
             return;
         }
-        match self.syncer.done.recv() {
-            Ok((pending, outcome, took)) => self.complete_sync(pending, outcome, took),
-            Err(_) => self.syncer_gone(),
+        let done = self.syncer.done.blocking_recv();
+        self.take_sync_outcome(done);
+    }
+
+    /// Takes what the syncer's thread returned for the flush that was in flight (`None`:
+    /// that thread is gone).
+    fn take_sync_outcome(&mut self, done: Option<Box<SyncOutcome>>) {
+        match done.map(|d| *d) {
+            Some((pending, outcome, took)) => self.complete_sync(pending, outcome, took),
+            None => self.syncer_gone(),
         }
     }
 
     /// Takes the outcome of the flush on the syncer's thread if it has returned, without
     /// waiting.
     fn poll_sync(&mut self) {
-        if self.in_flight.is_none() {
+        if !self.in_flight {
             return;
         }
         match self.syncer.done.try_recv() {
-            Ok((pending, outcome, took)) => {
-                self.in_flight = None;
-                self.complete_sync(pending, outcome, took);
+            Ok(done) => {
+                self.in_flight = false;
+                self.take_sync_outcome(Some(done));
             }
-            Err(std_mpsc::TryRecvError::Empty) => {}
-            Err(std_mpsc::TryRecvError::Disconnected) => {
-                self.in_flight = None;
-                self.syncer_gone();
+            Err(mpsc::error::TryRecvError::Empty) => {}
+            Err(mpsc::error::TryRecvError::Disconnected) => {
+                self.in_flight = false;
+                self.take_sync_outcome(None);
             }
         }
     }
@@ -581,6 +686,7 @@ impl WriterState {
             return Err(WriterError::Failed(e.clone()));
         }
         if !self.unsynced.is_empty() {
+            self.batch = 0;
             let started = std::time::Instant::now();
             let flushed = self.store.flush();
             self.counters.store.fsync(started.elapsed());
@@ -647,7 +753,10 @@ mod tests {
 
     use bytes::Bytes;
 
-    use super::{CACHE_KEPT_BYTES, QUEUE_CHUNKS, Writer, cache_release_point};
+    use super::{
+        CACHE_KEPT_BYTES, MAX_UNSYNCED_CHUNKS, QUEUE_CHUNKS, SYNC_EVERY_CHUNKS, Standing, Step,
+        Writer, cache_release_point, next_step,
+    };
     use crate::hub::Hub;
     use crate::metrics::Counters;
     use crate::storage::fixture;
@@ -715,5 +824,77 @@ mod tests {
         // Less WAL than what is kept: nothing.
         assert_eq!(cache_release_point(Lsn(kept - 1), None), None);
         assert_eq!(cache_release_point(durable, Some(Lsn(kept / 2))), None);
+    }
+
+    fn idle(batch: usize, queue_empty: bool) -> Standing {
+        Standing {
+            in_flight: false,
+            batch,
+            unsynced: batch,
+            queue_empty,
+            failed: false,
+        }
+    }
+
+    fn syncing(unsynced: usize, queue_empty: bool) -> Standing {
+        Standing {
+            in_flight: true,
+            batch: 0,
+            unsynced,
+            queue_empty,
+            failed: false,
+        }
+    }
+
+    #[test]
+    fn with_no_sync_running_a_batch_is_synced_when_full_or_when_nothing_more_waits() {
+        // Nothing appended since the last sync: wait for commands.
+        assert_eq!(next_step(idle(0, true)), Step::TakeCommand);
+        assert_eq!(next_step(idle(0, false)), Step::TakeCommand);
+        // Chunks of a record not yet whole are held, but were synced: no sync for them.
+        let held = Standing {
+            unsynced: 3,
+            ..idle(0, true)
+        };
+        assert_eq!(next_step(held), Step::TakeCommand);
+        // More waits and the batch is not full: append it first.
+        let short = SYNC_EVERY_CHUNKS - 1;
+        assert_eq!(next_step(idle(short, false)), Step::TakeCommand);
+        // A full batch is synced on the syncer's thread, whatever waits behind it.
+        let full = SYNC_EVERY_CHUNKS;
+        assert_eq!(next_step(idle(full, false)), Step::StartSync);
+        assert_eq!(next_step(idle(full, true)), Step::StartSync);
+        // A small batch with nothing behind it is synced here, without a hand-off.
+        assert_eq!(next_step(idle(1, true)), Step::SyncHere);
+        assert_eq!(next_step(idle(short, true)), Step::SyncHere);
+    }
+
+    #[test]
+    fn while_a_sync_runs_appends_go_on_up_to_the_bound_then_wait_for_it() {
+        // Whatever comes first: a command, or the sync's return.
+        assert_eq!(next_step(syncing(8, true)), Step::TakeEither);
+        assert_eq!(next_step(syncing(8, false)), Step::TakeEither);
+        // Past a batch's size: the running sync is not waited for while room is left.
+        let room = MAX_UNSYNCED_CHUNKS - 1;
+        assert!(room >= 2 * SYNC_EVERY_CHUNKS);
+        assert_eq!(next_step(syncing(room, false)), Step::TakeEither);
+        // The bound reached: only the sync's return lets the writer go on.
+        assert_eq!(next_step(syncing(room + 1, false)), Step::AwaitSync);
+        assert_eq!(next_step(syncing(room + 1, true)), Step::AwaitSync);
+    }
+
+    #[test]
+    fn a_failed_writer_begins_no_sync() {
+        let failed = Standing {
+            failed: true,
+            ..idle(SYNC_EVERY_CHUNKS, true)
+        };
+        assert_eq!(next_step(failed), Step::TakeCommand);
+        // A sync begun before the failure is still taken, so that its outcome is applied.
+        let running = Standing {
+            in_flight: true,
+            ..failed
+        };
+        assert_eq!(next_step(running), Step::TakeEither);
     }
 }
