@@ -2,17 +2,18 @@
 //! the WAL is written and durable, to the upstream side (a `watch` of [`Positions`]) and to
 //! the downstream senders (the hub's feed).
 //!
-//! Appends arrive through a bounded channel, so a slow disk slows the reader of the upstream socket
-//! instead of growing memory. Each batch is made durable by one `fdatasync`, and only then is the
-//! new durable end published: nothing is reported or served before it is on disk. While more WAL
-//! waits in the queue, that `fdatasync` runs on a second thread and what arrives meanwhile is
-//! appended (checked and written into the page cache), up to [`MAX_UNSYNCED_CHUNKS`] unsynced; as
-//! soon as the sync returns, what it made durable is published and the next sync begins with all
-//! that was appended since (group commit), so one sync at most is ever in flight and a slower disk
-//! makes larger batches rather than a slower relay. With nothing waiting, the writer syncs a small
-//! batch itself, and a lone chunk pays no hand-off. The store checks every byte before writing it, and the durable end
-//! published is the end of the last CRC-checked record within the synced bytes, so a partly
-//! received record is never counted.
+//! Appends arrive through a bounded channel, so a slow disk slows the reader of the upstream
+//! socket instead of growing memory. Each batch is made durable by one `fdatasync`, and only
+//! then is the new durable end published: nothing is reported or served before it is on disk.
+//! While more WAL waits in the queue, that `fdatasync` runs on a second thread and what arrives
+//! meanwhile is appended (checked and written into the page cache), up to
+//! [`MAX_UNSYNCED_CHUNKS`] unsynced; as soon as the sync returns, what it made durable is
+//! published and the next sync begins with all that was appended since (group commit). So one
+//! sync at most is ever in flight, and a slower disk makes larger batches rather than a slower
+//! relay. With nothing waiting, the writer syncs a small batch itself, and a lone chunk pays no
+//! hand-off. The store checks every byte before writing it, and the durable end published is
+//! the end of the last CRC-checked record within the synced bytes, so a partly received record
+//! is never counted.
 //!
 //! After each sync the writer lets the page cache drop the durable WAL that every connected
 //! reader has been sent, but for the newest [`CACHE_KEPT_BYTES`] below it: the next writes
