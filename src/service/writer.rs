@@ -805,6 +805,36 @@ mod tests {
         fixture::assert_complete(t.path(), 7, 12);
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refused_append_fails_the_writer_and_is_published_without_another_command() {
+        let t = tempfile::TempDir::new().unwrap();
+        let (_hub, feed) = Hub::new(t.path().join("wal"), 64 << 20);
+        let writer = Writer::open(t.path(), Arc::new(feed), Arc::default()).unwrap();
+        writer.initialize(fixture::id()).await.unwrap();
+        writer
+            .start_at(TimelineId::new(1).unwrap(), fixture::start())
+            .await
+            .unwrap();
+        let mut positions = writer.positions();
+        // WAL that does not continue where the store ends: the store refuses it.
+        let after_a_gap = Lsn(fixture::start().0 + 8192);
+        let data = Bytes::copy_from_slice(fixture::bytes(after_a_gap, Lsn(after_a_gap.0 + 8192)));
+        writer.reserve().await.unwrap().append(after_a_gap, data);
+        // The upstream side, which waits on the positions, learns it and can open the store
+        // again; nothing else is sent to the writer.
+        let failed = tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            positions.wait_for(|p| p.failed.is_some()),
+        )
+        .await
+        .expect("the failure is published")
+        .unwrap()
+        .clone();
+        assert_eq!(failed.durable, fixture::start());
+        writer.reopen().await.unwrap();
+        assert_eq!(writer.positions().borrow().failed, None);
+    }
+
     #[test]
     fn the_cache_is_released_below_every_reader_and_the_newest_wal() {
         let kept = CACHE_KEPT_BYTES;
