@@ -5,13 +5,13 @@
 //! Appends arrive through a bounded channel, so a slow disk slows the reader of the upstream
 //! socket instead of growing memory. Each batch is made durable by one `fdatasync`, and only
 //! then is the new durable end published: nothing is reported or served before it is on disk.
-//! While more WAL waits in the queue, that `fdatasync` runs on a second thread and what arrives
-//! meanwhile is appended (checked and written into the page cache), up to
+//! Unless a small batch with nothing queued behind it is all there is (which the writer syncs
+//! itself, so that a lone chunk pays no hand-off), that `fdatasync` runs on a second thread and
+//! what arrives meanwhile is appended (checked and written into the page cache), up to
 //! [`MAX_UNSYNCED_CHUNKS`] unsynced; as soon as the sync returns, what it made durable is
 //! published and the next sync begins with all that was appended since (group commit). So one
-//! sync at most is ever in flight, and a slower disk makes larger batches rather than a slower
-//! relay. With nothing waiting, the writer syncs a small batch itself, and a lone chunk pays no
-//! hand-off. The store checks every byte before writing it, and the durable end published is
+//! sync at most is ever in flight, and up to that bound a slower disk makes larger batches
+//! rather than a slower relay. The store checks every byte before writing it, and the durable end published is
 //! the end of the last CRC-checked record within the synced bytes, so a partly received record
 //! is never counted.
 //!
@@ -28,12 +28,13 @@
 //! written and synced.
 
 use std::path::{Path, PathBuf};
+use std::pin::pin;
 use std::sync::{Arc, mpsc as std_mpsc};
+use std::task::{Context, Poll, Waker};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::runtime::{self, Runtime};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, warn};
 
@@ -59,6 +60,9 @@ const SYNC_EVERY_CHUNKS: usize = 8;
 /// still behind 16 busy standbys, but took 7 MB more at the peak (the README gives the
 /// measurements).
 const MAX_UNSYNCED_CHUNKS: usize = 32;
+
+// While a sync runs, at least a whole batch more can be appended.
+const _: () = assert!(MAX_UNSYNCED_CHUNKS >= 2 * SYNC_EVERY_CHUNKS);
 
 /// Durable WAL kept in the page cache below the oldest connected reader's cursor (or the
 /// durable end, with no reader), for readers that connect or reconnect a little behind.
@@ -166,10 +170,6 @@ impl Writer {
             source,
         };
         let syncer = Syncer::spawn().map_err(thread_error)?;
-        // Waits for whichever comes first, a command or a sync's return; it runs no tasks.
-        let waiter = runtime::Builder::new_current_thread()
-            .build()
-            .map_err(thread_error)?;
         let (tx, rx) = mpsc::channel(QUEUE_CHUNKS);
         let (positions, prx) = watch::channel(Positions::of(&store, None));
         let mut state = WriterState {
@@ -187,7 +187,7 @@ impl Writer {
         state.announce();
         thread::Builder::new()
             .name("wal-writer".into())
-            .spawn(move || run(state, rx, waiter))
+            .spawn(move || run(state, rx))
             .map_err(thread_error)?;
         Ok(Writer { tx, positions: prx })
     }
@@ -318,7 +318,7 @@ fn open_store(data_dir: &Path) -> Result<WalStore, StoreError> {
 /// hand-off). While a sync runs, whichever comes first is taken: the next command or the
 /// sync's return, whose durable WAL is published at once; the next sync then covers all that
 /// was appended meanwhile (group commit).
-fn run(mut w: WriterState, mut rx: mpsc::Receiver<Command>, waiter: Runtime) {
+fn run(mut w: WriterState, mut rx: mpsc::Receiver<Command>) {
     loop {
         let wake = match next_step(w.standing(rx.is_empty())) {
             Step::SyncHere => {
@@ -336,7 +336,7 @@ fn run(mut w: WriterState, mut rx: mpsc::Receiver<Command>, waiter: Runtime) {
             Step::TakeEither => match rx.try_recv() {
                 Ok(cmd) => Wake::Command(Some(cmd)),
                 Err(mpsc::error::TryRecvError::Disconnected) => Wake::Command(None),
-                Err(mpsc::error::TryRecvError::Empty) => waiter.block_on(async {
+                Err(mpsc::error::TryRecvError::Empty) => block_on(async {
                     tokio::select! {
                         biased;
                         done = w.syncer.done.recv() => Wake::Synced(done),
@@ -368,8 +368,8 @@ struct Standing {
     in_flight: bool,
     /// Chunks appended since the last sync began.
     batch: usize,
-    /// Chunks held until they are durable and published: those a running sync covers, the
-    /// batch, and those of a record not yet whole.
+    /// Chunks held until they are durable and published: those a running sync covers and
+    /// the batch.
     unsynced: usize,
     /// Whether no command waits in the queue.
     queue_empty: bool,
@@ -450,6 +450,27 @@ impl Syncer {
                 }
             })?;
         Ok(Syncer { begun, done })
+    }
+}
+
+/// Runs `future` to its end on this thread, parking it between polls: what the writer needs
+/// to wait for whichever of two channels has something first, without a runtime.
+fn block_on<F: Future>(future: F) -> F::Output {
+    /// Wakes the parked thread.
+    struct Unpark(thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let mut future = pin!(future);
+    let waker = Waker::from(Arc::new(Unpark(thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    loop {
+        if let Poll::Ready(out) = future.as_mut().poll(&mut cx) {
+            return out;
+        }
+        thread::park();
     }
 }
 
@@ -585,13 +606,13 @@ impl WriterState {
     }
 
     /// Begins a flush of what was appended, on the syncer's thread, so that the next chunks
-    /// are appended while it runs; [`WriterState::finish_sync`] takes its outcome. Run here
-    /// if that thread is gone.
+    /// are appended while it runs; the writer takes its outcome when it returns (or waits
+    /// for it in [`WriterState::finish_sync`]). Run here if that thread is gone.
     fn start_sync(&mut self) {
+        self.batch = 0;
         if self.failed.is_some() || self.unsynced.is_empty() {
             return;
         }
-        self.batch = 0;
         let pending = match self.store.begin_flush() {
             Ok(pending) => pending,
             Err(e) => return self.fail(&e),
@@ -686,8 +707,8 @@ impl WriterState {
         if let Some(e) = &self.failed {
             return Err(WriterError::Failed(e.clone()));
         }
+        self.batch = 0;
         if !self.unsynced.is_empty() {
-            self.batch = 0;
             let started = std::time::Instant::now();
             let flushed = self.store.flush();
             self.counters.store.fsync(started.elapsed());
@@ -756,7 +777,7 @@ mod tests {
 
     use super::{
         CACHE_KEPT_BYTES, MAX_UNSYNCED_CHUNKS, QUEUE_CHUNKS, SYNC_EVERY_CHUNKS, Standing, Step,
-        Writer, cache_release_point, next_step,
+        Writer, block_on, cache_release_point, next_step,
     };
     use crate::hub::Hub;
     use crate::metrics::Counters;
@@ -836,6 +857,26 @@ mod tests {
     }
 
     #[test]
+    fn the_wait_ends_for_whichever_channel_has_something_first() {
+        let (tx_a, mut rx_a) = tokio::sync::mpsc::channel::<u8>(1);
+        let (_tx_b, mut rx_b) = tokio::sync::mpsc::channel::<u8>(1);
+        // Sent from another thread once this one is parked.
+        let sender = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            tx_a.blocking_send(7).unwrap();
+        });
+        let got = block_on(async {
+            tokio::select! {
+                biased;
+                b = rx_b.recv() => ("b", b),
+                a = rx_a.recv() => ("a", a),
+            }
+        });
+        assert_eq!(got, ("a", Some(7)));
+        sender.join().unwrap();
+    }
+
+    #[test]
     fn the_cache_is_released_below_every_reader_and_the_newest_wal() {
         let kept = CACHE_KEPT_BYTES;
         let durable = Lsn(10 * kept);
@@ -882,12 +923,6 @@ mod tests {
         // Nothing appended since the last sync: wait for commands.
         assert_eq!(next_step(idle(0, true)), Step::TakeCommand);
         assert_eq!(next_step(idle(0, false)), Step::TakeCommand);
-        // Chunks of a record not yet whole are held, but were synced: no sync for them.
-        let held = Standing {
-            unsynced: 3,
-            ..idle(0, true)
-        };
-        assert_eq!(next_step(held), Step::TakeCommand);
         // More waits and the batch is not full: append it first.
         let short = SYNC_EVERY_CHUNKS - 1;
         assert_eq!(next_step(idle(short, false)), Step::TakeCommand);
@@ -907,7 +942,6 @@ mod tests {
         assert_eq!(next_step(syncing(8, false)), Step::TakeEither);
         // Past a batch's size: the running sync is not waited for while room is left.
         let room = MAX_UNSYNCED_CHUNKS - 1;
-        assert!(room >= 2 * SYNC_EVERY_CHUNKS);
         assert_eq!(next_step(syncing(room, false)), Step::TakeEither);
         // The bound reached: only the sync's return lets the writer go on.
         assert_eq!(next_step(syncing(room + 1, false)), Step::AwaitSync);
