@@ -43,8 +43,11 @@ use crate::metrics::Counters;
 use crate::storage::{PendingFlush, StoreEnd, StoreError, StoreIdentity, WalStore};
 use crate::types::{Lsn, TimelineId};
 
-/// Chunks that may wait for the disk before the receiver stops reading the socket.
-const QUEUE_CHUNKS: usize = 16;
+/// Chunks that may wait for the writer before the receiver stops reading the socket. The
+/// writer takes them while a sync runs, so the queue fills only once
+/// [`MAX_UNSYNCED_CHUNKS`] are held: with those, at most 32 chunks (4 MiB) are held between
+/// the socket and the disk, as many as before the group commit (16 queued, 16 unsynced).
+const QUEUE_CHUNKS: usize = 8;
 
 /// Chunks appended before a sync begins, when none is running. Without a bound, a receiver
 /// that keeps the queue from ever running empty would hold back the durable end for as long
@@ -52,14 +55,15 @@ const QUEUE_CHUNKS: usize = 16;
 /// measurements).
 const SYNC_EVERY_CHUNKS: usize = 8;
 
-/// Chunks a running sync and the batch appended meanwhile hold at most (4 MiB). While a sync
+/// Chunks a running sync and the batch appended meanwhile hold at most (3 MiB). While a sync
 /// runs, what arrives is appended up to this bound, and the next sync, begun as soon as the
 /// running one returns, covers all of it: when other writers keep the disk busy and each sync
 /// takes long, one sync covers more, instead of the relay taking one batch per sync. Each
-/// unsynced chunk is held in memory until it is durable and published; 64 measured faster
-/// still behind 16 busy standbys, but took 7 MB more at the peak (the README gives the
-/// measurements).
-const MAX_UNSYNCED_CHUNKS: usize = 32;
+/// unsynced chunk is held in memory until it is durable and published. 64 measured faster
+/// still behind 16 busy standbys but took 7 MB more at the peak; 24 with a queue of 8 holds
+/// no more than before at worst and measured as fast as 32 with a queue of 16 (the README
+/// gives the measurements).
+const MAX_UNSYNCED_CHUNKS: usize = 24;
 
 // While a sync runs, at least a whole batch more can be appended.
 const _: () = assert!(MAX_UNSYNCED_CHUNKS >= 2 * SYNC_EVERY_CHUNKS);
