@@ -180,7 +180,6 @@ impl Writer {
             store,
             data_dir: data_dir.to_path_buf(),
             unsynced: Vec::new(),
-            batch: 0,
             syncer,
             in_flight: false,
             feed,
@@ -370,10 +369,9 @@ fn run(mut w: WriterState, mut rx: mpsc::Receiver<Command>) {
 struct Standing {
     /// Whether a sync runs on the syncer's thread.
     in_flight: bool,
-    /// Chunks appended since the last sync began.
-    batch: usize,
-    /// Chunks held until they are durable and published: those a running sync covers and
-    /// the batch.
+    /// Chunks held until they are durable and published: with no sync running, those
+    /// appended since the last one (each sync's return publishes all it covered); with one
+    /// running, those it covers as well.
     unsynced: usize,
     /// Whether no command waits in the queue.
     queue_empty: bool,
@@ -407,11 +405,11 @@ fn next_step(s: Standing) -> Step {
         } else {
             Step::TakeEither
         }
-    } else if s.failed || s.batch == 0 {
+    } else if s.failed || s.unsynced == 0 {
         Step::TakeCommand
-    } else if s.queue_empty && s.batch < SYNC_EVERY_CHUNKS {
+    } else if s.queue_empty && s.unsynced < SYNC_EVERY_CHUNKS {
         Step::SyncHere
-    } else if s.queue_empty || s.batch >= SYNC_EVERY_CHUNKS {
+    } else if s.queue_empty || s.unsynced >= SYNC_EVERY_CHUNKS {
         Step::StartSync
     } else {
         Step::TakeCommand
@@ -492,8 +490,6 @@ struct WriterState {
     store: WalStore,
     data_dir: PathBuf,
     unsynced: Vec<(Lsn, Bytes)>,
-    /// How many of the `unsynced` chunks were appended since the last sync began.
-    batch: usize,
     /// Runs flushes while the next chunks are appended.
     syncer: Syncer,
     /// Whether a flush runs on the syncer's thread.
@@ -514,7 +510,6 @@ impl WriterState {
                 if self.failed.is_none() {
                     let appended = self.store.append(start, &data);
                     self.unsynced.push((start, data));
-                    self.batch += 1;
                     if let Err(e) = appended {
                         self.fail(&e);
                     }
@@ -583,14 +578,12 @@ impl WriterState {
             self.failed = Some(e.to_string());
         }
         self.unsynced.clear();
-        self.batch = 0;
         // The upstream side learns it at once, and opens the store again.
         self.report();
     }
 
     fn reopen(&mut self) -> Result<(), StoreError> {
         self.unsynced.clear();
-        self.batch = 0;
         self.store.discard_unsynced()?;
         self.store = open_store(&self.data_dir)?;
         self.failed = None;
@@ -602,7 +595,6 @@ impl WriterState {
     fn standing(&self, queue_empty: bool) -> Standing {
         Standing {
             in_flight: self.in_flight,
-            batch: self.batch,
             unsynced: self.unsynced.len(),
             queue_empty,
             failed: self.failed.is_some(),
@@ -613,7 +605,6 @@ impl WriterState {
     /// are appended while it runs; the writer takes its outcome when it returns (or waits
     /// for it in [`WriterState::finish_sync`]). Run here if that thread is gone.
     fn start_sync(&mut self) {
-        self.batch = 0;
         if self.failed.is_some() || self.unsynced.is_empty() {
             return;
         }
@@ -711,7 +702,6 @@ impl WriterState {
         if let Some(e) = &self.failed {
             return Err(WriterError::Failed(e.clone()));
         }
-        self.batch = 0;
         if !self.unsynced.is_empty() {
             let started = std::time::Instant::now();
             let flushed = self.store.flush();
@@ -902,11 +892,10 @@ mod tests {
         assert_eq!(cache_release_point(durable, Some(Lsn(kept / 2))), None);
     }
 
-    fn idle(batch: usize, queue_empty: bool) -> Standing {
+    fn idle(unsynced: usize, queue_empty: bool) -> Standing {
         Standing {
             in_flight: false,
-            batch,
-            unsynced: batch,
+            unsynced,
             queue_empty,
             failed: false,
         }
@@ -915,7 +904,6 @@ mod tests {
     fn syncing(unsynced: usize, queue_empty: bool) -> Standing {
         Standing {
             in_flight: true,
-            batch: 0,
             unsynced,
             queue_empty,
             failed: false,
