@@ -334,8 +334,12 @@ fn run(mut w: WriterState, mut rx: mpsc::Receiver<Command>) {
                 w.report();
                 continue;
             }
+            Step::AwaitSync => {
+                w.finish_sync();
+                w.report();
+                continue;
+            }
             Step::TakeCommand => Wake::Command(rx.blocking_recv()),
-            Step::AwaitSync => Wake::Synced(w.syncer.done.blocking_recv()),
             Step::TakeEither => match rx.try_recv() {
                 Ok(cmd) => Wake::Command(Some(cmd)),
                 Err(mpsc::error::TryRecvError::Disconnected) => Wake::Command(None),
@@ -904,9 +908,7 @@ mod tests {
     fn syncing(unsynced: usize, queue_empty: bool) -> Standing {
         Standing {
             in_flight: true,
-            unsynced,
-            queue_empty,
-            failed: false,
+            ..idle(unsynced, queue_empty)
         }
     }
 
