@@ -428,10 +428,11 @@ impl HubFeed {
     }
 
     /// Publishes a new durable end of `timeline` with the chunks written since the last call
-    /// (contiguous, in order, each `(start, bytes)`), and wakes the readers. Chunks may reach
-    /// past `durable` (a record not yet complete): those bytes are cached but not served
-    /// until a later end covers them, and a chunk published again is cached once. A timeline
-    /// other than the current one starts over as [`HubFeed::switch_timeline`] does.
+    /// and not staged ([`HubFeed::stage`]; contiguous, in order, each `(start, bytes)`), and
+    /// wakes the readers. Chunks may reach past `durable` (a record not yet complete): those
+    /// bytes are cached but not served until a later end covers them, and a chunk published
+    /// again is cached once. A timeline other than the current one starts over as
+    /// [`HubFeed::switch_timeline`] does.
     pub fn publish(
         &self,
         timeline: TimelineId,
@@ -454,6 +455,26 @@ impl HubFeed {
         }
         self.keep_open(timeline, durable);
         self.send(end);
+    }
+
+    /// Caches WAL `[start, start + data.len())` of `timeline` as soon as it is written, ahead
+    /// of the durable end: nothing of it is served until [`HubFeed::publish`] moves the end
+    /// over it, and readers that keep up then find it here. Ignored unless `timeline` is the
+    /// current one. So the writer need not hold what it wrote until it is synced: the tail's
+    /// bounded memory is the only copy kept.
+    pub fn stage(&self, timeline: TimelineId, start: Lsn, data: Bytes) {
+        let mut state = self.shared.write_state();
+        if state.end.timeline == Some(timeline) {
+            state.tail.push(start, data);
+        }
+    }
+
+    /// Drops what was cached beyond the published end ([`HubFeed::stage`]), when the writer
+    /// learns that it may never become durable.
+    pub fn discard_unpublished(&self) {
+        let mut state = self.shared.write_state();
+        let end = state.end.lsn;
+        state.tail.truncate(end);
     }
 
     /// The oldest position a connected reader has yet to be sent, as last recorded with

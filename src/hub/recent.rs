@@ -107,6 +107,23 @@ impl RecentWal {
         }
     }
 
+    /// Drops what is cached from `end` on.
+    pub(super) fn truncate(&mut self, end: Lsn) {
+        while let Some(last) = self.chunks.back_mut() {
+            if last.start >= end {
+                self.bytes -= last.data.len();
+                self.chunks.pop_back();
+            } else {
+                let keep = usize::try_from(end.0 - last.start.0).unwrap_or(usize::MAX);
+                if keep < last.data.len() {
+                    self.bytes -= last.data.len() - keep;
+                    last.data.truncate(keep);
+                }
+                return;
+            }
+        }
+    }
+
     /// The cached WAL from `from` up to `end` or the end of the chunk holding `from`, whichever
     /// comes first, as a slice of that chunk; `None` if `from` is not cached or `end <= from`.
     pub(super) fn slice(&self, from: Lsn, end: Lsn) -> Option<Bytes> {
@@ -188,6 +205,26 @@ mod tests {
                 assert!(t.bytes() >= capacity, "{} bytes", t.bytes());
             }
         }
+    }
+
+    #[test]
+    fn truncation_drops_whole_chunks_and_cuts_the_one_it_falls_in() {
+        let mut t = RecentWal::new(1 << 20);
+        t.push(Lsn(100), chunk(100, 1));
+        t.push(Lsn(200), chunk(100, 2));
+        t.push(Lsn(300), chunk(100, 3));
+        t.truncate(Lsn(400));
+        assert_eq!((range(&t), t.bytes()), (Some((Lsn(100), Lsn(400))), 300));
+        t.truncate(Lsn(250));
+        assert_eq!((range(&t), t.bytes()), (Some((Lsn(100), Lsn(250))), 150));
+        assert_eq!(t.slice(Lsn(200), Lsn(400)).unwrap(), &[2; 50][..]);
+        // What comes again after the cut continues the cache.
+        t.push(Lsn(250), chunk(10, 4));
+        assert_eq!(range(&t), Some((Lsn(100), Lsn(260))));
+        t.truncate(Lsn(100));
+        assert_eq!((range(&t), t.bytes()), (None, 0));
+        t.truncate(Lsn(0));
+        assert_eq!((range(&t), t.bytes()), (None, 0));
     }
 
     #[test]

@@ -208,6 +208,40 @@ async fn nothing_past_the_durable_end_or_the_limit() {
 }
 
 #[tokio::test]
+async fn staged_wal_is_served_from_the_tail_once_published_and_discarded_if_never() {
+    let t = TempDir::new().unwrap();
+    let s = SEG;
+    let (hub, feed) = hub(t.path(), 1 << 20);
+    // Only the current timeline is cached: before it is known, nothing.
+    feed.stage(tli(1), Lsn(s), content(s, 100, 1).into());
+    assert_eq!(hub.stats().tail_bytes, 0);
+    feed.switch_timeline(tli(1), Lsn(s));
+    let mut rx = hub.subscribe();
+    rx.borrow_and_update();
+    let staged = Bytes::from(content(s, 1000, 1));
+    feed.stage(tli(1), Lsn(s), staged.clone());
+    feed.stage(tli(2), Lsn(s + 1000), content(s + 1000, 10, 2).into());
+    assert_eq!(hub.stats().tail_bytes, 1000);
+    // Written, not durable: nobody is woken and nothing is served.
+    assert!(!rx.has_changed().unwrap());
+    assert!(hub.read(tli(1), Lsn(s), Lsn::MAX).await.unwrap().is_none());
+    feed.publish(tli(1), Lsn(s + 600), []);
+    assert!(rx.has_changed().unwrap());
+    let piece = hub.read(tli(1), Lsn(s), Lsn::MAX).await.unwrap().unwrap();
+    assert_eq!((piece.as_ptr(), piece.len()), (staged.as_ptr(), 600));
+    // A failed sync: the bytes past the published end may never be durable, and the WAL that
+    // comes again in their place (here other bytes) is what is served.
+    feed.discard_unpublished();
+    assert_eq!(hub.stats().tail_bytes, 600);
+    let again = Bytes::from(content(s + 600, 400, 3));
+    feed.stage(tli(1), Lsn(s + 600), again.clone());
+    feed.publish(tli(1), Lsn(s + 1000), []);
+    let rest = hub.read(tli(1), Lsn(s + 600), Lsn::MAX).await.unwrap();
+    assert_eq!(rest, Some(again));
+    assert_eq!(hub.stats().served_from_disk, 0);
+}
+
+#[tokio::test]
 async fn publishing_wakes_subscribers_on_change_only() {
     let t = TempDir::new().unwrap();
     let (hub, feed) = hub(t.path(), 1 << 20);

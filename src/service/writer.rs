@@ -11,9 +11,14 @@
 //! [`MAX_UNSYNCED_CHUNKS`] unsynced; as soon as the sync returns, what it made durable is
 //! published and the next sync begins with all that was appended since (group commit). So one
 //! sync at most is ever in flight, and up to that bound a slower disk makes larger batches
-//! rather than a slower relay. The store checks every byte before writing it, and the durable end published is
-//! the end of the last CRC-checked record within the synced bytes, so a partly received record
-//! is never counted.
+//! rather than a slower relay. The store checks every byte before writing it, and the durable
+//! end published is the end of the last CRC-checked record within the synced bytes, so a
+//! partly received record is never counted.
+//!
+//! Each chunk goes into the hub's tail as soon as it is written ([`HubFeed::stage`]), where
+//! nothing of it is served before a published durable end covers it; the writer keeps only
+//! where its unsynced chunks end. So what waits for a sync costs no memory beyond the tail's
+//! bound, and after a failed sync the tail forgets what was never published.
 //!
 //! After each sync the writer lets the page cache drop the durable WAL that every connected
 //! reader has been sent, but for the newest [`CACHE_KEPT_BYTES`] below it: the next writes
@@ -43,10 +48,10 @@ use crate::metrics::Counters;
 use crate::storage::{PendingFlush, StoreEnd, StoreError, StoreIdentity, WalStore};
 use crate::types::{Lsn, TimelineId};
 
-/// Chunks that may wait for the writer before the receiver stops reading the socket. The
-/// writer takes them while a sync runs, so the queue fills only once
-/// [`MAX_UNSYNCED_CHUNKS`] are held: with those, at most 32 chunks (4 MiB) are held between
-/// the socket and the disk, as many as before the group commit (16 queued, 16 unsynced).
+/// Chunks that may wait for the writer before the receiver stops reading the socket (1 MiB).
+/// The writer takes them while a sync runs, so the queue fills only once
+/// [`MAX_UNSYNCED_CHUNKS`] are unsynced, or while the writer itself waits for the disk; a
+/// queue of 16 measured no faster.
 const QUEUE_CHUNKS: usize = 8;
 
 /// Chunks appended before a sync begins, when none is running. Without a bound, a receiver
@@ -55,15 +60,14 @@ const QUEUE_CHUNKS: usize = 8;
 /// measurements).
 const SYNC_EVERY_CHUNKS: usize = 8;
 
-/// Chunks a running sync and the batch appended meanwhile hold at most (3 MiB). While a sync
+/// Chunks a running sync and the batch appended meanwhile cover at most (8 MiB). While a sync
 /// runs, what arrives is appended up to this bound, and the next sync, begun as soon as the
-/// running one returns, covers all of it: when other writers keep the disk busy and each sync
-/// takes long, one sync covers more, instead of the relay taking one batch per sync. Each
-/// unsynced chunk is held in memory until it is durable and published. 64 measured faster
-/// still behind 16 busy standbys but took 7 MB more at the peak; 24 with a queue of 8 holds
-/// no more than before at worst and measured as fast as 32 with a queue of 16 (the README
-/// gives the measurements).
-const MAX_UNSYNCED_CHUNKS: usize = 24;
+/// running one returns, covers all of it: when the disk is busy and each sync takes long, one
+/// sync covers more, instead of the relay taking one batch per sync. The writer does not hold
+/// the chunks (the hub's tail does, within its own bound), so the bound costs no memory: it
+/// only limits how far the written end runs ahead of the durable end. Catching up, 64 made
+/// 14% more than 24, and 128 no more (the README gives the measurements).
+const MAX_UNSYNCED_CHUNKS: usize = 64;
 
 // While a sync runs, at least a whole batch more can be appended.
 const _: () = assert!(MAX_UNSYNCED_CHUNKS >= 2 * SYNC_EVERY_CHUNKS);
@@ -373,7 +377,7 @@ fn run(mut w: WriterState, mut rx: mpsc::Receiver<Command>) {
 struct Standing {
     /// Whether a sync runs on the syncer's thread.
     in_flight: bool,
-    /// Chunks held until they are durable and published: with no sync running, those
+    /// Chunks appended and not yet published as durable: with no sync running, those
     /// appended since the last one (each sync's return publishes all it covered); with one
     /// running, those it covers as well.
     unsynced: usize,
@@ -401,7 +405,7 @@ enum Step {
 /// The writer's batching policy. With no sync running, a batch is synced once it holds
 /// [`SYNC_EVERY_CHUNKS`] or nothing more waits: a small batch with nothing behind it here at
 /// once, anything else on the syncer's thread so that what follows is appended meanwhile.
-/// While a sync runs, appends go on until [`MAX_UNSYNCED_CHUNKS`] are held.
+/// While a sync runs, appends go on until [`MAX_UNSYNCED_CHUNKS`] are unsynced.
 fn next_step(s: Standing) -> Step {
     if s.in_flight {
         if s.unsynced >= MAX_UNSYNCED_CHUNKS {
@@ -493,7 +497,9 @@ fn cache_release_point(durable: Lsn, oldest_reader: Option<Lsn>) -> Option<Lsn> 
 struct WriterState {
     store: WalStore,
     data_dir: PathBuf,
-    unsynced: Vec<(Lsn, Bytes)>,
+    /// Where each chunk appended and not yet durable ends; the chunks themselves are only in
+    /// the hub's tail ([`HubFeed::stage`]).
+    unsynced: Vec<Lsn>,
     /// Runs flushes while the next chunks are appended.
     syncer: Syncer,
     /// Whether a flush runs on the syncer's thread.
@@ -512,10 +518,15 @@ impl WriterState {
         match cmd {
             Command::Append { start, data } => {
                 if self.failed.is_none() {
-                    let appended = self.store.append(start, &data);
-                    self.unsynced.push((start, data));
-                    if let Err(e) = appended {
-                        self.fail(&e);
+                    let end = start.checked_add(data.len() as u64).unwrap_or(Lsn::MAX);
+                    self.unsynced.push(end);
+                    match self.store.append(start, &data) {
+                        Ok(()) => {
+                            if let Some(at) = self.store.end() {
+                                self.feed.stage(at.timeline, start, data);
+                            }
+                        }
+                        Err(e) => self.fail(&e),
                     }
                 }
             }
@@ -582,12 +593,14 @@ impl WriterState {
             self.failed = Some(e.to_string());
         }
         self.unsynced.clear();
+        self.feed.discard_unpublished();
         // The upstream side learns it at once, and opens the store again.
         self.report();
     }
 
     fn reopen(&mut self) -> Result<(), StoreError> {
         self.unsynced.clear();
+        self.feed.discard_unpublished();
         self.store.discard_unsynced()?;
         self.store = open_store(&self.data_dir)?;
         self.failed = None;
@@ -751,19 +764,15 @@ impl WriterState {
             self.unsynced.clear();
             return;
         };
-        let on_disk = self
-            .unsynced
-            .iter()
-            .take_while(|(start, data)| start.0.saturating_add(data.len() as u64) <= end.durable.0)
-            .count();
-        let chunks: Vec<_> = self.unsynced.drain(..on_disk).collect();
+        let on_disk = self.unsynced.partition_point(|e| *e <= end.durable);
+        self.unsynced.drain(..on_disk);
         if let Some(next_xid) = self.store.validator().and_then(|v| v.next_xid()) {
             self.feed.set_next_xid(next_xid);
         }
         if let Some(redo) = self.store.validator().and_then(|v| v.last_redo()) {
             self.feed.set_last_redo(redo);
         }
-        self.feed.publish(end.timeline, end.valid, chunks);
+        self.feed.publish(end.timeline, end.valid, []);
     }
 }
 
