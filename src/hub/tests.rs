@@ -219,16 +219,24 @@ async fn staged_wal_is_served_from_the_tail_once_published_and_discarded_if_neve
     let mut rx = hub.subscribe();
     rx.borrow_and_update();
     let staged = Bytes::from(content(s, 1000, 1));
+    // Written into the file and the page cache, then staged, as the writer does.
+    append(t.path(), 1, s, &staged);
     feed.stage(tli(1), Lsn(s), staged.clone());
     feed.stage(tli(2), Lsn(s + 1000), content(s + 1000, 10, 2).into());
     assert_eq!(hub.stats().tail_bytes, 1000);
-    // Written, not durable: nobody is woken and nothing is served.
+    // Written, not durable: nobody is woken and nothing is served, from memory or the file.
     assert!(!rx.has_changed().unwrap());
     assert!(hub.read(tli(1), Lsn(s), Lsn::MAX).await.unwrap().is_none());
+    let pieces = hub.send_batch(tli(1), Lsn(s), Lsn::MAX, 1 << 20).await;
+    assert!(matches!(pieces, Ok(Pieces::Memory(p)) if p.is_empty()));
     feed.publish(tli(1), Lsn(s + 600), []);
     assert!(rx.has_changed().unwrap());
     let piece = hub.read(tli(1), Lsn(s), Lsn::MAX).await.unwrap().unwrap();
     assert_eq!((piece.as_ptr(), piece.len()), (staged.as_ptr(), 600));
+    let Ok(Pieces::Files(spans)) = hub.send_batch(tli(1), Lsn(s), Lsn::MAX, 1 << 20).await else {
+        panic!("the published WAL is in the page cache");
+    };
+    assert_eq!(spans.iter().map(FileSpan::len).sum::<usize>(), 600);
     // A failed sync: the bytes past the published end may never be durable, and the WAL that
     // comes again in their place (here other bytes) is what is served.
     feed.discard_unpublished();
