@@ -65,8 +65,10 @@ const SYNC_EVERY_CHUNKS: usize = 8;
 /// running one returns, covers all of it: when the disk is busy and each sync takes long, one
 /// sync covers more, instead of the relay taking one batch per sync. The writer does not hold
 /// the chunks (the hub's tail does, within its own bound), so the bound costs no memory: it
-/// only limits how far the written end runs ahead of the durable end. Catching up, 64 made
-/// 14% more than 24, and 128 no more (the README gives the measurements).
+/// only limits how far the written end runs ahead of the durable end. When more than the tail
+/// holds waits for a sync, readers at the durable end find it in the page cache instead.
+/// Catching up, 64 made 14% more than 24, and 128 no more (the README gives the
+/// measurements).
 const MAX_UNSYNCED_CHUNKS: usize = 64;
 
 // While a sync runs, at least a whole batch more can be appended.
