@@ -173,27 +173,13 @@ impl Writer {
         feed: Arc<HubFeed>,
         counters: Arc<Counters>,
     ) -> Result<Writer, WriterError> {
-        let store = open_store(data_dir)?;
         let thread_error = |source| StoreError::Io {
             op: "start the writer thread for",
             path: data_dir.to_path_buf(),
             source,
         };
-        let syncer = Syncer::spawn().map_err(thread_error)?;
+        let (state, prx) = WriterState::open(data_dir, feed, counters)?;
         let (tx, rx) = mpsc::channel(QUEUE_CHUNKS);
-        let (positions, prx) = watch::channel(Positions::of(&store, None));
-        let mut state = WriterState {
-            store,
-            data_dir: data_dir.to_path_buf(),
-            unsynced: Vec::new(),
-            syncer,
-            in_flight: false,
-            feed,
-            positions,
-            failed: None,
-            counters,
-        };
-        state.announce();
         thread::Builder::new()
             .name("wal-writer".into())
             .spawn(move || run(state, rx))
@@ -514,6 +500,35 @@ struct WriterState {
 }
 
 impl WriterState {
+    /// Opens (and so recovers) the store in `data_dir`, starts the syncer's thread and tells
+    /// `feed` what the store holds; with the receiver of the positions it publishes.
+    fn open(
+        data_dir: &Path,
+        feed: Arc<HubFeed>,
+        counters: Arc<Counters>,
+    ) -> Result<(WriterState, watch::Receiver<Positions>), StoreError> {
+        let store = open_store(data_dir)?;
+        let syncer = Syncer::spawn().map_err(|source| StoreError::Io {
+            op: "start the sync thread for",
+            path: data_dir.to_path_buf(),
+            source,
+        })?;
+        let (positions, prx) = watch::channel(Positions::of(&store, None));
+        let mut state = WriterState {
+            store,
+            data_dir: data_dir.to_path_buf(),
+            unsynced: Vec::new(),
+            syncer,
+            in_flight: false,
+            feed,
+            positions,
+            failed: None,
+            counters,
+        };
+        state.announce();
+        Ok((state, prx))
+    }
+
     /// Runs one command. Anything but an append or a reopen first syncs what was appended,
     /// so it sees (and answers after) every append queued before it.
     fn execute(&mut self, cmd: Command) {
@@ -784,9 +799,11 @@ mod tests {
 
     use bytes::Bytes;
 
+    use tokio::sync::oneshot;
+
     use super::{
-        CACHE_KEPT_BYTES, MAX_UNSYNCED_CHUNKS, QUEUE_CHUNKS, SYNC_EVERY_CHUNKS, Standing, Step,
-        Writer, block_on, cache_release_point, next_step,
+        CACHE_KEPT_BYTES, Command, MAX_UNSYNCED_CHUNKS, QUEUE_CHUNKS, SYNC_EVERY_CHUNKS, Standing,
+        Step, Writer, WriterState, block_on, cache_release_point, next_step,
     };
     use crate::hub::Hub;
     use crate::metrics::Counters;
@@ -863,6 +880,40 @@ mod tests {
         assert_eq!(failed.durable, fixture::start());
         writer.reopen().await.unwrap();
         assert_eq!(writer.positions().borrow().failed, None);
+    }
+
+    #[test]
+    fn a_failure_drops_from_the_tail_what_was_written_and_never_published() {
+        let t = tempfile::TempDir::new().unwrap();
+        let (hub, feed) = Hub::new(t.path().join("wal"), 64 << 20);
+        let (mut w, _) = WriterState::open(t.path(), Arc::new(feed), Arc::default()).unwrap();
+        let timeline = TimelineId::new(1).unwrap();
+        let (start, half) = (fixture::start(), Lsn(fixture::start().0 + 0x4000));
+        w.execute(Command::Initialize(fixture::id(), oneshot::channel().0));
+        w.execute(Command::StartAt(timeline, start, oneshot::channel().0));
+        let append = |from: Lsn, to: Lsn| Command::Append {
+            start: from,
+            data: Bytes::copy_from_slice(fixture::bytes(from, to)),
+        };
+        // Written and staged in the tail, not synced: nothing is served.
+        w.execute(append(start, half));
+        assert_eq!(hub.stats().tail_bytes, 0x4000);
+        assert_eq!(hub.durable().lsn, start);
+        // WAL that does not continue it fails the writer before any sync.
+        w.execute(append(Lsn(half.0 + 8192), Lsn(half.0 + 16384)));
+        assert!(w.failed.is_some());
+        assert_eq!(hub.stats().tail_bytes, 0);
+        // Opened again, the same WAL comes again and is served once synced.
+        w.execute(Command::Reopen(oneshot::channel().0));
+        w.execute(append(start, half));
+        w.execute(Command::Sync(oneshot::channel().0));
+        let valid = fixture::valid_end_of(fixture::bytes(start, half));
+        assert!(valid > start);
+        assert_eq!(hub.durable().lsn, valid);
+        let served = block_on(hub.read(timeline, start, Lsn::MAX))
+            .unwrap()
+            .unwrap();
+        assert_eq!(served, fixture::bytes(start, valid));
     }
 
     #[test]
