@@ -27,7 +27,7 @@ pub const CHUNK: usize = 128 * 1024;
 /// Chunks between two fdatasyncs in the first two passes: two of the relay's batches
 /// (`SYNC_EVERY_CHUNKS` in `src/service/writer.rs`), one in its fdatasync and the next being
 /// written, as the relay's writer goes on while syncs are quick; when they are slow it holds
-/// up to `MAX_UNSYNCED_CHUNKS` (24) and syncs larger batches.
+/// up to `MAX_UNSYNCED_CHUNKS` (64) and syncs larger batches.
 pub const SYNC_EVERY: usize = 16;
 
 /// One pass of the write loop.

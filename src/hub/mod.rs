@@ -12,8 +12,9 @@
 //!   it reads page by page; a receiver accepts either.
 //!
 //! A piece comes from the tail cache when `from` lies in it: a zero-copy `Bytes::slice` of the
-//! chunk the writer published, ending where that chunk ends (so a reader that keeps up gets
-//! the upstream's own message boundaries; joining two chunks would cost a copy). Otherwise,
+//! chunk the writer wrote (cached as it is written, served once the durable end covers it),
+//! ending where that chunk ends (so a reader that keeps up gets the upstream's own message
+//! boundaries; joining two chunks would cost a copy). Otherwise,
 //! and always for older timelines (§4.2), it is read from the segment file: what the page
 //! cache holds at once on the reader's thread (`RWF_NOWAIT`), the rest with `pread` on
 //! tokio's blocking pool, so a slow disk stalls only the readers waiting for it, never the
@@ -134,7 +135,7 @@ enum Source {
 
 impl Hub {
     /// A hub reading stored WAL from the segment files in `wal_dir` and caching about
-    /// `tail_capacity_bytes` of the newest durable WAL (0 disables the cache); the [`HubFeed`]
+    /// `tail_capacity_bytes` of the newest WAL written (0 disables the cache); the [`HubFeed`]
     /// goes to the writer, which sets the segment size before it publishes.
     pub fn new(wal_dir: PathBuf, tail_capacity_bytes: usize) -> (Hub, HubFeed) {
         let (tx, durable) = watch::channel(DurableEnd::default());
