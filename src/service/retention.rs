@@ -5,7 +5,8 @@
 //! the oldest connected cursor, but never more than `max_slot_wal_keep_size` back: a slot that
 //! falls further behind is invalidated (and loses its hold) rather than filling the disk, as
 //! `InvalidateObsoleteReplicationSlots` does. At least `wal_keep_size` back is always kept.
-//! Segments wholly below what is kept are removed by the writer thread, which owns the store.
+//! Segments wholly below what is kept are let go of by the writer thread, which owns the store,
+//! and unlinked on a blocking thread, as unlinking can wait for the device.
 
 use std::sync::Arc;
 use std::time::Duration;

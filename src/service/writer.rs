@@ -45,7 +45,7 @@ use tracing::{info, warn};
 
 use crate::hub::HubFeed;
 use crate::metrics::Counters;
-use crate::storage::{PendingFlush, StoreEnd, StoreError, StoreIdentity, WalStore};
+use crate::storage::{PendingFlush, SegmentRemoval, StoreEnd, StoreError, StoreIdentity, WalStore};
 use crate::types::{Lsn, TimelineId};
 
 /// Chunks that may wait for the writer before the receiver stops reading the socket (1 MiB).
@@ -131,7 +131,7 @@ enum Command {
     StartAt(TimelineId, Lsn, Reply<()>),
     SwitchTimeline(TimelineId, Lsn, Reply<()>),
     WriteHistory(TimelineId, Bytes, Reply<()>),
-    RemoveBefore(Lsn, Reply<usize>),
+    LetGoBefore(Lsn, Reply<SegmentRemoval>),
     Reopen(Reply<()>),
 }
 
@@ -270,12 +270,22 @@ impl Writer {
             .await
     }
 
-    /// Removes the segments wholly below `lsn` and returns how many went.
+    /// Removes the segments wholly below `lsn` and returns how many went. The writer's thread
+    /// only lets go of them ([`WalStore::let_go_before`]), even while the store is failed
+    /// (they are not the tail, and on a full disk their space is what lets it open again);
+    /// they are unlinked on a blocking thread, so that appends and syncs go on meanwhile.
     ///
     /// # Errors
     /// As [`WalStore::remove_before`], or the thread is gone.
     pub async fn remove_before(&self, lsn: Lsn) -> Result<usize, WriterError> {
-        self.ask(|reply| Command::RemoveBefore(lsn, reply)).await
+        let removal = self.ask(|reply| Command::LetGoBefore(lsn, reply)).await?;
+        if removal.is_empty() {
+            return Ok(0);
+        }
+        match tokio::task::spawn_blocking(move || removal.run()).await {
+            Ok(removed) => Ok(removed?),
+            Err(_) => Err(WriterError::Stopped),
+        }
     }
 
     /// After a store error: cuts the segment being written back to what an fdatasync covered
@@ -566,14 +576,11 @@ impl WriterState {
             Command::WriteHistory(tli, content, reply) => {
                 self.answer(reply, true, |s| s.write_history(tli, &content));
             }
-            Command::RemoveBefore(lsn, reply) if self.failed.is_some() => {
-                // Whole old segments go even while the store is failed: they are not the
-                // tail, and on a full disk their space is what lets the store open again.
-                let removed = self.store.remove_before(lsn);
-                let _ = reply.send(removed.map_err(WriterError::from));
-            }
-            Command::RemoveBefore(lsn, reply) => {
-                self.answer(reply, false, |s| s.remove_before(lsn))
+            Command::LetGoBefore(lsn, reply) => {
+                // No sync first: only durable segments below the tail's go.
+                let removal = self.store.let_go_before(lsn);
+                self.report();
+                let _ = reply.send(removal.map_err(WriterError::from));
             }
         }
     }
@@ -914,6 +921,42 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(served, fixture::bytes(start, valid));
+    }
+
+    #[test]
+    fn old_segments_are_let_go_without_a_sync_and_even_while_failed() {
+        let t = tempfile::TempDir::new().unwrap();
+        let (hub, feed) = Hub::new(t.path().join("wal"), 64 << 20);
+        let (mut w, _) = WriterState::open(t.path(), Arc::new(feed), Arc::default()).unwrap();
+        let timeline = TimelineId::new(1).unwrap();
+        let start = fixture::start();
+        let (synced, written) = (Lsn(start.0 + (2 << 20)), Lsn(start.0 + (2 << 20) + 0x4000));
+        let append = |from: Lsn, to: Lsn| Command::Append {
+            start: from,
+            data: Bytes::copy_from_slice(fixture::bytes(from, to)),
+        };
+        w.execute(Command::Initialize(fixture::id(), oneshot::channel().0));
+        w.execute(Command::StartAt(timeline, start, oneshot::channel().0));
+        w.execute(append(start, synced));
+        w.execute(Command::Sync(oneshot::channel().0));
+        w.execute(append(synced, written));
+        let durable = hub.durable().lsn;
+        let let_go = |w: &mut WriterState, lsn: Lsn| {
+            let (reply, mut answer) = oneshot::channel();
+            w.execute(Command::LetGoBefore(lsn, reply));
+            answer.try_recv().unwrap().unwrap()
+        };
+        let removal = let_go(&mut w, Lsn(start.0 + (1 << 20)));
+        assert_eq!(removal.len(), 1);
+        // Nothing was synced for it: what waited for a sync still waits.
+        assert_eq!((hub.durable().lsn, w.unsynced.len()), (durable, 1));
+        assert_eq!(w.positions.borrow().oldest, Some(Lsn(start.0 + (1 << 20))));
+        assert_eq!(removal.run().unwrap(), 1);
+        // A failed store still lets its old segments go.
+        w.execute(append(Lsn(written.0 + 8192), Lsn(written.0 + 16384)));
+        assert!(w.failed.is_some());
+        assert_eq!(let_go(&mut w, synced).run().unwrap(), 1);
+        assert!(!t.path().join("wal").join(fixture::name(1, 8)).exists());
     }
 
     #[test]

@@ -6,15 +6,15 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::Read;
-use std::path::Path;
+use std::io::{ErrorKind, Read};
+use std::path::PathBuf;
 
 use bytes::Bytes;
 
 use crate::types::{Lsn, SegmentNo, TimelineId, WalSegmentSize};
 
 use super::error::{StoreError, io_err};
-use super::layout::{self, SegmentFile};
+use super::layout;
 use super::{WalStore, fsutil};
 use crate::wal::{HISTORY_FILE_MAX_SIZE, history_file_name_parse};
 
@@ -32,28 +32,40 @@ impl WalStore {
     }
 
     /// Removes the segment files (complete, or `.partial` of an older timeline) of every
-    /// timeline that lie wholly below `lsn`, and returns how many were removed. The segment
-    /// holding the last written byte is always kept, so the store never forgets its end.
+    /// timeline that lie wholly below `lsn`, and returns how many were removed: at once
+    /// [`WalStore::let_go_before`] and [`SegmentRemoval::run`].
     ///
     /// # Errors
     /// [`StoreError::NotInitialized`], [`StoreError::Io`].
     pub fn remove_before(&mut self, lsn: Lsn) -> Result<usize, StoreError> {
+        self.let_go_before(lsn)?.run()
+    }
+
+    /// Lets go of the segment files (complete, or `.partial` of an older timeline) of every
+    /// timeline that lie wholly below `lsn`: [`WalStore::oldest`] moves past them at once, and
+    /// the returned [`SegmentRemoval`] unlinks them, on any thread. The segment holding the
+    /// last written byte is always kept, so the store never forgets its end.
+    ///
+    /// Unlinking is left to another thread because it can take as long as a sync: freeing a
+    /// segment's blocks waits for the device where the file system discards them at once.
+    /// The files are durable WAL nobody is served from any more (a reader that has one open
+    /// keeps reading it), and one that outlives a crash is removed again the next time.
+    ///
+    /// # Errors
+    /// [`StoreError::NotInitialized`], [`StoreError::Io`] if the directory cannot be read.
+    pub fn let_go_before(&mut self, lsn: Lsn) -> Result<SegmentRemoval, StoreError> {
         let size = self.segment_size()?;
         let keep_from = self.tail.as_ref().and_then(|t| t.last_written_segment());
-        let mut removed = 0;
+        let mut paths = Vec::new();
         let mut kept = None;
         for f in layout::list_segments(&self.wal_dir, size)? {
             let below = layout::segment_end(f.name, size).is_some_and(|end| end <= lsn);
             let tail_needs = keep_from.is_none_or(|k| f.name.segno >= k);
             if below && !tail_needs {
-                remove(&self.wal_dir, f, size)?;
-                removed += 1;
+                paths.push(layout::segment_path(&self.wal_dir, f.name, size, f.partial));
             } else {
                 kept = Some(kept.map_or(f.name.segno, |k: SegmentNo| k.min(f.name.segno)));
             }
-        }
-        if removed > 0 {
-            fsutil::fsync_dir(&self.wal_dir)?;
         }
         let tail_start = self
             .tail
@@ -61,7 +73,10 @@ impl WalStore {
             .map(|t| size.segment_start(t.written().end));
         let files_start = kept.and_then(|s| size.start_of(s));
         self.oldest = [files_start, tail_start].into_iter().flatten().min();
-        Ok(removed)
+        Ok(SegmentRemoval {
+            dir: self.wal_dir.clone(),
+            paths,
+        })
     }
 
     /// Durably writes the history file of `timeline` (temporary file, fsync, rename, fsync of
@@ -111,9 +126,45 @@ impl WalStore {
     }
 }
 
-fn remove(dir: &Path, f: SegmentFile, size: WalSegmentSize) -> Result<(), StoreError> {
-    let path = layout::segment_path(dir, f.name, size, f.partial);
-    fs::remove_file(&path).map_err(io_err("remove", &path))
+/// Segment files a store has let go of ([`WalStore::let_go_before`]), to be unlinked.
+#[derive(Debug)]
+#[must_use = "the files stay on disk until the removal runs"]
+pub struct SegmentRemoval {
+    dir: PathBuf,
+    paths: Vec<PathBuf>,
+}
+
+impl SegmentRemoval {
+    /// How many segment files it removes.
+    pub fn len(&self) -> usize {
+        self.paths.len()
+    }
+
+    /// Whether it removes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.paths.is_empty()
+    }
+
+    /// Unlinks the files, then fsyncs the directory, and returns how many were removed. A
+    /// file already gone counts as removed.
+    ///
+    /// # Errors
+    /// [`StoreError::Io`] at the first file that cannot be removed (those before it are
+    /// gone), or if the directory cannot be synced.
+    pub fn run(self) -> Result<usize, StoreError> {
+        for path in &self.paths {
+            match fs::remove_file(path) {
+                Err(e) if e.kind() != ErrorKind::NotFound => {
+                    return Err(io_err("remove", path)(e));
+                }
+                _ => {}
+            }
+        }
+        if !self.paths.is_empty() {
+            fsutil::fsync_dir(&self.dir)?;
+        }
+        Ok(self.paths.len())
+    }
 }
 
 #[cfg(test)]
@@ -144,6 +195,29 @@ mod tests {
         let store = WalStore::open(t.path()).unwrap();
         assert_eq!(store.oldest(), Some(Lsn(0x90_0000)));
         assert_eq!(store.end().unwrap().durable, Lsn(0xA0_0000));
+    }
+
+    #[test]
+    fn letting_go_moves_the_oldest_at_once_and_leaves_the_files_to_the_removal() {
+        let t = tempfile::TempDir::new().unwrap();
+        let wal = t.path().join("wal");
+        let mut store = fixture::store_upto(t.path(), Lsn(0x98_0000), 1 << 20);
+        let removal = store.let_go_before(Lsn(0x90_0000)).unwrap();
+        assert_eq!(removal.len(), 2);
+        assert_eq!(store.oldest(), Some(Lsn(0x90_0000)));
+        assert!(wal.join(name(1, 7)).exists() && wal.join(name(1, 8)).exists());
+        // Appends go on while the files wait; one already gone counts as removed.
+        fs::remove_file(wal.join(name(1, 7))).unwrap();
+        fixture::append_range(&mut store, Lsn(0x98_0000), Lsn(0xA0_0000), 8192);
+        assert_eq!(removal.run().unwrap(), 2);
+        assert!(!wal.join(name(1, 8)).exists());
+        assert!(wal.join(name(1, 9)).exists());
+        assert!(store.let_go_before(Lsn(0x90_0000)).unwrap().is_empty());
+        drop(store);
+        assert_eq!(
+            WalStore::open(t.path()).unwrap().oldest(),
+            Some(Lsn(0x90_0000))
+        );
     }
 
     #[test]

@@ -43,6 +43,7 @@ use crate::types::{Lsn, SystemId, TimelineId, WalSegmentSize};
 use crate::wal::WalValidator;
 
 pub use error::StoreError;
+pub use files::SegmentRemoval;
 pub use lock::{DataDirLock, LOCK_FILE};
 pub use reader::{FileSpan, SegmentReader};
 pub use upstream_state::{UPSTREAM_STATE_FILE, load_upstream_info, save_upstream_info};
