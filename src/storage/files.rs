@@ -48,8 +48,8 @@ impl WalStore {
     ///
     /// Unlinking is left to another thread because it can take as long as a sync: freeing a
     /// segment's blocks waits for the device where the file system discards them at once.
-    /// The files are durable WAL nobody is served from any more (a reader that has one open
-    /// keeps reading it), and one that outlives a crash is removed again the next time.
+    /// Until the removal runs the files stay as they were, so a reader may still read them;
+    /// one that outlives a crash is let go of again the next time.
     ///
     /// # Errors
     /// [`StoreError::NotInitialized`], [`StoreError::Io`] if the directory cannot be read.
