@@ -889,19 +889,35 @@ mod tests {
         assert_eq!(writer.positions().borrow().failed, None);
     }
 
+    /// A writer's state in `t`, run without its thread, its store started at the fixture's
+    /// start on timeline 1, and the hub it feeds.
+    fn started_state(t: &tempfile::TempDir) -> (Hub, WriterState) {
+        let (hub, feed) = Hub::new(t.path().join("wal"), 64 << 20);
+        let (mut w, _) = WriterState::open(t.path(), Arc::new(feed), Arc::default()).unwrap();
+        w.execute(Command::Initialize(fixture::id(), oneshot::channel().0));
+        let timeline = TimelineId::new(1).unwrap();
+        w.execute(Command::StartAt(
+            timeline,
+            fixture::start(),
+            oneshot::channel().0,
+        ));
+        (hub, w)
+    }
+
+    /// The command appending the fixture's WAL in `[from, to)`.
+    fn append(from: Lsn, to: Lsn) -> Command {
+        Command::Append {
+            start: from,
+            data: Bytes::copy_from_slice(fixture::bytes(from, to)),
+        }
+    }
+
     #[test]
     fn a_failure_drops_from_the_tail_what_was_written_and_never_published() {
         let t = tempfile::TempDir::new().unwrap();
-        let (hub, feed) = Hub::new(t.path().join("wal"), 64 << 20);
-        let (mut w, _) = WriterState::open(t.path(), Arc::new(feed), Arc::default()).unwrap();
+        let (hub, mut w) = started_state(&t);
         let timeline = TimelineId::new(1).unwrap();
         let (start, half) = (fixture::start(), Lsn(fixture::start().0 + 0x4000));
-        w.execute(Command::Initialize(fixture::id(), oneshot::channel().0));
-        w.execute(Command::StartAt(timeline, start, oneshot::channel().0));
-        let append = |from: Lsn, to: Lsn| Command::Append {
-            start: from,
-            data: Bytes::copy_from_slice(fixture::bytes(from, to)),
-        };
         // Written and staged in the tail, not synced: nothing is served.
         w.execute(append(start, half));
         assert_eq!(hub.stats().tail_bytes, 0x4000);
@@ -926,17 +942,9 @@ mod tests {
     #[test]
     fn old_segments_are_let_go_without_a_sync_and_even_while_failed() {
         let t = tempfile::TempDir::new().unwrap();
-        let (hub, feed) = Hub::new(t.path().join("wal"), 64 << 20);
-        let (mut w, _) = WriterState::open(t.path(), Arc::new(feed), Arc::default()).unwrap();
-        let timeline = TimelineId::new(1).unwrap();
+        let (hub, mut w) = started_state(&t);
         let start = fixture::start();
         let (synced, written) = (Lsn(start.0 + (2 << 20)), Lsn(start.0 + (2 << 20) + 0x4000));
-        let append = |from: Lsn, to: Lsn| Command::Append {
-            start: from,
-            data: Bytes::copy_from_slice(fixture::bytes(from, to)),
-        };
-        w.execute(Command::Initialize(fixture::id(), oneshot::channel().0));
-        w.execute(Command::StartAt(timeline, start, oneshot::channel().0));
         w.execute(append(start, synced));
         w.execute(Command::Sync(oneshot::channel().0));
         w.execute(append(synced, written));
