@@ -539,8 +539,9 @@ impl WriterState {
         Ok((state, prx))
     }
 
-    /// Runs one command. Anything but an append or a reopen first syncs what was appended,
-    /// so it sees (and answers after) every append queued before it.
+    /// Runs one command. Anything but an append, a reopen or letting go of old segments
+    /// first syncs what was appended, so it sees (and answers after) every append queued
+    /// before it.
     fn execute(&mut self, cmd: Command) {
         match cmd {
             Command::Append { start, data } => {
@@ -577,7 +578,8 @@ impl WriterState {
                 self.answer(reply, true, |s| s.write_history(tli, &content));
             }
             Command::LetGoBefore(lsn, reply) => {
-                // No sync first: only durable segments below the tail's go.
+                // No sync first: only segments below the one being written go, and each
+                // was fdatasync'd when it was completed.
                 let removal = self.store.let_go_before(lsn);
                 self.report();
                 let _ = reply.send(removal.map_err(WriterError::from));
