@@ -1,6 +1,7 @@
 //! Real PostgreSQL 15 hot standbys behind the relay, as ACCEPTANCE.md's rows say: three standbys
 //! converge on the primary's data and the relay's segments equal the archive (A1, at 1 MB and
-//! 16 MB segments), hot-standby feedback reaches the primary's slot and is released (A8), an
+//! 16 MB segments), a base backup recovers from the relay's WAL directory as from an archive
+//! (A10), hot-standby feedback reaches the primary's slot and is released (A8), an
 //! idle topology with 10 s timeouts never reconnects (A9), a slow standby neither holds back
 //! the others nor grows the relay's memory (E1), 3 standbys and 20 `pg_receivewal` converge
 //! (E8), an offline standby catches up from its slot (G1), and a slot past
@@ -266,21 +267,24 @@ fn dumpall(server: &Cluster, extra: &[&str]) -> String {
 fn assert_same_dumps(primary: &Cluster, standbys: &[&Cluster]) {
     let ours = dumpall(primary, &["--no-unlogged-table-data"]);
     for (i, standby) in standbys.iter().enumerate() {
-        let theirs = dumpall(standby, &[]);
-        if ours != theirs {
-            let first = ours
-                .lines()
-                .zip(theirs.lines())
-                .position(|(a, b)| a != b)
-                .unwrap_or(0);
-            let show = |s: &str| s.lines().skip(first).take(5).collect::<Vec<_>>().join("\n");
-            panic!(
-                "O2: standby {} differs from the primary at dump line {first}:\nprimary:\n{}\nstandby:\n{}",
-                i + 1,
-                show(&ours),
-                show(&theirs)
-            );
-        }
+        assert_same_dump(&ours, &dumpall(standby, &[]), &format!("standby {}", i + 1));
+    }
+}
+
+/// O2's comparison of the primary's dump with `what`'s.
+fn assert_same_dump(ours: &str, theirs: &str, what: &str) {
+    if ours != theirs {
+        let first = ours
+            .lines()
+            .zip(theirs.lines())
+            .position(|(a, b)| a != b)
+            .unwrap_or(0);
+        let show = |s: &str| s.lines().skip(first).take(5).collect::<Vec<_>>().join("\n");
+        panic!(
+            "O2: {what} differs from the primary at dump line {first}:\nprimary:\n{}\n{what}:\n{}",
+            show(ours),
+            show(theirs)
+        );
     }
 }
 
@@ -381,6 +385,53 @@ fn a1_three_standbys_converge_1mb_segments() {
 fn a1_three_standbys_converge_16mb_segments() {
     let secs = env_u64("WALRELAY_A1_SECS", 20) / 4;
     three_standbys_converge("a1-16mb", 16, "2", "2", secs.max(1));
+}
+
+/// A10: the relay's WAL directory is an archive. A base backup of the primary taken without
+/// WAL (`pg_basebackup -X none`) while the relay streams recovers from a copy of that directory
+/// alone, with `restore_command = 'cp …/%f %p'`: it replays pgbench and Wddl written after the
+/// backup, ends archive recovery at the end of the last completed segment (the primary's last
+/// switch) on a new timeline, and holds the primary's data (O2).
+fn restores_from_the_relays_storage(label: &str, segment_mb: u32) {
+    let config = [("max_prepared_transactions", "10")];
+    let Some(t) = topo(label, segment_mb, &config, &[], false) else {
+        return;
+    };
+    t.primary.pgbench(&["-i", "-q", "-s", "2"]).unwrap();
+    let backup = restore::backup_without_wal(&t.primary);
+    t.primary
+        .pgbench(&["-c", "2", "-j", "2", "-t", "300", "-n"])
+        .unwrap();
+    ddl_workload(&t.primary);
+    settle_sequences(&t.primary, &["postgres", "walrelay_db2"]);
+    let target = t.converge_target();
+    wait_acked(&t.primary, target, Duration::from_secs(60));
+    let restored = restore::restore_from_relay_wal(&t.primary, backup, &t.relay.wal_dir());
+    let last_segment_end = t.size.segment_start(target);
+    assert!(
+        restored.ended >= last_segment_end,
+        "A10: recovery ended at {}, before the last completed segment's end {last_segment_end}",
+        restored.ended
+    );
+    // Out of recovery, the restored server dumps its (emptied) unlogged tables' data too.
+    let flags = ["--no-unlogged-table-data"];
+    let theirs = dumpall(&restored.server, &flags);
+    assert_same_dump(&dumpall(&t.primary, &flags), &theirs, "restored");
+    println!(
+        "A10 {segment_mb} MB segments: {} files restored from the relay's WAL, recovery ended \
+         at {}",
+        restored.restored_files, restored.ended
+    );
+}
+
+#[test]
+fn a10_restores_from_the_relays_storage_1mb_segments() {
+    restores_from_the_relays_storage("a10-1mb", 1);
+}
+
+#[test]
+fn a10_restores_from_the_relays_storage_16mb_segments() {
+    restores_from_the_relays_storage("a10-16mb", 16);
 }
 
 /// The primary's xmin for the relay's slot, `None` when NULL.

@@ -62,6 +62,7 @@ fn relay_follows_promotion(label: &str, segment_mb: u32) {
     primary.switch_wal().unwrap();
     let before = primary.write_load(500).unwrap();
     wait_acked(&primary, before, Duration::from_secs(30));
+    let backup = restore::backup_without_wal(&primary);
 
     // A standby behind the relay, on a relay slot.
     bins.psql(
@@ -94,6 +95,8 @@ fn relay_follows_promotion(label: &str, segment_mb: u32) {
     standby.write_load(3000).unwrap();
     standby.switch_wal().unwrap();
     let target = standby.switch_wal().unwrap();
+    let q = "SELECT count(*) FROM walrelay_load";
+    let rows_switched = standby.psql(q).unwrap();
     standby.write_load(100).unwrap();
     let end = standby.current_wal_flush_lsn().unwrap();
     wait_acked(&standby, end, Duration::from_secs(60));
@@ -127,7 +130,6 @@ fn relay_follows_promotion(label: &str, segment_mb: u32) {
             .unwrap(),
         receiver_pid
     );
-    let q = "SELECT count(*) FROM walrelay_load";
     assert_eq!(downstream.psql(q).unwrap(), standby.psql(q).unwrap());
 
     let wal = relay.wal_dir();
@@ -166,4 +168,22 @@ fn relay_follows_promotion(label: &str, segment_mb: u32) {
         size.start_of(last_new.segno.next().unwrap()).unwrap(),
     )
     .expect("pg_waldump across the switch");
+
+    // A10 across the switch: the backup of the old primary recovers from the relay's WAL alone
+    // onto timeline 2, through its last completed segment, and picks timeline 3.
+    let restored = restore::restore_from_relay_wal(&primary, backup, &wal);
+    assert!(
+        restored.ended >= size.segment_start(end),
+        "recovery ended at {}, before {}",
+        restored.ended,
+        size.segment_start(end)
+    );
+    let timeline = "SELECT timeline_id FROM pg_control_checkpoint()";
+    wait_until(
+        Duration::from_secs(30),
+        "the end-of-recovery checkpoint",
+        || Ok(restored.server.psql(timeline)? == "3"),
+    )
+    .unwrap();
+    assert_eq!(restored.server.psql(q).unwrap(), rows_switched);
 }

@@ -22,6 +22,7 @@ pub mod patroni;
 pub mod raw_tls;
 pub mod relay_env;
 pub mod relay_topology;
+pub mod restore;
 pub mod slow_link;
 pub mod tmpfs;
 pub mod wan_link;
