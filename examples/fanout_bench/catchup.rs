@@ -76,6 +76,7 @@ pub fn run_catchup(bench: &Bench, primary: &Cluster) -> Result<Catchup> {
     );
     Load::Wal.write(&mut conn, mb)?;
     let target = conn.query_lsn("SELECT pg_current_wal_flush_lsn()")?;
+    crate::write_back();
 
     let began = Instant::now();
     relay.restart()?;
@@ -101,6 +102,7 @@ pub fn run_catchup(bench: &Bench, primary: &Cluster) -> Result<Catchup> {
     // pg_receivewal stops once it has received past `-E` (`stop_streaming`: endpos < xlogpos),
     // so one byte below the target ends it when the target arrives, not at the next record.
     let endpos = Lsn(target.0 - 1).to_string();
+    crate::write_back();
     let began = Instant::now();
     let mut receivewal = bench.bins.receivewal(
         &primary.conninfo(),

@@ -104,6 +104,7 @@ fn measure_clients(
     wait_for(SETUP_TIMEOUT, "the clients to catch up", || {
         Ok(pool.min_received()? >= settled)
     })?;
+    crate::write_back();
     thread::sleep(Duration::from_millis(500));
     let relay_meter = Meter::start(relay.pid(), Split::Threads, bench.clk_tck, true);
     let own = Meter::start(std::process::id(), Split::Threads, bench.clk_tck, false);

@@ -83,6 +83,7 @@ pub fn measure(bins: &PgBinaries, root: &Path, mb: u32, segment_mb: u32) -> Resu
     let mut passes = Vec::new();
     for (every, release) in [(SYNC_EVERY, true), (SYNC_EVERY, false), (1, false)] {
         let dir = bins.scratch_dir(root, "disk")?;
+        crate::write_back();
         let began = Instant::now();
         let mut written = 0_usize;
         for n in 0..files {

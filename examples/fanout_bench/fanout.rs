@@ -182,6 +182,7 @@ fn settle(primary: &mut SqlConn, fanout: &FanOut, standbys: &[Cluster]) -> Resul
     for standby in standbys {
         wait_caught_up(standby, target)?;
     }
+    crate::write_back();
     thread::sleep(Duration::from_millis(500));
     Ok(())
 }

@@ -17,7 +17,8 @@
 //!
 //! Everything runs on this machine, over loopback only: one throwaway primary (16 MB segments,
 //! `max_wal_size = 16GB`, `checkpoint_timeout = 1h`, so no checkpoint falls in a measured
-//! window; a `CHECKPOINT` is taken before each run instead). Everything the benchmark starts
+//! window; a `CHECKPOINT` is taken before each run instead, then `sync`, so that no run shares
+//! the disk with the writeback of what came before it). Everything the benchmark starts
 //! is stopped, and its directories removed, at the end, on an error, and on Ctrl-C or SIGTERM.
 //! MB are 2^20 bytes throughout.
 //!
@@ -284,6 +285,15 @@ static STARTED: OnceLock<Instant> = OnceLock::new();
 pub fn log(tag: &str, message: &str) {
     let since = STARTED.get_or_init(Instant::now).elapsed().as_secs_f64();
     eprintln!("{since:6.1} s [{tag}] {message}");
+}
+
+/// Writes every dirty page back to the disks (`sync`) before a measured run, so the run does
+/// not share the disk with the writeback of what came before it: standbys copied with
+/// `pg_basebackup --no-sync`, the data files an earlier run's standbys replayed into, the
+/// files of an earlier pass. The kernel would otherwise write them back at a time of its
+/// choosing, in one run and not in another.
+pub fn write_back() {
+    rustix::fs::sync();
 }
 
 /// Fails once Ctrl-C or SIGTERM has arrived.
