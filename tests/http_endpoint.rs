@@ -1,7 +1,8 @@
 //! The HTTP endpoint against real servers: a real Prometheus (Debian's `prometheus`, started
 //! on a loopback port) scrapes the relay while three standbys stream from it under load, and
 //! `promtool check metrics` reads what it serves; `/status`, `/healthz`, `/readyz` and the
-//! bearer token behave as documented.
+//! bearer token behave as documented; without a token only loopback clients read the state,
+//! and no password or secret shows anywhere (H12, O11).
 //!
 //! Under `CI=true` a missing `prometheus` or `promtool` fails the test; elsewhere it is
 //! skipped with a message.
@@ -415,5 +416,176 @@ fn probes_and_token_before_the_upstream_is_reached() {
         http_get(http_port, "/metrics", &[("Authorization", "Bearer t0ken")]).0,
         401
     );
+    drop(relay);
+}
+
+/// H12 and O11: no password or secret reaches the relay's log (at debug level), its command
+/// line, `/status`, `/metrics` or `walrelay status`, with the upstream password in the config
+/// file, a downstream SCRAM login and a failed one; the data directory is 0700 and its files
+/// 0600; and without a token, `/metrics` and `/status` answer a client inside a network
+/// namespace of the test's own with 403 while loopback clients and the probes are served.
+///
+/// Needs root (`ip netns`); under `CI=true` it must be there.
+#[test]
+fn h12_no_secrets_and_a_loopback_only_state_without_a_token() {
+    use std::os::unix::fs::PermissionsExt;
+    use walrelay::testkit::localpg::ClusterBuilder;
+    use walrelay::testkit::netns::NetNs;
+
+    const UPSTREAM_PW: &str = "upstream-Pw-7c1";
+    const ALICE_PW: &str = "alice-Pw-3d9";
+    const WRONG_PW: &str = "wrong-Pw-5e2";
+    let Some(bins) = require_postgres() else {
+        return;
+    };
+    let ns = match NetNs::create() {
+        Ok(ns) => ns,
+        Err(e) if std::env::var_os("CI").is_none() => {
+            eprintln!("skipping: cannot create a network namespace: {e}");
+            return;
+        }
+        Err(e) => panic!("cannot create a network namespace: {e}"),
+    };
+    let dir = scratch(&bins, "h12");
+    let mut primary = ClusterBuilder::new(bins.clone(), dir.path())
+        .segment_size_mb(1)
+        .hba_line("host replication repl 127.0.0.1/32 scram-sha-256")
+        .init()
+        .unwrap();
+    primary.start().unwrap();
+    let role = format!("CREATE ROLE repl LOGIN REPLICATION PASSWORD '{UPSTREAM_PW}'");
+    primary.psql(&role).unwrap();
+
+    let passwd = {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_walrelay"))
+            .args(["passwd", "alice"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        writeln!(child.stdin.take().unwrap(), "{ALICE_PW}").unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let users = dir.path().join("users");
+    std::fs::write(&users, &passwd).unwrap();
+    std::fs::set_permissions(&users, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let hba = dir.path().join("relay_hba.conf");
+    std::fs::write(&hba, "host replication alice 127.0.0.1/32 scram-sha-256\n").unwrap();
+    let (port, http_port) = (free_port().unwrap(), free_port().unwrap());
+    let data = dir.path().join("relay");
+    let config = dir.path().join("walrelay.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "upstream = \"host=127.0.0.1 port={} user=repl password={UPSTREAM_PW}\"\n\
+             data_dir = \"{}\"\nlisten = \"127.0.0.1:{port}\"\n\
+             http_listen = \"0.0.0.0:{http_port}\"\nhba_file = \"{}\"\nauth_file = \"{}\"\n",
+            primary.port(),
+            data.display(),
+            hba.display(),
+            users.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let binary = Path::new(env!("CARGO_BIN_EXE_walrelay"));
+    let relay = RelayProcess::start_run(binary, &data, &["--config", config.to_str().unwrap()]);
+    let flushed = primary.current_wal_flush_lsn().unwrap();
+    wait_acked(&primary, flushed, TIMEOUT);
+
+    // A SCRAM login, and one with a wrong password.
+    let login = |password: &str| {
+        let mut psql = bins.command("psql");
+        psql.env("PGPASSWORD", password).args([
+            "-X",
+            "-At",
+            "-d",
+            &format!("host=127.0.0.1 port={port} user=alice replication=1"),
+            "-c",
+            "IDENTIFY_SYSTEM",
+        ]);
+        psql.output().unwrap()
+    };
+    assert!(login(ALICE_PW).status.success());
+    let refused = login(WRONG_PW);
+    let why = String::from_utf8_lossy(&refused.stderr).into_owned();
+    assert!(
+        why.contains("password authentication failed for user \"alice\""),
+        "{why}"
+    );
+
+    // Loopback clients read the state without a token; others are refused, the probes not.
+    let (code, _, status) = http_get(http_port, "/status", &[]);
+    assert_eq!(code, 200, "{status}");
+    let (code, _, metrics) = http_get(http_port, "/metrics", &[]);
+    assert_eq!(code, 200);
+    let from_inside = |path: &str| {
+        let url = format!("http://{}:{http_port}{path}", ns.host_addr());
+        let script = "import sys, urllib.request, urllib.error\n\
+                      try:\n    print(urllib.request.urlopen(sys.argv[1], timeout=10).status)\n\
+                      except urllib.error.HTTPError as e:\n    print(e.code)\n";
+        let out = Command::new("nsenter")
+            .arg(format!("--net={}", ns.path().display()))
+            .args(["python3", "-c", script, &url])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    assert_eq!(from_inside("/metrics"), "403");
+    assert_eq!(from_inside("/status"), "403");
+    assert_eq!(from_inside("/healthz"), "200");
+    let shown = Command::new(env!("CARGO_BIN_EXE_walrelay"))
+        .args(["status", "--http", &format!("127.0.0.1:{http_port}")])
+        .output()
+        .unwrap();
+    assert!(shown.status.success(), "{shown:?}");
+
+    // O11: nowhere a password or a secret.
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", relay.pid())).unwrap();
+    let surfaces = [
+        ("the log", relay.log_contents()),
+        (
+            "/proc/PID/cmdline",
+            String::from_utf8_lossy(&cmdline).into_owned(),
+        ),
+        ("/status", status),
+        ("/metrics", metrics),
+        (
+            "walrelay status",
+            String::from_utf8_lossy(&shown.stdout).into_owned(),
+        ),
+    ];
+    assert!(
+        surfaces[0].1.contains("alice") && surfaces[0].1.contains("password authentication failed"),
+        "the log shows neither login: {}",
+        surfaces[0].1
+    );
+    for (surface, text) in &surfaces {
+        for secret in [UPSTREAM_PW, ALICE_PW, WRONG_PW, "SCRAM-SHA-256$"] {
+            assert!(!text.contains(secret), "{secret} in {surface}");
+        }
+    }
+
+    // The storage: directories 0700, files 0600.
+    let mut dirs = vec![data.clone()];
+    let mut files = 0;
+    while let Some(d) = dirs.pop() {
+        let mode = std::fs::metadata(&d).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{}", d.display());
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+                assert_eq!(mode, 0o600, "{}", path.display());
+                files += 1;
+            }
+        }
+    }
+    assert!(files >= 4, "{files} files in the data directory");
     drop(relay);
 }

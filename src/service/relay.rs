@@ -441,7 +441,7 @@ impl Relay {
                 if !loopback && token.is_none() {
                     warn!(
                         address = %address,
-                        "the HTTP endpoint listens beyond loopback without http_token_file: anyone who can reach it reads /metrics and /status"
+                        "the HTTP endpoint listens beyond loopback without http_token_file: /metrics and /status answer loopback clients only"
                     );
                 }
                 Some(Http {

@@ -4,7 +4,8 @@
 //!
 //! Each request reads one [`Snapshot`] on a blocking thread (the store's directory and
 //! `/proc`), so a scrape never waits on, or holds up, the WAL path. `/metrics` and `/status`
-//! require `Authorization: Bearer TOKEN` when a token file is set; the probes never do.
+//! require `Authorization: Bearer TOKEN` when a token file is set, and without one answer
+//! loopback clients only; the probes never need either.
 //! Connections are few and short: at most [`MAX_CONNECTIONS`] at once, each with a header
 //! timeout.
 
@@ -14,6 +15,7 @@ mod snapshot;
 mod status_json;
 
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
@@ -38,6 +40,12 @@ use snapshot::Snapshot;
 
 /// Connections served at once; more wait to be accepted.
 pub(crate) const MAX_CONNECTIONS: usize = 32;
+
+/// The content type of the endpoint's plain-text answers.
+const PLAIN: &str = "text/plain; charset=utf-8";
+
+/// The answer when the state could not be read.
+const UNREADABLE: &str = "could not read the state\n";
 
 /// How long a client may take to send its request headers.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -117,8 +125,8 @@ pub(crate) async fn serve(
             () = shutdown.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match accepted {
+            Ok((stream, peer)) => (stream, peer.ip()),
             Err(e) => {
                 debug!(error = %e, "could not accept an HTTP connection");
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -130,7 +138,7 @@ pub(crate) async fn serve(
         tracker.spawn(async move {
             let service = service_fn(move |req| {
                 let state = Arc::clone(&state);
-                async move { Ok::<_, Infallible>(answer(&state, &req).await) }
+                async move { Ok::<_, Infallible>(answer(&state, &req, peer).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -163,25 +171,53 @@ fn text(
     response
 }
 
-/// Whether the request carries the token, if one is required.
-fn authorized(state: &HttpState, req: &Request<Incoming>) -> bool {
+/// Who may read `/metrics` and `/status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// Served.
+    Allowed,
+    /// A token is set and the request does not carry it: 401.
+    NeedsToken,
+    /// No token is set and the client is not on loopback: 403. Without a token the relay's
+    /// state is for the machine's own users only.
+    LoopbackOnly,
+}
+
+/// Whether a request for `/metrics` or `/status` from `peer`, presenting the bearer token
+/// `presented`, is served when the endpoint requires `required`.
+fn access(required: Option<&str>, presented: Option<&str>, peer: IpAddr) -> Access {
+    match required {
+        None if peer.to_canonical().is_loopback() => Access::Allowed,
+        None => Access::LoopbackOnly,
+        Some(token) => match presented {
+            Some(given) if bool::from(given.trim().as_bytes().ct_eq(token.as_bytes())) => {
+                Access::Allowed
+            }
+            _ => Access::NeedsToken,
+        },
+    }
+}
+
+/// [`access`] for `req` from `peer`, with the token in force.
+fn request_access(state: &HttpState, req: &Request<Incoming>, peer: IpAddr) -> Access {
     let token = state
         .settings
         .token
         .read()
         .unwrap_or_else(PoisonError::into_inner);
-    let Some(token) = token.as_deref() else {
-        return true;
-    };
-    req.headers()
+    let presented = req
+        .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|given| bool::from(given.trim().as_bytes().ct_eq(token.as_bytes())))
+        .and_then(|v| v.strip_prefix("Bearer "));
+    access(token.as_deref(), presented, peer)
 }
 
-async fn answer(state: &Arc<HttpState>, req: &Request<Incoming>) -> Response<Full<Bytes>> {
-    const PLAIN: &str = "text/plain; charset=utf-8";
+async fn answer(
+    state: &Arc<HttpState>,
+    req: &Request<Incoming>,
+    peer: IpAddr,
+) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         let mut r = text(StatusCode::METHOD_NOT_ALLOWED, PLAIN, "only GET\n");
         r.headers_mut()
@@ -218,51 +254,57 @@ async fn answer(state: &Arc<HttpState>, req: &Request<Incoming>) -> Response<Ful
                 ),
             }
         }
-        "/metrics" | "/status" if !authorized(state, req) => {
-            let mut r = text(
-                StatusCode::UNAUTHORIZED,
+        "/metrics" | "/status" => match request_access(state, req, peer) {
+            Access::Allowed => serve_state(state, req, path).await,
+            Access::NeedsToken => {
+                let mut r = text(
+                    StatusCode::UNAUTHORIZED,
+                    PLAIN,
+                    "a bearer token is required\n",
+                );
+                r.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                r
+            }
+            Access::LoopbackOnly => text(
+                StatusCode::FORBIDDEN,
                 PLAIN,
-                "a bearer token is required\n",
-            );
-            r.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            r
-        }
-        "/metrics" => {
-            let accept = req
-                .headers()
-                .get(header::ACCEPT)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
-            let format = Format::from_accept(accept.as_deref());
-            match read_snapshot(state, move |s| metrics_text::render(s, format)).await {
-                Some(body) => text(StatusCode::OK, format.content_type(), body),
-                None => text(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    PLAIN,
-                    "could not read the state\n",
-                ),
-            }
-        }
-        "/status" => {
-            let body = read_snapshot(state, |s| {
-                serde_json::to_string_pretty(&status_json::render(s)).unwrap_or_default()
-            })
-            .await;
-            match body {
-                Some(body) => text(StatusCode::OK, "application/json", body),
-                None => text(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    PLAIN,
-                    "could not read the state\n",
-                ),
-            }
-        }
+                "without http_token_file, /metrics and /status answer loopback clients only\n",
+            ),
+        },
         _ => text(
             StatusCode::NOT_FOUND,
             PLAIN,
             "not found: try /metrics, /status, /healthz or /readyz\n",
         ),
+    }
+}
+
+/// `/metrics` or `/status`, once the request may read them.
+async fn serve_state(
+    state: &Arc<HttpState>,
+    req: &Request<Incoming>,
+    path: &str,
+) -> Response<Full<Bytes>> {
+    if path == "/metrics" {
+        let accept = req
+            .headers()
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let format = Format::from_accept(accept.as_deref());
+        return match read_snapshot(state, move |s| metrics_text::render(s, format)).await {
+            Some(body) => text(StatusCode::OK, format.content_type(), body),
+            None => text(StatusCode::INTERNAL_SERVER_ERROR, PLAIN, UNREADABLE),
+        };
+    }
+    let body = read_snapshot(state, |s| {
+        serde_json::to_string_pretty(&status_json::render(s)).unwrap_or_default()
+    })
+    .await;
+    match body {
+        Some(body) => text(StatusCode::OK, "application/json", body),
+        None => text(StatusCode::INTERNAL_SERVER_ERROR, PLAIN, UNREADABLE),
     }
 }
 
@@ -346,6 +388,35 @@ mod tests {
         assert!(upstream_recent(true, true, Some(s(3600)), s(30)));
         assert!(upstream_recent(true, false, Some(s(10)), s(30)));
         assert!(!upstream_recent(true, false, Some(s(31)), s(30)));
+    }
+
+    #[test]
+    fn without_a_token_only_loopback_clients_read_the_state() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        for peer in ["127.0.0.1", "127.9.9.9", "::1", "::ffff:127.0.0.1"] {
+            assert_eq!(access(None, None, ip(peer)), Access::Allowed, "{peer}");
+            assert_eq!(access(None, Some("x"), ip(peer)), Access::Allowed, "{peer}");
+        }
+        for peer in ["10.0.0.5", "::ffff:10.0.0.5", "fe80::1", "0.0.0.0"] {
+            assert_eq!(access(None, None, ip(peer)), Access::LoopbackOnly, "{peer}");
+        }
+    }
+
+    #[test]
+    fn with_a_token_every_client_must_present_it() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        for peer in ["127.0.0.1", "10.0.0.5"] {
+            let peer = ip(peer);
+            assert_eq!(access(Some("t0k"), Some("t0k"), peer), Access::Allowed);
+            assert_eq!(access(Some("t0k"), Some(" t0k "), peer), Access::Allowed);
+            for wrong in [None, Some(""), Some("t0"), Some("t0kk"), Some("T0K")] {
+                assert_eq!(
+                    access(Some("t0k"), wrong, peer),
+                    Access::NeedsToken,
+                    "{wrong:?}"
+                );
+            }
+        }
     }
 
     #[test]
