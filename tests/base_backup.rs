@@ -29,7 +29,6 @@ use support::*;
 use walrelay::testkit::localpg::{
     Cluster, PgBinaries, ScratchDir, free_port, require_postgres, wait_until,
 };
-use walrelay::testkit::netns::NetNs;
 
 #[test]
 fn pg_basebackup_through_the_relay_verifies_and_streams() {
@@ -645,13 +644,8 @@ fn tls_and_scram_backup_from_a_network_that_cannot_reach_the_primary() {
     let Some(bins) = require_postgres() else {
         return;
     };
-    let ns = match NetNs::create() {
-        Ok(ns) => ns,
-        Err(e) if std::env::var_os("CI").is_none() => {
-            eprintln!("skipping: cannot create a network namespace: {e}");
-            return;
-        }
-        Err(e) => panic!("cannot create a network namespace: {e}"),
+    let Some(ns) = netns_or_skip() else {
+        return;
     };
     let remote = bins.in_netns(ns.path());
     let dir = scratch(&bins, "basebackup-tls");

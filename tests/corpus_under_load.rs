@@ -271,14 +271,7 @@ fn wait_readable(c: &TcpStream) {
 /// Lengths PostgreSQL closes silently on: below the 8-byte minimum, above 10000.
 fn startup_lengths(port: u16) {
     for len in [0u32, 3, 7, 10_009, 0x7fff_ffff, 0xffff_ffff] {
-        let mut bytes = len.to_be_bytes().to_vec();
-        if len < 8 {
-            bytes.resize(len.max(4) as usize, 0);
-        } else {
-            bytes.extend_from_slice(&PROTOCOL_3.to_be_bytes());
-            bytes.extend_from_slice(&[b'x'; 1000]);
-        }
-        let got = bytes_before_close(port, &bytes);
+        let got = bytes_before_close(port, &packet_of_length(len));
         assert!(got.is_empty(), "length {len:#x} answered with {got:?}");
     }
 }

@@ -19,10 +19,8 @@
 mod support;
 
 use std::fs;
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use support::certs::{Issued, TestCa, Validity, served_serial};
@@ -50,27 +48,6 @@ struct Site {
     server: Issued,
     hba: PathBuf,
     flags: Vec<String>,
-}
-
-/// A `walrelay passwd USER` line for `password`, made by the binary.
-fn passwd_line(user: &str, password: &str) -> String {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_walrelay"))
-        .args(["passwd", user])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{:?}", out);
-    let line = String::from_utf8(out.stdout).unwrap();
-    assert!(
-        line.starts_with(&format!("{user} SCRAM-SHA-256$4096:")),
-        "{line}"
-    );
-    assert!(!line.contains(password));
-    line
 }
 
 /// The secret PostgreSQL stores for a role made with `password_encryption = method`.
@@ -106,14 +83,7 @@ hostssl    replication  alice              127.0.0.1/32  scram-sha-256
 
 fn site(label: &str) -> Option<Site> {
     let bins = require_postgres()?;
-    let ns = match NetNs::create() {
-        Ok(ns) => ns,
-        Err(e) if std::env::var_os("CI").is_none() => {
-            eprintln!("skipping: cannot create a network namespace: {e}");
-            return None;
-        }
-        Err(e) => panic!("cannot create a network namespace: {e}"),
-    };
+    let ns = netns_or_skip()?;
     let remote = bins.in_netns(ns.path());
     let dir = scratch(&bins, label);
     let primary = archiving_primary(&bins, dir.path(), 1);

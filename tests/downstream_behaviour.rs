@@ -709,14 +709,7 @@ fn startup_bad_lengths_close_silently_without_allocating() {
     let hwm_before = vm_hwm_kb(pid);
     let mut answered = Vec::new();
     for len in [0u32, 3, 7, 10_009, 0x7fff_ffff, 0xffff_ffff] {
-        let mut bytes = len.to_be_bytes().to_vec();
-        if len < 8 {
-            bytes.resize(len.max(4) as usize, 0);
-        } else {
-            bytes.extend_from_slice(&PROTOCOL_3.to_be_bytes());
-            bytes.extend_from_slice(&[b'x'; 1000]);
-        }
-        let got = bytes_before_close(s.port, &bytes);
+        let got = bytes_before_close(s.port, &packet_of_length(len));
         if !got.is_empty() {
             answered.push(format!("{len:#x}: {:?}", String::from_utf8_lossy(&got)));
         }

@@ -54,7 +54,7 @@ use rustls::ClientConfig;
 use sha2::{Digest, Sha256};
 use support::certs::{Issued, TestCa, Validity};
 use support::raw_tls::{self, Identity, Wire};
-use support::{RelayProcess, archiving_primary, scratch, vm_hwm_kb, wait_acked};
+use support::{RelayProcess, archiving_primary, passwd_line, scratch, vm_hwm_kb, wait_acked};
 use walrelay::testkit::localpg::{
     Cluster, PgBinaries, ScratchDir, free_port, require_postgres, wait_until,
 };
@@ -86,30 +86,6 @@ struct Material {
     alice_line: String,
 }
 
-/// `walrelay passwd USER` with `password` on its standard input: the auth file line.
-fn passwd(user: &str, password: &str) -> String {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_walrelay"))
-        .args(["passwd", user])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(format!("{password}\n").as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "walrelay passwd: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
 fn write_private(path: &Path, text: &str) {
     fs::write(path, text).unwrap();
     fs::set_permissions(path, fs::Permissions::from_mode(0o600)).unwrap();
@@ -119,7 +95,7 @@ fn material(dir: &Path) -> Material {
     let tls = dir.join("tls");
     let ca = TestCa::new(&tls, "relay-ca");
     let server = ca.server("relay", "127.0.0.1", &["127.0.0.1", "localhost"], 7);
-    let alice_line = passwd("alice", PASSWORD);
+    let alice_line = passwd_line("alice", PASSWORD).trim().to_owned();
     assert!(
         alice_line.starts_with("alice SCRAM-SHA-256$4096:"),
         "{alice_line}"

@@ -430,7 +430,6 @@ fn probes_and_token_before_the_upstream_is_reached() {
 fn h12_no_secrets_and_a_loopback_only_state_without_a_token() {
     use std::os::unix::fs::PermissionsExt;
     use walrelay::testkit::localpg::ClusterBuilder;
-    use walrelay::testkit::netns::NetNs;
 
     const UPSTREAM_PW: &str = "upstream-Pw-7c1";
     const ALICE_PW: &str = "alice-Pw-3d9";
@@ -438,13 +437,8 @@ fn h12_no_secrets_and_a_loopback_only_state_without_a_token() {
     let Some(bins) = require_postgres() else {
         return;
     };
-    let ns = match NetNs::create() {
-        Ok(ns) => ns,
-        Err(e) if std::env::var_os("CI").is_none() => {
-            eprintln!("skipping: cannot create a network namespace: {e}");
-            return;
-        }
-        Err(e) => panic!("cannot create a network namespace: {e}"),
+    let Some(ns) = netns_or_skip() else {
+        return;
     };
     let dir = scratch(&bins, "h12");
     let mut primary = ClusterBuilder::new(bins.clone(), dir.path())
@@ -456,18 +450,7 @@ fn h12_no_secrets_and_a_loopback_only_state_without_a_token() {
     let role = format!("CREATE ROLE repl LOGIN REPLICATION PASSWORD '{UPSTREAM_PW}'");
     primary.psql(&role).unwrap();
 
-    let passwd = {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_walrelay"))
-            .args(["passwd", "alice"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        writeln!(child.stdin.take().unwrap(), "{ALICE_PW}").unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "{out:?}");
-        String::from_utf8(out.stdout).unwrap()
-    };
+    let passwd = passwd_line("alice", ALICE_PW);
     let users = dir.path().join("users");
     std::fs::write(&users, &passwd).unwrap();
     std::fs::set_permissions(&users, std::fs::Permissions::from_mode(0o600)).unwrap();

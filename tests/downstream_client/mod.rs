@@ -351,6 +351,20 @@ pub fn first_packet(body: &[u8]) -> Vec<u8> {
     out
 }
 
+/// A first packet that declares `len` bytes: below the 8-byte minimum, that many bytes (at
+/// least the length field itself); otherwise the length, protocol 3.0 and 1000 bytes, far
+/// fewer than a large `len` promises.
+pub fn packet_of_length(len: u32) -> Vec<u8> {
+    let mut bytes = len.to_be_bytes().to_vec();
+    if len < 8 {
+        bytes.resize(len.max(4) as usize, 0);
+    } else {
+        bytes.extend_from_slice(&PROTOCOL_3.to_be_bytes());
+        bytes.extend_from_slice(&[b'x'; 1000]);
+    }
+    bytes
+}
+
 /// A StartupMessage with protocol `major.minor` and `params`, properly terminated.
 pub fn startup_packet_version(major: u16, minor: u16, params: &[(&str, &str)]) -> Vec<u8> {
     let mut body = Vec::new();

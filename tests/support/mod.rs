@@ -745,6 +745,45 @@ pub fn http_get(
     (code, headers, body.to_owned())
 }
 
+/// A network namespace of the test's own, joined to this one by a veth pair; `None`, with a
+/// message, when it cannot be made (not root) outside CI. Under `CI=true` that fails the test.
+pub fn netns_or_skip() -> Option<walrelay::testkit::netns::NetNs> {
+    match walrelay::testkit::netns::NetNs::create() {
+        Ok(ns) => Some(ns),
+        Err(e) if std::env::var_os("CI").is_none() => {
+            eprintln!("skipping: cannot create a network namespace: {e}");
+            None
+        }
+        Err(e) => panic!("cannot create a network namespace: {e}"),
+    }
+}
+
+/// `walrelay passwd USER` fed `password` on standard input: the auth-file line it prints,
+/// checked to hold a SCRAM secret and not the password.
+pub fn passwd_line(user: &str, password: &str) -> String {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_walrelay"))
+        .args(["passwd", user])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(
+        &mut child.stdin.take().unwrap(),
+        format!("{password}\n").as_bytes(),
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let line = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        line.starts_with(&format!("{user} SCRAM-SHA-256$4096:")),
+        "{line}"
+    );
+    assert!(!line.contains(password));
+    line
+}
+
 /// Waits until something accepts TCP connections on `127.0.0.1:port`.
 pub fn wait_listening(port: u16, timeout: Duration) {
     walrelay::testkit::localpg::wait_until(timeout, &format!("port {port} listening"), || {
