@@ -110,50 +110,49 @@ pub struct Case {
     pub primary: Option<Usage>,
 }
 
-/// Runs every group of one mode: 0 standbys, then each count.
-pub fn run_mode(bench: &Bench, primary: &Cluster, mode: Mode) -> Result<Vec<Case>> {
+/// Runs the group of `n` standbys (0: the fan-out server alone) of one mode under each load,
+/// with a fan-out server of its own, started for it and stopped after.
+pub fn run_group(bench: &Bench, primary: &Cluster, mode: Mode, n: usize) -> Result<Vec<Case>> {
+    let tag = format!("{} {n}", mode.name());
     let relay = bench.relay_options(&format!("relay_{}", mode.name()), 0);
-    log(mode.name(), "starting the fan-out server");
+    log(&tag, "starting the fan-out server");
     let fanout = FanOut::start(mode, &bench.bins, primary, &relay)?;
+    let group = if n > 0 {
+        log(&tag, &format!("making {n} standbys"));
+        Some(Standbys::start(primary, &fanout, n)?)
+    } else {
+        None
+    };
+    let standbys = group.as_ref().map_or(&[][..], |g| &g.list[..]);
     let mut cases = Vec::new();
-    for n in std::iter::once(0).chain(bench.args.standbys.iter().copied()) {
-        let tag = format!("{} {n}", mode.name());
-        let group = if n > 0 {
-            log(&tag, &format!("making {n} standbys"));
-            Some(Standbys::start(primary, &fanout, n)?)
-        } else {
-            None
+    for &load in &bench.args.loads {
+        let mb = match load {
+            Load::Wal => bench.args.mb,
+            Load::Table => bench.args.table_mb,
         };
-        let standbys = group.as_ref().map_or(&[][..], |g| &g.list[..]);
-        for &load in &bench.args.loads {
-            let mb = match load {
-                Load::Wal => bench.args.mb,
-                Load::Table => bench.args.table_mb,
-            };
-            let case = run_case(bench, primary, &fanout, standbys, (mode, load, mb))?;
-            log(
-                &tag,
-                &format!(
-                    "{}: {:.0} MB written in {:.2} s, all standbys had it after {:.2} s, \
-                     server CPU {:.2} s",
-                    load.name(),
-                    case.wal_bytes as f64 / MIB as f64,
-                    case.write_s,
-                    case.standby_received_s
-                        .last()
-                        .copied()
-                        .unwrap_or(case.write_s),
-                    case.server.cpu_s
-                ),
-            );
-            cases.push(case);
-        }
-        if let Some(group) = group {
-            group.stop(primary, &fanout)?;
-        }
+        let case = run_case(bench, primary, &fanout, standbys, (mode, load, mb))?;
+        log(
+            &tag,
+            &format!(
+                "{}: {:.0} MB written in {:.2} s, all standbys had it after {:.2} s, \
+                 server CPU {:.2} s",
+                load.name(),
+                case.wal_bytes as f64 / MIB as f64,
+                case.write_s,
+                case.standby_received_s
+                    .last()
+                    .copied()
+                    .unwrap_or(case.write_s),
+                case.server.cpu_s
+            ),
+        );
+        cases.push(case);
+    }
+    if let Some(group) = group {
+        group.stop(primary, &fanout)?;
     }
     if let Some(scrapes) = fanout.stop(primary)? {
-        log(mode.name(), &format!("{scrapes} scrapes of /metrics"));
+        log(&tag, &format!("{scrapes} scrapes of /metrics"));
     }
     Ok(cases)
 }

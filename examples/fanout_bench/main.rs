@@ -31,12 +31,15 @@
 //!   pace does not bound: a relay is stopped, `--mb` MB are written, the relay is started again
 //!   and timed until its durable end has all of it; then `pg_receivewal --no-sync` fetches the
 //!   same WAL from the primary, to show what the walsender sends.
-//! - `relay`, `cascade`, `direct`: the fan-out server is started (the relay with
-//!   `walrelay run`, on its own slot of the primary; C, a hot standby of the primary on a slot
-//!   of its own; or nothing, the primary serves), then groups of 0 and of each `--standbys`
-//!   count of hot standbys, each on a slot of the fan-out server. The group of 0 measures the
-//!   server alone: the relay's ingest, C's receive and replay, the primary's own write. Each
-//!   group is measured under each `--loads` load: `wal` writes `--mb` MB of 1 MB
+//! - `relay`, `cascade`, `direct`: groups of 0 and of each `--standbys` count of hot
+//!   standbys, each on a slot of the group's fan-out server (the relay with `walrelay run`, on
+//!   its own slot of the primary; C, a hot standby of the primary on a slot of its own; or
+//!   nothing, the primary serves), started for the group and stopped after. The modes take
+//!   turns within each count, and the mode that goes first moves on from one count to the
+//!   next, so that no mode always runs after the others, on a disk that the earlier groups
+//!   left in another state. The group of 0 measures the server alone: the relay's ingest,
+//!   C's receive and replay, the primary's own write. Each group is measured under each
+//!   `--loads` load: `wal` writes `--mb` MB of 1 MB
 //!   non-transactional `pg_logical_emit_message` records and one commit (WAL that standbys
 //!   barely replay); `table` commits 5000-row INSERTs into a table with a primary key until
 //!   `--table-mb` MB of WAL are written (heap and index records that standbys replay).
@@ -431,14 +434,23 @@ fn run(bench: &Bench, config: serde_json::Value) -> Result<report::Report> {
     } else {
         None
     };
-    let mut fanout = Vec::new();
-    for (part, mode) in [
+    let modes: Vec<Mode> = [
         (Part::Relay, Mode::Relay),
         (Part::Cascade, Mode::Cascade),
         (Part::Direct, Mode::Direct),
-    ] {
-        if args.only.contains(&part) {
-            fanout.extend(fanout::run_mode(bench, &primary, mode)?);
+    ]
+    .into_iter()
+    .filter_map(|(part, mode)| args.only.contains(&part).then_some(mode))
+    .collect();
+    let mut fanout = Vec::new();
+    let counts = std::iter::once(0).chain(args.standbys.iter().copied());
+    for (i, n) in counts.enumerate() {
+        let mut order = modes.clone();
+        if let Some(first) = i.checked_rem(modes.len()) {
+            order.rotate_left(first);
+        }
+        for mode in order {
+            fanout.extend(fanout::run_group(bench, &primary, mode, n)?);
         }
     }
     let clients = if args.only.contains(&Part::Clients) {
