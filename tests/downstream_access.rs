@@ -3,7 +3,8 @@
 //! one by a veth pair, log in over TLS with SCRAM (channel binding required), MD5 secrets,
 //! cleartext passwords over TLS and client certificates, by rules in pg_hba.conf format and
 //! secrets copied from the primary's `pg_authid` or made by `walrelay passwd`; they are refused
-//! with PostgreSQL's texts when the rules say no. A standby streams through a relay restart;
+//! with PostgreSQL's texts when the rules say no (H3: plaintext against a `hostssl`-only rule,
+//! a `reject` rule for the namespace's address range, a user no rule names). A standby streams through a relay restart;
 //! three standbys keep streaming while the certificate is rotated and a rule added with SIGHUP,
 //! and a broken rules file on reload keeps the old rules.
 //!
