@@ -7,9 +7,11 @@
 //! - The standbys pass O7 throughout: each stays within two segments of the primary's flush
 //!   position in at least 90% of the samples, keeps its walreceiver (same PID), and the
 //!   primary's pgbench throughput stays within 10% of the baseline measured before the replay
-//!   in the same run. The corpus is replayed round after round for as long as that load runs. The load runs at a fixed rate (`pgbench -R`), so what it measures is
-//!   whether the primary keeps its pace, not how much of two cores the replay itself takes.
-//! - Afterwards the standbys converge on the primary's data (O1, and the table digests).
+//!   in the same run. The corpus is replayed round after round for as long as that load
+//!   runs. The load runs at a fixed rate (`pgbench -R`), so what it measures is whether the
+//!   primary keeps its pace, not how much of two cores the replay itself takes.
+//! - Afterwards every standby replays to the primary's position after a switch (O1) and holds
+//!   the same `pgbench_history` sum and count.
 //!
 //! The corpus is a cross-section of §2.1 (before and during the startup packet), §2.3
 //! (command mode), §2.4 (streaming) and §2.5 (churn and resets), the inputs that
@@ -279,17 +281,9 @@ fn startup_lengths(port: u16) {
 /// O8's health check after `case`: the relay is the process it was (`pid`), a fresh `psql`
 /// session's `IDENTIFY_SYSTEM` works, and its log holds no panic.
 fn assert_healthy(relay: &mut RelayProcess, bins: &PgBinaries, port: u16, pid: u32, case: &str) {
-    assert!(relay.is_running(), "the relay exited after {case}");
     assert_eq!(relay.pid(), pid, "the relay restarted after {case}");
     let conninfo = format!("host=127.0.0.1 port={port} user=postgres replication=1");
-    let id = bins
-        .psql(&conninfo, "IDENTIFY_SYSTEM")
-        .unwrap_or_else(|e| panic!("IDENTIFY_SYSTEM after {case}: {e}"));
-    assert_eq!(id.split('|').count(), 4, "after {case}: {id}");
-    assert!(
-        !relay.log_contents().contains("panicked"),
-        "the relay panicked after {case}"
-    );
+    assert_relay_healthy(relay, case, || bins.psql(&conninfo, "IDENTIFY_SYSTEM"));
 }
 
 /// O7 over the replay: the standbys' lag at each sample, and their walreceivers.

@@ -115,19 +115,10 @@ impl Setup {
     /// O8: the relay is still the same running process, answers IDENTIFY_SYSTEM, and has
     /// logged no panic.
     fn assert_healthy(&mut self, after: &str) {
-        assert!(self.relay.is_running(), "the relay exited after {after}");
-        let id = self
-            .repl("IDENTIFY_SYSTEM")
-            .unwrap_or_else(|e| panic!("IDENTIFY_SYSTEM after {after}: {e}"));
-        assert_eq!(
-            id.split('|').count(),
-            4,
-            "IDENTIFY_SYSTEM after {after}: {id}"
-        );
-        assert!(
-            !self.relay.log_contents().contains("panicked"),
-            "the relay panicked after {after}"
-        );
+        let (bins, conninfo) = (&self.bins, format!("{} replication=1", self.conninfo()));
+        assert_relay_healthy(&mut self.relay, after, || {
+            bins.psql(&conninfo, "IDENTIFY_SYSTEM")
+        });
     }
 
     /// The primary's segment switched and archived, more WAL written after the switch; returns

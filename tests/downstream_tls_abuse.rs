@@ -54,7 +54,10 @@ use rustls::ClientConfig;
 use sha2::{Digest, Sha256};
 use support::certs::{Issued, TestCa, Validity};
 use support::raw_tls::{self, Identity, Wire};
-use support::{RelayProcess, archiving_primary, passwd_line, scratch, vm_hwm_kb, wait_acked};
+use support::{
+    RelayProcess, archiving_primary, assert_relay_healthy, passwd_line, scratch, vm_hwm_kb,
+    wait_acked,
+};
 use walrelay::testkit::localpg::{
     Cluster, PgBinaries, ScratchDir, free_port, require_postgres, wait_until,
 };
@@ -194,11 +197,17 @@ enum Link {
 impl Setup {
     /// `psql` as alice with `extra` conninfo options, for replication commands.
     fn psql(&self, extra: &str, sql: &str) -> Result<String, String> {
-        let conninfo = format!(
+        self.bins
+            .psql(&self.conninfo(extra), sql)
+            .map_err(|e| e.to_string())
+    }
+
+    /// alice's replication connection string, with `extra` at its end.
+    fn conninfo(&self, extra: &str) -> String {
+        format!(
             "host=127.0.0.1 port={} user=alice password={PASSWORD} replication=1 {extra}",
             self.port
-        );
-        self.bins.psql(&conninfo, sql).map_err(|e| e.to_string())
+        )
     }
 
     fn wait_ready(&self) {
@@ -212,19 +221,10 @@ impl Setup {
 
     /// O8: the same process, serving a SCRAM login over TLS and `IDENTIFY_SYSTEM`, no panic.
     fn assert_healthy(&mut self, after: &str) {
-        assert!(self.relay.is_running(), "the relay exited after {after}");
-        let id = self
-            .psql("sslmode=require", "IDENTIFY_SYSTEM")
-            .unwrap_or_else(|e| panic!("IDENTIFY_SYSTEM after {after}: {e}"));
-        assert_eq!(
-            id.split('|').count(),
-            4,
-            "IDENTIFY_SYSTEM after {after}: {id}"
-        );
-        assert!(
-            !self.relay.log_contents().contains("panicked"),
-            "the relay panicked after {after}"
-        );
+        let (bins, conninfo) = (&self.bins, self.conninfo("sslmode=require"));
+        assert_relay_healthy(&mut self.relay, after, || {
+            bins.psql(&conninfo, "IDENTIFY_SYSTEM")
+        });
     }
 
     fn restart_relay(&mut self) {

@@ -745,6 +745,26 @@ pub fn http_get(
     (code, headers, body.to_owned())
 }
 
+/// O8 after `after`: the relay still runs, `identify_system` (an `IDENTIFY_SYSTEM` run the
+/// way the caller's clients log in) answers with its four columns, and the log holds no panic.
+pub fn assert_relay_healthy<E: std::fmt::Display>(
+    relay: &mut RelayProcess,
+    after: &str,
+    identify_system: impl FnOnce() -> Result<String, E>,
+) {
+    assert!(relay.is_running(), "the relay exited after {after}");
+    let id = identify_system().unwrap_or_else(|e| panic!("IDENTIFY_SYSTEM after {after}: {e}"));
+    assert_eq!(
+        id.split('|').count(),
+        4,
+        "IDENTIFY_SYSTEM after {after}: {id}"
+    );
+    assert!(
+        !relay.log_contents().contains("panicked"),
+        "the relay panicked after {after}"
+    );
+}
+
 /// A network namespace of the test's own, joined to this one by a veth pair; `None`, with a
 /// message, when it cannot be made (not root) outside CI. Under `CI=true` that fails the test.
 pub fn netns_or_skip() -> Option<walrelay::testkit::netns::NetNs> {
