@@ -9,6 +9,10 @@
 //! - A failing fsync (EIO): the relay does not trust what it wrote since the last good sync.
 //!   It logs the error, opens its store again (recovery re-reads what is on disk), and goes
 //!   on without a restart; nothing is lost or duplicated: its segments equal the archive.
+//! - kill -9 while a slow fsync runs: the segments that filled meanwhile are still `.partial`
+//!   (each sync completes the ones that filled before it began). The relay started again
+//!   completes those whose WAL checks out, fetches the rest again, and its segments equal the
+//!   archive.
 
 #![allow(
     clippy::unwrap_used,
@@ -32,6 +36,8 @@ const REPLICATION_TIMEOUT: &str = "terminating walsender process due to replicat
 struct Setup {
     primary: Cluster,
     relay: RelayProcess,
+    /// The relay's arguments besides the upstream and the data directory.
+    relay_args: Vec<String>,
     standby: Cluster,
     faults: FaultFs,
 }
@@ -43,10 +49,11 @@ fn setup(bins: &PgBinaries, dir: &std::path::Path, label: &str) -> Setup {
     let faults = FaultFs::mount(bins, label);
     let relay_port = free_port().unwrap();
     let listen = format!("127.0.0.1:{relay_port}");
+    let relay_args = ["--listen", &listen, "--receive-timeout", "10s"].map(String::from);
     let relay = RelayProcess::start(
         &primary.conninfo(),
         &faults.mount.join("relay"),
-        &["--listen", &listen, "--receive-timeout", "10s"],
+        &relay_args.each_ref().map(String::as_str),
     );
     wait_listening(relay_port, TIMEOUT);
     let relay_conninfo = format!("host=127.0.0.1 port={relay_port} user=postgres");
@@ -68,6 +75,7 @@ fn setup(bins: &PgBinaries, dir: &std::path::Path, label: &str) -> Setup {
     Setup {
         primary,
         relay,
+        relay_args: relay_args.into(),
         standby,
         faults,
     }
@@ -170,4 +178,44 @@ fn failing_fsync_reopens_the_store_and_loses_nothing() {
     assert!(log.contains("recovered stored WAL"), "{log}");
     assert!(!log.contains("panicked"), "{log}");
     assert!(s.relay.is_running());
+}
+
+/// The `.partial` files in the relay's WAL directory.
+fn partials(s: &Setup) -> usize {
+    std::fs::read_dir(s.relay.wal_dir())
+        .unwrap()
+        .filter(|e| {
+            let e = e.as_ref().unwrap();
+            e.file_name().to_string_lossy().ends_with(".partial")
+        })
+        .count()
+}
+
+#[test]
+fn kill9_during_a_slow_sync_completes_the_full_partials_on_restart() {
+    let Some(bins) = require_postgres() else {
+        return;
+    };
+    if !FaultFs::available() {
+        return;
+    }
+    let dir = scratch(&bins, "aside");
+    let mut s = setup(&bins, dir.path(), "asidefs");
+    s.faults.delay_syncs(Duration::from_secs(2));
+    let started = Instant::now();
+    while partials(&s) < 3 {
+        assert!(started.elapsed() < TIMEOUT, "no segment was set aside");
+        s.primary.write_load(300).unwrap();
+    }
+    s.relay.kill9();
+    s.faults.delay_syncs(Duration::ZERO);
+    let since = s.relay.log_contents().len();
+    let args: Vec<&str> = s.relay_args.iter().map(String::as_str).collect();
+    s.relay = RelayProcess::start(&s.primary.conninfo(), &s.relay.data_dir.clone(), &args);
+    s.relay.wait_log(since, "recovered stored WAL", TIMEOUT);
+    let log = s.relay.log_since(since);
+    assert!(log.contains("completed a full partial segment"), "{log}");
+    converge(&s);
+    assert!(s.relay.is_running());
+    assert!(!s.relay.log_contents().contains("panicked"));
 }

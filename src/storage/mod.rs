@@ -4,7 +4,8 @@
 //! - `walrelay.state`: the store's identity (system identifier, segment size), see `state.rs`;
 //! - `wal/`: segment files named as in `pg_wal` (`XLogFileName`), exactly one segment long once
 //!   complete; the segment being written is `NAME.partial` and is only as long as what was
-//!   written; timeline history files `%08X.history` sit beside them.
+//!   written (segments that filled since the last flush stay `.partial` until it completes
+//!   them); timeline history files `%08X.history` sit beside them.
 //!
 //! This is the layout `pg_receivewal` produces (PROTOCOL.md §5.5–5.6), so `pg_waldump` and
 //! `restore_command = 'cp …/%f %p'` work on `wal/`. Directories are created 0700 and files
@@ -256,8 +257,9 @@ impl WalStore {
     }
 
     /// Appends WAL that starts exactly at the write end, splitting it across segments. When a
-    /// segment fills it is fdatasync'd, renamed from `.partial` to its complete name and the
-    /// directory fsync'd; the next segment's `.partial` is created by the first byte for it.
+    /// segment fills it is set aside, still `.partial`, for the next flush to complete
+    /// (fdatasync it, rename it to its complete name, fsync the directory); the next segment's
+    /// `.partial` is created by the first byte for it.
     ///
     /// The bytes are validated first: invalid WAL, a gap or an overlap writes nothing. An I/O
     /// error (such as a full disk, see [`StoreError::is_disk_full`]) may leave the share of
@@ -286,8 +288,8 @@ impl WalStore {
     }
 
     /// Begins a [`WalStore::flush`] whose fdatasync [`PendingFlush::run`] does on any thread,
-    /// while appends go on; [`WalStore::finish_flush`] then takes its outcome. A full segment
-    /// is completed at once, as by an append.
+    /// while appends go on, and which also completes the segments that filled since the last
+    /// flush; [`WalStore::finish_flush`] then takes its outcome.
     ///
     /// # Errors
     /// [`StoreError::NotStarted`] or [`StoreError::Io`], as [`WalStore::flush`].

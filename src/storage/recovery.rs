@@ -3,20 +3,24 @@
 //! Like the startup process (`xlogreader.c`), the store trusts nothing it cannot verify: the end
 //! is the last record whose CRC checks, read from the newest timeline's segments. Like
 //! `pg_receivewal` (`FindStreamingStart`), it works from file names: complete segments were
-//! fdatasync'd before their rename and are trusted to be whole; the `.partial` segment is read
-//! until its first invalid byte and cut there.
+//! fdatasync'd before their rename and are trusted to be whole; the `.partial` segments are read
+//! until the first invalid byte and cut there.
 //!
 //! Rules, in order:
 //! - stray `*.tmp` files are removed;
 //! - a `.partial` whose segment also exists complete is removed (the complete one wins);
 //! - a complete segment of the wrong size is an error, unless it is the newest file of the
 //!   timeline: then it is renamed to `.partial` and treated as one;
-//! - more than one `.partial` on the newest timeline, or one below a complete segment, is an error;
-//! - validation starts at the partial's segment, or one segment earlier when that one exists
-//!   and the partial begins with (or may begin with) the continuation of an earlier record, and
-//!   further back while a segment is continuation from end to end, at most ~1 GiB (the largest
-//!   record), so that the CRC of a record straddling into the partial is checked;
-//! - the partial is cut at the last valid record; if none ends inside it, it is emptied and the
+//! - the newest timeline's `.partial` segments must follow one another, all but the newest
+//!   full (the writer sets a full segment aside for its next flush to complete, and goes on
+//!   with the next), and none may lie below a complete segment; anything else is an error;
+//! - validation starts at the first partial's segment, or one segment earlier when that one
+//!   exists and the partial begins with (or may begin with) the continuation of an earlier
+//!   record, and further back while a segment is continuation from end to end, at most ~1 GiB
+//!   (the largest record), so that the CRC of a record straddling into the partial is checked;
+//! - the partials are read in order and cut at the last valid record: those before it are
+//!   made durable and completed, the one it ends in is cut (and completed if it is then
+//!   full), later ones are removed; if no record ends inside the first, it is emptied and the
 //!   validator resumes at its segment start with the straddling record still open.
 
 use std::collections::BTreeMap;
@@ -25,7 +29,7 @@ use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::types::{Lsn, SegmentName, SegmentNo, TimelineId, WAL_PAGE_SIZE, WalSegmentSize};
 use crate::wal::{
@@ -100,8 +104,9 @@ pub(crate) fn recover(dir: &Path, id: StoreIdentity) -> Result<Option<Recovered>
 struct TailFiles {
     /// Complete segments of the right size.
     complete: BTreeMap<SegmentNo, PathBuf>,
-    /// The segment being written and its length.
-    partial: Option<(SegmentNo, u64)>,
+    /// The `.partial` segments and their lengths, consecutive and oldest first: all but the
+    /// newest full, set aside by the writer for a flush to complete.
+    partials: Vec<(SegmentNo, u64)>,
 }
 
 /// One recovery pass over the newest timeline.
@@ -151,16 +156,20 @@ impl Scan<'_> {
                 partials.remove(&segno);
             }
         }
-        let mut partial = partials.pop_last();
-        if let Some((&segno, _)) = partials.last_key_value() {
-            let path = self.path(segno, true);
-            let reason = "more than one partial segment on the newest timeline";
-            return Err(StoreError::Layout { path, reason });
+        let mut partials: Vec<(SegmentNo, u64)> = partials.into_iter().collect();
+        for pair in partials.windows(2) {
+            if let [(older, len), (newer, _)] = pair
+                && (older.next() != Some(*newer) || *len != self.size.bytes_u64())
+            {
+                let path = self.path(*older, true);
+                let reason = "partial segment below another that is not full or not next to it";
+                return Err(StoreError::Layout { path, reason });
+            }
         }
         let newest = complete.last_key_value().map(|(&s, &len)| (s, len));
         let wrong_size = newest.filter(|&(_, len)| len != self.size.bytes_u64());
-        if let (Some((segno, len)), None) = (wrong_size, partial) {
-            partial = Some((segno, len));
+        if let (Some((segno, len)), true) = (wrong_size, partials.is_empty()) {
+            partials.push((segno, len));
             complete.remove(&segno);
             self.demote(segno)?;
         }
@@ -173,14 +182,17 @@ impl Scan<'_> {
             }
             checked.insert(segno, path);
         }
-        if let Some((p, _)) = partial.filter(|(p, _)| checked.keys().any(|s| s > p)) {
+        if let Some(&(p, _)) = partials
+            .first()
+            .filter(|(p, _)| checked.keys().any(|s| s > p))
+        {
             let path = self.path(p, true);
             let reason = "partial segment older than a complete segment of its timeline";
             return Err(StoreError::Layout { path, reason });
         }
         Ok(TailFiles {
             complete: checked,
-            partial,
+            partials,
         })
     }
 
@@ -191,17 +203,17 @@ impl Scan<'_> {
         fs::rename(&from, self.path(segno, true)).map_err(io_err("rename", &from))
     }
 
-    /// Validates the tail and cuts the partial; returns the end and the validator there.
+    /// Validates the tail and cuts the partials; returns the end and the validator there.
     fn run(&self, tail: &TailFiles) -> Result<(Lsn, WalValidator), StoreError> {
-        let (k, partial_len) = match tail.partial {
-            Some((segno, len)) => (segno, Some(len)),
+        let k = match tail.partials.first() {
+            Some(&(segno, _)) => segno,
             None => {
                 let last = tail.complete.last_key_value().map(|(s, _)| *s);
                 let next = last.and_then(SegmentNo::next);
-                (next.ok_or(StoreError::LsnOverflow(Lsn::MAX))?, None)
+                next.ok_or(StoreError::LsnOverflow(Lsn::MAX))?
             }
         };
-        let first = self.scan_start(tail, k, partial_len.is_some())?;
+        let first = self.scan_start(tail, k, !tail.partials.is_empty())?;
         let start = self.start_of(first)?;
         let mut v = WalValidator::new(start, self.cfg)
             .map_err(|source| StoreError::InvalidWal { lsn: start, source })?;
@@ -210,10 +222,10 @@ impl Scan<'_> {
         for path in tail.complete.range(first..k).map(|(_, p)| p) {
             feed_complete(&mut v, path, &mut buf)?;
         }
-        match partial_len {
-            Some(len) => self.cut_partial(k, len, v),
-            None => Ok((self.start_of(k)?, v)),
+        if tail.partials.is_empty() {
+            return Ok((self.start_of(k)?, v));
         }
+        self.cut_partials(&tail.partials, v)
     }
 
     /// The segment validation starts at: `k`, or earlier while a record straddles into it.
@@ -246,37 +258,61 @@ impl Scan<'_> {
         Ok(first)
     }
 
-    /// Feeds the partial segment `k` until its first invalid byte, then cuts it at the last
-    /// valid record and makes the result durable.
-    fn cut_partial(
+    /// Feeds the partial segments, oldest first, until the first invalid byte, then cuts them
+    /// at the last valid record and makes the result durable: the ones before it are
+    /// fdatasync'd and completed, the one it ends in is cut (and completed if it is then full),
+    /// the ones after it are removed.
+    fn cut_partials(
         &self,
-        k: SegmentNo,
-        len: u64,
+        partials: &[(SegmentNo, u64)],
         mut v: WalValidator,
     ) -> Result<(Lsn, WalValidator), StoreError> {
         let at_start = v.clone();
-        let path = self.path(k, true);
-        let file = fsutil::open_rw(&path)?;
-        feed_partial(&mut v, &file, &path, len.min(self.size.bytes_u64()))?;
-        let seg_start = self.start_of(k)?;
+        let mut files = Vec::with_capacity(partials.len());
+        let mut whole = true;
+        for &(segno, len) in partials {
+            let path = self.path(segno, true);
+            let file = fsutil::open_rw(&path)?;
+            if whole {
+                let want = len.min(self.size.bytes_u64());
+                whole = feed_partial(&mut v, &file, &path, want)? && want == self.size.bytes_u64();
+            }
+            files.push((segno, len, path, file));
+        }
+        let first_start = match partials.first() {
+            Some(&(segno, _)) => self.start_of(segno)?,
+            None => return Ok((v.valid_end(), v)),
+        };
         let valid = v.valid_end();
         // The validator keeps its last boundary when it finds an error (the boundary moves only
         // when a record is verified), so it is the end of the last valid record.
-        let (end, keep, resumed) = if valid >= seg_start {
-            let resumed = WalValidator::resume(v.boundary(), self.cfg);
-            (valid, valid.saturating_distance(seg_start), resumed)
+        let (end, resumed) = if valid >= first_start {
+            (valid, WalValidator::resume(v.boundary(), self.cfg))
         } else {
-            (seg_start, 0, at_start)
+            (first_start, at_start)
         };
-        if keep < len {
-            warn!(file = %path.display(), from = %end, bytes = len - keep,
-                "discarding WAL past the last valid record");
-            file.set_len(keep).map_err(io_err("truncate", &path))?;
-        }
-        file.sync_all().map_err(io_err("fsync", &path))?;
-        if keep == self.size.bytes_u64() {
-            let complete = self.path(k, false);
-            fs::rename(&path, &complete).map_err(io_err("rename", &path))?;
+        for (segno, len, path, file) in files {
+            let seg_start = self.start_of(segno)?;
+            if seg_start > end {
+                warn!(file = %path.display(), bytes = len, "removing partial segment past the last valid record");
+                drop(file);
+                fs::remove_file(&path).map_err(io_err("remove", &path))?;
+                continue;
+            }
+            let keep = end
+                .saturating_distance(seg_start)
+                .min(self.size.bytes_u64());
+            if keep < len {
+                warn!(file = %path.display(), from = %end, bytes = len - keep,
+                    "discarding WAL past the last valid record");
+                file.set_len(keep).map_err(io_err("truncate", &path))?;
+            }
+            file.sync_all().map_err(io_err("fsync", &path))?;
+            if keep == self.size.bytes_u64() {
+                let complete = self.path(segno, false);
+                fs::rename(&path, &complete).map_err(io_err("rename", &path))?;
+                info!(file = %complete.display(), "completed a full partial segment");
+            }
         }
         Ok((end, resumed))
     }
@@ -297,30 +333,31 @@ fn feed_complete(v: &mut WalValidator, path: &Path, buf: &mut [u8]) -> Result<()
     }
 }
 
-/// Feeds up to `len` bytes of the partial page by page, stopping at the first invalid one.
+/// Feeds up to `len` bytes of the partial page by page, stopping at the first invalid one or
+/// where the file ends; whether all `len` were fed.
 fn feed_partial(
     v: &mut WalValidator,
     file: &File,
     path: &Path,
     len: u64,
-) -> Result<(), StoreError> {
+) -> Result<bool, StoreError> {
     let mut page = vec![0u8; WAL_PAGE_SIZE as usize];
     let mut offset = 0u64;
     while offset < len {
         let want = (len - offset).min(u64::from(WAL_PAGE_SIZE)) as usize;
         let Some(buf) = page.get_mut(..want) else {
-            return Ok(());
+            return Ok(false);
         };
         let n = file.read_at(buf, offset).map_err(io_err("read", path))?;
         let Some(chunk) = buf.get(..n).filter(|c| !c.is_empty()) else {
-            return Ok(());
+            return Ok(false);
         };
         if v.feed(chunk).is_err() {
-            return Ok(());
+            return Ok(false);
         }
         offset += n as u64;
     }
-    Ok(())
+    Ok(true)
 }
 
 /// Whether a segment's first page starts with the continuation of an earlier record.
@@ -580,12 +617,14 @@ mod tests {
         fs::write(&s8, bytes(Lsn(0x80_0000), Lsn(0x80_9000))).unwrap();
         recover_and_finish(t.path(), expected_end(Lsn(0x80_9000), &[]));
 
-        // One in the middle is an error, and so are two partials or a partial below a
-        // complete segment.
+        // One in the middle is an error, and so are two partials that the writer cannot
+        // have left (not consecutive, or the older not full) or a partial below a complete
+        // segment.
         let seg_b = bytes(Lsn(0xB0_0000), Lsn(0xC0_0000));
-        let cases: [(&str, &[u8]); 3] = [
+        let cases: [(&str, &[u8]); 4] = [
             ("000000010000000000000008", b"short"),
             ("00000001000000000000000C.partial", b""),
+            ("00000001000000000000000B.partial", b""),
             ("00000001000000000000000B", seg_b),
         ];
         for (file, content) in cases {
@@ -595,6 +634,80 @@ mod tests {
             let err = WalStore::open(t.path()).err().unwrap();
             assert!(matches!(err, StoreError::Layout { .. }), "{file}: {err}");
         }
+    }
+
+    /// The state after a crash with `set_aside` full segments below `p`'s still `.partial`,
+    /// as the writer leaves them until its next flush completes them.
+    fn set_aside_state(dir: &Path, p: Lsn, tail: &[u8], set_aside: u64) -> Lsn {
+        crash_state(dir, p, tail);
+        let first = seg_start(p).0 / SEG - set_aside;
+        for segno in first..seg_start(p).0 / SEG {
+            let full = wal(dir, &name(1, segno));
+            fs::rename(&full, wal(dir, &format!("{}.partial", name(1, segno)))).unwrap();
+        }
+        Lsn(first * SEG)
+    }
+
+    #[test]
+    fn completes_full_partials_the_writer_set_aside() {
+        let mut rng = Rng(0x5EED_0004);
+        for p in positions().into_iter().filter(|p| p.0 >= 0x90_0000) {
+            for set_aside in [1, 2] {
+                for tail in [Vec::new(), rng.bytes(3000)] {
+                    let t = tempfile::TempDir::new().unwrap();
+                    let first = set_aside_state(t.path(), p, &tail, set_aside);
+                    let mut all = bytes(start(), p).to_vec();
+                    all.extend_from_slice(&tail);
+                    // Trusted up to the first partial only: a record that runs out of the
+                    // last one is cut as in any partial.
+                    let expected = fixture::valid_end_of(&all).max(first);
+                    recover_and_finish(t.path(), expected);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn damage_in_a_set_aside_segment_cuts_there_and_drops_what_follows() {
+        // Segment A holds small records after the 3 MiB one ends (at about 0/A7D700); damage
+        // one of them.
+        let p = Lsn(0xB0_5000);
+        let t = tempfile::TempDir::new().unwrap();
+        let first = set_aside_state(t.path(), p, &[], 2);
+        assert_eq!(first, Lsn(0x90_0000));
+        let a = wal(t.path(), &format!("{}.partial", name(1, 10)));
+        let mut content = fs::read(&a).unwrap();
+        content[0x8_0100] ^= 0xFF;
+        fs::write(&a, &content).unwrap();
+        let mut all = bytes(start(), Lsn(0xA0_0000)).to_vec();
+        all.extend_from_slice(&content);
+        let expected = fixture::valid_end_of(&all);
+        assert!(
+            expected > Lsn(0xA0_0000) && expected < Lsn(0xA8_0100),
+            "{expected}"
+        );
+        let store = WalStore::open(t.path()).unwrap();
+        assert_eq!(store.end().unwrap().durable, expected);
+        drop(store);
+        let len = fs::metadata(&a).unwrap().len();
+        assert_eq!(len, expected.0 - 0xA0_0000, "cut at the last valid record");
+        assert!(
+            wal(t.path(), &name(1, 9)).exists(),
+            "completed before the damage"
+        );
+        let b = wal(t.path(), &format!("{}.partial", name(1, 11)));
+        assert!(!b.exists(), "what follows the damage is gone");
+        recover_and_finish(t.path(), expected);
+
+        // Damage in the first of them inside the record that straddles into it: nothing of
+        // the partials is kept, and the record is still open at the first one's start.
+        let t = tempfile::TempDir::new().unwrap();
+        let first = set_aside_state(t.path(), Lsn(0xA0_5000), &[], 2);
+        let eight = wal(t.path(), &format!("{}.partial", name(1, 8)));
+        let mut content = fs::read(&eight).unwrap();
+        content[0x5_0100] ^= 0xFF;
+        fs::write(&eight, &content).unwrap();
+        recover_and_finish(t.path(), first);
     }
 
     #[test]

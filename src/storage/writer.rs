@@ -4,7 +4,11 @@
 //! It follows `pg_receivewal` (`receivelog.c`, `walmethods.c`): segments are written strictly in
 //! order, a full segment is fdatasync'd and only then renamed from `NAME.partial` to `NAME`, so a
 //! short file never carries a complete name. Unlike `pg_receivewal` the partial is not
-//! pre-padded with zeros: its length is the written length, which keeps recovery simple.
+//! pre-padded with zeros: its length is the written length, which keeps recovery simple. A
+//! segment that fills is set aside and completed (fdatasync'd, renamed, the directory fsync'd)
+//! by the next flush, which may run on another thread, while the writer goes on with the next
+//! segment; so full `.partial` segments may sit below the one being written until then, and
+//! recovery completes them if their WAL checks out.
 //!
 //! Three positions are tracked, each with the validator state there: the *write* end (bytes
 //! handed to the kernel), the *synced* end (bytes known to be on disk: after a segment's
@@ -40,7 +44,8 @@ pub(crate) struct Mark {
     pub validator: WalValidator,
 }
 
-/// The `.partial` segment file currently open for writing.
+/// A `.partial` segment file open for writing: the one being written, or a full one set aside
+/// for the next flush to complete.
 struct OpenSegment {
     segno: SegmentNo,
     path: PathBuf,
@@ -56,6 +61,8 @@ pub(crate) struct Tail {
     synced: Mark,
     durable: Mark,
     open: Option<OpenSegment>,
+    /// Full segments, still `.partial`, that the next flush completes, oldest first.
+    completing: Vec<OpenSegment>,
     /// Files created or renamed in `dir`, counted; the directory needs an fsync while this
     /// is ahead of `dir_synced`.
     dir_changes: u64,
@@ -76,10 +83,21 @@ fn next_epoch() -> u64 {
     EPOCHS.fetch_add(1, Ordering::Relaxed)
 }
 
-/// A flush begun by [`WalStore::begin_flush`](super::WalStore::begin_flush): the fdatasync of
-/// the segment being written and the fsync of the directory, which [`PendingFlush::run`] does
-/// on any thread while appends go on, and the position that is durable once both succeeded.
+/// A full segment to complete: fdatasync it, then rename it from `partial` to `complete`.
+struct Completion {
+    file: File,
+    partial: PathBuf,
+    complete: PathBuf,
+}
+
+/// A flush begun by [`WalStore::begin_flush`](super::WalStore::begin_flush): the completion of
+/// the full segments set aside since the last flush, the fdatasync of the segment being written
+/// and the fsync of the directory, which [`PendingFlush::run`] does on any thread while appends
+/// go on, and the position that is durable once all succeeded.
 pub struct PendingFlush {
+    /// Full segments to complete, oldest first, each through the writer's own handle, which
+    /// nothing else writes with any more.
+    complete: Vec<Completion>,
     /// The segment file to fdatasync, opened read-only for the flush alone (not a duplicate of
     /// the writer's handle), and its path for errors.
     file: Option<(File, PathBuf)>,
@@ -95,6 +113,10 @@ pub struct PendingFlush {
 impl std::fmt::Debug for PendingFlush {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PendingFlush")
+            .field(
+                "complete",
+                &self.complete.iter().map(|c| &c.partial).collect::<Vec<_>>(),
+            )
             .field("file", &self.file.as_ref().map(|(_, path)| path))
             .field("dir", &self.dir.as_ref().map(|(dir, _)| dir))
             .field("end", &self.mark.end)
@@ -103,12 +125,19 @@ impl std::fmt::Debug for PendingFlush {
 }
 
 impl PendingFlush {
-    /// fdatasyncs the segment file and fsyncs the directory, as far as either needs it.
+    /// Completes the full segments (each fdatasync'd before its rename), fdatasyncs the
+    /// segment file and fsyncs the directory, as far as each needs it.
     ///
     /// # Errors
     /// [`StoreError::Io`]; hand it to
     /// [`WalStore::finish_flush`](super::WalStore::finish_flush).
     pub fn run(&self) -> Result<(), StoreError> {
+        for c in &self.complete {
+            c.file
+                .sync_data()
+                .map_err(io_err("fdatasync", &c.partial))?;
+            fs::rename(&c.partial, &c.complete).map_err(io_err("rename", &c.partial))?;
+        }
         if let Some((file, path)) = &self.file {
             file.sync_data().map_err(io_err("fdatasync", path))?;
         }
@@ -136,6 +165,7 @@ impl Tail {
             synced: at.clone(),
             durable: at,
             open: None,
+            completing: Vec::new(),
             dir_changes: 0,
             dir_synced: 0,
             epoch: next_epoch(),
@@ -204,9 +234,9 @@ impl Tail {
             .try_for_each(|(piece, after)| self.write_piece(piece, after))
     }
 
-    /// Writes bytes that lie within one segment, completing the segment if they fill it.
+    /// Writes bytes that lie within one segment, setting the segment aside if they fill it.
     fn write_piece(&mut self, data: &[u8], after: Mark) -> Result<(), StoreError> {
-        self.finish_full_segment()?;
+        self.set_aside_full_segment();
         let offset = u64::from(self.size.offset_in_segment(self.written.end));
         let seg = self.current_segment()?;
         if let Err(e) = seg.file.write_all_at(data, offset) {
@@ -216,7 +246,8 @@ impl Tail {
             return Err(err);
         }
         self.written = after;
-        self.finish_full_segment()
+        self.set_aside_full_segment();
+        Ok(())
     }
 
     /// The `.partial` file the write end lies in, opened (or created) with its length set to
@@ -256,31 +287,23 @@ impl Tail {
         self.sync_dir()
     }
 
-    /// If the open segment is full: fdatasync it, rename it to its complete name and fsync the
-    /// directory. A failed fdatasync rolls the write end back; a failed rename or directory
-    /// fsync is retried by the next append or flush.
-    fn finish_full_segment(&mut self) -> Result<(), StoreError> {
+    /// If the open segment is full, sets it aside for the next flush to complete; its rename
+    /// counts as a change of the directory from now.
+    fn set_aside_full_segment(&mut self) {
         let Some(seg) = &self.open else {
-            return Ok(());
+            return;
         };
         let name = SegmentName {
             timeline: self.timeline,
             segno: seg.segno,
         };
         if layout::segment_end(name, self.size) != Some(self.written.end) {
-            return Ok(());
+            return;
         }
-        if let Err(e) = seg.file.sync_data() {
-            let err = io_err("fdatasync", &seg.path)(e);
-            self.roll_back();
-            return Err(err);
+        if let Some(seg) = self.open.take() {
+            self.completing.push(seg);
+            self.dir_changes += 1;
         }
-        self.synced = self.written.clone();
-        let complete = layout::segment_path(&self.dir, name, self.size, false);
-        fs::rename(&seg.path, &complete).map_err(io_err("rename", &seg.path))?;
-        self.open = None;
-        self.dir_changes += 1;
-        self.sync_dir()
     }
 
     /// fsyncs the directory; what was created or renamed in it before is then durable.
@@ -301,17 +324,33 @@ impl Tail {
         self.finish_flush(pending, outcome)
     }
 
-    /// Begins a flush of everything written so far: a full segment is completed at once (as
-    /// by an append), the rest is left to [`PendingFlush::run`], and appends may go on before
-    /// [`Tail::finish_flush`] takes its outcome.
+    /// Begins a flush of everything written so far, left to [`PendingFlush::run`]: the full
+    /// segments set aside, the segment being written and the directory. Appends may go on
+    /// before [`Tail::finish_flush`] takes its outcome.
     ///
     /// The flush fdatasyncs the segment through a file description of its own, opened here,
     /// never a duplicate of the writer's: the kernel reports a failed writeback once to each
     /// open file description, so an error the flush sees is still seen by the writer's next
     /// fdatasync of that file (completing the segment, say), and the other way round.
     pub(crate) fn begin_flush(&mut self) -> Result<PendingFlush, StoreError> {
-        self.finish_full_segment()?;
-        let file = if self.written.end > self.synced.end {
+        self.set_aside_full_segment();
+        let complete = std::mem::take(&mut self.completing)
+            .into_iter()
+            .map(|seg| {
+                let name = SegmentName {
+                    timeline: self.timeline,
+                    segno: seg.segno,
+                };
+                Completion {
+                    file: seg.file,
+                    complete: layout::segment_path(&self.dir, name, self.size, false),
+                    partial: seg.path,
+                }
+            })
+            .collect();
+        // At a segment boundary, what is unsynced all lies in the segments set aside.
+        let in_open_segment = self.size.offset_in_segment(self.written.end) > 0;
+        let file = if self.written.end > self.synced.end && in_open_segment {
             let path = self.current_segment()?.path.clone();
             let own = File::open(&path).map_err(io_err("open", &path))?;
             Some((own, path))
@@ -321,6 +360,7 @@ impl Tail {
         let dir_changes = self.dir_changes;
         let dir = (dir_changes > self.dir_synced).then(|| self.dir.clone());
         Ok(PendingFlush {
+            complete,
             file,
             dir: dir.map(|d| (d, dir_changes)),
             mark: self.written.clone(),
@@ -401,15 +441,19 @@ impl Tail {
 
     /// Cuts the file that holds the synced end back to it, dropping whatever lies past it
     /// (appended, or left by a write that failed halfway): what no successful fdatasync
-    /// covered. After a failure, before the store is opened again, so that its recovery,
-    /// which reads through the page cache, cannot take such bytes for WAL on disk.
+    /// covered. The `.partial` files of later segments of this timeline (full ones set aside,
+    /// and the one written after them) hold nothing a flush covered, and are removed. After a
+    /// failure, before the store is opened again, so that its recovery, which reads through
+    /// the page cache, cannot take such bytes for WAL on disk.
     pub(crate) fn discard_unsynced(&mut self) -> Result<(), StoreError> {
         self.open = None;
+        self.completing.clear();
         self.written = self.synced.clone();
         self.epoch = next_epoch();
+        let synced_in = self.size.segment_of(self.synced.end);
         let name = SegmentName {
             timeline: self.timeline,
-            segno: self.size.segment_of(self.synced.end),
+            segno: synced_in,
         };
         let path = layout::segment_path(&self.dir, name, self.size, true);
         match fs::OpenOptions::new().write(true).open(&path) {
@@ -419,6 +463,17 @@ impl Tail {
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_err("open", &path)(e)),
+        }
+        let later = layout::list_segments(&self.dir, self.size)?
+            .into_iter()
+            .filter(|f| f.partial && f.name.timeline == self.timeline && f.name.segno > synced_in);
+        for f in later {
+            let path = layout::segment_path(&self.dir, f.name, self.size, true);
+            match fs::remove_file(&path) {
+                Ok(()) => self.dir_changes += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err("remove", &path)(e)),
+            }
         }
         Ok(())
     }
@@ -487,6 +542,51 @@ mod tests {
             names, 5,
             "no partial is left once the last segment is complete"
         );
+    }
+
+    #[test]
+    fn a_full_segment_is_set_aside_and_completed_by_the_next_flush() {
+        let t = tempfile::TempDir::new().unwrap();
+        let a = Lsn(0x7F_0000);
+        let mut store = fixture::store_upto(t.path(), a, 8192);
+        // Across two boundaries: segments 7 and 8 fill, and the append syncs neither.
+        let b = Lsn(0x90_4000);
+        store.append(a, bytes(a, b)).unwrap();
+        assert_eq!(store.durable_end(), Some(a));
+        for segno in [7, 8] {
+            let partial = format!("{}.partial", name(1, segno));
+            assert_eq!(wal_file(t.path(), &partial).len() as u64, SEG);
+            assert!(!t.path().join("wal").join(name(1, segno)).exists());
+        }
+        let pending = store.begin_flush().unwrap();
+        let set_aside: Vec<_> = pending.complete.iter().map(|c| c.partial.clone()).collect();
+        assert_eq!(set_aside.len(), 2, "{pending:?}");
+        assert!(set_aside[0].ends_with(format!("{}.partial", name(1, 7))));
+        assert!(pending.file.is_some() && pending.dir.is_some());
+        let outcome = pending.run();
+        assert_eq!(store.finish_flush(pending, outcome).unwrap(), b);
+        fixture::assert_complete(t.path(), 7, 9);
+        let partials = fs::read_dir(t.path().join("wal"))
+            .unwrap()
+            .filter(|e| {
+                let e = e.as_ref().unwrap();
+                e.file_name().to_string_lossy().ends_with(".partial")
+            })
+            .count();
+        assert_eq!(partials, 1, "only the segment being written");
+
+        // A crash before the flush: the store opened again completes what checks out (the
+        // end of the 3 MiB record is in segment A, small records follow).
+        let t = tempfile::TempDir::new().unwrap();
+        let (a, b) = (Lsn(0xA8_0000), Lsn(0xB0_4000));
+        let mut store = fixture::store_upto(t.path(), a, 8192);
+        store.append(a, bytes(a, b)).unwrap();
+        drop(store);
+        let store = WalStore::open(t.path()).unwrap();
+        let end = fixture::valid_end_of(bytes(start(), b));
+        assert!(end > Lsn(0xB0_0000));
+        assert_eq!(store.end().unwrap().durable, end);
+        fixture::assert_complete(t.path(), 7, 11);
     }
 
     #[test]
@@ -622,13 +722,17 @@ mod tests {
         assert!(fourth.dir.is_some());
         let failed = injected("fsync directory");
         assert!(store.finish_flush(fourth, failed).is_err());
-        // Back to the end of the segment the append completed (and synced) on its way.
-        let synced = Lsn(0x90_0000);
+        // Back to the end of the last flush that finished: the segment the append filled was
+        // only set aside, for the flush that failed to complete.
+        let synced = c;
         assert_eq!(store.write_end(), Some(synced));
-        let partial = t.path().join("wal").join(format!("{}.partial", name(1, 9)));
-        assert_eq!(fs::metadata(&partial).unwrap().len(), 0, "cut back at once");
+        let filled = t.path().join("wal").join(format!("{}.partial", name(1, 8)));
+        let len = fs::metadata(&filled).unwrap().len();
+        assert_eq!(len, c.0 - 0x80_0000, "cut back at once");
+        let next = t.path().join("wal").join(format!("{}.partial", name(1, 9)));
+        assert!(!next.exists(), "a later segment holds nothing synced");
         let again = store.begin_flush().unwrap();
-        assert!(again.dir.is_some() && again.file.is_none());
+        assert!(again.dir.is_some() && again.file.is_none() && again.complete.is_empty());
         let outcome = again.run();
         assert_eq!(store.finish_flush(again, outcome).unwrap(), synced);
         store.append(synced, bytes(synced, d)).unwrap();
@@ -708,7 +812,7 @@ mod tests {
         let [first, second, third] = [7, 8, 9].map(|n| wal.join(name(1, n)));
         let at = Lsn(0x90_0000);
         let mut store = fixture::store_upto(t.path(), at, 65536);
-        // A whole segment more is written and fdatasync'd, and not yet durable.
+        // A whole segment more is written and set aside, not yet durable.
         let to = Lsn(0xA0_0000);
         store.append(at, bytes(at, to)).unwrap();
         assert!(cached(&first, SEG / 2));
@@ -721,7 +825,8 @@ mod tests {
         // Past the durable end it stops there, and goes on from there once more is durable.
         store.release_cache_below(Lsn::MAX);
         assert!(!cached(&second, SEG / 2 + 8192) && !cached(&second, SEG - 8192));
-        assert!(cached(&third, 0) && cached(&third, SEG - 1));
+        let set_aside = wal.join(format!("{}.partial", name(1, 9)));
+        assert!(cached(&set_aside, 0) && cached(&set_aside, SEG - 1));
         assert_eq!(store.flush().unwrap(), to);
         store.release_cache_below(Lsn::MAX);
         assert!(!cached(&third, SEG / 4) && !cached(&third, SEG - 8192));
