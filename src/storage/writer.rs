@@ -44,8 +44,7 @@ pub(crate) struct Mark {
     pub validator: WalValidator,
 }
 
-/// A `.partial` segment file open for writing: the one being written, or a full one set aside
-/// for the next flush to complete.
+/// The `.partial` segment file currently open for writing.
 struct OpenSegment {
     segno: SegmentNo,
     path: PathBuf,
@@ -61,8 +60,10 @@ pub(crate) struct Tail {
     synced: Mark,
     durable: Mark,
     open: Option<OpenSegment>,
-    /// Full segments, still `.partial`, that the next flush completes, oldest first.
-    completing: Vec<OpenSegment>,
+    /// Full segments set aside, oldest first: still `.partial` until a flush completes them,
+    /// and kept here until a flush that did has finished, so that each flush begun meanwhile
+    /// completes them too.
+    completing: Vec<SegmentNo>,
     /// Files created or renamed in `dir`, counted; the directory needs an fsync while this
     /// is ahead of `dir_synced`.
     dir_changes: u64,
@@ -91,12 +92,11 @@ struct Completion {
 }
 
 /// A flush begun by [`WalStore::begin_flush`](super::WalStore::begin_flush): the completion of
-/// the full segments set aside since the last flush, the fdatasync of the segment being written
-/// and the fsync of the directory, which [`PendingFlush::run`] does on any thread while appends
-/// go on, and the position that is durable once all succeeded.
+/// the full segments set aside that no finished flush completed, the fdatasync of the segment
+/// being written and the fsync of the directory, which [`PendingFlush::run`] does on any thread
+/// while appends go on, and the position that is durable once all succeeded.
 pub struct PendingFlush {
-    /// Full segments to complete, oldest first, each through the writer's own handle, which
-    /// nothing else writes with any more.
+    /// Full segments to complete, oldest first, each opened for the flush alone, as `file`.
     complete: Vec<Completion>,
     /// The segment file to fdatasync, opened read-only for the flush alone (not a duplicate of
     /// the writer's handle), and its path for errors.
@@ -136,7 +136,12 @@ impl PendingFlush {
             c.file
                 .sync_data()
                 .map_err(io_err("fdatasync", &c.partial))?;
-            fs::rename(&c.partial, &c.complete).map_err(io_err("rename", &c.partial))?;
+            match fs::rename(&c.partial, &c.complete) {
+                Ok(()) => {}
+                // A flush begun before this one, and not finished, renamed it.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && c.complete.exists() => {}
+                Err(e) => return Err(io_err("rename", &c.partial)(e)),
+            }
         }
         if let Some((file, path)) = &self.file {
             file.sync_data().map_err(io_err("fdatasync", path))?;
@@ -301,9 +306,31 @@ impl Tail {
             return;
         }
         if let Some(seg) = self.open.take() {
-            self.completing.push(seg);
+            self.completing.push(seg.segno);
             self.dir_changes += 1;
         }
+    }
+
+    /// A full segment set aside, opened for a flush alone: by its `.partial` name, or by its
+    /// complete name if a flush not yet finished has renamed it.
+    fn completion(&self, segno: SegmentNo) -> Result<Completion, StoreError> {
+        let name = SegmentName {
+            timeline: self.timeline,
+            segno,
+        };
+        let partial = layout::segment_path(&self.dir, name, self.size, true);
+        let complete = layout::segment_path(&self.dir, name, self.size, false);
+        let file = match File::open(&partial) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                File::open(&complete).map_err(io_err("open", &complete))?
+            }
+            opened => opened.map_err(io_err("open", &partial))?,
+        };
+        Ok(Completion {
+            file,
+            partial,
+            complete,
+        })
     }
 
     /// fsyncs the directory; what was created or renamed in it before is then durable.
@@ -325,29 +352,20 @@ impl Tail {
     }
 
     /// Begins a flush of everything written so far, left to [`PendingFlush::run`]: the full
-    /// segments set aside, the segment being written and the directory. Appends may go on
-    /// before [`Tail::finish_flush`] takes its outcome.
+    /// segments set aside that no finished flush completed, the segment being written and the
+    /// directory. Appends may go on before [`Tail::finish_flush`] takes its outcome.
     ///
-    /// The flush fdatasyncs the segment through a file description of its own, opened here,
-    /// never a duplicate of the writer's: the kernel reports a failed writeback once to each
-    /// open file description, so an error the flush sees is still seen by the writer's next
-    /// fdatasync of that file (completing the segment, say), and the other way round.
+    /// The flush fdatasyncs each file through a file description of its own, opened here,
+    /// never a duplicate of the writer's or of another flush's: the kernel reports a failed
+    /// writeback once to each open file description, so an error one flush sees is still seen
+    /// by the next flush of that file, and the other way round.
     pub(crate) fn begin_flush(&mut self) -> Result<PendingFlush, StoreError> {
         self.set_aside_full_segment();
-        let complete = std::mem::take(&mut self.completing)
-            .into_iter()
-            .map(|seg| {
-                let name = SegmentName {
-                    timeline: self.timeline,
-                    segno: seg.segno,
-                };
-                Completion {
-                    file: seg.file,
-                    complete: layout::segment_path(&self.dir, name, self.size, false),
-                    partial: seg.path,
-                }
-            })
-            .collect();
+        let complete = self
+            .completing
+            .iter()
+            .map(|&segno| self.completion(segno))
+            .collect::<Result<_, _>>()?;
         // At a segment boundary, what is unsynced all lies in the segments set aside.
         let in_open_segment = self.size.offset_in_segment(self.written.end) > 0;
         let file = if self.written.end > self.synced.end && in_open_segment {
@@ -373,8 +391,8 @@ impl Tail {
     /// may have dropped the unsynced bytes, so the write end falls back to the last synced
     /// position and the file is cut back to it; the directory is fsync'd again by the next
     /// flush. A flush begun before a roll back changes nothing. Flushes may be pending side by
-    /// side, each fsyncing the directory if a file was created or renamed that no finished
-    /// flush covered; they must be finished in the order they were begun.
+    /// side, each completing the segments and fsyncing the directory as far as no finished
+    /// flush did; they must be finished in the order they were begun.
     pub(crate) fn finish_flush(
         &mut self,
         pending: PendingFlush,
@@ -390,6 +408,15 @@ impl Tail {
         if let Some((_, changes)) = pending.dir {
             self.dir_synced = self.dir_synced.max(changes);
         }
+        let (size, timeline) = (self.size, self.timeline);
+        let covered = |segno: &SegmentNo| {
+            let name = SegmentName {
+                timeline,
+                segno: *segno,
+            };
+            layout::segment_end(name, size).is_some_and(|end| end <= pending.mark.end)
+        };
+        self.completing.retain(|segno| !covered(segno));
         if pending.mark.end > self.synced.end {
             self.synced = pending.mark.clone();
         }
@@ -711,10 +738,18 @@ mod tests {
         store.append(b, bytes(b, c)).unwrap();
         let second = store.begin_flush().unwrap();
         assert!(second.dir.is_some(), "the first has not finished yet");
+        // Nor has it completed segment 7, which it set out to: the second completes it too.
+        assert_eq!(first.complete.len(), 1);
+        assert_eq!(second.complete.len(), 1, "{second:?}");
         let outcome = second.run();
         assert_eq!(store.finish_flush(second, outcome).unwrap(), c);
+        fixture::assert_complete(t.path(), 7, 8);
+        // The first, run late, finds the segment complete already; it changes nothing.
+        let outcome = first.run();
+        assert!(outcome.is_ok(), "{outcome:?}");
+        assert_eq!(store.finish_flush(first, outcome).unwrap(), c);
         let third = store.begin_flush().unwrap();
-        assert!(third.dir.is_none() && third.file.is_none());
+        assert!(third.dir.is_none() && third.file.is_none() && third.complete.is_empty());
         // A failed directory fsync leaves the directory to the next flush.
         let d = Lsn(0x90_2000);
         store.append(c, bytes(c, d)).unwrap();
