@@ -169,7 +169,14 @@ mod tests {
         // a torn partial of 8, stray names, and the same on timeline 2.
         let seg7 = bytes(Lsn(0x70_0000), Lsn(0x70_F000));
         let seg8 = bytes(Lsn(0x80_0000), Lsn(0x80_E123));
-        for (kind7, kind8) in [(0x40, 0x01), (0x48, 0x09), (0x40, 0x21), (0x40, 0x00)] {
+        // (0x41: segment 7 a full partial, as the writer sets one aside.)
+        for (kind7, kind8) in [
+            (0x40, 0x01),
+            (0x48, 0x09),
+            (0x40, 0x21),
+            (0x40, 0x00),
+            (0x41, 0x01),
+        ] {
             let mut input = vec![0u8];
             input.extend(entry(kind7, 0, seg7));
             input.extend(entry(kind8, 1, &seg8[..seg8.len().min(0xFFFF)]));
