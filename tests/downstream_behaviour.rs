@@ -185,17 +185,6 @@ fn assert_archived_copy(s: &Setup, dir: &Path, name: &str) {
     );
 }
 
-/// Names in `dir` ending in `.partial`, sorted.
-fn partial_files(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.ends_with(".partial"))
-        .collect();
-    names.sort();
-    names
-}
-
 /// 020's `check_mode_recursive($dir, 0700, 0600)`.
 fn assert_modes(dir: &Path) {
     let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;

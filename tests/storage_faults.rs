@@ -180,17 +180,6 @@ fn failing_fsync_reopens_the_store_and_loses_nothing() {
     assert!(s.relay.is_running());
 }
 
-/// The `.partial` files in the relay's WAL directory.
-fn partials(s: &Setup) -> usize {
-    std::fs::read_dir(s.relay.wal_dir())
-        .unwrap()
-        .filter(|e| {
-            let e = e.as_ref().unwrap();
-            e.file_name().to_string_lossy().ends_with(".partial")
-        })
-        .count()
-}
-
 #[test]
 fn kill9_during_a_slow_sync_completes_the_full_partials_on_restart() {
     let Some(bins) = require_postgres() else {
@@ -203,13 +192,13 @@ fn kill9_during_a_slow_sync_completes_the_full_partials_on_restart() {
     let mut s = setup(&bins, dir.path(), "asidefs");
     s.faults.delay_syncs(Duration::from_secs(2));
     let started = Instant::now();
-    while partials(&s) < 3 {
+    while partial_files(&s.relay.wal_dir()).len() < 3 {
         assert!(started.elapsed() < TIMEOUT, "no segment was set aside");
         s.primary.write_load(300).unwrap();
     }
     s.relay.kill9();
     s.faults.delay_syncs(Duration::ZERO);
-    let since = s.relay.log_contents().len();
+    let since = s.relay.log_len();
     let args: Vec<&str> = s.relay_args.iter().map(String::as_str).collect();
     s.relay = RelayProcess::start(&s.primary.conninfo(), &s.relay.data_dir.clone(), &args);
     s.relay.wait_log(since, "recovered stored WAL", TIMEOUT);

@@ -225,7 +225,7 @@ impl Scan<'_> {
         if tail.partials.is_empty() {
             return Ok((self.start_of(k)?, v));
         }
-        self.cut_partials(&tail.partials, v)
+        self.cut_partials(self.start_of(k)?, &tail.partials, v)
     }
 
     /// The segment validation starts at: `k`, or earlier while a record straddles into it.
@@ -258,12 +258,14 @@ impl Scan<'_> {
         Ok(first)
     }
 
-    /// Feeds the partial segments, oldest first, until the first invalid byte, then cuts them
+    /// Feeds the partial segments, oldest first (the first starts at `first_start`), until the
+    /// first invalid byte, then cuts them
     /// at the last valid record and makes the result durable: the ones before it are
     /// fdatasync'd and completed, the one it ends in is cut (and completed if it is then full),
     /// the ones after it are removed.
     fn cut_partials(
         &self,
+        first_start: Lsn,
         partials: &[(SegmentNo, u64)],
         mut v: WalValidator,
     ) -> Result<(Lsn, WalValidator), StoreError> {
@@ -279,10 +281,6 @@ impl Scan<'_> {
             }
             files.push((segno, len, path, file));
         }
-        let first_start = match partials.first() {
-            Some(&(segno, _)) => self.start_of(segno)?,
-            None => return Ok((v.valid_end(), v)),
-        };
         let valid = v.valid_end();
         // The validator keeps its last boundary when it finds an error (the boundary moves only
         // when a record is verified), so it is the end of the last valid record.

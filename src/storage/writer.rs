@@ -408,15 +408,9 @@ impl Tail {
         if let Some((_, changes)) = pending.dir {
             self.dir_synced = self.dir_synced.max(changes);
         }
-        let (size, timeline) = (self.size, self.timeline);
-        let covered = |segno: &SegmentNo| {
-            let name = SegmentName {
-                timeline,
-                segno: *segno,
-            };
-            layout::segment_end(name, size).is_some_and(|end| end <= pending.mark.end)
-        };
-        self.completing.retain(|segno| !covered(segno));
+        // Those wholly below the flush's end are complete now.
+        let first_open = self.size.segment_of(pending.mark.end);
+        self.completing.retain(|&segno| segno >= first_open);
         if pending.mark.end > self.synced.end {
             self.synced = pending.mark.clone();
         }

@@ -206,6 +206,17 @@ pub fn assert_partial_prefix(relay_dir: &Path, source_dir: &Path) -> usize {
     checked
 }
 
+/// Names in `dir` ending in `.partial`, sorted.
+pub fn partial_files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".partial"))
+        .collect();
+    names.sort();
+    names
+}
+
 /// O4: pg_waldump reads the relay's completed segments end to end.
 pub fn assert_waldump(bins: &PgBinaries, relay_dir: &Path, size: WalSegmentSize) {
     let names = segment_files(relay_dir);
