@@ -978,3 +978,89 @@ fn assert_refused_removed_wal(t: &Topo, standby: &mut Cluster, held: Lsn) {
         )
     });
 }
+
+/// Removed segment files are written again as new segments (`.reuse`, see `storage/reuse.rs`)
+/// while two standbys and four `pg_receivewal` (no slots, so their cursors hold the WAL they
+/// need) stream from the relay with `--wal-keep-size 0` and 1 MB segments: a sampler sees a
+/// file kept as `NAME.reuse` come back, the same inode, as a later segment, and still every
+/// standby replays to the end and every receiver's segments, like the relay's, equal the
+/// archive byte for byte.
+#[test]
+fn removed_segments_are_reused_while_standbys_and_receivers_stream() {
+    let Some(t) = topo("reuse", 1, &[], &["--wal-keep-size", "0"], false) else {
+        return;
+    };
+    let d1 = t.standby("d1", None, &[]);
+    let d2 = t.standby("d2", None, &[]);
+    let root = t.relay.data_dir.parent().unwrap().to_owned();
+    let mut receivers = Vec::new();
+    for i in 0..4 {
+        let dir = root.join(format!("recv{i}"));
+        fs::create_dir_all(&dir).unwrap();
+        let conninfo = format!("{} application_name=recv{i}", t.relay_conninfo());
+        receivers.push((t.bins.receivewal(&conninfo, &dir, &[]).unwrap(), dir));
+    }
+    wait_until(Duration::from_secs(30), "6 downstreams streaming", || {
+        Ok(t.relay.count_log(0, "downstream::streaming: streaming ") >= 6)
+    })
+    .unwrap();
+    let wal = t.relay.wal_dir();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (pooled, reused) = std::thread::scope(|s| {
+        let sampler = s.spawn(|| {
+            use std::os::unix::fs::MetadataExt;
+            let mut kept = std::collections::HashMap::new();
+            let (mut pooled, mut reused) = (0usize, Vec::new());
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                for entry in fs::read_dir(&wal).unwrap().flatten() {
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    let Ok(meta) = entry.metadata() else { continue };
+                    if name.ends_with(".reuse") {
+                        pooled += usize::from(kept.insert(meta.ino(), name).is_none());
+                    } else if let Some(was) = kept.remove(&meta.ino()) {
+                        reused.push(format!("{was} -> {name}"));
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            (pooled, reused)
+        });
+        write_wal(&t.primary, 30 * MB);
+        let target = t.converge_target();
+        wait_replayed(&[&d1, &d2], target);
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        sampler.join().unwrap()
+    });
+    let target = t.primary.current_wal_flush_lsn().unwrap();
+    let last = t.segment_name(Lsn(target.0 - 1));
+    let mut compared = 0;
+    for (mut process, dir) in receivers {
+        wait_until(
+            Duration::from_secs(60),
+            "pg_receivewal completed it",
+            || Ok(dir.join(&last).exists()),
+        )
+        .unwrap_or_else(|e| panic!("{e}: {}", process.log_contents()));
+        process.stop().unwrap();
+        compared += assert_same_segments(&dir, &t.primary.archive_dir(), t.size);
+    }
+    let relay_compared = assert_same_segments(&wal, &t.primary.archive_dir(), t.size);
+    let q = "SELECT count(*), sum(length(payload)) FROM walrelay_load";
+    for standby in [&d1, &d2] {
+        assert_eq!(standby.psql(q).unwrap(), t.primary.psql(q).unwrap());
+    }
+    println!(
+        "segment reuse: {pooled} files kept, {} seen written again ({:?} …), {compared} \
+         receiver segments and {relay_compared} of the relay's compared",
+        reused.len(),
+        reused.first()
+    );
+    assert!(
+        !reused.is_empty(),
+        "no kept file was written again ({pooled} kept)"
+    );
+    assert!(compared >= 4 * 20, "compared {compared} receiver segments");
+    let log = t.relay.log_contents();
+    assert!(!log.contains("could not zero"), "{log}");
+    assert!(!log.contains("panicked"), "{log}");
+}

@@ -41,7 +41,7 @@ use std::sync::{Arc, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWrite
 use bytes::Bytes;
 use tokio::sync::watch;
 
-use crate::storage::{FileSpan, SegmentReader, StoreError};
+use crate::storage::{FileSpan, SegmentPins, SegmentReader, StoreError};
 use crate::types::{DurableEnd, Lsn, SegmentName, TimelineId, WAL_PAGE_SIZE, WalSegmentSize};
 
 use pool::ReadPool;
@@ -85,6 +85,8 @@ struct Shared {
     wal_dir: PathBuf,
     /// Set once the store's segment size is known; nothing is published before.
     reader: OnceLock<SegmentReader>,
+    /// The segments the reader holds open, which a removal must not reuse.
+    pins: SegmentPins,
     state: RwLock<State>,
     durable: watch::Receiver<DurableEnd>,
     from_tail: AtomicU64,
@@ -142,6 +144,7 @@ impl Hub {
         let shared = Arc::new(Shared {
             wal_dir,
             reader: OnceLock::new(),
+            pins: SegmentPins::default(),
             state: RwLock::new(State {
                 end: DurableEnd::default(),
                 tail: RecentWal::new(tail_capacity_bytes),
@@ -417,10 +420,25 @@ impl HubFeed {
     /// A later call changes nothing (a data directory never changes its segment size).
     pub fn set_segment_size(&self, size: WalSegmentSize) {
         let dir = self.shared.wal_dir.clone();
+        let pins = self.shared.pins.clone();
         let _ = self
             .shared
             .reader
-            .get_or_init(|| SegmentReader::new(dir, size));
+            .get_or_init(|| SegmentReader::with_pins(dir, size, pins));
+    }
+
+    /// Closes the readers' cached handles of segments wholly below `lsn`, before a removal
+    /// takes them, so that it may reuse them ([`SegmentReader::close_below`]).
+    pub fn close_segments_below(&self, lsn: Lsn) {
+        if let Some(reader) = self.shared.reader.get() {
+            reader.close_below(lsn);
+        }
+    }
+
+    /// The segments the readers hold open: what a removal that reuses files must be given
+    /// ([`SegmentRemoval::reusing`](crate::storage::SegmentRemoval::reusing)).
+    pub fn segment_pins(&self) -> SegmentPins {
+        self.shared.pins.clone()
     }
 
     /// Publishes the timeline history files the store holds.

@@ -579,8 +579,10 @@ impl WriterState {
             }
             Command::LetGoBefore(lsn, reply) => {
                 // No sync first: only segments below the one being written go, and each
-                // was fdatasync'd when it was completed.
-                let removal = self.store.let_go_before(lsn);
+                // was fdatasync'd when it was completed. Files no reader holds are reused.
+                self.feed.close_segments_below(lsn);
+                let pins = self.feed.segment_pins();
+                let removal = self.store.let_go_before(lsn).map(|r| r.reusing(pins));
                 self.report();
                 let _ = reply.send(removal.map_err(WriterError::from));
             }

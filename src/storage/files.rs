@@ -11,10 +11,11 @@ use std::path::PathBuf;
 
 use bytes::Bytes;
 
-use crate::types::{Lsn, SegmentNo, TimelineId, WalSegmentSize};
+use crate::types::{Lsn, SegmentName, SegmentNo, TimelineId, WalSegmentSize};
 
 use super::error::{StoreError, io_err};
 use super::layout;
+use super::reuse::{ReusePool, SegmentPins};
 use super::{WalStore, fsutil};
 use crate::wal::{HISTORY_FILE_MAX_SIZE, history_file_name_parse};
 
@@ -56,13 +57,14 @@ impl WalStore {
     pub fn let_go_before(&mut self, lsn: Lsn) -> Result<SegmentRemoval, StoreError> {
         let size = self.segment_size()?;
         let keep_from = self.tail.as_ref().and_then(|t| t.last_written_segment());
-        let mut paths = Vec::new();
+        let mut files = Vec::new();
         let mut kept = None;
         for f in layout::list_segments(&self.wal_dir, size)? {
             let below = layout::segment_end(f.name, size).is_some_and(|end| end <= lsn);
             let tail_needs = keep_from.is_none_or(|k| f.name.segno >= k);
             if below && !tail_needs {
-                paths.push(layout::segment_path(&self.wal_dir, f.name, size, f.partial));
+                let path = layout::segment_path(&self.wal_dir, f.name, size, f.partial);
+                files.push((path, f.name, f.len));
             } else {
                 kept = Some(kept.map_or(f.name.segno, |k: SegmentNo| k.min(f.name.segno)));
             }
@@ -75,7 +77,10 @@ impl WalStore {
         self.oldest = [files_start, tail_start].into_iter().flatten().min();
         Ok(SegmentRemoval {
             dir: self.wal_dir.clone(),
-            paths,
+            size,
+            files,
+            reuse: None,
+            pool: self.pool.clone(),
         })
     }
 
@@ -126,44 +131,61 @@ impl WalStore {
     }
 }
 
-/// Segment files a store has let go of ([`WalStore::let_go_before`]), to be unlinked.
+/// Segment files a store has let go of ([`WalStore::let_go_before`]), to be unlinked, or
+/// kept for the store to write again ([`SegmentRemoval::reusing`]).
 #[derive(Debug)]
 #[must_use = "the files stay on disk until the removal runs"]
 pub struct SegmentRemoval {
     dir: PathBuf,
-    paths: Vec<PathBuf>,
+    size: WalSegmentSize,
+    /// Each file's path, segment and length.
+    files: Vec<(PathBuf, SegmentName, u64)>,
+    /// The pins of the readers of these files, when they may be reused.
+    reuse: Option<SegmentPins>,
+    pool: ReusePool,
 }
 
 impl SegmentRemoval {
     /// How many segment files it removes.
     pub fn len(&self) -> usize {
-        self.paths.len()
+        self.files.len()
     }
 
     /// Whether it removes nothing.
     pub fn is_empty(&self) -> bool {
-        self.paths.is_empty()
+        self.files.is_empty()
     }
 
-    /// Unlinks the files, then fsyncs the directory, and returns how many were removed. A
-    /// file already gone counts as removed.
+    /// Lets the store write the files again for later segments, rather than unlink them, where
+    /// no reader holds them: `pins` must be those of every reader of the directory (see
+    /// `reuse.rs`). Without it a removal only unlinks.
+    pub fn reusing(mut self, pins: SegmentPins) -> SegmentRemoval {
+        self.reuse = Some(pins);
+        self
+    }
+
+    /// Removes the files (unlinks them, or keeps some for reuse), then fsyncs the directory,
+    /// and returns how many were removed. A file already gone counts as removed.
     ///
     /// # Errors
     /// [`StoreError::Io`] at the first file that cannot be removed (those before it are
     /// gone), or if the directory cannot be synced.
     pub fn run(self) -> Result<usize, StoreError> {
-        for path in &self.paths {
-            match fs::remove_file(path) {
-                Err(e) if e.kind() != ErrorKind::NotFound => {
-                    return Err(io_err("remove", path)(e));
-                }
-                _ => {}
+        for (path, name, len) in &self.files {
+            match &self.reuse {
+                Some(pins) => self.pool.retire(path, *name, *len, self.size, pins)?,
+                None => match fs::remove_file(path) {
+                    Err(e) if e.kind() != ErrorKind::NotFound => {
+                        return Err(io_err("remove", path)(e));
+                    }
+                    _ => {}
+                },
             }
         }
-        if !self.paths.is_empty() {
+        if !self.files.is_empty() {
             fsutil::fsync_dir(&self.dir)?;
         }
-        Ok(self.paths.len())
+        Ok(self.files.len())
     }
 }
 

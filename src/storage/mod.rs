@@ -5,7 +5,9 @@
 //! - `wal/`: segment files named as in `pg_wal` (`XLogFileName`), exactly one segment long once
 //!   complete; the segment being written is `NAME.partial` and is only as long as what was
 //!   written (segments that filled since the last flush stay `.partial` until it completes
-//!   them); timeline history files `%08X.history` sit beside them.
+//!   them); timeline history files `%08X.history` sit beside them, and removed segments kept
+//!   for the writer to reuse as `NAME.reuse` (`reuse.rs`), zeroed, which a new segment's
+//!   `.partial` may then be: a whole segment long, zeros past what was written.
 //!
 //! This is the layout `pg_receivewal` produces (PROTOCOL.md §5.5–5.6), so `pg_waldump` and
 //! `restore_command = 'cp …/%f %p'` work on `wal/`. Directories are created 0700 and files
@@ -30,6 +32,7 @@ mod layout;
 mod lock;
 mod reader;
 mod recovery;
+mod reuse;
 mod state;
 mod upstream_state;
 mod writer;
@@ -47,9 +50,11 @@ pub use error::StoreError;
 pub use files::SegmentRemoval;
 pub use lock::{DataDirLock, LOCK_FILE};
 pub use reader::{FileSpan, SegmentReader};
+pub use reuse::SegmentPins;
 pub use upstream_state::{UPSTREAM_STATE_FILE, load_upstream_info, save_upstream_info};
 
 use error::io_err;
+use reuse::ReusePool;
 pub use writer::PendingFlush;
 use writer::{Mark, Tail};
 
@@ -85,6 +90,8 @@ pub struct WalStore {
     identity: Option<StoreIdentity>,
     tail: Option<Tail>,
     oldest: Option<Lsn>,
+    /// Removed segment files kept for reuse.
+    pool: ReusePool,
 }
 
 impl WalStore {
@@ -97,6 +104,7 @@ impl WalStore {
     pub fn open(data_dir: &Path) -> Result<WalStore, StoreError> {
         let wal_dir = data_dir.join(WAL_DIR);
         fsutil::create_dir(&wal_dir)?;
+        reuse::remove_leftovers(&wal_dir)?;
         let stale = data_dir.join(format!("{}.tmp", state::STATE_FILE));
         match fs::remove_file(&stale) {
             Ok(()) => warn!(file = %stale.display(), "removed leftover temporary file"),
@@ -106,6 +114,7 @@ impl WalStore {
         let identity = state::read(data_dir)?;
         let mut store = WalStore {
             data_dir: data_dir.to_path_buf(),
+            pool: ReusePool::new(wal_dir.clone()),
             wal_dir,
             identity,
             tail: None,
@@ -123,8 +132,8 @@ impl WalStore {
                 end: r.end,
                 validator: r.validator,
             };
-            let dir = self.wal_dir.clone();
-            self.tail = Some(Tail::new(dir, id.segment_size, r.timeline, at));
+            let (dir, pool) = (self.wal_dir.clone(), self.pool.clone());
+            self.tail = Some(Tail::new(dir, pool, id.segment_size, r.timeline, at));
             self.oldest = Some(r.oldest);
         }
         Ok(())
@@ -253,7 +262,8 @@ impl WalStore {
             end: start,
             validator,
         };
-        Ok(Tail::new(self.wal_dir.clone(), size, timeline, at))
+        let (dir, pool) = (self.wal_dir.clone(), self.pool.clone());
+        Ok(Tail::new(dir, pool, size, timeline, at))
     }
 
     /// Appends WAL that starts exactly at the write end, splitting it across segments. When a

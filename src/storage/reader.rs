@@ -12,12 +12,14 @@
 //!   including those appended after the rename;
 //! - an open trying the complete name, then `.partial`, then the complete name again cannot
 //!   miss a segment that is being renamed between the first two opens;
-//! - retention unlinks whole files and never rewrites them. An unlinked file stays readable
-//!   through its handle, but serving it would keep its disk space pinned and hide the removal,
-//!   so after every read from a cached handle its link count is checked (`fstat`, no path
-//!   lookup), like walsender's `CheckXLogRemoved` after a read; a handle whose file is gone is
-//!   closed and the name looked up again. [`SegmentReader::close_removed`] closes such handles
-//!   without waiting for a read.
+//! - retention unlinks whole files, or renames them away for the writer to reuse, and reuses
+//!   only a file no reader holds: the reader pins a segment's name before it opens the file
+//!   and until the last handle and [`FileSpan`] of it is gone ([`SegmentPins`], `reuse.rs`).
+//!   An unlinked file stays readable through its handle, but serving it would keep its disk
+//!   space pinned and hide the removal, so after every read from a cached handle its link
+//!   count is checked (`fstat`, no path lookup), like walsender's `CheckXLogRemoved` after a
+//!   read; a handle whose file is gone is closed and the name looked up again.
+//!   [`SegmentReader::close_removed`] closes such handles without waiting for a read.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -30,6 +32,7 @@ use crate::types::{Lsn, SegmentName, TimelineId, WalSegmentSize};
 
 use super::error::{StoreError, io_err};
 use super::layout;
+use super::reuse::{Pin, SegmentPins};
 
 /// How many segment files stay open: enough for readers at a few different positions.
 const OPEN_FILES: usize = 4;
@@ -46,6 +49,7 @@ struct Inner {
     size: WalSegmentSize,
     /// Most recently used first.
     open: Mutex<VecDeque<OpenSegment>>,
+    pins: SegmentPins,
 }
 
 /// An open segment file; the `Arc` lets a read run without holding the cache's lock.
@@ -53,17 +57,32 @@ struct Inner {
 struct OpenSegment {
     name: SegmentName,
     path: PathBuf,
-    file: Arc<File>,
+    file: Arc<PinnedFile>,
+}
+
+/// A segment file with its segment's name pinned for as long as it is open.
+#[derive(Debug)]
+struct PinnedFile {
+    file: File,
+    _pin: Pin,
 }
 
 impl SegmentReader {
     /// A reader of the segment files in `wal_dir` (the store's `wal/` directory).
     pub fn new(wal_dir: PathBuf, size: WalSegmentSize) -> SegmentReader {
+        SegmentReader::with_pins(wal_dir, size, SegmentPins::default())
+    }
+
+    /// A reader that pins the segments it holds open in `pins`, which a removal of the store
+    /// that writes `wal_dir` is given ([`SegmentRemoval::reusing`](super::SegmentRemoval::reusing))
+    /// so that it never reuses a file this reader holds.
+    pub fn with_pins(wal_dir: PathBuf, size: WalSegmentSize, pins: SegmentPins) -> SegmentReader {
         SegmentReader {
             inner: Arc::new(Inner {
                 dir: wal_dir,
                 size,
                 open: Mutex::new(VecDeque::with_capacity(OPEN_FILES + 1)),
+                pins,
             }),
         }
     }
@@ -120,9 +139,14 @@ impl SegmentReader {
         let (name, offset, buf) = self.locate(timeline, lsn, buf)?;
         let seg = self.cached(name)?;
         let flags = rustix::io::ReadWriteFlags::NOWAIT;
-        let n = rustix::io::preadv2(&*seg.file, &mut [io::IoSliceMut::new(buf)], offset, flags)
-            .ok()
-            .filter(|n| *n > 0)?;
+        let n = rustix::io::preadv2(
+            &seg.file.file,
+            &mut [io::IoSliceMut::new(buf)],
+            offset,
+            flags,
+        )
+        .ok()
+        .filter(|n| *n > 0)?;
         // As in `read_at`: a file that lost its name is looked up again by the slow path.
         is_linked(&seg).ok().filter(|linked| *linked).map(|_| n)
     }
@@ -150,8 +174,12 @@ impl SegmentReader {
         let cached = |at: u64| {
             let mut byte = [0u8];
             let flags = rustix::io::ReadWriteFlags::NOWAIT;
-            let read =
-                rustix::io::preadv2(&*seg.file, &mut [io::IoSliceMut::new(&mut byte)], at, flags);
+            let read = rustix::io::preadv2(
+                &seg.file.file,
+                &mut [io::IoSliceMut::new(&mut byte)],
+                at,
+                flags,
+            );
             matches!(read, Ok(1))
         };
         if !(cached(offset) && cached(last) && is_linked(&seg).ok()?) {
@@ -219,6 +247,16 @@ impl SegmentReader {
         Ok(())
     }
 
+    /// Closes the cached handles of segments that lie wholly below `lsn`, on any timeline:
+    /// what a removal of the segments below `lsn` is about to take, which no reader whose
+    /// cursor is past them needs. A file still held (a read under way, a [`FileSpan`]) stays
+    /// pinned and is unlinked rather than reused.
+    pub fn close_below(&self, lsn: Lsn) {
+        let size = self.inner.size;
+        self.lock()
+            .retain(|s| layout::segment_end(s.name, size).is_none_or(|end| end > lsn));
+    }
+
     /// How many files are open; for tests.
     #[cfg(test)]
     fn open_count(&self) -> usize {
@@ -256,14 +294,16 @@ impl SegmentReader {
     }
 
     /// Opens the complete file, else the `.partial`, else the complete file again: the writer
-    /// may rename the partial between the first two opens.
+    /// may rename the partial between the first two opens. The name is pinned first, so a
+    /// removal that renames the file away and then finds no pin knows no reader has it.
     fn open(&self, name: SegmentName) -> Result<OpenSegment, StoreError> {
         let (dir, size) = (&self.inner.dir, self.inner.size);
+        let pin = self.inner.pins.pin(name);
         for partial in [false, true, false] {
             let path = layout::segment_path(dir, name, size, partial);
             match File::open(&path) {
                 Ok(file) => {
-                    let file = Arc::new(file);
+                    let file = Arc::new(PinnedFile { file, _pin: pin });
                     return Ok(OpenSegment { name, path, file });
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -276,10 +316,11 @@ impl SegmentReader {
     }
 }
 
-/// A stretch of an open segment file, for the kernel to send from the page cache.
+/// A stretch of an open segment file, for the kernel to send from the page cache. While it
+/// exists its segment stays pinned, so the file is not reused under it.
 #[derive(Clone, Debug)]
 pub struct FileSpan {
-    file: Arc<File>,
+    file: Arc<PinnedFile>,
     offset: u64,
     len: usize,
 }
@@ -287,7 +328,7 @@ pub struct FileSpan {
 impl FileSpan {
     /// The open segment file.
     pub fn file(&self) -> &File {
-        &self.file
+        &self.file.file
     }
 
     /// Where the stretch begins in the file.
@@ -323,7 +364,7 @@ impl FileSpan {
 fn read_full(seg: &OpenSegment, buf: &mut [u8], offset: u64) -> Result<usize, StoreError> {
     let mut done = 0;
     while let Some(rest) = buf.get_mut(done..).filter(|r| !r.is_empty()) {
-        match seg.file.read_at(rest, offset + done as u64) {
+        match seg.file.file.read_at(rest, offset + done as u64) {
             Ok(0) => break,
             Ok(n) => done += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -342,7 +383,11 @@ fn read_full(seg: &OpenSegment, buf: &mut [u8], offset: u64) -> Result<usize, St
 
 /// Whether the file still has a name in the directory.
 fn is_linked(seg: &OpenSegment) -> Result<bool, StoreError> {
-    let meta = seg.file.metadata().map_err(io_err("fstat", &seg.path))?;
+    let meta = seg
+        .file
+        .file
+        .metadata()
+        .map_err(io_err("fstat", &seg.path))?;
     Ok(meta.nlink() > 0)
 }
 
@@ -558,6 +603,28 @@ mod tests {
         fs::remove_file(file(t.path(), 1, 1, false)).unwrap();
         r.close_removed().unwrap();
         assert_eq!(r.open_count(), 2);
+    }
+
+    #[test]
+    fn close_below_releases_the_segments_below_and_their_pins() {
+        let t = tempfile::TempDir::new().unwrap();
+        for (timeline, segno) in [(1, 1), (1, 2), (2, 2), (2, 3)] {
+            fs::write(file(t.path(), timeline, segno, false), [1; 16]).unwrap();
+        }
+        let pins = SegmentPins::default();
+        let r = SegmentReader::with_pins(t.path().to_path_buf(), size(), pins.clone());
+        for (timeline, segno) in [(1, 1), (1, 2), (2, 2), (2, 3)] {
+            read(&r, timeline, segno * SEG, 4);
+        }
+        let name = |timeline, segno| SegmentName {
+            timeline: tli(timeline),
+            segno: SegmentNo(segno),
+        };
+        assert!(pins.is_pinned(name(1, 1)) && pins.is_pinned(name(2, 3)));
+        r.close_below(Lsn(3 * SEG));
+        assert_eq!(r.open_count(), 1);
+        assert!(!pins.is_pinned(name(1, 1)) && !pins.is_pinned(name(2, 2)));
+        assert!(pins.is_pinned(name(2, 3)));
     }
 
     #[test]

@@ -3,8 +3,10 @@
 //!
 //! It follows `pg_receivewal` (`receivelog.c`, `walmethods.c`): segments are written strictly in
 //! order, a full segment is fdatasync'd and only then renamed from `NAME.partial` to `NAME`, so a
-//! short file never carries a complete name. Unlike `pg_receivewal` the partial is not
-//! pre-padded with zeros: its length is the written length, which keeps recovery simple. A
+//! short file never carries a complete name. Unlike `pg_receivewal` a new partial is not
+//! pre-padded with zeros: its length is the written length. One written into a removed file
+//! the store kept for reuse (`reuse.rs`) is a whole segment long, zeros past what was written,
+//! which recovery reads as the end of the WAL, as it reads a torn tail. A
 //! segment that fills is set aside and completed (fdatasync'd, renamed, the directory fsync'd)
 //! by the next flush, which may run on another thread, while the writer goes on with the next
 //! segment; so full `.partial` segments may sit below the one being written until then, and
@@ -34,6 +36,7 @@ use crate::wal::WalValidator;
 use super::error::{StoreError, io_err};
 use super::fsutil;
 use super::layout;
+use super::reuse::ReusePool;
 
 /// A position in the stored WAL with the validator state there.
 #[derive(Clone)]
@@ -54,6 +57,8 @@ struct OpenSegment {
 /// The end of the stored WAL on the current timeline, and the file being written.
 pub(crate) struct Tail {
     dir: PathBuf,
+    /// Removed segment files a new segment may be written into.
+    pool: ReusePool,
     size: WalSegmentSize,
     timeline: TimelineId,
     written: Mark,
@@ -160,9 +165,16 @@ impl PendingFlush {
 
 impl Tail {
     /// A tail whose every byte below `at.end` is already durable.
-    pub(crate) fn new(dir: PathBuf, size: WalSegmentSize, timeline: TimelineId, at: Mark) -> Tail {
+    pub(crate) fn new(
+        dir: PathBuf,
+        pool: ReusePool,
+        size: WalSegmentSize,
+        timeline: TimelineId,
+        at: Mark,
+    ) -> Tail {
         Tail {
             dir,
+            pool,
             size,
             timeline,
             cached_from: at.end,
@@ -256,7 +268,8 @@ impl Tail {
     }
 
     /// The `.partial` file the write end lies in, opened (or created) with its length set to
-    /// the write end's offset, so bytes of a failed write never linger in it.
+    /// the write end's offset, so bytes of a failed write never linger in it; or, for a new
+    /// segment, a removed file from the pool, a whole segment of zeros.
     fn current_segment(&mut self) -> Result<&mut OpenSegment, StoreError> {
         let segno = self.size.segment_of(self.written.end);
         let offset = u64::from(self.size.offset_in_segment(self.written.end));
@@ -269,13 +282,14 @@ impl Tail {
                 segno,
             };
             let path = layout::segment_path(&self.dir, name, self.size, true);
+            let reused = offset == 0 && self.pool.install(&path);
             let file = fsutil::open_rw(&path)?;
             let len = file.metadata().map_err(io_err("stat", &path))?.len();
             if len < offset {
                 let reason = "shorter than the WAL stored in it";
                 return Err(StoreError::Layout { path, reason });
             }
-            if len > offset {
+            if len > offset && !reused {
                 file.set_len(offset).map_err(io_err("truncate", &path))?;
             }
             // The directory entry may be new, or not yet durable after a crash.
