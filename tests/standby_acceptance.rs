@@ -8,7 +8,8 @@
 //! `--max-slot-wal-keep-size` is invalidated while removal goes on, its WAL refused to the
 //! standby as PostgreSQL refuses it (G2). Every row runs at 1 MB and at 16 MB segments (G2's
 //! removed-WAL-still-in-memory case at 1 MB only). Feedback not "in the recent past" of the
-//! primary's xids is ignored rather than forwarded.
+//! primary's xids is ignored rather than forwarded. Removed segments written again as new
+//! ones leave every standby's and receiver's WAL equal to the archive.
 //!
 //! Durations are scaled for CI and tunable: `WALRELAY_A1_SECS` (pgbench run, default 20),
 //! `WALRELAY_A9_SECS` (idle time, default 35; the row says 180), `WALRELAY_E1_SECS` (throttled

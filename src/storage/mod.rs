@@ -3,11 +3,11 @@
 //! Layout of a data directory:
 //! - `walrelay.state`: the store's identity (system identifier, segment size), see `state.rs`;
 //! - `wal/`: segment files named as in `pg_wal` (`XLogFileName`), exactly one segment long once
-//!   complete; the segment being written is `NAME.partial` and is only as long as what was
-//!   written (segments that filled since the last flush stay `.partial` until it completes
-//!   them); timeline history files `%08X.history` sit beside them, and removed segments kept
-//!   for the writer to reuse as `NAME.reuse` (`reuse.rs`), zeroed, which a new segment's
-//!   `.partial` may then be: a whole segment long, zeros past what was written.
+//!   complete; the segment being written is `NAME.partial` and is as long as what was written,
+//!   or a whole segment with zeros past it when it was written into a removed segment's file
+//!   that was kept for reuse (`NAME.reuse`, see `reuse.rs`); segments that filled since the
+//!   last flush stay `.partial` until it completes them. Timeline history files
+//!   `%08X.history` sit beside them.
 //!
 //! This is the layout `pg_receivewal` produces (PROTOCOL.md §5.5–5.6), so `pg_waldump` and
 //! `restore_command = 'cp …/%f %p'` work on `wal/`. Directories are created 0700 and files
