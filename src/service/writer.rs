@@ -68,9 +68,9 @@ const SYNC_EVERY_CHUNKS: usize = 8;
 /// only limits how far the written end runs ahead of the durable end, which is what a failed
 /// sync makes the relay fetch again. When more than the tail holds waits for a sync, readers
 /// at the durable end find it in the page cache instead. With 16 standbys writing to the same
-/// disk a sync took long enough that 64 chunks (8 MiB) held the relay's ingest to about
-/// 25 MB/s; 512 had the WAL durable 3 to 4 times sooner, and caught up faster as well (the README
-/// gives the measurements).
+/// disk a sync could take long enough that 64 chunks (8 MiB) left the upstream socket unread
+/// for much of the time; with 512 the WAL was durable sooner in four pairs of runs of five,
+/// and catching up was faster as well (the README gives the measurements).
 const MAX_UNSYNCED_CHUNKS: usize = 512;
 
 // While a sync runs, at least a whole batch more can be appended.
