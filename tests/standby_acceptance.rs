@@ -27,6 +27,7 @@ mod support;
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -34,8 +35,8 @@ use downstream_client::{RawClient, copy_data};
 use support::slow_link::SlowLink;
 use support::*;
 use walrelay::testkit::localpg::{
-    Cluster, ClusterBuilder, PgBinaries, ScratchDir, StopMode, free_port, require_postgres, run,
-    wait_until,
+    Cluster, ClusterBuilder, PgBinaries, PgProcess, ScratchDir, StopMode, free_port,
+    require_postgres, run, wait_until,
 };
 use walrelay::types::{Lsn, SegmentName, TimelineId, WalSegmentSize};
 
@@ -179,6 +180,37 @@ impl Topo {
             segno: self.size.segment_of(lsn),
         }
         .file_name(self.size)
+    }
+
+    /// `n` `pg_receivewal` streaming from the relay without slots, each into a directory of its
+    /// own beside the relay's data.
+    fn receivers(&self, n: usize) -> Vec<(PgProcess, PathBuf)> {
+        let root = self.relay.data_dir.parent().unwrap().to_owned();
+        (0..n)
+            .map(|i| {
+                let dir = root.join(format!("recv{i}"));
+                fs::create_dir_all(&dir).unwrap();
+                let conninfo = format!("{} application_name=recv{i}", self.relay_conninfo());
+                (self.bins.receivewal(&conninfo, &dir, &[]).unwrap(), dir)
+            })
+            .collect()
+    }
+
+    /// Waits until each receiver has completed segment `last`, stops it, and compares its
+    /// completed segments with the archive (O3); returns how many were compared.
+    fn finish_receivers(&self, receivers: Vec<(PgProcess, PathBuf)>, last: &str) -> usize {
+        let mut compared = 0;
+        for (mut process, dir) in receivers {
+            wait_until(
+                Duration::from_secs(60),
+                "pg_receivewal completed it",
+                || Ok(dir.join(last).exists()),
+            )
+            .unwrap_or_else(|e| panic!("{e}: {}", process.log_contents()));
+            process.stop().unwrap();
+            compared += assert_same_segments(&dir, &self.primary.archive_dir(), self.size);
+        }
+        compared
     }
 
     /// O10 for slot `name`: the segment holding its `restart_lsn` and every later one the
@@ -819,14 +851,7 @@ fn standbys_and_receivers_converge(label: &str, segment_mb: u32) {
         .iter()
         .map(|slot| t.standby(slot, None, &[]))
         .collect();
-    let root = t.relay.data_dir.parent().unwrap().to_owned();
-    let mut receivers = Vec::new();
-    for i in 0..20 {
-        let dir = root.join(format!("recv{i}"));
-        fs::create_dir_all(&dir).unwrap();
-        let conninfo = format!("{} application_name=recv{i}", t.relay_conninfo());
-        receivers.push((t.bins.receivewal(&conninfo, &dir, &[]).unwrap(), dir));
-    }
+    let receivers = t.receivers(20);
     wait_until(Duration::from_secs(30), "23 downstreams streaming", || {
         let sql = "SELECT count(*) FROM pg_stat_replication";
         let streams = t.relay.count_log(0, "downstream::streaming: streaming ");
@@ -838,19 +863,7 @@ fn standbys_and_receivers_converge(label: &str, segment_mb: u32) {
     let last = t.segment_name(Lsn(target.0 - 1));
     let refs: Vec<&Cluster> = standbys.iter().collect();
     wait_replayed(&refs, target);
-    for (process, dir) in &mut receivers {
-        wait_until(
-            Duration::from_secs(60),
-            "pg_receivewal completed it",
-            || Ok(dir.join(&last).exists()),
-        )
-        .unwrap_or_else(|e| panic!("{e}: {}", process.log_contents()));
-    }
-    let mut compared = 0;
-    for (mut process, dir) in receivers {
-        process.stop().unwrap();
-        compared += assert_same_segments(&dir, &t.primary.archive_dir(), t.size);
-    }
+    let compared = t.finish_receivers(receivers, &last);
     let peak = peak_rss(t.relay.pid());
     println!(
         "E8 {segment_mb} MB segments: 20 receivers, {compared} segments compared, relay VmHWM \
@@ -993,14 +1006,7 @@ fn removed_segments_are_reused_while_standbys_and_receivers_stream() {
     };
     let d1 = t.standby("d1", None, &[]);
     let d2 = t.standby("d2", None, &[]);
-    let root = t.relay.data_dir.parent().unwrap().to_owned();
-    let mut receivers = Vec::new();
-    for i in 0..4 {
-        let dir = root.join(format!("recv{i}"));
-        fs::create_dir_all(&dir).unwrap();
-        let conninfo = format!("{} application_name=recv{i}", t.relay_conninfo());
-        receivers.push((t.bins.receivewal(&conninfo, &dir, &[]).unwrap(), dir));
-    }
+    let receivers = t.receivers(4);
     wait_until(Duration::from_secs(30), "6 downstreams streaming", || {
         Ok(t.relay.count_log(0, "downstream::streaming: streaming ") >= 6)
     })
@@ -1034,17 +1040,7 @@ fn removed_segments_are_reused_while_standbys_and_receivers_stream() {
     });
     let target = t.primary.current_wal_flush_lsn().unwrap();
     let last = t.segment_name(Lsn(target.0 - 1));
-    let mut compared = 0;
-    for (mut process, dir) in receivers {
-        wait_until(
-            Duration::from_secs(60),
-            "pg_receivewal completed it",
-            || Ok(dir.join(&last).exists()),
-        )
-        .unwrap_or_else(|e| panic!("{e}: {}", process.log_contents()));
-        process.stop().unwrap();
-        compared += assert_same_segments(&dir, &t.primary.archive_dir(), t.size);
-    }
+    let compared = t.finish_receivers(receivers, &last);
     let relay_compared = assert_same_segments(&wal, &t.primary.archive_dir(), t.size);
     let q = "SELECT count(*), sum(length(payload)) FROM walrelay_load";
     for standby in [&d1, &d2] {

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::{ErrorKind, Read};
+use std::io::Read;
 use std::path::PathBuf;
 
 use bytes::Bytes;
@@ -15,7 +15,7 @@ use crate::types::{Lsn, SegmentName, SegmentNo, TimelineId, WalSegmentSize};
 
 use super::error::{StoreError, io_err};
 use super::layout;
-use super::reuse::{ReusePool, SegmentPins};
+use super::reuse::{self, ReusePool, SegmentPins};
 use super::{WalStore, fsutil};
 use crate::wal::{HISTORY_FILE_MAX_SIZE, history_file_name_parse};
 
@@ -174,12 +174,7 @@ impl SegmentRemoval {
         for (path, name, len) in &self.files {
             match &self.reuse {
                 Some(pins) => self.pool.retire(path, *name, *len, self.size, pins)?,
-                None => match fs::remove_file(path) {
-                    Err(e) if e.kind() != ErrorKind::NotFound => {
-                        return Err(io_err("remove", path)(e));
-                    }
-                    _ => {}
-                },
+                None => reuse::remove(path)?,
             }
         }
         if !self.files.is_empty() {

@@ -50,14 +50,19 @@ pub(crate) fn write_atomic(dir: &Path, name: &str, contents: &[u8]) -> Result<()
 /// Removes every `*.tmp` file directly in `dir` (left by an interrupted [`write_atomic`]) and
 /// returns their paths.
 pub(crate) fn remove_tmp_files(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
+    remove_files_ending(dir, ".tmp")
+}
+
+/// Removes every file directly in `dir` whose name ends in `suffix` and returns their paths.
+pub(crate) fn remove_files_ending(dir: &Path, suffix: &str) -> Result<Vec<PathBuf>, StoreError> {
     let mut removed = Vec::new();
     for entry in fs::read_dir(dir).map_err(io_err("read directory", dir))? {
         let entry = entry.map_err(io_err("read directory", dir))?;
-        let is_tmp = entry
+        let matches = entry
             .file_name()
             .to_str()
-            .is_some_and(|n| n.ends_with(".tmp"));
-        if is_tmp && entry.file_type().is_ok_and(|t| t.is_file()) {
+            .is_some_and(|n| n.ends_with(suffix));
+        if matches && entry.file_type().is_ok_and(|t| t.is_file()) {
             let path = entry.path();
             fs::remove_file(&path).map_err(io_err("remove", &path))?;
             removed.push(path);

@@ -32,6 +32,7 @@ use tracing::{debug, warn};
 use crate::types::{SegmentName, WalSegmentSize};
 
 use super::error::{StoreError, io_err};
+use super::fsutil;
 
 /// The suffix of a pooled file: `NAME.reuse`, after the segment it held last.
 const SUFFIX: &str = ".reuse";
@@ -126,9 +127,8 @@ impl ReusePool {
     /// Whether another file of `size` fits: under both bounds, and the file system keeps as
     /// much free as the pool may hold.
     fn has_room(&self, size: WalSegmentSize) -> bool {
-        let files = POOL_FILES.min(POOL_BYTES / size.bytes_u64());
         let state = self.lock();
-        if state.unsupported || state.files.len() as u64 >= files {
+        if state.unsupported || state.files.len() as u64 >= capacity(size) {
             return false;
         }
         drop(state);
@@ -228,21 +228,17 @@ impl ReusePool {
 /// # Errors
 /// [`StoreError::Io`] if the directory cannot be read or a file cannot be removed.
 pub(crate) fn remove_leftovers(dir: &Path) -> Result<(), StoreError> {
-    for entry in fs::read_dir(dir).map_err(io_err("read directory", dir))? {
-        let entry = entry.map_err(io_err("read directory", dir))?;
-        let pooled = entry
-            .file_name()
-            .to_str()
-            .is_some_and(|n| n.ends_with(SUFFIX));
-        if pooled && entry.file_type().is_ok_and(|t| t.is_file()) {
-            remove(&entry.path())?;
-        }
-    }
-    Ok(())
+    fsutil::remove_files_ending(dir, SUFFIX).map(drop)
+}
+
+/// How many files of `size` the pool holds at most: [`POOL_FILES`], and no more than
+/// [`POOL_BYTES`].
+fn capacity(size: WalSegmentSize) -> u64 {
+    POOL_FILES.min(POOL_BYTES / size.bytes_u64())
 }
 
 /// Unlinks `path`; one already gone counts as removed.
-fn remove(path: &Path) -> Result<(), StoreError> {
+pub(crate) fn remove(path: &Path) -> Result<(), StoreError> {
     match fs::remove_file(path) {
         Err(e) if e.kind() != ErrorKind::NotFound => Err(io_err("remove", path)(e)),
         _ => Ok(()),
@@ -277,6 +273,16 @@ mod tests {
             timeline: tli(1),
             segno: crate::types::SegmentNo(segno),
         }
+    }
+
+    #[test]
+    fn the_pool_holds_eight_files_and_no_more_than_128_mib() {
+        let size = |mb: u32| WalSegmentSize::new(mb << 20).unwrap();
+        assert_eq!(capacity(size(1)), 8);
+        assert_eq!(capacity(size(16)), 8);
+        assert_eq!(capacity(size(32)), 4);
+        assert_eq!(capacity(size(64)), 2);
+        assert_eq!(capacity(size(1024)), 0);
     }
 
     #[test]
