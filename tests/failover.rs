@@ -28,7 +28,9 @@ use std::time::Duration;
 
 use downstream_client::{RawClient, copy_done, query_msg};
 use support::*;
-use walrelay::testkit::localpg::{Cluster, StopMode, free_port, require_postgres, wait_until};
+use walrelay::testkit::localpg::{
+    Cluster, StopMode, archive_command, free_port, require_postgres, wait_until,
+};
 use walrelay::types::{Lsn, SegmentName, TimelineId, WalSegmentSize};
 
 /// Whether `server` streams to `app` now.
@@ -237,13 +239,9 @@ fn dirty_failover_never_serves_the_lost_tail() {
         .basebackup_standby(&primary.conninfo(), None)
         .unwrap();
     let standby_archive = bins.scratch_dir(dir.path(), "sarch").unwrap();
-    let a = standby_archive.path().display().to_string();
     standby.set_config("archive_mode", "on").unwrap();
     standby
-        .set_config(
-            "archive_command",
-            &format!("test ! -f '{a}/%f' && cp %p '{a}/%f'"),
-        )
+        .set_config("archive_command", &archive_command(standby_archive.path()))
         .unwrap();
     standby.start().unwrap();
 

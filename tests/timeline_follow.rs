@@ -19,7 +19,9 @@ use std::fs;
 use std::time::Duration;
 
 use support::*;
-use walrelay::testkit::localpg::{StopMode, free_port, require_postgres, wait_until};
+use walrelay::testkit::localpg::{
+    StopMode, archive_command, free_port, require_postgres, wait_until,
+};
 use walrelay::types::{SegmentName, TimelineId};
 
 at_1mb_and_16mb_segments!(
@@ -39,13 +41,9 @@ fn relay_follows_promotion(label: &str, segment_mb: u32) {
         .basebackup_standby(&primary.conninfo(), None)
         .unwrap();
     let standby_archive = bins.scratch_dir(dir.path(), "sarch").unwrap();
-    let a = standby_archive.path().display().to_string();
     standby.set_config("archive_mode", "always").unwrap();
     standby
-        .set_config(
-            "archive_command",
-            &format!("test ! -f '{a}/%f' && cp %p '{a}/%f'"),
-        )
+        .set_config("archive_command", &archive_command(standby_archive.path()))
         .unwrap();
     standby.start().unwrap();
 

@@ -4,8 +4,8 @@
 //! into a private directory, a free port and a private Unix socket directory, `pg_ctl` to start
 //! and stop, `pg_basebackup` for standbys, and the client tools (`psql`, `pg_receivewal`,
 //! `pg_waldump`, `pgbench`) run against those servers. With `archive(true)` the primary copies
-//! every completed segment into an archive directory with
-//! `archive_command='test ! -f ARCH/%f && cp %p ARCH/%f'`: the ground truth for byte comparisons.
+//! every completed segment into an archive directory with [`archive_command`] (a copy and a
+//! rename, safe to kill): the ground truth for byte comparisons.
 //!
 //! PostgreSQL refuses to run its server tools as root. When this process is root, the tools in
 //! [`PG_USER_TOOLS`] run as the `postgres` user (`Command::uid/gid`) and the directories they
@@ -38,7 +38,7 @@ mod cluster;
 #[path = "localpg/xid_epoch.rs"]
 mod xid_epoch;
 
-pub use cluster::{Cluster, ClusterBuilder, StopMode};
+pub use cluster::{Cluster, ClusterBuilder, StopMode, archive_command};
 
 /// Tools that run as the `postgres` user when this process is root: the ones that refuse root
 /// and the ones whose output a server must own.
@@ -739,6 +739,43 @@ mod tests {
         assert_eq!(user.home, PathBuf::from("/var/lib/postgresql"));
         assert_eq!(passwd_entry(passwd, "nobody"), None);
         assert_eq!(passwd_entry("postgres:x:abc:1:::", "postgres"), None);
+    }
+
+    /// The archiver is killed mid-copy by an immediate shutdown and offers the segment again
+    /// after the restart: the second try must succeed, and a different file under the same
+    /// name must not be accepted.
+    #[test]
+    fn the_archive_command_survives_a_killed_copy() {
+        let dir = std::env::temp_dir().join(format!("walrelay-archive-cmd-{}", std::process::id()));
+        let (wal, archive) = (dir.join("pg_wal"), dir.join("archive"));
+        fs::create_dir_all(&wal).unwrap();
+        fs::create_dir_all(&archive).unwrap();
+        let name = "000000010000000000000027";
+        fs::write(wal.join(name), vec![7u8; 8192]).unwrap();
+        let archive_one = || {
+            let command = archive_command(&archive)
+                .replace("%p", &format!("pg_wal/{name}"))
+                .replace("%f", name);
+            Command::new("sh")
+                .arg("-c")
+                .arg(command)
+                .current_dir(&dir)
+                .status()
+                .unwrap()
+                .success()
+        };
+        // What a copy killed half-way leaves behind.
+        fs::write(archive.join(format!("{name}.tmp")), vec![7u8; 100]).unwrap();
+        assert!(archive_one(), "a leftover partial copy blocks archiving");
+        assert_eq!(fs::read(archive.join(name)).unwrap(), vec![7u8; 8192]);
+        assert!(archive_one(), "a segment archived already is refused");
+        fs::write(wal.join(name), vec![8u8; 8192]).unwrap();
+        assert!(
+            !archive_one(),
+            "a different segment under an archived name is accepted"
+        );
+        assert_eq!(fs::read(archive.join(name)).unwrap(), vec![7u8; 8192]);
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

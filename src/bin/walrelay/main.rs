@@ -29,7 +29,7 @@ mod status;
 // library does not have to export it: one copy of the source, two crates. The demo uses only
 // part of it.
 #[path = "../../testkit/localpg.rs"]
-#[allow(dead_code)]
+#[allow(dead_code, unused_imports)]
 mod localpg;
 
 /// Makes glibc's malloc keep one arena for every thread. By default each thread that allocates

@@ -55,6 +55,20 @@ fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
 
+/// An `archive_command` that copies each completed segment into `dir` and survives being
+/// killed, as an immediate shutdown kills it mid-copy: it copies to `%f.tmp` and renames, so
+/// the archive never holds a partial segment under its name, and when the archive already
+/// holds the segment it succeeds only if the copy is identical. That is the rule PostgreSQL's
+/// documentation gives (continuous archiving): after a crash the archiver may offer a segment
+/// it archived once already, and a plain `test ! -f` would then fail for ever.
+pub fn archive_command(dir: &Path) -> String {
+    let a = sh_quote(&dir.to_string_lossy());
+    format!(
+        "if test -f {a}/%f; then cmp -s %p {a}/%f; \
+         else cp %p {a}/%f.tmp && mv {a}/%f.tmp {a}/%f; fi"
+    )
+}
+
 /// Settings for a new cluster: `initdb --wal-segsize`, `archive_mode`, `postgresql.conf` lines
 /// and `pg_hba.conf` lines.
 #[derive(Clone, Debug)]
@@ -213,10 +227,8 @@ impl ClusterBuilder {
         if self.archive {
             let arch = root.join("archive");
             self.bins.make_dir(&arch)?;
-            let a = sh_quote(&arch.to_string_lossy());
             set(&mut settings, "archive_mode", "on");
-            let command = format!("test ! -f {a}/%f && cp %p {a}/%f");
-            set(&mut settings, "archive_command", &command);
+            set(&mut settings, "archive_command", &archive_command(&arch));
         }
         for (key, value) in &self.config {
             set(&mut settings, key, value);
