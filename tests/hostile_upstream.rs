@@ -178,18 +178,26 @@ impl Run {
         }
     }
 
-    /// Every file in the WAL directory with its content.
+    /// Every file in the WAL directory with its content. A file renamed between the listing
+    /// and its reading (a segment completed meanwhile) makes it list again.
     fn stored(&self) -> BTreeMap<String, Vec<u8>> {
-        let Ok(entries) = fs::read_dir(self.wal_dir()) else {
-            return BTreeMap::new();
-        };
-        let file = |p: PathBuf| {
-            (
-                p.file_name().unwrap().to_string_lossy().into_owned(),
-                fs::read(&p).unwrap(),
-            )
-        };
-        entries.map(|e| file(e.unwrap().path())).collect()
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let Ok(entries) = fs::read_dir(self.wal_dir()) else {
+                return BTreeMap::new();
+            };
+            let read = |p: PathBuf| {
+                let name = p.file_name().unwrap().to_string_lossy().into_owned();
+                fs::read(&p).map(|bytes| (name, bytes))
+            };
+            match entries.map(|e| read(e.unwrap().path())).collect() {
+                Ok(stored) => return stored,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    assert!(Instant::now() < deadline, "the WAL directory never settled");
+                }
+                Err(e) => panic!("reading the WAL directory: {e}"),
+            }
+        }
     }
 
     /// A segment's bytes, complete or partial; empty if it does not exist.
@@ -216,14 +224,28 @@ impl Run {
     }
 
     /// Waits until the relay has reported all served WAL written, and flushed up to the end
-    /// of the last record.
+    /// of the last record, and until the last segment is complete (a flush after the report
+    /// may rename it from `.partial`): what the tests read of the store must not change under
+    /// them.
     fn wait_all_stored(&self) -> Vec<Session> {
         let end = real_wal().end();
-        self.fake
+        let sessions = self
+            .fake
             .wait("the relay to store all served WAL", DEADLINE, |s| {
                 s.iter()
                     .any(|s| s.max_write() >= end && s.max_flush() >= LAST_RECORD_END)
-            })
+            });
+        let last = self.wal_dir().join(SEGMENTS[SEGMENTS.len() - 1]);
+        let deadline = Instant::now() + DEADLINE;
+        while !last.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "{} never completed",
+                last.display()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        sessions
     }
 }
 
