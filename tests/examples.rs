@@ -396,11 +396,27 @@ fn fanout_bench_smoke_runs_every_part_and_cleans_up() {
     let cases = report["fanout"].as_array().unwrap();
     // Three servers, groups of 0 and 1 standby, two loads.
     assert_eq!(cases.len(), 12, "{report:#}");
+    // The disk written is counted wherever the clusters live on a block device.
+    let on_tmpfs = Command::new("stat")
+        .args(["-f", "-c", "%T"])
+        .arg(std::env::temp_dir())
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "tmpfs");
     for case in cases {
         let times = case["standby_received_s"].as_array().unwrap();
         assert_eq!(times.len() as u64, case["standbys"].as_u64().unwrap());
         assert!(times.iter().all(|t| t.as_f64().is_some()), "{case:#}");
-        assert!(case["wal_bytes"].as_u64().unwrap() > 0);
+        let wal = case["wal_bytes"].as_u64().unwrap();
+        assert!(wal > 0);
+        if !on_tmpfs {
+            let written = case["disk_written_bytes"].as_u64().unwrap_or(0);
+            assert!(written >= wal, "the primary's WAL alone is more: {case:#}");
+        }
+        if case["mode"] == "relay" {
+            // The send CPU of its worker threads needs their name as `/proc` gives it.
+            let threads = case["server"]["cpu_by"].as_object().unwrap();
+            assert!(threads.contains_key("tokio-rt-worker"), "{threads:?}");
+        }
     }
     let clients = report["clients"].as_array().unwrap();
     assert_eq!(clients.len(), 2);
@@ -429,7 +445,7 @@ fn fanout_bench_smoke_runs_every_part_and_cleans_up() {
     assert!(tables.contains("relay, catching up"), "{tables}");
     for heading in [
         "WAL-only load",
-        "table-writing load",
+        "Table-writing load",
         "Ingest with no downstream",
     ] {
         assert!(tables.contains(heading), "{tables}");

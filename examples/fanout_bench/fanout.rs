@@ -9,6 +9,7 @@ use serde::Serialize;
 use walrelay::testkit::localpg::Cluster;
 use walrelay::types::Lsn;
 
+use crate::diskstats::DiskWrites;
 use crate::procfs::{Meter, Split, Usage};
 use crate::sampler::{Probe, Sampler};
 use crate::servers::{FanOut, Mode, RECEIVED_SQL, Standbys, wait_caught_up};
@@ -108,6 +109,9 @@ pub struct Case {
     /// What the primary's processes spent meanwhile, by role (the relay and cascade modes; in
     /// the direct mode the primary is the server).
     pub primary: Option<Usage>,
+    /// Bytes the disks under the clusters and the relay's data wrote in the same window
+    /// (`/proc/diskstats`): the primary's, the server's and the standbys' writes together.
+    pub disk_written_bytes: Option<u64>,
 }
 
 /// Runs the group of `n` standbys (0: the fan-out server alone) of one mode under each load,
@@ -226,6 +230,8 @@ fn run_case(
             .pid()
             .map(|pid| Meter::start(pid, Split::Roles, bench.clk_tck, false)),
     };
+    let disk = DiskWrites::of(&[bench.root.path(), bench.relay_data_root()]);
+    let disk_before = disk.written();
     let sampler = Sampler::start(probes);
     let start = conn.query_lsn("SELECT pg_current_wal_insert_lsn()")?;
     let began = Instant::now();
@@ -235,6 +241,10 @@ fn run_case(
     let target = conn.query_lsn("SELECT pg_current_wal_flush_lsn()")?;
     let sampled = sampler.finish(target)?;
     let server = server.finish();
+    let disk_written_bytes = disk
+        .written()
+        .zip(disk_before)
+        .map(|(after, before)| after.saturating_sub(before));
     let primary_usage = primary_meter.map(Meter::finish);
     load.cleanup(&mut conn)?;
     let since = |at: &Option<Instant>| at.map_or(f64::NAN, |t| (t - began).as_secs_f64());
@@ -257,5 +267,6 @@ fn run_case(
         poll_round_ms: sampled.round_ms,
         server,
         primary: primary_usage,
+        disk_written_bytes,
     })
 }

@@ -103,6 +103,7 @@ mod catchup;
 mod client_runs;
 mod clients;
 mod disk;
+mod diskstats;
 mod fanout;
 mod procfs;
 mod report;
@@ -110,7 +111,7 @@ mod sampler;
 mod servers;
 mod sqlconn;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
@@ -266,6 +267,11 @@ pub struct Bench {
 }
 
 impl Bench {
+    /// Where the relays keep their data: `--relay-dir`, else beside the clusters.
+    pub fn relay_data_root(&self) -> &Path {
+        self.args.relay_dir.as_deref().unwrap_or(self.root.path())
+    }
+
     /// How to start a relay with slot `slot` on the primary, for `clients` lightweight clients
     /// and the standbys.
     pub fn relay_options(&self, slot: &str, clients: usize) -> RelayOptions<'_> {
@@ -273,7 +279,7 @@ impl Bench {
         RelayOptions {
             walrelay: &self.walrelay,
             root: self.root.path(),
-            data_root: self.args.relay_dir.as_deref().unwrap_or(self.root.path()),
+            data_root: self.relay_data_root(),
             upstream_slot: slot.to_string(),
             max_senders: clients + standbys + 16,
             scrape_every_ms: self.args.scrape_every_ms,
@@ -422,7 +428,7 @@ fn run(bench: &Bench, config: serde_json::Value) -> Result<report::Report> {
         log("disk", &format!("writing {mb} MB twice"));
         Some(disk::measure(
             &bench.bins,
-            args.relay_dir.as_deref().unwrap_or(bench.root.path()),
+            bench.relay_data_root(),
             mb,
             args.segment_mb,
         )?)

@@ -64,6 +64,28 @@ pub fn send_cpu_per_standby_gib(case: &Case, all: &[Case]) -> Option<f64> {
     }
 }
 
+/// The relay's runtime worker threads, as `/proc` names them (15 bytes of the name tokio gives
+/// them): they run the senders' tasks, and nothing else does; receiving, writing and syncing
+/// have threads of their own (`upstream`, `wal-writer`, `wal-sync`).
+const RELAY_WORKERS: &str = "tokio-rt-worker";
+
+/// The relay's send path alone, per standby and GiB: its worker threads' CPU per GiB less
+/// theirs with no standby under the same load, divided by the standbys. Of the relay, this is
+/// what the walsender processes are of PostgreSQL; [`send_cpu_per_standby_gib`] also counts
+/// what receiving, writing and syncing cost more with standbys on the same cores. `None` for
+/// PostgreSQL, or without standbys or a baseline.
+pub fn sender_threads_cpu_per_standby_gib(case: &Case, all: &[Case]) -> Option<f64> {
+    if case.mode != Mode::Relay || case.standbys == 0 || case.wal_bytes == 0 {
+        return None;
+    }
+    let workers =
+        |c: &Case| c.server.cpu_by.get(RELAY_WORKERS).copied().unwrap_or(0.0) / gib(c.wal_bytes);
+    let base = all
+        .iter()
+        .find(|c| c.mode == Mode::Relay && c.load == case.load && c.standbys == 0)?;
+    Some((workers(case) - workers(base)) / case.standbys as f64)
+}
+
 /// The relay's ingest CPU per GiB (the run with no downstream, WAL-only load).
 fn ingest_cpu_per_gib(fanout: &[Case]) -> Option<f64> {
     fanout
@@ -98,6 +120,8 @@ pub fn derive(
     };
     let most = fanout.iter().map(|c| c.standbys).max().unwrap_or(0);
     let send = |mode| find(mode, Load::Wal, most).and_then(|c| send_cpu_per_standby_gib(c, fanout));
+    let sender_threads = find(Mode::Relay, Load::Wal, most)
+        .and_then(|c| sender_threads_cpu_per_standby_gib(c, fanout));
     let mut receive = Vec::new();
     let mut counts: Vec<usize> = fanout
         .iter()
@@ -124,12 +148,20 @@ pub fn derive(
                 pick(Mode::Relay, last),
                 pick(Mode::Cascade, last),
             );
+            let written = |mode| {
+                find(mode, load, n)
+                    .and_then(|c| c.disk_written_bytes)
+                    .map(|b| b as f64 / MIB as f64)
+            };
             receive.push(json!({
                 "load": load.name(), "standbys": n,
                 "first_received_s": times(first), "median_received_s": times(mid),
                 "last_received_s": times(last),
                 "last_relay_over_direct": ratio(r, d), "last_cascade_over_direct": ratio(c, d),
                 "last_relay_over_cascade": ratio(r, c),
+                "disk_written_mb": {"direct": written(Mode::Direct),
+                    "relay": written(Mode::Relay), "cascade": written(Mode::Cascade)},
+                "disk_written_relay_over_direct": ratio(written(Mode::Relay), written(Mode::Direct)),
             }));
             let cpu = |mode| find(mode, load, n).and_then(|c| send_cpu_per_standby_gib(c, fanout));
             let whole =
@@ -137,7 +169,9 @@ pub fn derive(
             send_cpu.push(json!({
                 "load": load.name(), "standbys": n,
                 "send_cpu_s_per_standby_gib": {"direct": cpu(Mode::Direct),
-                    "relay": cpu(Mode::Relay), "cascade": cpu(Mode::Cascade)},
+                    "relay": cpu(Mode::Relay), "cascade": cpu(Mode::Cascade),
+                    "relay_sender_threads": find(Mode::Relay, load, n)
+                        .and_then(|c| sender_threads_cpu_per_standby_gib(c, fanout))},
                 "server_cpu_s_per_standby_gib": {"direct": whole(Mode::Direct),
                     "relay": whole(Mode::Relay), "cascade": whole(Mode::Cascade)},
             }));
@@ -175,6 +209,8 @@ pub fn derive(
             "cascade_walsenders": send(Mode::Cascade),
             "direct_walsenders": send(Mode::Direct),
             "relay_over_cascade": ratio(send(Mode::Relay), send(Mode::Cascade)),
+            "relay_sender_threads": sender_threads,
+            "relay_sender_threads_over_cascade": ratio(sender_threads, send(Mode::Cascade)),
         },
         "receive_times": receive,
         "send_cpu": send_cpu,
@@ -217,6 +253,15 @@ pub fn derive(
     })
 }
 
+/// The send CPU of a table row; the relay's with its worker threads' alone in brackets.
+fn send_cell(c: &Case, all: &[Case]) -> String {
+    let net = secs(send_cpu_per_standby_gib(c, all));
+    match sender_threads_cpu_per_standby_gib(c, all) {
+        Some(t) => format!("{net} ({t:.2})"),
+        None => net,
+    }
+}
+
 fn mb(kib: Option<u64>) -> String {
     kib.map_or("n/a".into(), |k| format!("{:.0} MB", k as f64 / 1024.0))
 }
@@ -233,13 +278,13 @@ pub fn tables(r: &Report) -> String {
         let Some(first) = cases.first() else { continue };
         let what = match load {
             Load::Wal => "WAL-only load",
-            Load::Table => "table-writing load",
+            Load::Table => "Table-writing load",
         };
         let _ = writeln!(
             out,
             "\n{what}, {:.0} MB of WAL:\n\n| Standbys | Server | Primary wrote it (s) | Server had it (s) | \
              Standbys had it: first / median / last (s) | Server CPU (s) | Send CPU per standby per GiB (s) | \
-             Peak RSS | Peak PSS |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+             Disk written (MB) | Peak RSS | Peak PSS |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
             first.wal_bytes as f64 / MIB as f64
         );
         let mut sorted = cases.clone();
@@ -252,13 +297,15 @@ pub fn tables(r: &Report) -> String {
             };
             let _ = writeln!(
                 out,
-                "| {} | {} | {:.2} | {} | {times} | {:.2} | {} | {} | {} |",
+                "| {} | {} | {:.2} | {} | {times} | {:.2} | {} | {} | {} | {} |",
                 c.standbys,
                 c.mode.name(),
                 c.write_s,
                 secs(c.server_received_s),
                 c.server.cpu_s,
-                secs(send_cpu_per_standby_gib(c, &r.fanout)),
+                send_cell(c, &r.fanout),
+                c.disk_written_bytes
+                    .map_or("–".into(), |b| format!("{:.0}", b as f64 / MIB as f64)),
                 mb(c.server.peak_rss_kib),
                 mb(c.server.peak_pss_kib),
             );
