@@ -51,9 +51,7 @@ pub fn send_cpu_per_standby_gib(case: &Case, all: &[Case]) -> Option<f64> {
     let n = case.standbys as f64;
     match case.mode {
         Mode::Relay => {
-            let base = all
-                .iter()
-                .find(|c| c.mode == Mode::Relay && c.load == case.load && c.standbys == 0)?;
+            let base = relay_alone(case.load, all)?;
             let base_per_gib = base.server.cpu_s / gib(base.wal_bytes);
             Some((per_gib - base_per_gib) / n)
         }
@@ -80,18 +78,19 @@ pub fn sender_threads_cpu_per_standby_gib(case: &Case, all: &[Case]) -> Option<f
     }
     let workers =
         |c: &Case| c.server.cpu_by.get(RELAY_WORKERS).copied().unwrap_or(0.0) / gib(c.wal_bytes);
-    let base = all
-        .iter()
-        .find(|c| c.mode == Mode::Relay && c.load == case.load && c.standbys == 0)?;
+    let base = relay_alone(case.load, all)?;
     Some((workers(case) - workers(base)) / case.standbys as f64)
+}
+
+/// The relay's group with no standby under `load`: the baseline of its send CPU.
+fn relay_alone(load: Load, all: &[Case]) -> Option<&Case> {
+    all.iter()
+        .find(|c| c.mode == Mode::Relay && c.load == load && c.standbys == 0)
 }
 
 /// The relay's ingest CPU per GiB (the run with no downstream, WAL-only load).
 fn ingest_cpu_per_gib(fanout: &[Case]) -> Option<f64> {
-    fanout
-        .iter()
-        .find(|c| c.mode == Mode::Relay && c.load == Load::Wal && c.standbys == 0)
-        .map(|c| c.server.cpu_s / gib(c.wal_bytes))
+    relay_alone(Load::Wal, fanout).map(|c| c.server.cpu_s / gib(c.wal_bytes))
 }
 
 /// Relay CPU per client and GiB: raw, and less the ingest CPU.
