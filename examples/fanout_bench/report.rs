@@ -62,9 +62,12 @@ pub fn send_cpu_per_standby_gib(case: &Case, all: &[Case]) -> Option<f64> {
     }
 }
 
-/// The relay's runtime worker threads, as `/proc` names them (15 bytes of the name tokio gives
-/// them): they run the senders' tasks, and nothing else does; receiving, writing and syncing
-/// have threads of their own (`upstream`, `wal-writer`, `wal-sync`).
+/// The relay's runtime threads, workers and blocking ones, as `/proc` names them (15 bytes of
+/// the name tokio gives them): they run the senders' tasks and, besides them, only what the
+/// relay does away from its own threads (accepting connections, the HTTP endpoint, slot
+/// saves, retention's removals), which the subtraction of the group with no standby takes
+/// out; receiving, writing and syncing have threads of their own (`upstream`, `wal-writer`,
+/// `wal-sync`).
 const RELAY_WORKERS: &str = "tokio-rt-worker";
 
 /// The relay's send path alone, per standby and GiB: its worker threads' CPU per GiB less
